@@ -1,0 +1,40 @@
+"""Build the Cython kernels in ``pyx/`` as extension modules of the ``cyrnn`` package.
+
+Set ``CYRNN_CYTHON_DEBUG=1`` to compile with bounds, wraparound and initialisation checks
+switched back on (slow; for hunting memory errors).
+"""
+import os
+import sys
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("CYRNN_CYTHON_DEBUG", "") not in ("", "0")
+
+directives = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": not DEBUG,
+    "embedsignature": True,
+}
+
+extra_compile_args = [] if sys.platform == "win32" else ["-O3"]
+if DEBUG and sys.platform != "win32":
+    extra_compile_args = ["-O0", "-g"]
+
+extensions = [
+    Extension(
+        "cyrnn._rnn",
+        ["pyx/cyrnn/_rnn.pyx"],
+        include_dirs=[np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION")],
+        extra_compile_args=extra_compile_args,
+    )
+]
+
+setup(
+    ext_modules=cythonize(extensions, include_path=["pyx"], compiler_directives=directives),
+)

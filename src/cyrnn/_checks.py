@@ -1,0 +1,154 @@
+"""Argument checks shared by both kernel backends.
+
+Every kernel, compiled or NumPy, runs these before touching memory, so a bad argument raises the
+same Python exception with the same message whichever backend is active. The compiled kernels
+drop bounds checks; these checks are what makes that safe.
+"""
+import numpy as np
+
+NONLINEARITIES = ("tanh", "relu", "sigmoid", "leaky_relu", "identity")
+
+_INT32_MAX = 2**31 - 1  # BLAS (LP64) takes sizes and strides as 32-bit ints
+
+
+def nonlinearity_code(nonlinearity, negative_slope):
+    """Return the index of ``nonlinearity`` in NONLINEARITIES, checking the slope as well."""
+    try:
+        code = NONLINEARITIES.index(nonlinearity)
+    except ValueError:
+        raise ValueError(
+            f"nonlinearity: expected one of {', '.join(NONLINEARITIES)}, got {nonlinearity!r}"
+        ) from None
+    if nonlinearity == "leaky_relu":
+        slope = float(negative_slope)
+        if not (np.isfinite(slope) and slope >= 0.0):
+            raise ValueError(f"negative_slope: expected a finite number >= 0, got {negative_slope!r}")
+    return code
+
+
+def float_array(name, a, ndim, dtype=None):
+    """Return ``a`` as a C-contiguous float32/float64 array of rank ``ndim``.
+
+    A non-contiguous array is copied; the dtype is never changed silently: if ``dtype`` is given
+    ``a`` must already have it.
+    """
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)} like the other arrays, got {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def expect_shape(name, a, shape):
+    if a.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
+
+
+def lengths_array(lengths, T, B):
+    """Validate sequence lengths: integers with ``0 <= lengths[b] <= T``, shape (B,)."""
+    if lengths is None:
+        return None
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
+    if arr.shape != (B,):
+        raise ValueError(f"lengths: expected shape ({B},), got {arr.shape}")
+    if B and (arr.min() < 0 or arr.max() > T):
+        raise ValueError(f"lengths: expected values in [0, {T}], got min {arr.min()} max {arr.max()}")
+    return np.ascontiguousarray(arr, dtype=np.intp)
+
+
+def _check_sizes(T, B, H):
+    if T < 1:
+        raise ValueError(f"expected at least one time step, got T = {T}")
+    if B < 1 or H < 1:
+        raise ValueError(f"expected batch and hidden sizes >= 1, got B = {B}, H = {H}")
+    if T * B > _INT32_MAX or H > _INT32_MAX:
+        raise ValueError(f"sizes too large for 32-bit BLAS: T*B = {T * B}, H = {H}")
+
+
+def forward_args(xw, h0, Whh, nonlinearity, negative_slope, lengths, out):
+    """Checked, contiguous arguments of ``rnn_forward``."""
+    code = nonlinearity_code(nonlinearity, negative_slope)
+    xw = float_array("xw", xw, 3)
+    T, B, H = xw.shape
+    _check_sizes(T, B, H)
+    h0 = float_array("h0", h0, 2, xw.dtype)
+    expect_shape("h0", h0, (B, H))
+    Whh = float_array("Whh", Whh, 2, xw.dtype)
+    expect_shape("Whh", Whh, (H, H))
+    lengths = lengths_array(lengths, T, B)
+    if out is None:
+        out = np.empty((T + 1, B, H), dtype=xw.dtype)
+    else:
+        if not isinstance(out, np.ndarray) or out.dtype != xw.dtype:
+            raise TypeError(f"out: expected a numpy.ndarray of dtype {xw.dtype}")
+        expect_shape("out", out, (T + 1, B, H))
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("out: expected a writeable C-contiguous array")
+        if np.shares_memory(out, xw) or np.shares_memory(out, h0) or np.shares_memory(out, Whh):
+            raise ValueError("out: must not overlap the inputs")
+    return xw, h0, Whh, code, float(negative_slope), lengths, out
+
+
+def backward_args(dh_out, hs, Whh, nonlinearity, negative_slope, dh_last, lengths):
+    """Checked, contiguous arguments common to ``rnn_backward`` and ``rnn_backward_window``."""
+    code = nonlinearity_code(nonlinearity, negative_slope)
+    dh_out = float_array("dh_out", dh_out, 3)
+    T, B, H = dh_out.shape
+    _check_sizes(T, B, H)
+    hs = float_array("hs", hs, 3, dh_out.dtype)
+    expect_shape("hs", hs, (T + 1, B, H))
+    Whh = float_array("Whh", Whh, 2, dh_out.dtype)
+    expect_shape("Whh", Whh, (H, H))
+    if dh_last is not None:
+        dh_last = float_array("dh_last", dh_last, 2, dh_out.dtype)
+        expect_shape("dh_last", dh_last, (B, H))
+    lengths = lengths_array(lengths, T, B)
+    return dh_out, hs, Whh, code, float(negative_slope), dh_last, lengths
+
+
+def carry_array(carry, T, dtype):
+    if carry is None:
+        return None
+    arr = np.asarray(carry)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"carry: expected real numbers, got dtype {arr.dtype}")
+    if arr.shape != (T,):
+        raise ValueError(f"carry: expected shape ({T},), got {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.isfinite(arr).all():
+        raise ValueError("carry: expected finite values")
+    return arr
+
+
+def window_size(window):
+    if isinstance(window, (bool, np.bool_)) or not isinstance(window, (int, np.integer)):
+        raise TypeError(f"window: expected an int >= 1, got {window!r}")
+    if window < 1:
+        raise ValueError(f"window: expected an int >= 1, got {window}")
+    return int(window)
+
+
+def window_error(dh_out, dh_last, lengths):
+    """The error that ``rnn_backward_window`` propagates, and the part of ``dh0`` it bypasses.
+
+    ``dh_last`` joins the error of each sequence's last valid step; a sequence of length 0 hands
+    it straight to ``dh0``. Returns ``(error, dh0)``; ``error`` is ``dh_out`` itself (not a copy)
+    when there is no ``dh_last``.
+    """
+    T, B, H = dh_out.shape
+    dh0 = np.zeros((B, H), dtype=dh_out.dtype)
+    if dh_last is None:
+        return dh_out, dh0
+    error = dh_out.copy()
+    last = np.full(B, T, dtype=np.intp) if lengths is None else lengths
+    rows = np.flatnonzero(last > 0)
+    error[last[rows] - 1, rows] += dh_last[rows]
+    empty = np.flatnonzero(last == 0)
+    dh0[empty] = dh_last[empty]
+    return error, dh0

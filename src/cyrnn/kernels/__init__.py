@@ -1,0 +1,91 @@
+"""Low-level kernels and backend selection.
+
+Two backends implement the same three functions with the same arguments and results:
+
+- ``"cython"``: the compiled extension ``cyrnn._rnn`` (built from ``pyx/cyrnn/_rnn.pyx``);
+- ``"numpy"``: ``cyrnn.kernels.numpy_backend``, pure NumPy.
+
+The process default is the compiled backend when it imports, else NumPy (with a warning). The
+environment variable ``CYRNN_BACKEND=numpy`` (or ``cython``) sets it explicitly; asking for the
+compiled backend when it cannot be imported is an error, never a silent slow fallback.
+
+The module-level ``rnn_forward``, ``rnn_backward`` and ``rnn_backward_window`` are those of the
+default backend; ``get_backend(name)`` returns either one.
+"""
+import os
+import warnings
+
+from . import numpy_backend
+
+BACKENDS = ("cython", "numpy")
+KERNEL_NAMES = ("rnn_forward", "rnn_backward", "rnn_backward_window")
+
+try:
+    from .. import _rnn as cython_backend
+
+    _IMPORT_ERROR = None
+except ImportError as exc:  # the extension was not built
+    cython_backend = None
+    _IMPORT_ERROR = exc
+
+
+def _choose_default():
+    requested = os.environ.get("CYRNN_BACKEND", "").strip().lower()
+    if requested == "numpy":
+        return "numpy", "CYRNN_BACKEND=numpy"
+    if requested == "cython":
+        if cython_backend is None:
+            raise ImportError(
+                f"CYRNN_BACKEND=cython but the compiled extension cyrnn._rnn cannot be imported: "
+                f"{_IMPORT_ERROR}"
+            )
+        return "cython", "CYRNN_BACKEND=cython"
+    if requested:
+        raise ValueError(f"CYRNN_BACKEND: expected one of {', '.join(BACKENDS)}, got {requested!r}")
+    if cython_backend is None:
+        warnings.warn(
+            f"cyrnn: the compiled extension is not available ({_IMPORT_ERROR}); using the slower "
+            "NumPy backend. Reinstall with a C compiler to build it.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return "numpy", f"compiled extension not available: {_IMPORT_ERROR}"
+    return "cython", "compiled extension available"
+
+
+DEFAULT_BACKEND, DEFAULT_REASON = _choose_default()
+
+
+def get_backend(name=None):
+    """Return the kernel module of backend ``name`` (``None``: the process default)."""
+    if name is None:
+        name = DEFAULT_BACKEND
+    if name == "numpy":
+        return numpy_backend
+    if name == "cython":
+        if cython_backend is None:
+            raise ImportError(f"backend 'cython' is not available: {_IMPORT_ERROR}")
+        return cython_backend
+    raise ValueError(f"backend: expected one of {', '.join(BACKENDS)} or None, got {name!r}")
+
+
+def available_backends():
+    """Names of the backends that can be used in this process."""
+    return tuple(name for name in BACKENDS if name == "numpy" or cython_backend is not None)
+
+
+_default = get_backend()
+rnn_forward = _default.rnn_forward
+rnn_backward = _default.rnn_backward
+rnn_backward_window = _default.rnn_backward_window
+
+__all__ = [
+    "rnn_forward",
+    "rnn_backward",
+    "rnn_backward_window",
+    "get_backend",
+    "available_backends",
+    "DEFAULT_BACKEND",
+    "numpy_backend",
+    "cython_backend",
+]
