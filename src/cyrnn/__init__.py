@@ -1,2 +1,47 @@
-"""cyrnn: Elman recurrent networks trained by backpropagation through time, with Cython kernels."""
+"""cyrnn: Elman recurrent networks trained by backpropagation through time, with Cython kernels.
+
+>>> import numpy as np, cyrnn
+>>> model = cyrnn.RNN(input_size=4, hidden_size=8, output_size=2, seed=0)
+>>> y, h_last = model.forward(np.zeros((5, 3, 4), dtype=np.float32))
+>>> y.shape, h_last.shape
+((5, 3, 2), (3, 8))
+"""
+from . import kernels
+from .rnn import RNN
+
 __version__ = "0.1.0"
+
+__all__ = ["RNN", "backend_info", "kernels", "__version__"]
+
+
+def backend_info():
+    """Which kernel backend is the process default, why, and which BLAS the kernels call.
+
+    Returns
+    -------
+    dict
+        ``backend`` ("cython" or "numpy"), ``reason``, ``available`` (usable backends),
+        ``blas`` (the BLAS behind ``scipy.linalg.cython_blas``, which the compiled kernels call,
+        and behind NumPy, which does the large products), ``version``.
+    """
+    return {
+        "backend": kernels.DEFAULT_BACKEND,
+        "reason": kernels.DEFAULT_REASON,
+        "available": kernels.available_backends(),
+        "blas": _blas_info(),
+        "version": __version__,
+    }
+
+
+def _blas_info():
+    """Names and versions of the BLAS libraries NumPy and SciPy were built with."""
+    info = {}
+    for name in ("numpy", "scipy"):
+        try:
+            module = __import__(name)
+            config = module.show_config(mode="dicts")
+            blas = config["Build Dependencies"]["blas"]
+            info[name] = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+        except Exception as exc:  # an old or unusual build without the dict form
+            info[name] = f"unknown ({type(exc).__name__})"
+    return info

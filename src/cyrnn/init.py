@@ -1,0 +1,67 @@
+"""Parameter initialisation schemes.
+
+Each scheme returns a dict ``Wxh (H, I), Whh (H, H), bh (H,), Why (O, H), by (O,)`` (the last two
+only when there is an output layer), drawn from a ``numpy.random.Generator``.
+"""
+import numpy as np
+
+INITS = ("uniform", "xavier", "orthogonal", "identity", "normal")
+
+
+def _xavier(rng, fan_out, fan_in):
+    """Glorot & Bengio (2010): U(-b, b) with b = sqrt(6 / (fan_in + fan_out))."""
+    bound = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-bound, bound, size=(fan_out, fan_in))
+
+
+def _orthogonal(rng, n):
+    """A random orthogonal matrix: Q of the QR decomposition of a Gaussian matrix, with the signs
+    of R's diagonal folded in so that Q is uniformly (Haar) distributed."""
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
+
+
+def init_params(scheme, input_size, hidden_size, output_size, rng):
+    """Return freshly drawn float64 parameters for ``scheme``.
+
+    - ``uniform``: PyTorch's default, every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H)) for the
+      recurrent layer (``bh`` is the sum of PyTorch's two biases, so it is drawn as such a sum)
+      and U(-1/sqrt(H), 1/sqrt(H)) for the output layer (``nn.Linear``, fan-in H).
+    - ``xavier``: Glorot-uniform weights, zero biases.
+    - ``orthogonal``: orthogonal ``Whh``, Glorot-uniform other weights, zero biases.
+    - ``identity``: IRNN (Le, Jaitly & Hinton 2015): ``Whh = I``, other weights ~ N(0, 0.001^2),
+      zero biases; pairs with ``nonlinearity="relu"``.
+    - ``normal``: every weight ~ N(0, 0.01^2), zero biases (min-char-rnn).
+    """
+    H, I, O = hidden_size, input_size, output_size
+    if scheme not in INITS:
+        raise ValueError(f"init: expected one of {', '.join(INITS)}, got {scheme!r}")
+    if scheme == "uniform":
+        k = 1.0 / np.sqrt(H)
+        p = {
+            "Wxh": rng.uniform(-k, k, (H, I)),
+            "Whh": rng.uniform(-k, k, (H, H)),
+            "bh": rng.uniform(-k, k, H) + rng.uniform(-k, k, H),
+        }
+        if O is not None:
+            p["Why"] = rng.uniform(-k, k, (O, H))
+            p["by"] = rng.uniform(-k, k, O)
+        return p
+    if scheme in ("xavier", "orthogonal"):
+        p = {
+            "Wxh": _xavier(rng, H, I),
+            "Whh": _orthogonal(rng, H) if scheme == "orthogonal" else _xavier(rng, H, H),
+        }
+        out = None if O is None else _xavier(rng, O, H)
+    else:
+        std = 0.001 if scheme == "identity" else 0.01
+        p = {
+            "Wxh": rng.normal(0.0, std, (H, I)),
+            "Whh": np.eye(H) if scheme == "identity" else rng.normal(0.0, std, (H, H)),
+        }
+        out = None if O is None else rng.normal(0.0, std, (O, H))
+    p["bh"] = np.zeros(H)
+    if O is not None:
+        p["Why"] = out
+        p["by"] = np.zeros(O)
+    return p

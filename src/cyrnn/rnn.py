@@ -1,0 +1,532 @@
+"""The Elman RNN class: parameters, validation and the large matrix products.
+
+The class checks and casts its inputs once, does every product that is not sequential with NumPy
+(the input projection for all steps at once, or a row gather for token ids; the output layer; the
+loss; the weight gradients) and hands the kernels only the recurrences::
+
+    a_t = x_t Wxh^T + bh + h_{t-1} Whh^T        h_t = f(a_t)          (rnn_forward)
+    z_t = h_t Why^T + by                         y_t = g(z_t)
+    dh_t^out = dz_t Why
+    da_t = (dh_t^out + da_{t+1} Whh) * f'(h_t)                         (rnn_backward)
+    dWhh = sum_t da_t^T h_{t-1}   dWxh = sum_t da_t^T x_t   dbh = sum_t da_t
+    dWhy = sum_t dz_t^T h_t       dby = sum_t dz_t          dx_t = da_t Wxh
+"""
+import numpy as np
+
+from . import _checks, kernels, losses
+from .init import INITS, init_params
+
+PARAM_NAMES = ("Wxh", "Whh", "bh", "Why", "by")
+TARGET_STEPS = ("all", "last")
+
+# key suffixes of torch.nn.RNN's single-layer state dict
+_TORCH_RNN_KEYS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+
+
+class _Batch:
+    """Validated inputs of one call, time-major: ``x`` (T, B, I) floats or (T, B) token ids."""
+
+    __slots__ = ("x", "tokens", "h0", "lengths", "T", "B", "batched")
+
+    def __init__(self, x, tokens, h0, lengths, batched):
+        self.x, self.tokens, self.h0, self.lengths, self.batched = x, tokens, h0, lengths, batched
+        self.T, self.B = (tokens if tokens is not None else x).shape[:2]
+
+
+class RNN:
+    """Single-layer Elman RNN with an optional linear output layer, trained by BPTT.
+
+    ``h_t = f(x_t Wxh^T + h_{t-1} Whh^T + bh)`` and ``y_t = g(h_t Why^T + by)``.
+
+    Parameters
+    ----------
+    input_size : int
+        Features per step ``I``, or the vocabulary size ``V`` when inputs are token ids.
+    hidden_size : int
+        Hidden units ``H``.
+    output_size : int or None
+        Outputs ``O``; ``None`` means no output layer (the hidden states are the output).
+    nonlinearity : {"tanh", "relu", "sigmoid", "leaky_relu", "identity"}
+    negative_slope : float
+        Slope of ``leaky_relu`` for negative inputs.
+    output : {"linear", "softmax", "sigmoid"}
+        Output function ``g``; it also picks the default loss (mse, cross_entropy, bce).
+    init : {"uniform", "xavier", "orthogonal", "identity", "normal"}
+        Initialisation scheme, see ``cyrnn.init.init_params``.
+    dtype : {"float32", "float64"}
+    seed : int or None
+        Seed of the initialisation.
+    backend : {"cython", "numpy"} or None
+        Kernel backend; ``None`` takes the process default (``cyrnn.backend_info()``).
+    batch_first : bool
+        Inputs and outputs are ``(B, T, ...)`` instead of ``(T, B, ...)``.
+
+    Attributes
+    ----------
+    params : dict of ndarray
+        ``Wxh (H, I), Whh (H, H), bh (H,)`` and, with an output layer, ``Why (O, H), by (O,)``,
+        in the model dtype. Update them in place (optimizers do).
+    """
+
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        output_size=None,
+        *,
+        nonlinearity="tanh",
+        negative_slope=0.01,
+        output="linear",
+        init="uniform",
+        dtype="float32",
+        seed=None,
+        backend=None,
+        batch_first=False,
+    ):
+        self.input_size = _positive_int("input_size", input_size)
+        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.output_size = None if output_size is None else _positive_int("output_size", output_size)
+        _checks.nonlinearity_code(nonlinearity, negative_slope)
+        self.nonlinearity = nonlinearity
+        self.negative_slope = float(negative_slope)
+        if output not in losses.OUTPUTS:
+            raise ValueError(f"output: expected one of {', '.join(losses.OUTPUTS)}, got {output!r}")
+        if self.output_size is None and output != "linear":
+            raise ValueError(f"output: {output!r} needs an output layer; pass output_size")
+        self.output = output
+        if init not in INITS:
+            raise ValueError(f"init: expected one of {', '.join(INITS)}, got {init!r}")
+        self.init = init
+        self.dtype = _float_dtype(dtype)
+        self.batch_first = bool(batch_first)
+        self._kernels = kernels.get_backend(backend)
+        self.backend = "numpy" if self._kernels is kernels.numpy_backend else "cython"
+        rng = np.random.default_rng(seed)
+        drawn = init_params(init, self.input_size, self.hidden_size, self.output_size, rng)
+        self.params = {name: np.ascontiguousarray(p, dtype=self.dtype) for name, p in drawn.items()}
+
+    def __repr__(self):
+        return (
+            f"RNN(input_size={self.input_size}, hidden_size={self.hidden_size}, "
+            f"output_size={self.output_size}, nonlinearity={self.nonlinearity!r}, "
+            f"output={self.output!r}, dtype={self.dtype.name!r}, backend={self.backend!r})"
+        )
+
+    # -----------------------------------------------------------------------------------------
+    # public API
+    # -----------------------------------------------------------------------------------------
+
+    def forward(self, x, h0=None, lengths=None):
+        """Run the network over a batch of sequences.
+
+        Parameters
+        ----------
+        x : ndarray
+            Dense inputs ``(T, B, I)`` (float) or token ids ``(T, B)`` (integer, ``0 <= id < I``);
+            unbatched ``(T, I)`` / ``(T,)``; ``(B, T, ...)`` with ``batch_first``.
+        h0 : ndarray (B, H) or (H,), optional
+            Initial state; zeros by default.
+        lengths : array of int (B,), optional
+            Valid steps per sequence; later steps are padding (state frozen, outputs meaningless).
+
+        Returns
+        -------
+        y : ndarray (T, B, O)
+            ``g(z_t)`` for every step (the hidden states ``(T, B, H)`` without an output layer).
+        h_last : ndarray (B, H)
+            State after each sequence's last valid step.
+        """
+        batch = self._batch(x, h0, lengths)
+        hs = self._states(batch)
+        z = self._logits(hs)
+        y = losses.apply_output(self.output, z) if self.output_size is not None else z
+        return self._to_user_layout(y, batch), self._state_out(hs[-1], batch)
+
+    def loss_and_grad(
+        self,
+        x,
+        target,
+        h0=None,
+        lengths=None,
+        loss=None,
+        reduction="mean",
+        target_steps="all",
+        truncate=None,
+    ):
+        """Loss of one batch and its gradient with respect to every parameter, by BPTT.
+
+        Parameters
+        ----------
+        x, h0, lengths : as in ``forward``.
+        target : ndarray
+            With ``target_steps="all"``: class ids ``(T, B)`` for cross-entropy, values
+            ``(T, B, O)`` for mse/bce (unbatched ``(T,)`` / ``(T, O)``; batch axis first with
+            ``batch_first``). With ``"last"``: ``(B,)`` / ``(B, O)`` (unbatched ``()`` / ``(O,)``).
+            Entries at padded steps are ignored.
+        loss : {"cross_entropy", "mse", "bce"} or None
+            Default from ``output``: softmax -> cross_entropy, linear -> mse, sigmoid -> bce.
+        reduction : {"mean", "sum"}
+            ``"mean"`` is PyTorch's default for the loss (over valid positions for cross-entropy,
+            over valid elements for mse/bce); ``"sum"`` sums over them.
+        target_steps : {"all", "last"}
+            ``"last"``: the loss sits on each sequence's last valid step only (many-to-one).
+        truncate : int or None
+            ``None``: full BPTT. ``k``: each output's error flows back at most ``k`` steps.
+
+        Returns
+        -------
+        loss : float
+        grads : dict of ndarray
+            Same keys and shapes as ``params``, plus ``h0`` and, for dense inputs, ``x``.
+        h_last : ndarray (B, H)
+        """
+        loss = self._loss_name(loss)
+        if reduction not in losses.REDUCTIONS:
+            raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
+        if target_steps not in TARGET_STEPS:
+            raise ValueError(f"target_steps: expected 'all' or 'last', got {target_steps!r}")
+        if truncate is not None:
+            truncate = _checks.window_size(truncate)
+        batch = self._batch(x, h0, lengths)
+        t_idx, b_idx = self._loss_positions(batch, target_steps)
+        target = self._target(target, loss, batch, target_steps, t_idx, b_idx)
+
+        hs = self._states(batch)
+        z = self._logits(hs)
+        # (N, O) logits of the positions that carry a loss -> loss and dL/dz there
+        z_sel = z.reshape(-1, z.shape[-1]) if t_idx is None else z[t_idx, b_idx]
+        value, dz_sel = losses.loss_and_dz(loss, self.output, z_sel, target, reduction)
+        if t_idx is None:
+            dz = dz_sel.reshape(z.shape)
+        else:
+            dz = np.zeros_like(z)
+            dz[t_idx, b_idx] = dz_sel
+        grads = self._backward(batch, hs, dz, truncate)
+        return value, grads, self._state_out(hs[-1], batch)
+
+    @classmethod
+    def from_torch(cls, state_dict, *, output_prefix=None, **kwargs):
+        """Build a model from the weights of ``torch.nn.RNN`` (one layer) and ``nn.Linear``.
+
+        Parameters
+        ----------
+        state_dict : mapping of str to array-like
+            Arrays (NumPy or anything ``np.asarray`` takes; torch is not needed) with keys
+            ending in ``weight_ih_l0``, ``weight_hh_l0`` and optionally ``bias_ih_l0``,
+            ``bias_hh_l0`` (their sum becomes ``bh``), plus optionally one output layer
+            ``<prefix>weight`` / ``<prefix>bias``.
+        output_prefix : str, optional
+            Prefix of the output layer's keys (e.g. ``"fc."``), needed only when ambiguous.
+        **kwargs
+            Other ``RNN`` arguments (``nonlinearity``, ``output``, ``dtype``, ...). Sizes come
+            from the arrays.
+        """
+        arrays = {str(k): np.asarray(v) for k, v in state_dict.items()}
+        found = {}
+        for suffix in _TORCH_RNN_KEYS:
+            keys = [k for k in arrays if k.endswith(suffix)]
+            if len(keys) > 1:
+                raise ValueError(f"state_dict: several keys end in {suffix!r}: {keys}")
+            if keys:
+                found[suffix] = arrays.pop(keys[0])
+        for required in _TORCH_RNN_KEYS[:2]:
+            if required not in found:
+                raise KeyError(f"state_dict: no key ending in {required!r}")
+        for k in [k for k in arrays if "_l1" in k or k.endswith("_reverse")]:
+            raise ValueError(f"state_dict: only single-layer unidirectional RNNs are supported ({k})")
+        Wxh, Whh = found["weight_ih_l0"], found["weight_hh_l0"]
+        H, I = Wxh.shape if Wxh.ndim == 2 else (None, None)
+        bh = np.zeros(H if H is not None else 0)
+        for bias in ("bias_ih_l0", "bias_hh_l0"):
+            if bias in found:
+                bh = bh + found[bias]
+        out_w = out_b = None
+        if output_prefix is not None:
+            out_w, out_b = arrays.get(output_prefix + "weight"), arrays.get(output_prefix + "bias")
+            if out_w is None:
+                raise KeyError(f"state_dict: no key {output_prefix + 'weight'!r}")
+        else:
+            weights = [k for k in arrays if k.endswith("weight")]
+            if len(weights) > 1:
+                raise ValueError(
+                    f"state_dict: several candidate output layers {weights}; pass output_prefix"
+                )
+            if weights:
+                prefix = weights[0][: -len("weight")]
+                out_w, out_b = arrays[weights[0]], arrays.get(prefix + "bias")
+        if Wxh.ndim != 2:
+            raise ValueError(f"weight_ih_l0: expected 2 dimensions, got shape {Wxh.shape}")
+        O = None if out_w is None else (out_w.shape[0] if out_w.ndim == 2 else -1)
+        if O == -1:
+            raise ValueError(f"output weight: expected 2 dimensions, got shape {out_w.shape}")
+        model = cls(I, H, O, **kwargs)
+        params = {"Wxh": Wxh, "Whh": Whh, "bh": bh}
+        if out_w is not None:
+            params["Why"] = out_w
+            params["by"] = np.zeros(O) if out_b is None else out_b
+        model.set_params(params)
+        return model
+
+    def to_torch_state(self, rnn_prefix="rnn.", output_prefix="fc."):
+        """Weights as a ``torch.nn.RNN`` + ``nn.Linear`` state dict of NumPy arrays.
+
+        ``bias_ih_l0`` carries ``bh`` and ``bias_hh_l0`` is zero (PyTorch adds the two). Wrap the
+        values with ``torch.from_numpy`` to load them; torch is not needed here.
+        """
+        p = self.params
+        state = {
+            rnn_prefix + "weight_ih_l0": p["Wxh"].copy(),
+            rnn_prefix + "weight_hh_l0": p["Whh"].copy(),
+            rnn_prefix + "bias_ih_l0": p["bh"].copy(),
+            rnn_prefix + "bias_hh_l0": np.zeros_like(p["bh"]),
+        }
+        if self.output_size is not None:
+            state[output_prefix + "weight"] = p["Why"].copy()
+            state[output_prefix + "bias"] = p["by"].copy()
+        return state
+
+    def set_params(self, params):
+        """Copy ``params`` (same keys and shapes as ``self.params``) into the model, cast to its
+        dtype; checks shapes and finiteness first, so a failed call changes nothing."""
+        expected = {name: p.shape for name, p in self.params.items()}
+        missing = set(expected) - set(params)
+        extra = set(params) - set(expected)
+        if missing or extra:
+            raise KeyError(f"params: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        new = {}
+        for name, shape in expected.items():
+            value = np.asarray(params[name])
+            if value.shape != shape:
+                raise ValueError(f"{name}: expected shape {shape}, got {value.shape}")
+            if value.dtype.kind not in "fiu":
+                raise TypeError(f"{name}: expected real numbers, got dtype {value.dtype}")
+            if not np.isfinite(value).all():
+                raise ValueError(f"{name}: contains NaN or Inf")
+            new[name] = np.array(value, dtype=self.dtype, order="C")
+        self.params = new
+
+    # -----------------------------------------------------------------------------------------
+    # validation
+    # -----------------------------------------------------------------------------------------
+
+    def _batch(self, x, h0, lengths):
+        """Check and cast ``x``, ``h0`` and ``lengths`` into a time-major ``_Batch``."""
+        if not isinstance(x, np.ndarray):
+            x = np.asarray(x)
+        I, H = self.input_size, self.hidden_size
+        tokens = dense = None
+        if x.dtype.kind in "iu":
+            if x.ndim not in (1, 2):
+                raise ValueError(f"x: token ids must have shape (T, B) or (T,), got {x.shape}")
+            batched = x.ndim == 2
+            ids = x if batched else x[:, None]
+            if self.batch_first and batched:
+                ids = ids.T
+            if ids.size and (ids.min() < 0 or ids.max() >= I):
+                bad = ids[(ids < 0) | (ids >= I)].flat[0]
+                raise ValueError(f"x: token id {bad} out of range [0, {I})")
+            tokens = np.ascontiguousarray(ids, dtype=np.intp)
+        elif x.dtype.kind == "f":
+            if x.ndim not in (2, 3) or x.shape[-1] != I:
+                expected = "(B, T, {0}) or (T, {0})" if self.batch_first else "(T, B, {0}) or (T, {0})"
+                raise ValueError(f"x: expected shape {expected.format(I)}, got {x.shape}")
+            batched = x.ndim == 3
+            values = x if batched else x[:, None, :]
+            if self.batch_first and batched:
+                values = values.transpose(1, 0, 2)
+            if not np.isfinite(values).all():
+                raise ValueError("x: contains NaN or Inf")
+            dense = np.ascontiguousarray(values, dtype=self.dtype)
+        else:
+            raise TypeError(f"x: expected floats (dense inputs) or integers (token ids), got dtype {x.dtype}")
+        T, B = (tokens if tokens is not None else dense).shape[:2]
+        if T == 0:
+            raise ValueError("x: expected at least one time step, got T = 0")
+        if B == 0:
+            raise ValueError("x: expected at least one sequence, got B = 0")
+
+        if h0 is None:
+            h0 = np.zeros((B, H), dtype=self.dtype)
+        else:
+            h0 = np.asarray(h0)
+            shape = (B, H) if batched else (H,)
+            if h0.shape != shape:
+                raise ValueError(f"h0: expected shape {shape}, got {h0.shape}")
+            if h0.dtype.kind not in "fiu":
+                raise TypeError(f"h0: expected real numbers, got dtype {h0.dtype}")
+            if not np.isfinite(h0).all():
+                raise ValueError("h0: contains NaN or Inf")
+            h0 = np.ascontiguousarray(h0.reshape(B, H), dtype=self.dtype)
+
+        if lengths is not None:
+            if not batched:
+                lengths = np.asarray(lengths).reshape(-1)
+            lengths = _checks.lengths_array(lengths, T, B)
+            if (lengths == T).all():
+                lengths = None  # nothing is padded
+        return _Batch(dense, tokens, h0, lengths, batched)
+
+    def _loss_name(self, loss):
+        if loss is None:
+            return losses.DEFAULT_LOSS[self.output]
+        if loss not in losses.LOSSES:
+            raise ValueError(f"loss: expected one of {', '.join(losses.LOSSES)}, got {loss!r}")
+        if self.output not in losses.COMPATIBLE_OUTPUTS[loss]:
+            raise ValueError(f"loss: {loss!r} does not apply to output={self.output!r}")
+        return loss
+
+    @staticmethod
+    def _loss_positions(batch, target_steps):
+        """Time and batch indices of the positions with a loss, or (None, None) for all."""
+        T, B, lengths = batch.T, batch.B, batch.lengths
+        if target_steps == "last":
+            last = np.full(B, T - 1) if lengths is None else lengths - 1
+            if (last < 0).any():
+                raise ValueError("lengths: target_steps='last' needs every sequence to have a step")
+            return last, np.arange(B)
+        if lengths is None:
+            return None, None
+        t_idx, b_idx = np.nonzero(np.arange(T)[:, None] < lengths[None, :])
+        if t_idx.size == 0:
+            raise ValueError("lengths: every sequence is empty, there is nothing to compute a loss on")
+        return t_idx, b_idx
+
+    def _target(self, target, loss, batch, target_steps, t_idx, b_idx):
+        """The targets of the loss positions: (N,) class ids or (N, O) values."""
+        target = np.asarray(target)
+        O = self.output_size if self.output_size is not None else self.hidden_size
+        T, B = batch.T, batch.B
+        per_step = target_steps == "all"
+        classes = loss == "cross_entropy"
+        if per_step:
+            shape = (T, B) if batch.batched else (T,)
+            if self.batch_first and batch.batched:
+                shape = (B, T)
+        else:
+            shape = (B,) if batch.batched else ()
+        if not classes:
+            shape = shape + (O,)
+        if target.shape != shape:
+            raise ValueError(f"target: expected shape {shape}, got {target.shape}")
+        if classes and target.dtype.kind not in "iu":
+            raise TypeError(f"target: cross_entropy needs integer class ids, got dtype {target.dtype}")
+        if not classes and target.dtype.kind not in "fiu":
+            raise TypeError(f"target: expected real numbers, got dtype {target.dtype}")
+        # time-major with a batch axis
+        if per_step:
+            if not batch.batched:
+                target = target[:, None]
+            elif self.batch_first:
+                target = np.swapaxes(target, 0, 1)
+            selected = target.reshape((T * B,) + target.shape[2:]) if t_idx is None else target[t_idx, b_idx]
+        else:
+            selected = target.reshape((B,) + target.shape[(1 if batch.batched else 0):])
+        if classes:
+            if selected.size and (selected.min() < 0 or selected.max() >= O):
+                bad = selected[(selected < 0) | (selected >= O)].flat[0]
+                raise ValueError(f"target: class id {bad} out of range [0, {O})")
+            return np.ascontiguousarray(selected, dtype=np.intp)
+        selected = np.ascontiguousarray(selected, dtype=self.dtype)
+        if not np.isfinite(selected).all():
+            raise ValueError("target: contains NaN or Inf")
+        if loss == "bce" and (selected.min() < 0 or selected.max() > 1):
+            raise ValueError("target: bce needs values in [0, 1]")
+        return selected
+
+    # -----------------------------------------------------------------------------------------
+    # computation
+    # -----------------------------------------------------------------------------------------
+
+    def _states(self, batch):
+        """hs (T + 1, B, H): the input projection for all steps, then the recurrence kernel."""
+        p = self.params
+        if batch.tokens is not None:
+            # a row gather from Wxh^T is x_t Wxh^T for one-hot x_t
+            xw = p["Wxh"].T.take(batch.tokens, axis=0)
+        else:
+            # (T*B, H) = (T*B, I) (I, H)
+            xw = (batch.x.reshape(-1, self.input_size) @ p["Wxh"].T).reshape(batch.T, batch.B, -1)
+        xw += p["bh"]
+        return self._kernels.rnn_forward(
+            xw,
+            batch.h0,
+            p["Whh"],
+            self.nonlinearity,
+            negative_slope=self.negative_slope,
+            lengths=batch.lengths,
+        )
+
+    def _logits(self, hs):
+        """z (T, B, O) = h_t Why^T + by for all steps, or the states when there is no output layer."""
+        states = hs[1:]
+        if self.output_size is None:
+            return states
+        T, B, H = states.shape
+        z = states.reshape(-1, H) @ self.params["Why"].T
+        z += self.params["by"]
+        return z.reshape(T, B, -1)
+
+    def _backward(self, batch, hs, dz, truncate):
+        """Gradients of every parameter (and h0, and dense x) from dL/dz (T, B, O)."""
+        p, H = self.params, self.hidden_size
+        T, B = batch.T, batch.B
+        grads = {}
+        if self.output_size is None:
+            dh_out = dz
+        else:
+            dz2 = dz.reshape(-1, dz.shape[-1])
+            # dWhy (O, H) = dz^T (O, T*B) h (T*B, H);  dby = sum over steps and batch
+            grads["Why"] = dz2.T @ hs[1:].reshape(-1, H)
+            grads["by"] = dz2.sum(axis=0)
+            # (T*B, H) = (T*B, O) (O, H)
+            dh_out = (dz2 @ p["Why"]).reshape(T, B, H)
+        k = self._kernels
+        common = dict(negative_slope=self.negative_slope, lengths=batch.lengths)
+        if truncate is None:
+            da, dh0, _ = k.rnn_backward(dh_out, hs, p["Whh"], self.nonlinearity, **common)
+        else:
+            da, dh0 = k.rnn_backward_window(dh_out, hs, p["Whh"], truncate, self.nonlinearity, **common)
+        da2 = da.reshape(-1, H)
+        # dWhh (H, H) = da^T (H, T*B) h_{t-1} (T*B, H)
+        grads["Whh"] = da2.T @ hs[:-1].reshape(-1, H)
+        grads["bh"] = da2.sum(axis=0)
+        if batch.tokens is not None:
+            # scatter-add of the rows of da into the columns of the used token ids
+            dWxhT = np.zeros((self.input_size, H), dtype=self.dtype)
+            np.add.at(dWxhT, batch.tokens.reshape(-1), da2)
+            grads["Wxh"] = np.ascontiguousarray(dWxhT.T)
+        else:
+            # dWxh (H, I) = da^T (H, T*B) x (T*B, I);  dx (T*B, I) = da (T*B, H) Wxh (H, I)
+            grads["Wxh"] = da2.T @ batch.x.reshape(-1, self.input_size)
+            grads["x"] = self._to_user_layout((da2 @ p["Wxh"]).reshape(T, B, -1), batch)
+        grads["h0"] = self._state_out(dh0, batch)
+        return {name: grads[name] for name in (*self.params, "h0", "x") if name in grads}
+
+    def _to_user_layout(self, a, batch):
+        """(T, B, ...) -> the caller's layout: (B, T, ...) with batch_first, (T, ...) unbatched."""
+        if not batch.batched:
+            return a[:, 0]
+        if self.batch_first:
+            return np.ascontiguousarray(np.swapaxes(a, 0, 1))
+        return a
+
+    @staticmethod
+    def _state_out(h, batch):
+        """A (B, H) state as the caller passed states: (H,) when unbatched; always a copy."""
+        return h[0].copy() if not batch.batched else h.copy()
+
+
+def _positive_int(name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return int(value)
+
+
+def _float_dtype(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
+    return dt
