@@ -21,7 +21,9 @@ directives = {
     "embedsignature": True,
 }
 
-extra_compile_args = [] if sys.platform == "win32" else ["-O3"]
+# -fno-trapping-math: we never read floating-point exception flags, and without it gcc refuses
+# to if-convert (and so to vectorize) the clamps of the float32 tanh. Results are unchanged.
+extra_compile_args = [] if sys.platform == "win32" else ["-O3", "-fno-trapping-math"]
 if DEBUG and sys.platform != "win32":
     extra_compile_args = ["-O0", "-g"]
 

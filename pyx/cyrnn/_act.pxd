@@ -19,21 +19,29 @@ cdef enum:
 
 
 cdef inline float tanh_f32(float x) noexcept nogil:
+    # every constant typed float: a bare literal is a C double and would promote the arithmetic
     cdef float clamp = 7.90531110763549805
+    cdef float a1 = 4.89352455891786e-03, a3 = 6.37261928875436e-04
+    cdef float a5 = 1.48572235717979e-05, a7 = 5.12229709037114e-08
+    cdef float a9 = -8.60467152213735e-11, a11 = 2.00018790482477e-13
+    cdef float a13 = -2.76076847742355e-16
+    cdef float b0 = 4.89352518554385e-03, b2 = 2.26843463243900e-03
+    cdef float b4 = 1.18534705686654e-04, b6 = 1.19825839466702e-06
     cdef float x2, p, q
     x = clamp if x > clamp else x
     x = -clamp if x < -clamp else x
     x2 = x * x
-    p = x2 * -2.76076847742355e-16 + 2.00018790482477e-13
-    p = x2 * p + -8.60467152213735e-11
-    p = x2 * p + 5.12229709037114e-08
-    p = x2 * p + 1.48572235717979e-05
-    p = x2 * p + 6.37261928875436e-04
-    p = x2 * p + 4.89352455891786e-03
+    # x P(x^2) with P of degree 6, Q(x^2) of degree 3, both by Horner's rule
+    p = x2 * a13 + a11
+    p = x2 * p + a9
+    p = x2 * p + a7
+    p = x2 * p + a5
+    p = x2 * p + a3
+    p = x2 * p + a1
     p = x * p
-    q = x2 * 1.19825839466702e-06 + 1.18534705686654e-04
-    q = x2 * q + 2.26843463243900e-03
-    q = x2 * q + 4.89352518554385e-03
+    q = x2 * b6 + b4
+    q = x2 * q + b2
+    q = x2 * q + b0
     return p / q
 
 

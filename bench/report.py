@@ -1,0 +1,55 @@
+"""Turn a pytest-benchmark JSON file from bench/test_bench.py into the markdown of RESULTS.md."""
+import json
+import platform
+import sys
+
+from test_bench import CONFIGS
+
+
+def main(path):
+    with open(path) as fh:
+        data = json.load(fh)
+    times = {}
+    info = None
+    for bench in data["benchmarks"]:
+        extra = bench["extra_info"]
+        times[extra["config"], extra["op"], extra["backend"]] = bench["stats"]["median"]
+        info = info or extra.get("threadpool_info")
+    lines = [
+        "| config | B | T | I | H | O | op | NumPy (ms) | Cython (ms) | Cython speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for config, (B, T, I, H, O, tokens) in CONFIGS.items():
+        for op in ("forward", "forward+backward"):
+            numpy_t = times.get((config, op, "numpy"))
+            cython_t = times.get((config, op, "cython"))
+            if numpy_t is None or cython_t is None:
+                continue
+            inputs = f"{I} tokens" if tokens else str(I)
+            lines.append(
+                f"| {config} | {B} | {T} | {inputs} | {H} | {O} | {op} | {numpy_t * 1e3:.3f} | "
+                f"{cython_t * 1e3:.3f} | {numpy_t / cython_t:.2f}x |"
+            )
+    machine = data.get("machine_info", {})
+    lines += [
+        "",
+        f"Median of repeated runs, float32, BLAS limited to one thread. Python "
+        f"{machine.get('python_version', platform.python_version())}, "
+        f"{machine.get('cpu', {}).get('brand_raw', platform.processor() or 'unknown CPU')}.",
+        "",
+        "BLAS libraries loaded during the run (`threadpoolctl.threadpool_info()`):",
+        "",
+        "| library | version | threading | architecture (kernel) | threads during run |",
+        "|---|---|---|---|---|",
+    ]
+    for lib in info or []:
+        lines.append(
+            f"| {lib.get('filepath', '').rsplit('/', 1)[-1]} | {lib.get('version')} | "
+            f"{lib.get('threading_layer', '')} | {lib.get('architecture', '')} | "
+            f"{lib.get('num_threads')} |"
+        )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
