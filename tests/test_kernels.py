@@ -482,14 +482,14 @@ def test_window_at_least_T_plus_1_is_full_bptt(backend, dtype, extra, opts, rng)
 
 
 @pytest.mark.parametrize("opts", WINDOW_OPTS)
-@pytest.mark.parametrize("window", ["1", "2", "3", "T-1", "T", "T+1"])
+@pytest.mark.parametrize("window", ["1", "2", "3", "T-1", "T", "T+1"])  # T = 6
 @pytest.mark.parametrize("nl", ["tanh", "leaky_relu", "sigmoid"])
 def test_window_matches_bruteforce(backend, dtype, nl, window, opts, rng):
     k = get(backend)
     o = WINDOW_OPTS[opts]
     lengths = o.get("lengths")
     T, B, H = 6, 5, 4
-    win = eval(window, {"T": T})
+    win = {"1": 1, "2": 2, "3": 3, "T-1": T - 1, "T": T, "T+1": T + 1}[window]
     dh_out, hs, Whh, dh_last = make_backward_inputs(rng, T, B, H, dtype, nl, lengths)
     dh_last = dh_last if o.get("dh_last") else None
     da, dh0 = k.rnn_backward_window(
@@ -615,7 +615,7 @@ def test_float32_sigmoid_accuracy(backend):
     assert_close(y + _activation_f32(backend, -x, "sigmoid"), np.ones_like(x64), 2e-6)
 
 
-@pytest.mark.parametrize("nl", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("nl", ["tanh", "sigmoid", "relu", "leaky_relu", "identity"])
 def test_nan_propagates(backend, dtype, nl):
     xw = np.array([np.nan, 0.5, np.nan, -3.0], dtype=dtype).reshape(1, 4, 1)
     hs = get(backend).rnn_forward(xw, np.zeros((4, 1), dtype), np.zeros((1, 1), dtype), nl)
@@ -671,24 +671,23 @@ def test_inputs_not_mutated(backend, dtype, rng):
         np.testing.assert_array_equal(a, before[name], err_msg=name)
 
 
-def _strided_copy(a, rng):
-    """A non-contiguous view with the values of ``a``."""
+def _strided_copy(a):
+    """A non-contiguous array with the values of ``a``."""
     if a.ndim == 1:
         big = np.zeros(2 * a.size, dtype=a.dtype)
         big[::2] = a
         return big[::2]
     if a.ndim == 2:
         return np.asfortranarray(a)
-    view = np.ascontiguousarray(a.transpose(1, 0, 2)).transpose(1, 0, 2)  # (B, T, H) memory
-    return view
+    return np.ascontiguousarray(a.transpose(1, 0, 2)).transpose(1, 0, 2)  # (B, T, H) in memory
 
 
 def test_non_contiguous_inputs(backend, dtype, rng):
     k = get(backend)
     args = _standard_args(rng, dtype)
-    strided = {n: _strided_copy(a, rng) for n, a in args.items()}
+    strided = {n: _strided_copy(a) for n, a in args.items()}
     for n, a in strided.items():
-        assert not a.flags.c_contiguous or a.ndim == 2 and a.shape[0] == 1, n
+        assert not a.flags.c_contiguous, n
         np.testing.assert_array_equal(a, args[n])
     # a sliced (H, H) view as well
     big = np.zeros((8, 8), dtype)
@@ -824,6 +823,23 @@ def test_unknown_nonlinearity(backend, kernel, bad):
 def test_invalid_negative_slope(backend, kernel, slope):
     with pytest.raises(ValueError, match=re.escape("negative_slope: expected a finite number >= 0")):
         _call(get(backend), kernel, nonlinearity="leaky_relu", negative_slope=slope)
+
+
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+def test_negative_slope_checked_for_every_nonlinearity(backend, kernel):
+    with pytest.raises(ValueError, match=re.escape("negative_slope: expected a finite number >= 0")):
+        _call(get(backend), kernel, nonlinearity="tanh", negative_slope=-1)
+    with pytest.raises(TypeError, match="negative_slope: expected a number"):
+        _call(get(backend), kernel, nonlinearity="leaky_relu", negative_slope="x")
+
+
+def test_zero_carry_cuts_even_infinite_gradients(backend):
+    """carry = 0 means no gradient crosses the boundary at all: 0 * inf must not leak NaN."""
+    dh_out = np.array([[[np.inf]], [[1.0]]])
+    da, dh0, _ = get(backend).rnn_backward(dh_out, np.zeros((3, 1, 1)), np.ones((1, 1)),
+                                           "identity", carry=[0.0, 1.0])
+    np.testing.assert_array_equal(dh0, [[0.0]])
+    assert np.isinf(da[0]).all()
 
 
 def test_zero_negative_slope_is_relu(backend, dtype, rng):

@@ -60,8 +60,9 @@ cdef inline void activate(floating* a, Py_ssize_t n, int code, floating slope) n
         for i in range(n):
             a[i] = tanh_(a[i])
     elif code == RELU:
+        # written so that NaN passes through, as NumPy's maximum does
         for i in range(n):
-            a[i] = a[i] if a[i] > 0 else 0
+            a[i] = 0 if a[i] < 0 else a[i]
     elif code == SIGMOID:
         # sigmoid(x) = (1 + tanh(x / 2)) / 2: vectorizable and free of exp overflow
         for i in range(n):

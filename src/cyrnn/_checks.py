@@ -12,17 +12,20 @@ _INT32_MAX = 2**31 - 1  # BLAS (LP64) takes sizes and strides as 32-bit ints
 
 
 def nonlinearity_code(nonlinearity, negative_slope):
-    """Return the index of ``nonlinearity`` in NONLINEARITIES, checking the slope as well."""
+    """Return the index of ``nonlinearity`` in NONLINEARITIES, checking the slope as well (for
+    every nonlinearity, so that a bad value is reported even where it is not used)."""
     try:
         code = NONLINEARITIES.index(nonlinearity)
     except ValueError:
         raise ValueError(
             f"nonlinearity: expected one of {', '.join(NONLINEARITIES)}, got {nonlinearity!r}"
         ) from None
-    if nonlinearity == "leaky_relu":
+    try:
         slope = float(negative_slope)
-        if not (np.isfinite(slope) and slope >= 0.0):
-            raise ValueError(f"negative_slope: expected a finite number >= 0, got {negative_slope!r}")
+    except (TypeError, ValueError):
+        raise TypeError(f"negative_slope: expected a number, got {negative_slope!r}") from None
+    if not (np.isfinite(slope) and slope >= 0.0):
+        raise ValueError(f"negative_slope: expected a finite number >= 0, got {negative_slope!r}")
     return code
 
 

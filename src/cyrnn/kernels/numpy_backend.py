@@ -145,7 +145,8 @@ def rnn_backward(
         if active is not None:
             da[t] *= active[t]
         scale = 1 if carry is None else carry[t]
-        back = (da[t] @ Whh) * scale
+        # a zero carry cuts the graph: nothing crosses, not even 0 * inf
+        back = (da[t] @ Whh) * scale if scale != 0 else np.zeros_like(g)
         g = back if active is None else back + np.where(active[t], 0, g)
     return da, g, grad_norms
 
