@@ -961,3 +961,32 @@ def test_property_backends_agree(data):
     for c, n in zip(cy.rnn_backward_window(dh_out, hs, Whh, window, nl, dh_last=dh_last, **kw),
                     nu.rnn_backward_window(dh_out, hs, Whh, window, nl, dh_last=dh_last, **kw)):
         assert_close(c, n, tol, "window")
+
+
+# ---------------------------------------------------------------------------------------------
+# embedding_grad: the gradient of the token-id row gather
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("N, V, H", [(1, 1, 1), (25, 65, 100), (40, 3, 7)])
+def test_embedding_grad_sums_rows_per_id(backend, dtype, rng, N, V, H):
+    ids = rng.integers(0, V, N)
+    grad = rng.normal(size=(N, H)).astype(dtype)
+    expected = np.zeros((V, H))
+    for n in range(N):
+        expected[ids[n]] += grad[n]
+    dW = get(backend).embedding_grad(ids.astype(np.int32), grad, V)
+    assert dW.shape == (V, H) and dW.dtype == dtype
+    np.testing.assert_allclose(dW, expected, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("ids, message", [
+    ([0, 3], r"ids: expected values in \[0, 3\), got min 0 max 3"),
+    ([-1, 0], r"ids: expected values in \[0, 3\), got min -1 max 0"),
+    ([0], r"ids: expected shape \(2,\), got \(1,\)"),
+])
+def test_embedding_grad_rejects_bad_ids(backend, ids, message):
+    with pytest.raises(ValueError, match=message):
+        get(backend).embedding_grad(np.array(ids), np.ones((2, 4)), 3)
+    with pytest.raises(TypeError, match="ids: expected integers"):
+        get(backend).embedding_grad(np.array([0.0, 1.0]), np.ones((2, 4)), 3)

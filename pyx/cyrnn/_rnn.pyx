@@ -372,3 +372,48 @@ def rnn_backward_window(dh_out, hs, Whh, window, nonlinearity="tanh", *, negativ
                             <double*> p_da, <double*> p_dh0, <double*> p_depth,
                             <double*> p_next, <double*> p_reach, k, T, B, H, c, s)
     return da, dh0
+
+
+# ---------------------------------------------------------------------------------------------
+# gradient of the token-id projection (a row gather)
+# ---------------------------------------------------------------------------------------------
+
+cdef void scatter_add_rows(floating* dW, const Py_ssize_t* ids, const floating* grad,
+                           Py_ssize_t N, Py_ssize_t H) noexcept nogil:
+    cdef Py_ssize_t n
+    for n in range(N):
+        # dW[ids[n]] (H,) += grad[n] (H,)
+        add(dW + ids[n] * H, grad + n * H, H)
+
+
+def embedding_grad(ids, grad, num_rows):
+    """embedding_grad(ids, grad, num_rows)
+
+    Gradient of a row gather ``out[n] = W[ids[n]]``: ``dW[i] = sum of grad[n] with ids[n] == i``.
+
+    Parameters
+    ----------
+    ids : array of int (N,)
+        Row indices, ``0 <= ids[n] < num_rows``.
+    grad : ndarray (N, H), float32 or float64
+        Gradient with respect to the gathered rows.
+    num_rows : int
+        Rows of ``W``.
+
+    Returns
+    -------
+    dW : ndarray (num_rows, H)
+    """
+    ids, grad, num_rows = _checks.embedding_grad_args(ids, grad, num_rows)
+    cdef Py_ssize_t N = grad.shape[0], H = grad.shape[1]
+    dW = np.zeros((num_rows, H), dtype=grad.dtype)
+    cdef const Py_ssize_t* p_ids = <const Py_ssize_t*> data(ids)
+    cdef void* p_grad = data(grad)
+    cdef void* p_dW = data(dW)
+    if grad.dtype == np.float32:
+        with nogil:
+            scatter_add_rows(<float*> p_dW, p_ids, <float*> p_grad, N, H)
+    else:
+        with nogil:
+            scatter_add_rows(<double*> p_dW, p_ids, <double*> p_grad, N, H)
+    return dW

@@ -155,3 +155,19 @@ def window_error(dh_out, dh_last, lengths):
     empty = np.flatnonzero(last == 0)
     dh0[empty] = dh_last[empty]
     return error, dh0
+
+
+def embedding_grad_args(ids, grad, num_rows):
+    """Checked arguments of ``embedding_grad``: ids (N,) in [0, num_rows), grad (N, H)."""
+    grad = float_array("grad", grad, 2)
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"ids: expected integers, got dtype {ids.dtype}")
+    if ids.shape != (grad.shape[0],):
+        raise ValueError(f"ids: expected shape ({grad.shape[0]},), got {ids.shape}")
+    num_rows = int(num_rows)
+    if num_rows < 1:
+        raise ValueError(f"num_rows: expected an int >= 1, got {num_rows}")
+    if ids.size and (ids.min() < 0 or ids.max() >= num_rows):
+        raise ValueError(f"ids: expected values in [0, {num_rows}), got min {ids.min()} max {ids.max()}")
+    return np.ascontiguousarray(ids, dtype=np.intp), grad, num_rows

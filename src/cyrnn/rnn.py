@@ -491,9 +491,8 @@ class RNN:
         grads["Whh"] = da2.T @ hs[:-1].reshape(-1, H)
         grads["bh"] = da2.sum(axis=0)
         if batch.tokens is not None:
-            # scatter-add of the rows of da into the columns of the used token ids
-            dWxhT = np.zeros((self.input_size, H), dtype=self.dtype)
-            np.add.at(dWxhT, batch.tokens.reshape(-1), da2)
+            # the projection gathered row id of Wxh^T: scatter-add da's rows back there
+            dWxhT = k.embedding_grad(batch.tokens.reshape(-1), da2, self.input_size)
             grads["Wxh"] = np.ascontiguousarray(dWxhT.T)
         else:
             # dWxh (H, I) = da^T (H, T*B) x (T*B, I);  dx (T*B, I) = da (T*B, H) Wxh (H, I)

@@ -1,6 +1,6 @@
 """Low-level kernels and backend selection.
 
-Two backends implement the same three functions with the same arguments and results:
+Two backends implement the same kernels (``KERNEL_NAMES``) with the same arguments and results:
 
 - ``"cython"``: the compiled extension ``cyrnn._rnn`` (built from ``pyx/cyrnn/_rnn.pyx``);
 - ``"numpy"``: ``cyrnn.kernels.numpy_backend``, pure NumPy.
@@ -9,8 +9,8 @@ The process default is the compiled backend when it imports, else NumPy (with a 
 environment variable ``CYRNN_BACKEND=numpy`` (or ``cython``) sets it explicitly; asking for the
 compiled backend when it cannot be imported is an error, never a silent slow fallback.
 
-The module-level ``rnn_forward``, ``rnn_backward`` and ``rnn_backward_window`` are those of the
-default backend; ``get_backend(name)`` returns either one.
+The module-level ``rnn_forward``, ``rnn_backward``, ``rnn_backward_window`` and ``embedding_grad``
+are those of the default backend; ``get_backend(name)`` returns either one.
 """
 import os
 import warnings
@@ -18,7 +18,7 @@ import warnings
 from . import numpy_backend
 
 BACKENDS = ("cython", "numpy")
-KERNEL_NAMES = ("rnn_forward", "rnn_backward", "rnn_backward_window")
+KERNEL_NAMES = ("rnn_forward", "rnn_backward", "rnn_backward_window", "embedding_grad")
 
 try:
     from .. import _rnn as cython_backend
@@ -78,11 +78,13 @@ _default = get_backend()
 rnn_forward = _default.rnn_forward
 rnn_backward = _default.rnn_backward
 rnn_backward_window = _default.rnn_backward_window
+embedding_grad = _default.embedding_grad
 
 __all__ = [
     "rnn_forward",
     "rnn_backward",
     "rnn_backward_window",
+    "embedding_grad",
     "get_backend",
     "available_backends",
     "DEFAULT_BACKEND",

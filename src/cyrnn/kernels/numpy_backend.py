@@ -198,3 +198,25 @@ def rnn_backward_window(
             reach_h0 += depth[0]
     dh0 += reach_h0 @ Whh
     return da, dh0
+
+
+def embedding_grad(ids, grad, num_rows):
+    """Gradient of a row gather ``out[n] = W[ids[n]]``: ``dW[i] = sum of grad[n] with ids[n] == i``.
+
+    Parameters
+    ----------
+    ids : array of int (N,)
+        Row indices, ``0 <= ids[n] < num_rows``.
+    grad : ndarray (N, H), float32 or float64
+        Gradient with respect to the gathered rows.
+    num_rows : int
+        Rows of ``W``.
+
+    Returns
+    -------
+    dW : ndarray (num_rows, H)
+    """
+    ids, grad, num_rows = _checks.embedding_grad_args(ids, grad, num_rows)
+    dW = np.zeros((num_rows, grad.shape[1]), dtype=grad.dtype)
+    np.add.at(dW, ids, grad)
+    return dW
