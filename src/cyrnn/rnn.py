@@ -171,7 +171,11 @@ class RNN:
         target_steps : {"all", "last"}
             ``"last"``: the loss sits on each sequence's last valid step only (many-to-one).
         truncate : int or None
-            ``None``: full BPTT. ``k``: each output's error flows back at most ``k`` steps.
+            ``None``: full BPTT. ``k``: each output's error flows back at most ``k`` steps: the
+            error of the output at step ``t`` reaches the pre-activations of steps
+            ``t - k + 1 .. t``, and ``h0`` only when ``t <= k - 2`` (``h0`` stands for the state
+            made by step -1 of an earlier chunk). So ``truncate >= T + 1`` is full BPTT, while
+            ``truncate = T`` stops output ``T - 1``'s error short of ``h0``.
 
         Returns
         -------
