@@ -81,28 +81,9 @@ cdef void forward(const floating* xw, const floating* h0, const floating* Whh, f
 def rnn_forward(xw, h0, Whh, nonlinearity="tanh", *, negative_slope=0.01, lengths=None, out=None):
     """rnn_forward(xw, h0, Whh, nonlinearity="tanh", *, negative_slope=0.01, lengths=None, out=None)
 
-    Run the Elman recurrence ``hs[t + 1] = f(xw[t] + hs[t] @ Whh.T)`` over all time steps.
-
-    Parameters
-    ----------
-    xw : ndarray (T, B, H), float32 or float64
-        Input projection plus hidden bias for every step, ``x_t @ Wxh.T + bh``.
-    h0 : ndarray (B, H)
-        Initial hidden state.
-    Whh : ndarray (H, H)
-        Recurrent weights (PyTorch's ``weight_hh`` orientation).
-    nonlinearity : {"tanh", "relu", "sigmoid", "leaky_relu", "identity"}
-    negative_slope : float
-        Slope of ``leaky_relu`` for negative inputs (>= 0).
-    lengths : array of int (B,), optional
-        Valid steps per sequence; a sequence's state is frozen after its last step.
-    out : ndarray (T + 1, B, H), optional
-        Writeable C-contiguous buffer for the result.
-
-    Returns
-    -------
-    hs : ndarray (T + 1, B, H)
-        ``hs[0] = h0`` and ``hs[t + 1]`` the state after step ``t``.
+    Run the Elman recurrence ``hs[t + 1] = f(xw[t] + hs[t] @ Whh.T)``: per step one GEMM into the
+    state block, then one fused activation pass. The full contract (shapes, lengths, errors) is
+    the docstring of the NumPy twin, which ``cyrnn.kernels`` copies here at import.
     """
     xw, h0, Whh, code, slope, lengths, hs = _checks.forward_args(
         xw, h0, Whh, nonlinearity, negative_slope, lengths, out
@@ -188,40 +169,9 @@ def rnn_backward(dh_out, hs, Whh, nonlinearity="tanh", *, negative_slope=0.01, d
                  carry=None, lengths=None):
     """rnn_backward(dh_out, hs, Whh, nonlinearity="tanh", *, negative_slope=0.01, dh_last=None, carry=None, lengths=None)
 
-    Backpropagate through time over the whole sequence.
-
-    With ``g_t = dL/dh_t`` (the total gradient reaching state ``hs[t]``) the recursion is::
-
-        g_T     = dh_out[T-1] + dh_last
-        da[t]   = g_{t+1} * f'(hs[t+1])
-        g_t     = dh_out[t-1] + carry[t] * da[t] @ Whh
-        dh0     = carry[0] * da[0] @ Whh
-
-    Parameters
-    ----------
-    dh_out : ndarray (T, B, H)
-        Gradient reaching each state ``hs[t + 1]`` from its own output (``dz_t @ Why``).
-    hs : ndarray (T + 1, B, H)
-        States from ``rnn_forward``.
-    Whh : ndarray (H, H)
-    nonlinearity, negative_slope : as in ``rnn_forward``.
-    dh_last : ndarray (B, H), optional
-        Gradient into the final state (of each sequence's last valid step).
-    carry : array (T,), optional
-        Scale of the gradient that step ``t`` passes back into the state before it: 1 everywhere
-        is full BPTT, 0 at a chunk start truncates there, ``xi_t / p`` is randomized truncation.
-        Frozen (padded) steps pass gradients through unscaled.
-    lengths : array of int (B,), optional
-
-    Returns
-    -------
-    da : ndarray (T, B, H)
-        Gradient of the loss with respect to every pre-activation.
-    dh0 : ndarray (B, H)
-        Gradient with respect to the initial state.
-    grad_norms : ndarray (T,)
-        ``||dL/dh_t||`` over the batch for the state after each step (the vanishing/exploding
-        gradient diagnostic).
+    Backpropagate through time over the whole sequence; per step one fused pass
+    (``da_t = g * f'(h)``), one dot for the gradient norm and one GEMM (``g_t = c_t da_t Whh``).
+    The full contract is the docstring of the NumPy twin, copied here by ``cyrnn.kernels``.
     """
     dh_out, hs, Whh, code, slope, dh_last, lengths = _checks.backward_args(
         dh_out, hs, Whh, nonlinearity, negative_slope, dh_last, lengths
@@ -317,27 +267,9 @@ def rnn_backward_window(dh_out, hs, Whh, window, nonlinearity="tanh", *, negativ
                         dh_last=None, lengths=None):
     """rnn_backward_window(dh_out, hs, Whh, window, nonlinearity="tanh", *, negative_slope=0.01, dh_last=None, lengths=None)
 
-    Backpropagate each output's error at most ``window`` steps back.
-
-    The error of the output at step ``t`` reaches the pre-activations of steps
-    ``t - window + 1 .. t`` and no earlier; it reaches ``h0`` only if its window would still
-    include step -1 (``t <= window - 2``). Rather than ``T * window`` small products, the
-    contributions are computed by depth: ``D_j[s]`` is what the output at step ``s + j`` sends
-    to ``a_s``; ``D_0 = e * f'`` and ``D_j[s] = (D_{j-1}[s + 1] @ Whh) * f'(hs[s + 1])``, one
-    large product per depth, and ``da = sum_j D_j``.
-
-    Parameters
-    ----------
-    dh_out, hs, Whh, nonlinearity, negative_slope, lengths : as in ``rnn_backward``.
-    window : int >= 1
-        Look-back ``k``; ``window >= T + 1`` is full BPTT.
-    dh_last : ndarray (B, H), optional
-        Extra error on each sequence's last valid state, windowed like that step's output.
-
-    Returns
-    -------
-    da : ndarray (T, B, H)
-    dh0 : ndarray (B, H)
+    Backpropagate each output's error at most ``window`` steps back, by depth: one
+    ``((T - j) * B, H) x (H, H)`` GEMM per depth ``j < window``. The full contract is the
+    docstring of the NumPy twin, copied here by ``cyrnn.kernels``.
     """
     dh_out, hs, Whh, code, slope, dh_last, lengths = _checks.backward_args(
         dh_out, hs, Whh, nonlinearity, negative_slope, dh_last, lengths
@@ -389,20 +321,8 @@ cdef void scatter_add_rows(floating* dW, const Py_ssize_t* ids, const floating* 
 def embedding_grad(ids, grad, num_rows):
     """embedding_grad(ids, grad, num_rows)
 
-    Gradient of a row gather ``out[n] = W[ids[n]]``: ``dW[i] = sum of grad[n] with ids[n] == i``.
-
-    Parameters
-    ----------
-    ids : array of int (N,)
-        Row indices, ``0 <= ids[n] < num_rows``.
-    grad : ndarray (N, H), float32 or float64
-        Gradient with respect to the gathered rows.
-    num_rows : int
-        Rows of ``W``.
-
-    Returns
-    -------
-    dW : ndarray (num_rows, H)
+    Gradient of a row gather ``out[n] = W[ids[n]]``: a scatter-add of the rows of ``grad``. The
+    full contract is the docstring of the NumPy twin, copied here by ``cyrnn.kernels``.
     """
     ids, grad, num_rows = _checks.embedding_grad_args(ids, grad, num_rows)
     cdef Py_ssize_t N = grad.shape[0], H = grad.shape[1]

@@ -29,6 +29,12 @@ except ImportError as exc:  # the extension was not built
     _IMPORT_ERROR = exc
 
 
+if cython_backend is not None:
+    # one contract, documented once: the compiled kernels show the twin's docstrings in help()
+    for _name in KERNEL_NAMES:
+        getattr(cython_backend, _name).__doc__ = getattr(numpy_backend, _name).__doc__
+
+
 def _choose_default():
     requested = os.environ.get("CYRNN_BACKEND", "").strip().lower()
     if requested == "numpy":
