@@ -129,12 +129,32 @@ def carry_array(carry, T, dtype):
     return arr
 
 
+def positive_int(name, value):
+    """``value`` as an int >= 1; TypeError for a non-integer (bool included), ValueError below 1."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value}")
+    return int(value)
+
+
 def window_size(window):
-    if isinstance(window, (bool, np.bool_)) or not isinstance(window, (int, np.integer)):
-        raise TypeError(f"window: expected an int >= 1, got {window!r}")
-    if window < 1:
-        raise ValueError(f"window: expected an int >= 1, got {window}")
-    return int(window)
+    return positive_int("window", window)
+
+
+def finite_array(name, a, dtype):
+    """``a`` as a C-contiguous array of ``dtype``, rejecting NaN and Inf, including values that
+    only overflow on the conversion (1e300 into float32)."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "fiu":
+        raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(a, dtype=dtype)
+    if not np.isfinite(out).all():
+        too_big = np.isfinite(a).all() if a.dtype.kind == "f" else True
+        detail = f"values too large for {np.dtype(dtype)}" if too_big else "NaN or Inf"
+        raise ValueError(f"{name}: contains {detail}")
+    return out
 
 
 def window_error(dh_out, dh_last, lengths):

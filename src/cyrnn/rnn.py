@@ -83,9 +83,11 @@ class RNN:
         backend=None,
         batch_first=False,
     ):
-        self.input_size = _positive_int("input_size", input_size)
-        self.hidden_size = _positive_int("hidden_size", hidden_size)
-        self.output_size = None if output_size is None else _positive_int("output_size", output_size)
+        self.input_size = _checks.positive_int("input_size", input_size)
+        self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
+        self.output_size = (
+            None if output_size is None else _checks.positive_int("output_size", output_size)
+        )
         _checks.nonlinearity_code(nonlinearity, negative_slope)
         self.nonlinearity = nonlinearity
         self.negative_slope = float(negative_slope)
@@ -190,7 +192,7 @@ class RNN:
         if target_steps not in TARGET_STEPS:
             raise ValueError(f"target_steps: expected 'all' or 'last', got {target_steps!r}")
         if truncate is not None:
-            truncate = _checks.window_size(truncate)
+            truncate = _checks.positive_int("truncate", truncate)
         batch = self._batch(x, h0, lengths)
         t_idx, b_idx = self._loss_positions(batch, target_steps)
         target = self._target(target, loss, batch, target_steps, t_idx, b_idx)
@@ -226,49 +228,48 @@ class RNN:
             from the arrays.
         """
         arrays = {str(k): np.asarray(v) for k, v in state_dict.items()}
-        found = {}
+        for key in arrays:
+            if "_l1" in key or key.endswith("_reverse"):
+                raise ValueError(f"state_dict: only single-layer unidirectional RNNs are supported ({key})")
+        rnn = {}
         for suffix in _TORCH_RNN_KEYS:
             keys = [k for k in arrays if k.endswith(suffix)]
             if len(keys) > 1:
                 raise ValueError(f"state_dict: several keys end in {suffix!r}: {keys}")
             if keys:
-                found[suffix] = arrays.pop(keys[0])
-        for required in _TORCH_RNN_KEYS[:2]:
-            if required not in found:
-                raise KeyError(f"state_dict: no key ending in {required!r}")
-        for k in [k for k in arrays if "_l1" in k or k.endswith("_reverse")]:
-            raise ValueError(f"state_dict: only single-layer unidirectional RNNs are supported ({k})")
-        Wxh, Whh = found["weight_ih_l0"], found["weight_hh_l0"]
-        H, I = Wxh.shape if Wxh.ndim == 2 else (None, None)
-        bh = np.zeros(H if H is not None else 0)
-        for bias in ("bias_ih_l0", "bias_hh_l0"):
-            if bias in found:
-                bh = bh + found[bias]
-        out_w = out_b = None
-        if output_prefix is not None:
-            out_w, out_b = arrays.get(output_prefix + "weight"), arrays.get(output_prefix + "bias")
-            if out_w is None:
-                raise KeyError(f"state_dict: no key {output_prefix + 'weight'!r}")
-        else:
-            weights = [k for k in arrays if k.endswith("weight")]
-            if len(weights) > 1:
-                raise ValueError(
-                    f"state_dict: several candidate output layers {weights}; pass output_prefix"
-                )
-            if weights:
-                prefix = weights[0][: -len("weight")]
-                out_w, out_b = arrays[weights[0]], arrays.get(prefix + "bias")
+                rnn[suffix] = arrays.pop(keys[0])
+            elif suffix.startswith("weight"):
+                raise KeyError(f"state_dict: no key ending in {suffix!r}")
+        Wxh = rnn["weight_ih_l0"]
         if Wxh.ndim != 2:
             raise ValueError(f"weight_ih_l0: expected 2 dimensions, got shape {Wxh.shape}")
-        O = None if out_w is None else (out_w.shape[0] if out_w.ndim == 2 else -1)
-        if O == -1:
-            raise ValueError(f"output weight: expected 2 dimensions, got shape {out_w.shape}")
+        H, I = Wxh.shape
+        for bias in ("bias_ih_l0", "bias_hh_l0"):
+            if bias in rnn and rnn[bias].shape != (H,):
+                raise ValueError(f"{bias}: expected shape ({H},), got {rnn[bias].shape}")
+        params = {
+            "Wxh": Wxh,
+            "Whh": rnn["weight_hh_l0"],
+            "bh": rnn.get("bias_ih_l0", np.zeros(H)) + rnn.get("bias_hh_l0", np.zeros(H)),
+        }
+
+        if output_prefix is None:
+            weights = [k for k in arrays if k.endswith("weight")]
+            if len(weights) > 1:
+                raise ValueError(f"state_dict: several candidate output layers {weights}; pass output_prefix")
+            output_prefix = weights[0][: -len("weight")] if weights else None
+        elif output_prefix + "weight" not in arrays:
+            raise KeyError(f"state_dict: no key {output_prefix + 'weight'!r}")
+        O = None
+        if output_prefix is not None:
+            Why = arrays[output_prefix + "weight"]
+            if Why.ndim != 2:
+                raise ValueError(f"{output_prefix}weight: expected 2 dimensions, got shape {Why.shape}")
+            O = Why.shape[0]
+            params["Why"] = Why
+            params["by"] = arrays.get(output_prefix + "bias", np.zeros(O))
         model = cls(I, H, O, **kwargs)
-        params = {"Wxh": Wxh, "Whh": Whh, "bh": bh}
-        if out_w is not None:
-            params["Why"] = out_w
-            params["by"] = np.zeros(O) if out_b is None else out_b
-        model.set_params(params)
+        model.set_params(params)  # checks the remaining shapes and finiteness
         return model
 
     def to_torch_state(self, rnn_prefix="rnn.", output_prefix="fc."):
@@ -302,11 +303,8 @@ class RNN:
             value = np.asarray(params[name])
             if value.shape != shape:
                 raise ValueError(f"{name}: expected shape {shape}, got {value.shape}")
-            if value.dtype.kind not in "fiu":
-                raise TypeError(f"{name}: expected real numbers, got dtype {value.dtype}")
-            if not np.isfinite(value).all():
-                raise ValueError(f"{name}: contains NaN or Inf")
-            new[name] = np.array(value, dtype=self.dtype, order="C")
+            value = _checks.finite_array(name, value, self.dtype)
+            new[name] = value.copy() if value is params[name] else value
         self.params = new
 
     # -----------------------------------------------------------------------------------------
@@ -338,9 +336,7 @@ class RNN:
             values = x if batched else x[:, None, :]
             if self.batch_first and batched:
                 values = values.transpose(1, 0, 2)
-            if not np.isfinite(values).all():
-                raise ValueError("x: contains NaN or Inf")
-            dense = np.ascontiguousarray(values, dtype=self.dtype)
+            dense = _checks.finite_array("x", values, self.dtype)
         else:
             raise TypeError(f"x: expected floats (dense inputs) or integers (token ids), got dtype {x.dtype}")
         T, B = (tokens if tokens is not None else dense).shape[:2]
@@ -356,11 +352,7 @@ class RNN:
             shape = (B, H) if batched else (H,)
             if h0.shape != shape:
                 raise ValueError(f"h0: expected shape {shape}, got {h0.shape}")
-            if h0.dtype.kind not in "fiu":
-                raise TypeError(f"h0: expected real numbers, got dtype {h0.dtype}")
-            if not np.isfinite(h0).all():
-                raise ValueError("h0: contains NaN or Inf")
-            h0 = np.ascontiguousarray(h0.reshape(B, H), dtype=self.dtype)
+            h0 = _checks.finite_array("h0", h0.reshape(B, H), self.dtype)
 
         if lengths is not None:
             if not batched:
@@ -430,9 +422,7 @@ class RNN:
                 bad = selected[(selected < 0) | (selected >= O)].flat[0]
                 raise ValueError(f"target: class id {bad} out of range [0, {O})")
             return np.ascontiguousarray(selected, dtype=np.intp)
-        selected = np.ascontiguousarray(selected, dtype=self.dtype)
-        if not np.isfinite(selected).all():
-            raise ValueError("target: contains NaN or Inf")
+        selected = _checks.finite_array("target", selected, self.dtype)
         if loss == "bce" and (selected.min() < 0 or selected.max() > 1):
             raise ValueError("target: bce needs values in [0, 1]")
         return selected
@@ -519,15 +509,9 @@ class RNN:
         return h[0].copy() if not batch.batched else h.copy()
 
 
-def _positive_int(name, value):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return int(value)
-
-
 def _float_dtype(dtype):
     try:
-        dt = np.dtype(dtype)
+        dt = None if dtype is None else np.dtype(dtype)  # np.dtype(None) would be float64
     except TypeError:
         dt = None
     if dt not in (np.float32, np.float64):
