@@ -1361,3 +1361,14 @@ def test_concurrent_training_matches_sequential(backend, dtype, tokens):
             assert got.keys() == expected.keys()
             for k in expected:
                 np.testing.assert_array_equal(got[k], expected[k], err_msg=k)
+
+
+def test_set_params_updates_the_arrays_in_place(backend, dtype, rng):
+    """Optimizers hold references to model.params' arrays; set_params must keep them valid."""
+    model = make(backend, dtype)
+    held = dict(model.params)
+    new = {name: rng.normal(size=p.shape) for name, p in model.params.items()}
+    model.set_params(new)
+    for name, p in model.params.items():
+        assert p is held[name]
+        np.testing.assert_array_equal(p, new[name].astype(dtype))

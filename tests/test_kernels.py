@@ -205,8 +205,10 @@ LENGTHS = np.array([0, 6, 3, 1, 5])  # B = 5: empty, full, and partial sequences
 
 
 def test_get_backend_returns_both_kernel_sets():
-    assert kernels.get_backend("numpy") is kernels.numpy_backend
-    assert kernels.get_backend("cython") is kernels.cython_backend
+    assert kernels.get_backend("numpy") is kernels.numpy_kernels
+    assert kernels.get_backend("cython") is kernels.cython_kernels
+    assert kernels.get_backend("numpy").rnn_forward is kernels.numpy_backend.rnn_forward
+    assert kernels.get_backend("cython").rnn_forward is kernels.cython_backend.rnn_forward
     for name in ("cython", "numpy"):
         for fn in KERNEL_NAMES:
             assert callable(getattr(kernels.get_backend(name), fn))

@@ -102,7 +102,7 @@ class RNN:
         self.dtype = _float_dtype(dtype)
         self.batch_first = bool(batch_first)
         self._kernels = kernels.get_backend(backend)
-        self.backend = "numpy" if self._kernels is kernels.numpy_backend else "cython"
+        self.backend = self._kernels.name
         rng = np.random.default_rng(seed)
         drawn = init_params(init, self.input_size, self.hidden_size, self.output_size, rng)
         self.params = {name: np.ascontiguousarray(p, dtype=self.dtype) for name, p in drawn.items()}
@@ -291,8 +291,9 @@ class RNN:
         return state
 
     def set_params(self, params):
-        """Copy ``params`` (same keys and shapes as ``self.params``) into the model, cast to its
-        dtype; checks shapes and finiteness first, so a failed call changes nothing."""
+        """Copy ``params`` (same keys and shapes as ``self.params``) into the model's arrays, cast
+        to its dtype; checks everything first, so a failed call changes nothing. The arrays are
+        updated in place: references held elsewhere (an optimizer's) stay valid."""
         expected = {name: p.shape for name, p in self.params.items()}
         missing = set(expected) - set(params)
         extra = set(params) - set(expected)
@@ -303,9 +304,9 @@ class RNN:
             value = np.asarray(params[name])
             if value.shape != shape:
                 raise ValueError(f"{name}: expected shape {shape}, got {value.shape}")
-            value = _checks.finite_array(name, value, self.dtype)
-            new[name] = value.copy() if value is params[name] else value
-        self.params = new
+            new[name] = _checks.finite_array(name, value, self.dtype)
+        for name, value in new.items():
+            np.copyto(self.params[name], value)
 
     # -----------------------------------------------------------------------------------------
     # validation

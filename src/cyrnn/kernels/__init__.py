@@ -12,27 +12,46 @@ compiled backend when it cannot be imported is an error, never a silent slow fal
 The module-level ``rnn_forward``, ``rnn_backward``, ``rnn_backward_window`` and ``embedding_grad``
 are those of the default backend; ``get_backend(name)`` returns either one.
 """
+import importlib
 import os
+import types
 import warnings
 
 from . import numpy_backend
 
 BACKENDS = ("cython", "numpy")
 KERNEL_NAMES = ("rnn_forward", "rnn_backward", "rnn_backward_window", "embedding_grad")
+# where each backend's kernels live: compiled extension modules, and their NumPy twins
+_CYTHON_MODULES = ("cyrnn._rnn",)
+_NUMPY_MODULES = ("cyrnn.kernels.numpy_backend",)
 
+
+def _collect(name, module_names):
+    """A namespace with every kernel of ``KERNEL_NAMES`` found in ``module_names``."""
+    backend = types.SimpleNamespace(name=name)
+    for module_name in module_names:
+        module = importlib.import_module(module_name)
+        for kernel in KERNEL_NAMES:
+            if hasattr(module, kernel):
+                setattr(backend, kernel, getattr(module, kernel))
+    missing = [k for k in KERNEL_NAMES if not hasattr(backend, k)]
+    if missing:
+        raise ImportError(f"backend {name!r} lacks kernels {missing}")
+    return backend
+
+
+numpy_kernels = _collect("numpy", _NUMPY_MODULES)
 try:
-    from .. import _rnn as cython_backend
-
+    cython_kernels = _collect("cython", _CYTHON_MODULES)
     _IMPORT_ERROR = None
 except ImportError as exc:  # the extension was not built
-    cython_backend = None
+    cython_kernels = None
     _IMPORT_ERROR = exc
 
-
-if cython_backend is not None:
+if cython_kernels is not None:
     # one contract, documented once: the compiled kernels show the twin's docstrings in help()
     for _name in KERNEL_NAMES:
-        getattr(cython_backend, _name).__doc__ = getattr(numpy_backend, _name).__doc__
+        getattr(cython_kernels, _name).__doc__ = getattr(numpy_kernels, _name).__doc__
 
 
 def _choose_default():
@@ -40,7 +59,7 @@ def _choose_default():
     if requested == "numpy":
         return "numpy", "CYRNN_BACKEND=numpy"
     if requested == "cython":
-        if cython_backend is None:
+        if cython_kernels is None:
             raise ImportError(
                 f"CYRNN_BACKEND=cython but the compiled extension cyrnn._rnn cannot be imported: "
                 f"{_IMPORT_ERROR}"
@@ -48,7 +67,7 @@ def _choose_default():
         return "cython", "CYRNN_BACKEND=cython"
     if requested:
         raise ValueError(f"CYRNN_BACKEND: expected one of {', '.join(BACKENDS)}, got {requested!r}")
-    if cython_backend is None:
+    if cython_kernels is None:
         warnings.warn(
             f"cyrnn: the compiled extension is not available ({_IMPORT_ERROR}); using the slower "
             "NumPy backend. Reinstall with a C compiler to build it.",
@@ -63,21 +82,22 @@ DEFAULT_BACKEND, DEFAULT_REASON = _choose_default()
 
 
 def get_backend(name=None):
-    """Return the kernel module of backend ``name`` (``None``: the process default)."""
+    """Return the kernels of backend ``name`` (``None``: the process default) as a namespace
+    with one attribute per kernel and ``name``."""
     if name is None:
         name = DEFAULT_BACKEND
     if name == "numpy":
-        return numpy_backend
+        return numpy_kernels
     if name == "cython":
-        if cython_backend is None:
+        if cython_kernels is None:
             raise ImportError(f"backend 'cython' is not available: {_IMPORT_ERROR}")
-        return cython_backend
+        return cython_kernels
     raise ValueError(f"backend: expected one of {', '.join(BACKENDS)} or None, got {name!r}")
 
 
 def available_backends():
     """Names of the backends that can be used in this process."""
-    return tuple(name for name in BACKENDS if name == "numpy" or cython_backend is not None)
+    return tuple(name for name in BACKENDS if name == "numpy" or cython_kernels is not None)
 
 
 _default = get_backend()
@@ -85,6 +105,8 @@ rnn_forward = _default.rnn_forward
 rnn_backward = _default.rnn_backward
 rnn_backward_window = _default.rnn_backward_window
 embedding_grad = _default.embedding_grad
+# the compiled module itself (None when not built), for code that wants it directly
+cython_backend = importlib.import_module("cyrnn._rnn") if cython_kernels is not None else None
 
 __all__ = [
     "rnn_forward",
@@ -94,6 +116,6 @@ __all__ = [
     "get_backend",
     "available_backends",
     "DEFAULT_BACKEND",
-    "numpy_backend",
-    "cython_backend",
+    "numpy_kernels",
+    "cython_kernels",
 ]
