@@ -54,7 +54,7 @@ def _surrogate_loss(model, params, x, h0, positions, targets, fixed_hs, window, 
     f = model.nonlinearity
     total = 0.0
     for (t, b), target in zip(positions, targets):
-        start = 0 if window is None else t - window + 1
+        start = 0 if window is None else t - (window if np.isscalar(window) else window[t]) + 1
         if start < 0 or window is None:
             h, first = h0[b], 0
         else:
@@ -163,5 +163,71 @@ def test_full_bptt_is_the_derivative_of_the_models_own_loss(backend, nonlinearit
     _, grads, _ = model.loss_and_grad(x, target, h0=h0, lengths=lengths)
     variables = dict(model.params, h0=h0, x=x)
     expected = _numeric(lambda: model.loss_and_grad(x, target, h0=h0, lengths=lengths)[0], variables)
+    for name, g in expected.items():
+        np.testing.assert_allclose(grads[name], g, rtol=1e-5, atol=1e-8, err_msg=name)
+
+
+def _carry_surrogate_loss(model, params, x, h0, positions, targets, fixed_hs, carry, reduction, loss):
+    """The loss whose derivative a carry scale computes: the state entering step s is
+    ``fixed + c_s (h - fixed)``: the same value, with the gradient across the step scaled by c_s."""
+    f = model.nonlinearity
+    total = 0.0
+    for (t, b), target in zip(positions, targets):
+        h = h0[b]
+        for s in range(t + 1):
+            entering = fixed_hs[s, b] + carry[s] * (h - fixed_hs[s, b])
+            xs = params["Wxh"][:, x[s, b]] if x.dtype.kind == "i" else params["Wxh"] @ x[s, b]
+            h = _activate(xs + params["bh"] + params["Whh"] @ entering, f)
+        z = h if model.output_size is None else params["Why"] @ h + params["by"]
+        total += _position_loss(z, target, model.output, loss)
+    if reduction == "mean":
+        width = 1 if loss == "cross_entropy" else (model.output_size or H)
+        total /= len(positions) * width
+    return total
+
+
+TRUNCATIONS = ("tbptt(2,3)", "tbptt(2,2)", "randomized(0.5)")
+SPEC_PRODUCT = list(itertools.product(NONLINEARITIES, COMBOS[:3], (False, True), TRUNCATIONS,
+                                      (False, True), ("all", "last")))
+
+
+@pytest.mark.parametrize(
+    "nonlinearity, combo, tokens, spec, use_lengths, target_steps", SPEC_PRODUCT,
+    ids=[f"{n}-{c[0]}-{c[1]}-{'tok' if k else 'dense'}-{t}-{'len' if l else 'full'}-{s}"
+         for n, c, k, t, l, s in SPEC_PRODUCT],
+)
+def test_truncation_specs_match_central_differences(backend, nonlinearity, combo, tokens, spec,
+                                                    use_lengths, target_steps):
+    """TBPTT(k1, k2) as per-output windows, TBPTT(k, k) and randomized truncation as carries."""
+    output, loss = combo
+    model, x, h0, lengths, target, positions, targets = _case(
+        backend, nonlinearity, output, loss, tokens, target_steps, use_lengths)
+    if spec == "tbptt(2,3)":
+        truncate, windows, carry = cyrnn.TBPTT(2, 3), cyrnn.TBPTT(2, 3).windows(T), None
+    elif spec == "tbptt(2,2)":
+        truncate, windows, carry = cyrnn.TBPTT(2, 2), None, cyrnn.TBPTT(2, 2).carry(T)
+    else:  # the same seed draws the same carries as the one loss_and_grad uses
+        truncate = cyrnn.RandomizedTruncation(0.5, seed=11)
+        windows, carry = None, cyrnn.RandomizedTruncation(0.5, seed=11).carry(T)
+    value, grads, _ = model.loss_and_grad(x, target, h0=h0, lengths=lengths, loss=loss,
+                                          reduction="sum", target_steps=target_steps,
+                                          truncate=truncate)
+    params = {name: p.copy() for name, p in model.params.items()}
+    fixed_hs = model._kernels.rnn_forward(
+        *_projection(model, x), h0, model.params["Whh"], nonlinearity, negative_slope=0.2)
+    h0_var, x_var = h0.copy(), x.astype(np.float64) if not tokens else x
+    if carry is None:
+        def surrogate():
+            return _surrogate_loss(model, params, x_var, h0_var, positions, targets, fixed_hs,
+                                   windows, "sum", loss)
+    else:
+        def surrogate():
+            return _carry_surrogate_loss(model, params, x_var, h0_var, positions, targets,
+                                         fixed_hs, carry, "sum", loss)
+    assert surrogate() == pytest.approx(value, rel=1e-12)
+    variables = dict(params, h0=h0_var)
+    if not tokens:
+        variables["x"] = x_var
+    expected = _numeric(surrogate, variables)
     for name, g in expected.items():
         np.testing.assert_allclose(grads[name], g, rtol=1e-5, atol=1e-8, err_msg=name)

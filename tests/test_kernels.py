@@ -751,8 +751,8 @@ F, B3, W = "rnn_forward", "rnn_backward", "rnn_backward_window"
     (F, "lengths", np.array([1.0, 2.0, 3.0]), "lengths: expected integers, got dtype float64"),
     (B3, "lengths", np.array([1.0, 2.0, 3.0]), "lengths: expected integers"),
     (W, "lengths", np.array([True, False, True]), "lengths: expected integers"),
-    (W, "window", 2.0, "window: expected an int >= 1, got 2.0"),
-    (W, "window", True, "window: expected an int >= 1, got True"),
+    (W, "window", 2.0, "window: expected an int >= 1 or an array of them (T,), got 2.0"),
+    (W, "window", True, "window: expected an int >= 1 or an array of them (T,), got True"),
     (W, "window", "3", "window: expected an int >= 1"),
     (W, "window", None, "window: expected an int >= 1"),
     (F, "out", np.zeros((7, 3, 5), np.float32), "out: expected a numpy.ndarray of dtype float64"),
@@ -992,3 +992,59 @@ def test_embedding_grad_rejects_bad_ids(backend, ids, message):
         get(backend).embedding_grad(np.array(ids), np.ones((2, 4)), 3)
     with pytest.raises(TypeError, match="ids: expected integers"):
         get(backend).embedding_grad(np.array([0.0, 1.0]), np.ones((2, 4)), 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-output windows (TBPTT(k1, k2) within one call)
+# ---------------------------------------------------------------------------------------------
+
+
+def _window_by_output(k, dh_out, hs, Whh, nl, lengths=None):
+    """Brute force: each output t alone, with its own look-back k[t], summed."""
+    T = dh_out.shape[0]
+    da, dh0 = 0, 0
+    for t in range(T):
+        one = np.zeros_like(dh_out)
+        one[t] = dh_out[t]
+        d, h = get("numpy").rnn_backward_window(one, hs, Whh, int(k[t]), nl, lengths=lengths)
+        da, dh0 = da + d, dh0 + h
+    return da, dh0
+
+
+@pytest.mark.parametrize("nl", ["tanh", "relu"])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+def test_per_output_windows_match_output_by_output(backend, dtype, nl, with_lengths, rng):
+    T, B, H = 7, 3, 4
+    xw, h0, Whh = make_inputs(rng, T, B, H, dtype)
+    lengths = np.array([7, 4, 0]) if with_lengths else None
+    hs = get(backend).rnn_forward(xw, h0, Whh, nl, lengths=lengths)
+    dh_out = rng.normal(size=(T, B, H)).astype(dtype)
+    windows = np.array([1, 3, 2, 9, 1, 4, 5])
+    da, dh0 = get(backend).rnn_backward_window(dh_out, hs, Whh, windows, nl, lengths=lengths)
+    ref_da, ref_dh0 = _window_by_output(windows, dh_out, hs, Whh, nl, lengths)
+    np.testing.assert_allclose(da, ref_da, rtol=TOL[dtype], atol=TOL[dtype])
+    np.testing.assert_allclose(dh0, ref_dh0, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def test_uniform_window_array_equals_int(backend, dtype, rng):
+    T, B, H = 6, 2, 3
+    xw, h0, Whh = make_inputs(rng, T, B, H, dtype)
+    hs = get(backend).rnn_forward(xw, h0, Whh)
+    dh_out = rng.normal(size=(T, B, H)).astype(dtype)
+    for k in (1, 3, 7):
+        a = get(backend).rnn_backward_window(dh_out, hs, Whh, k)
+        b = get(backend).rnn_backward_window(dh_out, hs, Whh, np.full(T, k))
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("window, exc, message", [
+    (np.array([1, 2]), ValueError, r"window: expected an int or shape \(6,\), got shape \(2,\)"),
+    (np.array([1, 2, 0, 1, 1, 1]), ValueError, r"window: expected values >= 1, got 0"),
+    (np.ones(6), TypeError, r"window: expected integers, got dtype float64"),
+])
+def test_bad_window_arrays(backend, window, exc, message):
+    T, B, H = 6, 2, 3
+    z = np.zeros((T, B, H))
+    with pytest.raises(exc, match=message):
+        get(backend).rnn_backward_window(z, np.zeros((T + 1, B, H)), np.zeros((H, H)), window)

@@ -222,51 +222,57 @@ def rnn_backward(dh_out, hs, Whh, nonlinearity="tanh", *, negative_slope=0.01, d
 
 
 # ---------------------------------------------------------------------------------------------
-# windowed BPTT: each output's error flows back at most k steps
+# windowed BPTT: each output's error flows back at most k (or k_t) steps
 # ---------------------------------------------------------------------------------------------
 
 cdef void mask_times_derivative(floating* out, const floating* g, const floating* hs,
-                                const Py_ssize_t* lengths, Py_ssize_t S, Py_ssize_t B,
-                                Py_ssize_t H, int code, floating slope) noexcept nogil:
-    """out[s] = g[s] * f'(hs[s + 1]) for the first S steps; zero on padded steps."""
+                                const Py_ssize_t* lengths, const Py_ssize_t* windows,
+                                Py_ssize_t depth, Py_ssize_t S, Py_ssize_t B, Py_ssize_t H,
+                                int code, floating slope) noexcept nogil:
+    """out[s] = g[s] * f'(hs[s + 1]) for the first S steps; zero on padded steps and where the
+    output at step s + depth does not reach back to s (windows[s + depth] <= depth)."""
     cdef Py_ssize_t BH = B * H, s, b, row
-    if lengths == NULL:
-        times_derivative(out, g, hs + BH, S * BH, code, slope)
-        return
     for s in range(S):
-        for b in range(B):
-            row = s * BH + b * H
-            if s < lengths[b]:
-                times_derivative(out + row, g + row, hs + BH + row, H, code, slope)
-            else:
-                memset(out + row, 0, H * sizeof(floating))
+        if windows != NULL and depth >= windows[s + depth]:
+            memset(out + s * BH, 0, BH * sizeof(floating))
+        elif lengths == NULL:
+            times_derivative(out + s * BH, g + s * BH, hs + BH + s * BH, BH, code, slope)
+        else:
+            for b in range(B):
+                row = s * BH + b * H
+                if s < lengths[b]:
+                    times_derivative(out + row, g + row, hs + BH + row, H, code, slope)
+                else:
+                    memset(out + row, 0, H * sizeof(floating))
 
 
 cdef void backward_window(const floating* error, const floating* hs, const floating* Whh,
-                          const Py_ssize_t* lengths, floating* da, floating* dh0,
-                          floating* depth, floating* depth_next, floating* reach_h0,
-                          Py_ssize_t window, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
-                          int code, floating slope) noexcept nogil:
+                          const Py_ssize_t* lengths, const Py_ssize_t* windows, floating* da,
+                          floating* dh0, floating* depth, floating* depth_next,
+                          floating* reach_h0, Py_ssize_t longest, Py_ssize_t T, Py_ssize_t B,
+                          Py_ssize_t H, int code, floating slope) noexcept nogil:
     # depth[s] is what the output at step s + j sends to the pre-activation a_s, for s < T - j.
-    # reach_h0 sums depth[0] over j <= window - 2: the errors whose window still includes step -1.
-    cdef Py_ssize_t BH = B * H, j, i, rows
+    # reach_h0 sums depth[0] over the j whose output's window still includes step -1
+    # (j <= k_j - 2). `windows` is NULL when every output looks back `longest` steps.
+    cdef Py_ssize_t BH = B * H, j, rows
     cdef floating* swap
     # D_0[s] = e_s * f'(h_s)
-    mask_times_derivative(depth, error, hs, lengths, T, B, H, code, slope)
+    mask_times_derivative(depth, error, hs, lengths, windows, 0, T, B, H, code, slope)
     memcpy(da, depth, T * BH * sizeof(floating))
-    if window >= 2:
+    if (longest if windows == NULL else windows[0]) >= 2:
         memcpy(reach_h0, depth, BH * sizeof(floating))
     else:
         memset(reach_h0, 0, BH * sizeof(floating))
-    for j in range(1, min(window, T)):
+    for j in range(1, min(longest, T)):
         rows = (T - j) * B
         # D_j[s] ((T-j)*B, H) = D_{j-1}[s + 1] ((T-j)*B, H) Whh (H, H), all s at once
         gemm(False, False, <int> rows, <int> H, <int> H, 1, depth + BH, <int> H, Whh, <int> H, 0,
              depth_next, <int> H)
-        # D_j[s] *= f'(h_s)
-        mask_times_derivative(depth_next, depth_next, hs, lengths, T - j, B, H, code, slope)
+        # D_j[s] *= f'(h_s), or 0 beyond the window of output s + j
+        mask_times_derivative(depth_next, depth_next, hs, lengths, windows, j, T - j, B, H, code,
+                              slope)
         add(da, depth_next, rows * H)
-        if j <= window - 2:
+        if j <= (longest if windows == NULL else windows[j]) - 2:
             add(reach_h0, depth_next, BH)
         swap = depth
         depth = depth_next
@@ -280,15 +286,16 @@ def rnn_backward_window(dh_out, hs, Whh, window, nonlinearity="tanh", *, negativ
                         dh_last=None, lengths=None):
     """rnn_backward_window(dh_out, hs, Whh, window, nonlinearity="tanh", *, negative_slope=0.01, dh_last=None, lengths=None)
 
-    Backpropagate each output's error at most ``window`` steps back, by depth: one
-    ``((T - j) * B, H) x (H, H)`` GEMM per depth ``j < window``. The full contract is the
-    docstring of the NumPy twin, copied here by ``cyrnn.kernels``.
+    Backpropagate each output's error at most ``window`` (or ``window[t]``) steps back, by
+    depth: one ``((T - j) * B, H) x (H, H)`` GEMM per depth ``j`` below the longest window. The
+    full contract is the docstring of the NumPy twin, copied here by ``cyrnn.kernels``.
     """
     dh_out, hs, Whh, code, slope, dh_last, lengths = _checks.backward_args(
         dh_out, hs, Whh, nonlinearity, negative_slope, dh_last, lengths
     )
-    cdef Py_ssize_t k = _checks.window_size(window)
     cdef Py_ssize_t T = dh_out.shape[0], B = dh_out.shape[1], H = dh_out.shape[2]
+    longest, windows = _checks.window_sizes(window, T)
+    cdef Py_ssize_t k = longest
     error, dh0 = _checks.window_error(dh_out, dh_last, lengths)
     dtype = dh_out.dtype
     da = empty((T, B, H), dtype)
@@ -301,6 +308,7 @@ def rnn_backward_window(dh_out, hs, Whh, window, nonlinearity="tanh", *, negativ
     cdef void* p_hs = data(hs)
     cdef void* p_Whh = data(Whh)
     cdef const Py_ssize_t* p_len = <const Py_ssize_t*> data(lengths)
+    cdef const Py_ssize_t* p_win = <const Py_ssize_t*> data(windows)
     cdef void* p_da = data(da)
     cdef void* p_dh0 = data(dh0)
     cdef void* p_depth = data(depth)
@@ -308,12 +316,12 @@ def rnn_backward_window(dh_out, hs, Whh, window, nonlinearity="tanh", *, negativ
     cdef void* p_reach = data(reach_h0)
     if dtype == np.float32:
         with nogil:
-            backward_window(<float*> p_error, <float*> p_hs, <float*> p_Whh, p_len, <float*> p_da,
-                            <float*> p_dh0, <float*> p_depth, <float*> p_next, <float*> p_reach,
-                            k, T, B, H, c, <float> s)
+            backward_window(<float*> p_error, <float*> p_hs, <float*> p_Whh, p_len, p_win,
+                            <float*> p_da, <float*> p_dh0, <float*> p_depth, <float*> p_next,
+                            <float*> p_reach, k, T, B, H, c, <float> s)
     else:
         with nogil:
-            backward_window(<double*> p_error, <double*> p_hs, <double*> p_Whh, p_len,
+            backward_window(<double*> p_error, <double*> p_hs, <double*> p_Whh, p_len, p_win,
                             <double*> p_da, <double*> p_dh0, <double*> p_depth,
                             <double*> p_next, <double*> p_reach, k, T, B, H, c, s)
     return da, dh0

@@ -8,10 +8,11 @@
 """
 from . import kernels
 from .rnn import RNN
+from .truncation import TBPTT, RandomizedTruncation
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "backend_info", "kernels", "__version__"]
+__all__ = ["RNN", "TBPTT", "RandomizedTruncation", "backend_info", "kernels", "__version__"]
 
 
 def backend_info():

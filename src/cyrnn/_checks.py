@@ -138,8 +138,21 @@ def positive_int(name, value):
     return int(value)
 
 
-def window_size(window):
-    return positive_int("window", window)
+def window_sizes(window, T):
+    """Look-back of every output: ``(longest, per_output)`` where ``per_output`` is None when
+    ``window`` is one int for all, else a C-contiguous intp array (T,) of values >= 1."""
+    if isinstance(window, (int, np.integer)) and not isinstance(window, (bool, np.bool_)):
+        return positive_int("window", window), None
+    if not isinstance(window, (list, tuple, np.ndarray)):
+        raise TypeError(f"window: expected an int >= 1 or an array of them (T,), got {window!r}")
+    arr = np.asarray(window)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"window: expected integers, got dtype {arr.dtype}")
+    if arr.shape != (T,):
+        raise ValueError(f"window: expected an int or shape ({T},), got shape {arr.shape}")
+    if arr.min() < 1:
+        raise ValueError(f"window: expected values >= 1, got {arr.min()}")
+    return int(arr.max()), np.ascontiguousarray(arr, dtype=np.intp)
 
 
 def finite_array(name, a, dtype):

@@ -13,7 +13,7 @@ loss; the weight gradients) and hands the kernels only the recurrences::
 """
 import numpy as np
 
-from . import _checks, kernels, losses
+from . import _checks, kernels, losses, truncation
 from .init import INITS, init_params
 
 PARAM_NAMES = ("Wxh", "Whh", "bh", "Why", "by")
@@ -172,12 +172,14 @@ class RNN:
             over valid elements for mse/bce); ``"sum"`` sums over them.
         target_steps : {"all", "last"}
             ``"last"``: the loss sits on each sequence's last valid step only (many-to-one).
-        truncate : int or None
+        truncate : None, int, ``cyrnn.TBPTT`` or ``cyrnn.RandomizedTruncation``
             ``None``: full BPTT. ``k``: each output's error flows back at most ``k`` steps: the
             error of the output at step ``t`` reaches the pre-activations of steps
             ``t - k + 1 .. t``, and ``h0`` only when ``t <= k - 2`` (``h0`` stands for the state
             made by step -1 of an earlier chunk). So ``truncate >= T + 1`` is full BPTT, while
             ``truncate = T`` stops output ``T - 1``'s error short of ``h0``.
+            ``TBPTT(k1, k2)``: Williams & Peng's truncation, blocks of ``k1`` from step 0;
+            ``RandomizedTruncation(p)``: unbiased random truncation (a fresh draw per call).
 
         Returns
         -------
@@ -191,9 +193,8 @@ class RNN:
             raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
         if target_steps not in TARGET_STEPS:
             raise ValueError(f"target_steps: expected 'all' or 'last', got {target_steps!r}")
-        if truncate is not None:
-            truncate = _checks.positive_int("truncate", truncate)
         batch = self._batch(x, h0, lengths)
+        window, carry = truncation.resolve(truncate, batch.T)
         t_idx, b_idx = self._loss_positions(batch, target_steps)
         target = self._target(target, loss, batch, target_steps, t_idx, b_idx)
 
@@ -207,7 +208,7 @@ class RNN:
         else:
             dz = np.zeros_like(z)
             dz[t_idx, b_idx] = dz_sel
-        grads = self._backward(batch, hs, dz, truncate)
+        grads = self._backward(batch, hs, dz, window, carry)
         return value, grads, self._state_out(hs[-1], batch)
 
     @classmethod
@@ -461,8 +462,9 @@ class RNN:
         z += self.params["by"]
         return z.reshape(T, B, -1)
 
-    def _backward(self, batch, hs, dz, truncate):
-        """Gradients of every parameter (and h0, and dense x) from dL/dz (T, B, O)."""
+    def _backward(self, batch, hs, dz, window=None, carry=None):
+        """Gradients of every parameter (and h0, and dense x) from dL/dz (T, B, O); with a
+        look-back ``window`` (int or (T,)) or a ``carry`` scale (T,) for truncated BPTT."""
         p, H = self.params, self.hidden_size
         T, B = batch.T, batch.B
         grads = {}
@@ -477,10 +479,10 @@ class RNN:
             dh_out = (dz2 @ p["Why"]).reshape(T, B, H)
         k = self._kernels
         common = dict(negative_slope=self.negative_slope, lengths=batch.lengths)
-        if truncate is None:
-            da, dh0, _ = k.rnn_backward(dh_out, hs, p["Whh"], self.nonlinearity, **common)
+        if window is None:
+            da, dh0, _ = k.rnn_backward(dh_out, hs, p["Whh"], self.nonlinearity, carry=carry, **common)
         else:
-            da, dh0 = k.rnn_backward_window(dh_out, hs, p["Whh"], truncate, self.nonlinearity, **common)
+            da, dh0 = k.rnn_backward_window(dh_out, hs, p["Whh"], window, self.nonlinearity, **common)
         da2 = da.reshape(-1, H)
         # dWhh (H, H) = da^T (H, T*B) h_{t-1} (T*B, H)
         grads["Whh"] = da2.T @ hs[:-1].reshape(-1, H)

@@ -157,17 +157,22 @@ def rnn_backward_window(
     """Backpropagate each output's error at most ``window`` steps back.
 
     The error of the output at step ``t`` reaches the pre-activations of steps
-    ``t - window + 1 .. t`` and no earlier; it reaches ``h0`` only if its window would still
-    include step -1 (``t <= window - 2``). Rather than ``T * window`` small products, the
-    contributions are computed by depth: ``D_j[s]`` is what the output at step ``s + j`` sends
-    to ``a_s``; ``D_0 = e * f'`` and ``D_j[s] = (D_{j-1}[s + 1] @ Whh) * f'(hs[s + 1])``, one
-    large product per depth, and ``da = sum_j D_j``.
+    ``t - k_t + 1 .. t`` and no earlier, where ``k_t`` is ``window`` (one int for every output)
+    or ``window[t]``; it reaches ``h0`` only if its window would still include step -1
+    (``t <= k_t - 2``), as ``h0`` stands for the state made by step -1 of an earlier chunk.
+    Rather than ``T * k`` small products, the contributions are computed by depth: ``D_j[s]`` is
+    what the output at step ``s + j`` sends to ``a_s``; ``D_0 = e * f'`` and
+    ``D_j[s] = (D_{j-1}[s + 1] @ Whh) * f'(hs[s + 1])``, zero once ``j >= k_{s+j}``: one large
+    product per depth, and ``da = sum_j D_j``.
+
+    Per-output windows express Williams & Peng's TBPTT(k1, k2) inside one call: the output at
+    step t of a block of k1 steps ending at step e reaches back ``k2 - (e - t)`` steps.
 
     Parameters
     ----------
     dh_out, hs, Whh, nonlinearity, negative_slope, lengths : as in ``rnn_backward``.
-    window : int >= 1
-        Look-back ``k``; ``window >= T + 1`` is full BPTT.
+    window : int >= 1, or array of int (T,) with values >= 1
+        Look-back ``k`` of every output, or of each; ``window >= T + 1`` is full BPTT.
     dh_last : ndarray (B, H), optional
         Extra error on each sequence's last valid state, windowed like that step's output.
 
@@ -179,8 +184,10 @@ def rnn_backward_window(
     dh_out, hs, Whh, code, slope, dh_last, lengths = _checks.backward_args(
         dh_out, hs, Whh, nonlinearity, negative_slope, dh_last, lengths
     )
-    k = _checks.window_size(window)
     T, B, H = dh_out.shape
+    longest, windows = _checks.window_sizes(window, T)
+    if windows is None:
+        windows = np.full(T, longest)
     active = _active_steps(lengths, T, B)
     error, dh0 = _checks.window_error(dh_out, dh_last, lengths)
     if active is not None:
@@ -190,12 +197,14 @@ def rnn_backward_window(
         slope_factor *= active
     depth = error * slope_factor
     da = depth.copy()
-    reach_h0 = depth[0].copy() if k >= 2 else np.zeros((B, H), dh_out.dtype)
-    for j in range(1, min(k, T)):
+    # the outputs whose window passes step 0 send their D_j[0] on into h0
+    reach_h0 = depth[0] if windows[0] >= 2 else np.zeros((B, H), dh_out.dtype)
+    for j in range(1, min(longest, T)):
         depth = (depth[1:] @ Whh) * slope_factor[: T - j]
+        depth *= (j < windows[j:])[:, None, None]  # output s + j reaches back to s?
         da[: T - j] += depth
-        if j <= k - 2:
-            reach_h0 += depth[0]
+        if j <= windows[j] - 2:
+            reach_h0 = reach_h0 + depth[0]
     dh0 += reach_h0 @ Whh
     return da, dh0
 
