@@ -6,13 +6,38 @@
 >>> y.shape, h_last.shape
 ((5, 3, 2), (3, 8))
 """
-from . import kernels
+from . import clip, data, diagnostics, kernels, optim
+from .clip import clip_grad_norm, clip_grad_value
+from .data import Vocabulary
+from .io import load, load_checkpoint
 from .rnn import RNN
+from .train import Checkpoint, EarlyStopping, History, evaluate, fit
 from .truncation import TBPTT, RandomizedTruncation
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "TBPTT", "RandomizedTruncation", "backend_info", "kernels", "__version__"]
+__all__ = [
+    "RNN",
+    "TBPTT",
+    "RandomizedTruncation",
+    "Vocabulary",
+    "fit",
+    "evaluate",
+    "History",
+    "EarlyStopping",
+    "Checkpoint",
+    "clip_grad_norm",
+    "clip_grad_value",
+    "load",
+    "load_checkpoint",
+    "backend_info",
+    "kernels",
+    "optim",
+    "data",
+    "clip",
+    "diagnostics",
+    "__version__",
+]
 
 
 def backend_info():

@@ -11,6 +11,8 @@ loss; the weight gradients) and hands the kernels only the recurrences::
     dWhh = sum_t da_t^T h_{t-1}   dWxh = sum_t da_t^T x_t   dbh = sum_t da_t
     dWhy = sum_t dz_t^T h_t       dby = sum_t dz_t          dx_t = da_t Wxh
 """
+import types
+
 import numpy as np
 
 from . import _checks, kernels, losses, truncation
@@ -106,6 +108,7 @@ class RNN:
         rng = np.random.default_rng(seed)
         drawn = init_params(init, self.input_size, self.hidden_size, self.output_size, rng)
         self.params = {name: np.ascontiguousarray(p, dtype=self.dtype) for name, p in drawn.items()}
+        self.vocab = None  # a cyrnn.data.Vocabulary for character models: text in and out
 
     def __repr__(self):
         return (
@@ -188,6 +191,23 @@ class RNN:
             Same keys and shapes as ``params``, plus ``h0`` and, for dense inputs, ``x``.
         h_last : ndarray (B, H)
         """
+        result = self._evaluate(x, target, h0, lengths, loss, reduction, target_steps, truncate)
+        return result.loss, result.grads, result.h_last
+
+    def evaluate(self, x, target, h0=None, lengths=None, loss=None, reduction="mean",
+                 target_steps="all"):
+        """The loss of one batch without gradients (validation).
+
+        Arguments as in ``loss_and_grad``. Returns ``(loss, h_last)``.
+        """
+        result = self._evaluate(x, target, h0, lengths, loss, reduction, target_steps,
+                                need_grads=False)
+        return result.loss, result.h_last
+
+    def _evaluate(self, x, target, h0, lengths, loss, reduction, target_steps, truncate=None,
+                  need_grads=True):
+        """Forward, loss and (optionally) BPTT; a namespace with ``loss``, ``h_last``, ``grads``
+        and ``grad_norms`` (per-step ``||dL/dh_t||`` (T,), full BPTT and carries only)."""
         loss = self._loss_name(loss)
         if reduction not in losses.REDUCTIONS:
             raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
@@ -203,13 +223,123 @@ class RNN:
         # (N, O) logits of the positions that carry a loss -> loss and dL/dz there
         z_sel = z.reshape(-1, z.shape[-1]) if t_idx is None else z[t_idx, b_idx]
         value, dz_sel = losses.loss_and_dz(loss, self.output, z_sel, target, reduction)
-        if t_idx is None:
-            dz = dz_sel.reshape(z.shape)
+        result = types.SimpleNamespace(loss=value, h_last=self._state_out(hs[-1], batch),
+                                       grads=None, grad_norms=None)
+        if need_grads:
+            if t_idx is None:
+                dz = dz_sel.reshape(z.shape)
+            else:
+                dz = np.zeros_like(z)
+                dz[t_idx, b_idx] = dz_sel
+            result.grads, result.grad_norms = self._backward(batch, hs, dz, window, carry)
+        return result
+
+    # -----------------------------------------------------------------------------------------
+    # generation
+    # -----------------------------------------------------------------------------------------
+
+    def sample(self, prime, n, temperature=1.0, top_k=None, seed=None, h0=None):
+        """Generate ``n`` tokens after ``prime``, feeding each draw back in.
+
+        The per-step loop (recurrence, output layer, softmax, draw) is one kernel call; the draws
+        come from uniforms generated beforehand from ``seed``, so both backends produce the same
+        text for the same seed.
+
+        Parameters
+        ----------
+        prime : str or sequence of int
+            Text (encoded with ``self.vocab``) or token ids to start from; at least one token.
+        n : int >= 1
+            Tokens to generate.
+        temperature : float >= 0
+            Softmax temperature; 0 is greedy decoding (``greedy``).
+        top_k : int, optional
+            Draw from the ``top_k`` most likely tokens only.
+        seed : int or numpy.random.Generator, optional
+        h0 : ndarray (H,), optional
+            State before the prime (zeros by default).
+
+        Returns
+        -------
+        str or ndarray of int (n,)
+            The continuation only (text when ``prime`` is text).
+        """
+        if self.output_size != self.input_size:
+            raise ValueError(
+                f"sample: needs output_size == input_size (tokens in and out), got "
+                f"{self.output_size} and {self.input_size}"
+            )
+        if self.output == "sigmoid":
+            raise ValueError("sample: needs output='softmax' or 'linear' (logits)")
+        as_text = isinstance(prime, str)
+        if as_text:
+            if self.vocab is None:
+                raise ValueError("prime: text needs model.vocab; pass token ids instead")
+            ids = self.vocab.encode(prime)
         else:
-            dz = np.zeros_like(z)
-            dz[t_idx, b_idx] = dz_sel
-        grads = self._backward(batch, hs, dz, window, carry)
-        return value, grads, self._state_out(hs[-1], batch)
+            ids = np.asarray(prime)
+            if ids.dtype.kind not in "iu" or ids.ndim != 1:
+                raise TypeError(f"prime: expected text or a 1-D sequence of token ids, got {prime!r}")
+        if ids.size == 0:
+            raise ValueError("prime: expected at least one token")
+        n = _checks.positive_int("n", n)
+        state = None if h0 is None else np.asarray(h0)
+        if ids.size > 1:
+            _, state = self.forward(ids[:-1], h0=state)
+        batch = self._batch(ids[-1:], state, None)  # checks the last id and h0
+        uniforms = np.random.default_rng(seed).random(n)
+        p = self.params
+        out, _ = self._kernels.sample_tokens(
+            np.ascontiguousarray(p["Wxh"].T), p["bh"], p["Whh"], p["Why"], p["by"], batch.h0[0],
+            int(batch.tokens[0, 0]), uniforms, self.nonlinearity,
+            negative_slope=self.negative_slope, temperature=temperature,
+            top_k=0 if top_k is None else top_k,
+        )
+        return self.vocab.decode(out) if as_text else out
+
+    def greedy(self, prime, n, h0=None):
+        """The ``n`` most likely tokens after ``prime``, one at a time (``sample`` at temperature 0)."""
+        return self.sample(prime, n, temperature=0.0, h0=h0)
+
+    def forecast(self, context, n, h0=None):
+        """Autoregressive forecast: run over ``context``, then feed each prediction back in.
+
+        Parameters
+        ----------
+        context : ndarray (T, I) or (T, B, I)
+            Observed values (``(B, T, I)`` with ``batch_first``); needs ``output_size == input_size``.
+        n : int >= 1
+            Future steps.
+        h0 : ndarray, optional
+
+        Returns
+        -------
+        ndarray (n, I) or (n, B, I)
+            The predictions ``y_{T+1} .. y_{T+n}`` (batch axis first with ``batch_first``).
+        """
+        if self.output_size != self.input_size:
+            raise ValueError(
+                f"forecast: needs output_size == input_size, got {self.output_size} and {self.input_size}"
+            )
+        n = _checks.positive_int("n", n)
+        y, h = self.forward(context, h0=h0)
+        time_axis = 1 if (self.batch_first and y.ndim == 3) else 0
+        last = np.take(y, [-1], axis=time_axis)
+        predictions = []
+        for _ in range(n):
+            predictions.append(last)
+            last, h = self.forward(last, h0=h)
+        return np.concatenate(predictions, axis=time_axis)
+
+    # -----------------------------------------------------------------------------------------
+    # persistence and weight exchange
+    # -----------------------------------------------------------------------------------------
+
+    def save(self, path, *, optimizer=None, extra=None):
+        """Write the model (and optimizer state) to a versioned ``.npz``; see ``cyrnn.io.save``."""
+        from . import io
+
+        io.save(self, path, optimizer=optimizer, extra=extra)
 
     @classmethod
     def from_torch(cls, state_dict, *, output_prefix=None, **kwargs):
@@ -463,8 +593,9 @@ class RNN:
         return z.reshape(T, B, -1)
 
     def _backward(self, batch, hs, dz, window=None, carry=None):
-        """Gradients of every parameter (and h0, and dense x) from dL/dz (T, B, O); with a
-        look-back ``window`` (int or (T,)) or a ``carry`` scale (T,) for truncated BPTT."""
+        """Gradients of every parameter (and h0, and dense x) from dL/dz (T, B, O), and the
+        per-step gradient norms (None with a window); with a look-back ``window`` (int or (T,))
+        or a ``carry`` scale (T,) for truncated BPTT."""
         p, H = self.params, self.hidden_size
         T, B = batch.T, batch.B
         grads = {}
@@ -480,9 +611,11 @@ class RNN:
         k = self._kernels
         common = dict(negative_slope=self.negative_slope, lengths=batch.lengths)
         if window is None:
-            da, dh0, _ = k.rnn_backward(dh_out, hs, p["Whh"], self.nonlinearity, carry=carry, **common)
+            da, dh0, grad_norms = k.rnn_backward(dh_out, hs, p["Whh"], self.nonlinearity,
+                                                 carry=carry, **common)
         else:
             da, dh0 = k.rnn_backward_window(dh_out, hs, p["Whh"], window, self.nonlinearity, **common)
+            grad_norms = None
         da2 = da.reshape(-1, H)
         # dWhh (H, H) = da^T (H, T*B) h_{t-1} (T*B, H)
         grads["Whh"] = da2.T @ hs[:-1].reshape(-1, H)
@@ -496,7 +629,8 @@ class RNN:
             grads["Wxh"] = da2.T @ batch.x.reshape(-1, self.input_size)
             grads["x"] = self._to_user_layout((da2 @ p["Wxh"]).reshape(T, B, -1), batch)
         grads["h0"] = self._state_out(dh0, batch)
-        return {name: grads[name] for name in (*self.params, "h0", "x") if name in grads}
+        ordered = {name: grads[name] for name in (*self.params, "h0", "x") if name in grads}
+        return ordered, grad_norms
 
     def _to_user_layout(self, a, batch):
         """(T, B, ...) -> the caller's layout: (B, T, ...) with batch_first, (T, ...) unbatched."""

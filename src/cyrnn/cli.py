@@ -1,0 +1,178 @@
+"""The ``cyrnn`` command: ``demo``, ``train``, ``sample`` and ``info``.
+
+    cyrnn demo                          train on the Zen of Python; print the loss and samples
+    cyrnn train TEXT_FILE [options]     a character-level language model; saves a checkpoint
+    cyrnn sample MODEL [options]        generate text from a saved model
+    cyrnn info                          backend, BLAS and version
+
+``python -m cyrnn`` is the same command.
+"""
+import argparse
+import codecs
+import importlib.util
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import __version__, backend_info, optim
+from .data import Vocabulary, train_val_split
+from .io import load, load_checkpoint
+from .rnn import RNN
+from .train import Checkpoint, fit
+
+
+def zen_of_python():
+    """The Zen of Python, read from the standard library's ``this`` module, where it is kept
+    ROT13-encoded (without importing it, which would print it)."""
+    source = importlib.util.find_spec("this").loader.get_source("this")
+    encoded = source.split('s = """', 1)[1].split('"""', 1)[0]
+    return codecs.decode(encoded, "rot13")
+
+
+def demo(args):
+    text = zen_of_python()
+    vocab = Vocabulary.from_text(text)
+    ids = vocab.encode(text)
+    model = RNN(len(vocab), args.hidden, len(vocab), output="softmax", seed=args.seed,
+                backend=args.backend)
+    model.vocab = vocab
+    optimizer = optim.Adam(model.params, lr=args.lr)
+    print(f"{model!r}\ntraining on the Zen of Python: {len(text)} characters, "
+          f"vocabulary {len(vocab)}")
+    print(f"{'steps':>6} {'loss':>7} {'bits/char':>9} {'chars/s':>9}")
+    rounds, started, done = 10, time.perf_counter(), 0
+    per_round = max(1, args.steps // rounds)
+    for r in range(rounds):
+        history = fit(model, ids, steps=per_round, epochs=per_round, batch_size=args.batch_size,
+                      seq_len=args.seq_len, partition="random", optimizer=optimizer,
+                      clip_norm=5.0, seed=args.seed + r)
+        done += len(history.steps)
+        loss = float(np.mean([s["loss"] for s in history.steps]))
+        speed = np.mean(history["tokens_per_second"])
+        print(f"{done:>6} {loss:>7.4f} {loss / np.log(2):>9.3f} {speed:>9,.0f}", flush=True)
+    print(f"trained in {time.perf_counter() - started:.1f} s on the {model.backend} backend")
+    for temperature in (0.5, 1.0):
+        sample = model.sample("Beautiful", 160, temperature=temperature, seed=args.seed)
+        print(f"\nsample at temperature {temperature}:\nBeautiful{sample}")
+    return 0
+
+
+def train(args):
+    with open(args.text_file, encoding="utf-8") as fh:
+        text = fh.read()
+    if len(text) < 2 * args.seq_len:
+        print(f"cyrnn train: {args.text_file} is too short ({len(text)} characters)", file=sys.stderr)
+        return 2
+    vocab = Vocabulary.from_text(text)
+    ids = vocab.encode(text)
+    train_ids, val_ids = (train_val_split(ids, args.val_fraction) if args.val_fraction > 0
+                          else (ids, None))
+    model = RNN(len(vocab), args.hidden, len(vocab), nonlinearity=args.nonlinearity,
+                output="softmax", dtype=args.dtype, seed=args.seed, backend=args.backend)
+    model.vocab = vocab
+    checkpoint = args.checkpoint or os.path.splitext(os.path.basename(args.text_file))[0] + ".npz"
+    callbacks = [Checkpoint(checkpoint, best_only=val_ids is not None)]
+    print(f"{model!r}: {len(text):,} characters, vocabulary {len(vocab)}; saving to {checkpoint}")
+    history = fit(model, train_ids, val_ids, epochs=args.epochs, steps=args.steps,
+                  batch_size=args.batch_size, seq_len=args.seq_len, partition=args.partition,
+                  optimizer=args.optimizer, lr=args.lr, clip_norm=args.clip_norm or None,
+                  callbacks=callbacks, seed=args.seed, verbose=True)
+    if val_ids is None:
+        model.save(checkpoint)
+    print(f"done: {len(history.steps)} steps; model in {checkpoint}")
+    return 0
+
+
+def sample(args):
+    model = load(args.model, backend=args.backend)
+    if model.vocab is None:
+        print(f"cyrnn sample: {args.model} has no vocabulary (not a character model)", file=sys.stderr)
+        return 2
+    prime = args.prime if args.prime else model.vocab.chars[0]
+    if args.greedy:
+        text = model.greedy(prime, args.n)
+    else:
+        text = model.sample(prime, args.n, temperature=args.temperature, top_k=args.top_k,
+                            seed=args.seed)
+    print(prime + text)
+    return 0
+
+
+def info(args):
+    for key, value in backend_info().items():
+        print(f"{key}: {value}")
+    return 0
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="cyrnn", description="Elman RNNs trained by BPTT.")
+    parser.add_argument("--version", action="version", version=f"cyrnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(p):
+        p.add_argument("--backend", choices=("cython", "numpy"), default=None,
+                       help="kernel backend (default: the compiled one)")
+        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    p = sub.add_parser("demo", help="train on the Zen of Python and print the loss and samples")
+    p.add_argument("--steps", type=int, default=1500, help="updates (default 1500)")
+    p.add_argument("--hidden", type=int, default=128, help="hidden units (default 128)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per update (default 16)")
+    p.add_argument("--seq-len", type=int, default=25, help="characters per sequence (default 25)")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    common(p)
+    p.set_defaults(run=demo)
+
+    p = sub.add_parser("train", help="train a character-level language model on a text file")
+    p.add_argument("text_file", help="UTF-8 text to learn")
+    p.add_argument("--hidden", type=int, default=256, help="hidden units (default 256)")
+    p.add_argument("--nonlinearity", default="tanh",
+                   choices=("tanh", "relu", "sigmoid", "leaky_relu", "identity"))
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--epochs", type=int, default=10, help="passes over the text (default 10)")
+    p.add_argument("--steps", type=int, default=None, help="stop after this many updates")
+    p.add_argument("--batch-size", type=int, default=32, help="streams per update (default 32)")
+    p.add_argument("--seq-len", type=int, default=50, help="characters per update (default 50)")
+    p.add_argument("--partition", default="sequential", choices=("sequential", "random"))
+    p.add_argument("--optimizer", default="adam", choices=sorted(optim.OPTIMIZERS))
+    p.add_argument("--lr", type=float, default=2e-3, help="learning rate (default 2e-3)")
+    p.add_argument("--clip-norm", type=float, default=5.0, help="gradient norm clip, 0 for none")
+    p.add_argument("--val-fraction", type=float, default=0.05,
+                   help="tail of the text held out for validation (default 0.05)")
+    p.add_argument("--checkpoint", default=None,
+                   help="where to save the model (default: TEXT_FILE's name with .npz)")
+    common(p)
+    p.set_defaults(run=train)
+
+    p = sub.add_parser("sample", help="generate text from a saved character model")
+    p.add_argument("model", help="a file written by 'cyrnn train' or model.save")
+    p.add_argument("--prime", default="", help="text to start from")
+    p.add_argument("-n", type=int, default=300, help="characters to generate (default 300)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--greedy", action="store_true", help="always take the most likely character")
+    common(p)
+    p.set_defaults(run=sample)
+
+    p = sub.add_parser("info", help="backend, BLAS and version")
+    p.set_defaults(run=info)
+    return parser
+
+
+def main(argv=None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except (OSError, ValueError) as exc:
+        print(f"cyrnn {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+# re-exported for the examples and tests that load checkpoints by hand
+__all__ = ["main", "zen_of_python", "load_checkpoint"]

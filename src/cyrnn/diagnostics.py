@@ -1,0 +1,63 @@
+"""Diagnostics of gradient flow: how ``||dL/dh_t||`` decays or explodes with time.
+
+The compiled backward kernel records the norm of the total gradient reaching every state as it
+runs, at no extra cost; these helpers return it for a batch.
+"""
+import numpy as np
+
+from . import _checks
+
+
+def gradient_norms(model, x, target, h0=None, lengths=None, loss=None, reduction="mean",
+                   target_steps="all", truncate=None):
+    """Per-step norms ``||dL/dh_t||`` (Frobenius over the batch) of one batch, by full BPTT (or a
+    carry-based truncation).
+
+    Arguments as in ``RNN.loss_and_grad``; a look-back window (an int or ``TBPTT(k1, k2)`` with
+    ``k1 != k2``) has no per-state total gradient and is refused.
+
+    Returns
+    -------
+    ndarray (T,)
+        ``norms[t]`` for the state after step ``t``. With ``target_steps="last"`` the loss sits
+        at the end only, so ``norms[T - 1 - j]`` shows the gradient ``j`` steps back: a
+        geometric decay is the vanishing gradient, a growth the exploding one.
+    """
+    result = model._evaluate(x, target, h0, lengths, loss, reduction, target_steps, truncate)
+    if result.grad_norms is None:
+        raise ValueError("truncate: a look-back window has no per-step gradient norms; "
+                         "use None, TBPTT(k, k) or RandomizedTruncation")
+    return result.grad_norms
+
+
+def gradient_decay(model, T, *, batch_size=16, seed=None):
+    """``||dL/dh_t||`` for a loss on the last state only, over random dense inputs of ``T`` steps.
+
+    A loss ``L = sum(h_T * r)`` with a fixed random unit direction ``r`` makes ``dL/dh_T = r``;
+    the returned norms, normalised by ``||r||``, are then the norms of ``r^T dh_T/dh_t``: how
+    much of a unit error ``T - t`` steps later reaches state ``t``.
+
+    Parameters
+    ----------
+    model : cyrnn.RNN
+    T : int
+    batch_size : int
+    seed : int, optional
+
+    Returns
+    -------
+    ndarray (T,)
+    """
+    T = _checks.positive_int("T", T)
+    rng = np.random.default_rng(seed)
+    H = model.hidden_size
+    x = rng.standard_normal((T, batch_size, model.input_size)).astype(model.dtype)
+    batch = model._batch(x, None, None)
+    hs = model._states(batch)
+    r = rng.standard_normal((batch_size, H)).astype(model.dtype)
+    r /= np.linalg.norm(r)
+    dh_out = np.zeros((T, batch_size, H), dtype=model.dtype)
+    dh_out[-1] = r
+    _, _, norms = model._kernels.rnn_backward(dh_out, hs, model.params["Whh"], model.nonlinearity,
+                                              negative_slope=model.negative_slope)
+    return norms

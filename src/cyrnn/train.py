@@ -1,0 +1,428 @@
+"""The training loop: ``fit``, its ``History`` and callbacks.
+
+``fit`` works on the plain pieces the rest of cyrnn provides (``loss_and_grad``, an optimizer
+from ``cyrnn.optim``, clipping from ``cyrnn.clip``, batches from ``cyrnn.data``), so anything it
+does can be done by hand in a few lines when a project needs a different loop.
+"""
+import math
+import sys
+import time
+
+import numpy as np
+
+from . import _checks, data as data_mod
+from .clip import clip_grad_norm, clip_grad_value
+from .optim import Optimizer, make_optimizer
+
+PARTITIONS = ("sequential", "random")
+NONFINITE = ("raise", "skip")
+
+
+class History:
+    """What ``fit`` measured.
+
+    Attributes
+    ----------
+    steps : list of dict
+        One record per update: ``step``, ``epoch``, ``loss``, ``grad_norm`` (before clipping),
+        ``lr``, ``skipped`` (True when a non-finite loss or gradient was skipped).
+    epochs : list of dict
+        One record per epoch: ``epoch``, ``loss`` (mean training loss), ``grad_norm`` (mean),
+        ``tokens_per_second``, ``seconds``, ``skipped``, and with validation data ``val_loss``;
+        for cross-entropy also ``perplexity`` / ``val_perplexity`` (``exp`` of the mean loss).
+
+    ``history["val_loss"]`` is the list of that key over the epochs.
+    """
+
+    def __init__(self):
+        self.steps = []
+        self.epochs = []
+
+    def __getitem__(self, key):
+        return [record.get(key) for record in self.epochs]
+
+    def __len__(self):
+        return len(self.epochs)
+
+    def __repr__(self):
+        last = self.epochs[-1] if self.epochs else {}
+        return f"History({len(self.epochs)} epochs, {len(self.steps)} steps, last={last})"
+
+
+class Callback:
+    """Base class: ``on_epoch_end(state)`` runs after every epoch (and its validation);
+    returning True stops training. ``state`` has ``model``, ``optimizer``, ``history`` and
+    ``epoch``."""
+
+    def on_epoch_end(self, state):
+        return False
+
+    def on_train_end(self, state):
+        pass
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+
+    Parameters
+    ----------
+    monitor : str
+        An epoch key of the history, e.g. ``"val_loss"`` (default) or ``"loss"``.
+    patience : int >= 1
+    min_delta : float >= 0
+    restore_best : bool
+        At the end of training, copy the best epoch's parameters back into the model.
+    """
+
+    def __init__(self, monitor="val_loss", patience=3, min_delta=0.0, restore_best=True):
+        self.monitor = monitor
+        self.patience = _checks.positive_int("patience", patience)
+        self.min_delta = float(min_delta)
+        if not self.min_delta >= 0:
+            raise ValueError(f"min_delta: expected a number >= 0, got {min_delta!r}")
+        self.restore_best = restore_best
+        self.best = math.inf
+        self.best_epoch = None
+        self._best_params = None
+        self._waited = 0
+
+    def on_epoch_end(self, state):
+        value = state.history.epochs[-1].get(self.monitor)
+        if value is None:
+            raise KeyError(f"EarlyStopping: no {self.monitor!r} in the history (validation data?)")
+        if value < self.best - self.min_delta:
+            self.best, self.best_epoch, self._waited = value, state.epoch, 0
+            if self.restore_best:
+                self._best_params = {k: p.copy() for k, p in state.model.params.items()}
+            return False
+        self._waited += 1
+        return self._waited >= self.patience
+
+    def on_train_end(self, state):
+        if self.restore_best and self._best_params is not None:
+            state.model.set_params(self._best_params)
+
+
+class Checkpoint(Callback):
+    """Save the model (and optimizer state, to resume) after epochs.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        File to write (overwritten each time).
+    monitor : str or None
+        With ``best_only``, the epoch key to minimize (default ``"val_loss"``).
+    best_only : bool
+        Save only when ``monitor`` improved.
+    """
+
+    def __init__(self, path, monitor="val_loss", best_only=False):
+        self.path = path
+        self.monitor = monitor
+        self.best_only = best_only
+        self.best = math.inf
+
+    def on_epoch_end(self, state):
+        if self.best_only:
+            value = state.history.epochs[-1].get(self.monitor)
+            if value is None or not value < self.best:
+                return False
+            self.best = value
+        state.model.save(self.path, optimizer=state.optimizer, extra={"epoch": state.epoch})
+        return False
+
+
+class _State:
+    __slots__ = ("model", "optimizer", "history", "epoch")
+
+    def __init__(self, model, optimizer, history):
+        self.model, self.optimizer, self.history, self.epoch = model, optimizer, history, 0
+
+
+def fit(
+    model,
+    train,
+    val=None,
+    *,
+    epochs=1,
+    steps=None,
+    batch_size=32,
+    seq_len=35,
+    partition="sequential",
+    optimizer="adam",
+    lr=None,
+    weight_decay=0.0,
+    clip_norm=None,
+    clip_value=None,
+    truncate=None,
+    loss=None,
+    reduction="mean",
+    target_steps="all",
+    callbacks=(),
+    seed=None,
+    on_nonfinite="raise",
+    verbose=False,
+):
+    """Train ``model`` in place; return the ``History``.
+
+    Parameters
+    ----------
+    model : cyrnn.RNN
+    train : ndarray of int (N,), or tuple ``(inputs, targets)`` / ``(inputs, targets, lengths)``
+        A token stream for language modelling (the target is the next token), cut into batches
+        by ``partition``; or a dataset of sequences in the model's layout (time-major
+        ``(T, N, ...)``, or ``(N, T, ...)`` with ``batch_first``), shuffled into batches of
+        ``batch_size`` sequences each epoch, with a fresh state for each.
+    val : same forms as ``train``, optional
+        Evaluated after every epoch (forward only).
+    epochs : int
+    steps : int, optional
+        Stop after this many updates in total (possibly within an epoch).
+    batch_size, seq_len : int
+        Sequences per batch; steps per batch (token streams only).
+    partition : {"sequential", "random"}
+        Token streams: ``"sequential"`` carries the hidden state from batch to batch (the
+        gradient is cut between batches: chunked truncated BPTT), ``"random"`` shuffles
+        independent subsequences and resets the state (see ``cyrnn.data``).
+    optimizer : str or cyrnn.optim.Optimizer
+        A name for ``cyrnn.optim.make_optimizer`` (with ``lr`` and ``weight_decay``), or an
+        optimizer built over ``model.params``.
+    lr : float, optional
+        Learning rate (the optimizer's default when None).
+    weight_decay : float
+        L2 penalty (decoupled for AdamW).
+    clip_norm, clip_value : float, optional
+        Clip the gradients' global norm / values before every update.
+    truncate : None, int, TBPTT or RandomizedTruncation
+        Truncation inside each batch, as in ``RNN.loss_and_grad``.
+    loss, reduction, target_steps : as in ``RNN.loss_and_grad``.
+    callbacks : sequence of Callback
+        E.g. ``EarlyStopping``, ``Checkpoint``.
+    seed : int, optional
+        Seeds the partitioning and shuffling; with a seeded model, the run is reproducible.
+    on_nonfinite : {"raise", "skip"}
+        A non-finite loss or gradient norm raises ``FloatingPointError`` naming the step, or
+        skips that update (counted in the history). NaN never reaches the weights.
+    verbose : bool
+        Report progress: a tqdm bar per epoch when tqdm is installed, else one line per epoch
+        on standard output. Off by default: library code stays quiet.
+
+    Returns
+    -------
+    History
+    """
+    epochs = _checks.positive_int("epochs", epochs)
+    steps = None if steps is None else _checks.positive_int("steps", steps)
+    batch_size = _checks.positive_int("batch_size", batch_size)
+    seq_len = _checks.positive_int("seq_len", seq_len)
+    if partition not in PARTITIONS:
+        raise ValueError(f"partition: expected one of {', '.join(PARTITIONS)}, got {partition!r}")
+    if on_nonfinite not in NONFINITE:
+        raise ValueError(f"on_nonfinite: expected 'raise' or 'skip', got {on_nonfinite!r}")
+    optimizer = _optimizer(model, optimizer, lr, weight_decay)
+    rng = np.random.default_rng(seed)
+    loss_name = model._loss_name(loss)
+    stream = _is_stream(train)
+    batches = _stream_batches(train, batch_size, seq_len, partition, rng) if stream else None
+    history = History()
+    state = _State(model, optimizer, history)
+    bar_factory = _progress_bar() if verbose else None
+    done = 0
+    try:
+        for epoch in range(1, epochs + 1):
+            state.epoch = epoch
+            epoch_batches = batches if stream else _dataset_batches(train, batch_size, rng, model)
+            started = time.perf_counter()
+            losses, norms, tokens, skipped = [], [], 0, 0
+            h = None
+            bar = bar_factory(total=len(epoch_batches), desc=f"epoch {epoch}") if bar_factory else None
+            for batch in epoch_batches:
+                x, target, lengths = batch if len(batch) == 3 else (*batch, None)
+                h0 = h if (stream and partition == "sequential") else None
+                value, grads, h = model.loss_and_grad(
+                    x, target, h0=h0, lengths=lengths, loss=loss_name, reduction=reduction,
+                    target_steps=target_steps, truncate=truncate,
+                )
+                norm = clip_grad_norm(grads, clip_norm if clip_norm else math.inf)
+                done += 1
+                record = {"step": done, "epoch": epoch, "loss": value, "grad_norm": norm,
+                          "lr": optimizer.lr, "skipped": False}
+                if not (math.isfinite(value) and math.isfinite(norm)):
+                    if on_nonfinite == "raise":
+                        raise FloatingPointError(
+                            f"non-finite {'loss' if not math.isfinite(value) else 'gradient'} "
+                            f"({value if not math.isfinite(value) else norm}) at step {done} "
+                            f"(epoch {epoch}): lower the learning rate, clip the gradients "
+                            f"(clip_norm=...) or pass on_nonfinite='skip'"
+                        )
+                    record["skipped"] = True
+                    skipped += 1
+                    h = None  # the carried state may be what went wrong
+                else:
+                    if clip_value:
+                        clip_grad_value(grads, clip_value)
+                    optimizer.step(grads)
+                    losses.append(value)
+                    norms.append(norm)
+                history.steps.append(record)
+                tokens += np.asarray(x).shape[0] * (np.asarray(x).shape[1] if np.ndim(x) > 1 else 1)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{value:.4f}")
+                if steps is not None and done >= steps:
+                    break
+            if bar is not None:
+                bar.close()
+            seconds = time.perf_counter() - started
+            summary = {
+                "epoch": epoch,
+                "loss": float(np.mean(losses)) if losses else math.nan,
+                "grad_norm": float(np.mean(norms)) if norms else math.nan,
+                "tokens_per_second": tokens / seconds if seconds > 0 else math.nan,
+                "seconds": seconds,
+                "skipped": skipped,
+            }
+            if val is not None:
+                summary["val_loss"] = evaluate(model, val, batch_size=batch_size, loss=loss_name,
+                                               reduction=reduction, target_steps=target_steps)
+            if loss_name == "cross_entropy":
+                summary["perplexity"] = _perplexity(summary["loss"])
+                if val is not None:
+                    summary["val_perplexity"] = _perplexity(summary["val_loss"])
+            history.epochs.append(summary)
+            if verbose:
+                print(_epoch_line(summary), flush=True)
+            stop = [bool(cb.on_epoch_end(state)) for cb in callbacks]
+            if any(stop) or (steps is not None and done >= steps):
+                break
+    finally:
+        for cb in callbacks:
+            cb.on_train_end(state)
+    return history
+
+
+def evaluate(model, data, *, batch_size=32, loss=None, reduction="mean", target_steps="all"):
+    """Mean loss of ``model`` on ``data`` (a token stream or a dataset tuple, as in ``fit``),
+    forward only.
+
+    A token stream is read as ``min(batch_size, N - 1)`` contiguous streams in one call, the
+    state carried through; the loss is the mean over all predicted tokens.
+    """
+    if _is_stream(data):
+        ids = _stream_ids(data)
+        B = max(1, min(batch_size, len(ids) - 1))
+        L = (len(ids) - 1) // B
+        if L < 1:
+            raise ValueError(f"data: a token stream needs at least 2 tokens, got {len(ids)}")
+        cut = ids[: B * L + 1]
+        x = cut[:-1].reshape(B, L).T
+        y = cut[1:].reshape(B, L).T
+        if model.batch_first:
+            x, y = x.T, y.T
+        return model.evaluate(x, y, loss=loss, reduction=reduction)[0]
+    total, count = 0.0, 0
+    for batch in _dataset_batches(data, batch_size, None, model):
+        x, target, lengths = batch if len(batch) == 3 else (*batch, None)
+        n = _num_sequences(x, model)
+        value, _ = model.evaluate(x, target, lengths=lengths, loss=loss, reduction=reduction,
+                                  target_steps=target_steps)
+        total += value if reduction == "sum" else value * n
+        count += n
+    return total if reduction == "sum" else total / count
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _optimizer(model, optimizer, lr, weight_decay):
+    if isinstance(optimizer, Optimizer):
+        if lr is not None or weight_decay:
+            raise ValueError("lr, weight_decay: set them on the optimizer you pass, not on fit")
+        return optimizer
+    if not isinstance(optimizer, str):
+        raise TypeError(f"optimizer: expected a name or a cyrnn.optim.Optimizer, got {optimizer!r}")
+    kwargs = {"weight_decay": weight_decay}
+    if lr is not None:
+        kwargs["lr"] = lr
+    return make_optimizer(optimizer, model.params, **kwargs)
+
+
+def _is_stream(data):
+    return isinstance(data, (np.ndarray, list)) and np.ndim(data) == 1
+
+
+def _stream_ids(data):
+    ids = np.asarray(data)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"data: a token stream must hold integer ids, got dtype {ids.dtype}")
+    return ids
+
+
+def _stream_batches(data, batch_size, seq_len, partition, rng):
+    ids = _stream_ids(data)
+    if partition == "sequential":
+        return data_mod.sequential_batches(ids, batch_size, seq_len, rng=rng)
+    return data_mod.random_batches(ids, batch_size, seq_len, rng=rng)
+
+
+def _num_sequences(x, model):
+    x = np.asarray(x)
+    return x.shape[0] if model.batch_first else x.shape[1]
+
+
+def _dataset_batches(data, batch_size, rng, model):
+    """Batches of a ``(inputs, targets[, lengths])`` dataset along its sequence axis, shuffled
+    when ``rng`` is given."""
+    if not isinstance(data, tuple) or len(data) not in (2, 3):
+        raise TypeError("data: expected a 1-D token stream or a tuple (inputs, targets[, lengths])")
+    inputs, targets = np.asarray(data[0]), np.asarray(data[1])
+    lengths = None if len(data) == 2 else np.asarray(data[2])
+    axis = 0 if model.batch_first else 1
+    if inputs.ndim < 2:
+        raise ValueError(f"inputs: expected a batch of sequences, got shape {inputs.shape}")
+    N = inputs.shape[axis]
+    target_axis = 0 if (model.batch_first or targets.ndim <= 1 or targets.shape[0] == N
+                        and targets.shape[1:2] != (N,)) else 1
+    if targets.shape[target_axis] != N:
+        raise ValueError(f"targets: expected {N} sequences like inputs, got shape {targets.shape}")
+    order = rng.permutation(N) if rng is not None else np.arange(N)
+    batches = []
+    for start in range(0, N, batch_size):
+        idx = order[start:start + batch_size]
+        batch = (np.take(inputs, idx, axis=axis), np.take(targets, idx, axis=target_axis))
+        if lengths is not None:
+            batch += (lengths[idx],)
+        batches.append(batch)
+    return batches
+
+
+def _perplexity(mean_loss):
+    return math.exp(mean_loss) if mean_loss < 700 else math.inf
+
+
+def _epoch_line(summary):
+    parts = [f"epoch {summary['epoch']:>3}", f"loss {summary['loss']:.4f}"]
+    if "perplexity" in summary:
+        parts.append(f"ppl {summary['perplexity']:.2f}")
+    if "val_loss" in summary:
+        parts.append(f"val_loss {summary['val_loss']:.4f}")
+    if "val_perplexity" in summary:
+        parts.append(f"val_ppl {summary['val_perplexity']:.2f}")
+    parts.append(f"|g| {summary['grad_norm']:.3g}")
+    parts.append(f"{summary['tokens_per_second']:,.0f} tok/s")
+    if summary["skipped"]:
+        parts.append(f"skipped {summary['skipped']}")
+    return "  ".join(parts)
+
+
+def _progress_bar():
+    """tqdm's constructor when tqdm is installed and output is a terminal, else None."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return lambda total, desc: tqdm(total=total, desc=desc, leave=False)
