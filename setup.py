@@ -27,14 +27,18 @@ extra_compile_args = [] if sys.platform == "win32" else ["-O3", "-fno-trapping-m
 if DEBUG and sys.platform != "win32":
     extra_compile_args = ["-O0", "-g"]
 
+# one extension per module, all built with the same options: cyrnn._x from pyx/cyrnn/_x.pyx
+MODULES = ("cyrnn._rnn", "cyrnn._sample")
+
 extensions = [
     Extension(
-        "cyrnn._rnn",
-        ["pyx/cyrnn/_rnn.pyx"],
+        name,
+        ["pyx/" + name.replace(".", "/") + ".pyx"],
         include_dirs=[np.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION")],
         extra_compile_args=extra_compile_args,
     )
+    for name in MODULES
 ]
 
 setup(

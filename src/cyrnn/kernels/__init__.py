@@ -2,15 +2,16 @@
 
 Two backends implement the same kernels (``KERNEL_NAMES``) with the same arguments and results:
 
-- ``"cython"``: the compiled extension ``cyrnn._rnn`` (built from ``pyx/cyrnn/_rnn.pyx``);
-- ``"numpy"``: ``cyrnn.kernels.numpy_backend``, pure NumPy.
+- ``"cython"``: the compiled extensions ``cyrnn._rnn`` and ``cyrnn._sample`` (built from
+  ``pyx/cyrnn/*.pyx``);
+- ``"numpy"``: ``cyrnn.kernels.numpy_backend`` and ``cyrnn.kernels.numpy_sample``, pure NumPy.
 
 The process default is the compiled backend when it imports, else NumPy (with a warning). The
 environment variable ``CYRNN_BACKEND=numpy`` (or ``cython``) sets it explicitly; asking for the
 compiled backend when it cannot be imported is an error, never a silent slow fallback.
 
-The module-level ``rnn_forward``, ``rnn_backward``, ``rnn_backward_window`` and ``embedding_grad``
-are those of the default backend; ``get_backend(name)`` returns either one.
+The module-level ``rnn_forward``, ``rnn_backward``, ``rnn_backward_window``, ``embedding_grad``
+and ``sample_tokens`` are those of the default backend; ``get_backend(name)`` returns either one.
 """
 import importlib
 import os
@@ -20,10 +21,11 @@ import warnings
 from . import numpy_backend
 
 BACKENDS = ("cython", "numpy")
-KERNEL_NAMES = ("rnn_forward", "rnn_backward", "rnn_backward_window", "embedding_grad")
+KERNEL_NAMES = ("rnn_forward", "rnn_backward", "rnn_backward_window", "embedding_grad",
+                "sample_tokens")
 # where each backend's kernels live: compiled extension modules, and their NumPy twins
-_CYTHON_MODULES = ("cyrnn._rnn",)
-_NUMPY_MODULES = ("cyrnn.kernels.numpy_backend",)
+_CYTHON_MODULES = ("cyrnn._rnn", "cyrnn._sample")
+_NUMPY_MODULES = ("cyrnn.kernels.numpy_backend", "cyrnn.kernels.numpy_sample")
 
 
 def _collect(name, module_names):
@@ -105,6 +107,7 @@ rnn_forward = _default.rnn_forward
 rnn_backward = _default.rnn_backward
 rnn_backward_window = _default.rnn_backward_window
 embedding_grad = _default.embedding_grad
+sample_tokens = _default.sample_tokens
 # the compiled module itself (None when not built), for code that wants it directly
 cython_backend = importlib.import_module("cyrnn._rnn") if cython_kernels is not None else None
 
@@ -113,6 +116,7 @@ __all__ = [
     "rnn_backward",
     "rnn_backward_window",
     "embedding_grad",
+    "sample_tokens",
     "get_backend",
     "available_backends",
     "DEFAULT_BACKEND",
