@@ -80,8 +80,9 @@ def load_checkpoint(path, *, backend=None):
     model : cyrnn.RNN
     optimizer_state : dict or None
         In the form of ``Optimizer.state_dict()``; rebuild with
-        ``cyrnn.optim.make_optimizer(state["type"].lower(), model.params, **state["config"])``
-        and ``load_state_dict(state)``, or use ``cyrnn.optim.from_state``.
+        ``cyrnn.optim.make_optimizer(state["type"], model.params, **state["config"])``
+        followed by ``load_state_dict(state)`` (pass ``schedule=`` again: schedules are code,
+        not state).
     extra : dict
         The user metadata given to ``save``.
     """
