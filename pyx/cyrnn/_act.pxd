@@ -6,8 +6,19 @@
 # tanh(x) = x P(x^2) / Q(x^2) on the clamped range |x| <= 7.905 (tanh rounds to +-1 in float32
 # beyond it), with the minimax coefficients published with the Eigen library. Its absolute
 # error is below 1e-6 (tests check it against numpy.tanh). float64 keeps libm's tanh for accuracy.
-from libc.math cimport tanh as libm_tanh
+from libc.math cimport exp as libm_exp, tanh as libm_tanh
 from cython cimport floating
+
+cdef extern from *:
+    """
+    /* 2^n for an integer n in [-126, 127], built from the bits of an IEEE float */
+    static inline float cyrnn_pow2i(int n) {
+        union { int i; float f; } u;
+        u.i = (n + 127) << 23;
+        return u.f;
+    }
+    """
+    float pow2i "cyrnn_pow2i"(int n) noexcept nogil
 
 # Codes of the nonlinearities, in the order of cyrnn._checks.NONLINEARITIES.
 cdef enum:
@@ -43,6 +54,36 @@ cdef inline float tanh_f32(float x) noexcept nogil:
     q = x2 * q + b2
     q = x2 * q + b0
     return p / q
+
+
+cdef inline float exp_f32(float x) noexcept nogil:
+    # exp(x) = 2^n e^r with n = round(x / ln 2) and |r| <= ln(2) / 2; e^r = 1 + r + r^2 P(r)
+    # with the degree-5 minimax P of the Cephes library (relative error ~1e-7). The input is
+    # clamped to [-87.3, 88.7] (the finite, normal range of the result); NaN stays NaN.
+    cdef float hi = 88.7228317, lo = -87.3365479
+    cdef float log2e = 1.44269504088896341, round_magic = 12582912.0  # 1.5 * 2^23
+    cdef float ln2_hi = 0.693359375, ln2_lo = -2.12194440e-4
+    cdef float p0 = 1.9875691500e-4, p1 = 1.3981999507e-3, p2 = 8.3334519073e-3
+    cdef float p3 = 4.1665795894e-2, p4 = 1.6666665459e-1, p5 = 5.0000001201e-1
+    cdef float n, r, r2, p
+    x = hi if x > hi else x
+    x = lo if x < lo else x
+    n = (x * log2e + round_magic) - round_magic  # round to nearest, vectorizable
+    r = (x - n * ln2_hi) - n * ln2_lo
+    r2 = r * r
+    p = r * p0 + p1
+    p = r * p + p2
+    p = r * p + p3
+    p = r * p + p4
+    p = r * p + p5
+    return (r2 * p + r + 1) * pow2i(<int> n)
+
+
+cdef inline floating exp_(floating x) noexcept nogil:
+    if floating is float:
+        return exp_f32(x)
+    else:
+        return libm_exp(x)
 
 
 cdef inline floating tanh_(floating x) noexcept nogil:

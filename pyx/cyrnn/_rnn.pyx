@@ -12,15 +12,16 @@ Arrays are time-major and C-contiguous: a (T, B, H) array is T blocks of B*H val
 """
 cimport numpy as cnp
 from cython cimport floating
-from libc.math cimport sqrt
+from libc.math cimport log, sqrt
 from libc.string cimport memcpy, memset
 
-from cyrnn._act cimport activate, times_derivative
+from cyrnn._act cimport activate, exp_, times_derivative
 from cyrnn._blas cimport dot, gemm
 
 import numpy as np
 
 from cyrnn import _checks
+from cyrnn.kernels.numpy_fused import _step_args
 
 cnp.import_array()
 
@@ -68,7 +69,8 @@ cdef void forward(const floating* xw, const floating* h0, const floating* W, bin
     for t in range(T):
         h_prev = hs + t * BH
         h = hs + (t + 1) * BH
-        memcpy(h, xw + t * BH, B * row_bytes)
+        if h != xw + t * BH:  # the fused step projects straight into hs[1:]
+            memcpy(h, xw + t * BH, B * row_bytes)
         # a_t (B, H) = xw_t (B, H) + h_{t-1} (B, H) Whh^T (H, H)
         gemm(False, not W_is_WhhT, <int> B, <int> H, <int> H, 1, h_prev, <int> H, W, <int> H, 1, h,
              <int> H)
@@ -358,3 +360,228 @@ def embedding_grad(ids, grad, num_rows):
         with nogil:
             scatter_add_rows(<double*> p_dW, p_ids, <double*> p_grad, N, H)
     return dW
+
+
+# ---------------------------------------------------------------------------------------------
+# a whole training step in one call: projection, recurrence, output layer, loss, BPTT, gradients
+# ---------------------------------------------------------------------------------------------
+
+cdef void column_sums(floating* out, const floating* a, Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+    """out (cols,) = sum over the rows of a (rows, cols)."""
+    cdef Py_ssize_t r
+    memset(out, 0, cols * sizeof(floating))
+    for r in range(rows):
+        add(out, a + r * cols, cols)
+
+
+cdef double softmax_cross_entropy(floating* z, const Py_ssize_t* target, Py_ssize_t N,
+                                  Py_ssize_t O, floating scale) noexcept nogil:
+    """Rows of logits z (N, O) -> scale * (softmax(z) - onehot(target)) in place; returns the
+    summed loss sum_n log(sum_o exp z_no) - z_n,target (accumulated in double)."""
+    cdef Py_ssize_t n, o
+    cdef floating m, total_exp, inv
+    cdef floating* row
+    cdef double loss = 0
+    for n in range(N):
+        row = z + n * O
+        m = row[0]
+        for o in range(1, O):
+            m = row[o] if row[o] > m else m
+        loss -= row[target[n]] - m
+        for o in range(O):
+            row[o] = exp_(row[o] - m)
+        total_exp = 0
+        for o in range(O):
+            total_exp += row[o]
+        loss += log(total_exp)
+        inv = scale / total_exp
+        for o in range(O):
+            row[o] *= inv
+        row[target[n]] -= scale
+    return loss
+
+
+cdef double squared_error(floating* z, const floating* target, Py_ssize_t n,
+                          floating scale) noexcept nogil:
+    """z (n,) -> 2 scale (z - target) in place; returns sum (z - target)^2 (in double)."""
+    cdef Py_ssize_t i
+    cdef double loss = 0
+    cdef floating d
+    for i in range(n):
+        d = z[i] - target[i]
+        loss += d * d
+        z[i] = 2 * scale * d
+    return loss
+
+
+cdef double loss_and_grad_step(
+        const Py_ssize_t* tokens, const floating* x, const Py_ssize_t* target_ids,
+        const floating* target_values, const floating* h0, const floating* Wxh,
+        const floating* Whh, const floating* WhhT, const floating* bh, const floating* Why,
+        const floating* by, const floating* carry, const Py_ssize_t* windows,
+        Py_ssize_t longest, floating* hs, floating* z, floating* da, floating* work,
+        floating* depth, floating* depth_next, floating* grad_norms, floating* dWxh,
+        floating* dWhh, floating* dbh,
+        floating* dWhy, floating* dby, floating* dh0, floating* dx, Py_ssize_t T, Py_ssize_t B,
+        Py_ssize_t I, Py_ssize_t H, Py_ssize_t O, int code, floating slope,
+        floating scale) noexcept nogil:
+    cdef Py_ssize_t TB = T * B, BH = B * H, n, j
+    cdef floating* row
+    cdef const floating* grad_row
+    cdef double loss
+    # 1. input projection, straight into the state buffer: hs[1:] = x Wxh^T + bh
+    if tokens != NULL:
+        for n in range(TB):
+            # a row gather: column tokens[n] of Wxh (H, I)
+            row = hs + BH + n * H
+            for j in range(H):
+                row[j] = Wxh[j * I + tokens[n]] + bh[j]
+    else:
+        # (T*B, H) = x (T*B, I) Wxh^T (I, H)
+        gemm(False, True, <int> TB, <int> H, <int> I, 1, x, <int> I, Wxh, <int> I, 0, hs + BH,
+             <int> H)
+        for n in range(TB):
+            add(hs + BH + n * H, bh, H)
+    # 2. the recurrence, in place: hs[t + 1] = f(hs[t + 1] + hs[t] Whh^T)
+    if WhhT != NULL:
+        forward(hs + BH, h0, WhhT, True, hs, NULL, T, B, H, code, slope)
+    else:
+        forward(hs + BH, h0, Whh, False, hs, NULL, T, B, H, code, slope)
+    # 3. logits (T*B, O) = hs[1:] (T*B, H) Why^T (H, O) + by
+    gemm(False, True, <int> TB, <int> O, <int> H, 1, hs + BH, <int> H, Why, <int> H, 0, z,
+         <int> O)
+    for n in range(TB):
+        add(z + n * O, by, O)
+    # 4. loss, and dL/dz in place of z
+    if target_ids != NULL:
+        loss = softmax_cross_entropy(z, target_ids, TB, O, scale)
+    else:
+        loss = squared_error(z, target_values, TB * O, scale)
+    # 5. dWhy (O, H) = dz^T (O, T*B) hs[1:] (T*B, H);  dby = column sums of dz
+    gemm(True, False, <int> O, <int> H, <int> TB, 1, z, <int> O, hs + BH, <int> H, 0, dWhy,
+         <int> H)
+    column_sums(dby, z, TB, O)
+    # 6. dh_out (T*B, H) = dz (T*B, O) Why (O, H), into da: BPTT turns it into da in place
+    gemm(False, False, <int> TB, <int> H, <int> O, 1, z, <int> O, Why, <int> H, 0, da, <int> H)
+    # 7. BPTT: da_t = (dh_out_t + c_{t+1} da_{t+1} Whh) * f'(h_t), or by look-back windows
+    if longest == 0:
+        backward(da, hs, Whh, NULL, carry, NULL, da, dh0, grad_norms, work, T, B, H, code, slope)
+    else:
+        memset(dh0, 0, BH * sizeof(floating))
+        backward_window(da, hs, Whh, NULL, windows, da, dh0, depth, depth_next, work, longest,
+                        T, B, H, code, slope)
+    # 8. dWhh (H, H) = da^T (H, T*B) hs[:-1] (T*B, H);  dbh = column sums of da
+    gemm(True, False, <int> H, <int> H, <int> TB, 1, da, <int> H, hs, <int> H, 0, dWhh, <int> H)
+    column_sums(dbh, da, TB, H)
+    # 9. dWxh: scatter-add of da's rows into the columns of the tokens, or da^T x
+    if tokens != NULL:
+        memset(dWxh, 0, H * I * sizeof(floating))
+        for n in range(TB):
+            grad_row = da + n * H
+            for j in range(H):
+                dWxh[j * I + tokens[n]] += grad_row[j]
+    else:
+        # dWxh (H, I) = da^T (H, T*B) x (T*B, I)
+        gemm(True, False, <int> H, <int> I, <int> TB, 1, da, <int> H, x, <int> I, 0, dWxh, <int> I)
+        if dx != NULL:
+            # dx (T*B, I) = da (T*B, H) Wxh (H, I)
+            gemm(False, False, <int> TB, <int> I, <int> H, 1, da, <int> H, Wxh, <int> I, 0, dx,
+                 <int> I)
+    return loss
+
+
+def elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *,
+                        negative_slope=0.01, loss="cross_entropy", reduction="mean", carry=None,
+                        window=None, input_grad=True):
+    """elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, negative_slope=0.01, loss="cross_entropy", reduction="mean", carry=None, window=None, input_grad=True)
+
+    A whole training step in one ``nogil`` call: the projection written straight into the state
+    buffer, the recurrence in place, the output layer and the loss (dL/dz in place of the
+    logits), BPTT in place of dh_out, and every weight gradient as one large GEMM. The full
+    contract is the docstring of the NumPy twin, copied here by ``cyrnn.kernels``.
+    """
+    inputs, targets, h0, Wxh, Whh, bh, Why, by, code, slope, carry, longest, windows = _step_args(
+        inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope, loss,
+        reduction, carry, window)
+    cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], H = Whh.shape[0]
+    cdef Py_ssize_t k = longest
+    cdef Py_ssize_t I = Wxh.shape[1], O = Why.shape[0]
+    cdef bint tokens = inputs.dtype.kind in "iu"
+    dtype = Whh.dtype
+    hs = empty((T + 1, B, H), dtype)
+    z = empty((T * B, O), dtype)
+    da = empty((T, B, H), dtype)
+    work = empty((2, B, H), dtype)
+    grad_norms = empty((T,), dtype)
+    # the window's depth buffers (its dh0 accumulator uses `work`); none for full BPTT
+    depth = empty((T, B, H), dtype) if k else None
+    depth_next = empty((T, B, H), dtype) if k else None
+    dWxh = empty((H, I), dtype)
+    dWhh = empty((H, H), dtype)
+    dbh = empty((H,), dtype)
+    dWhy = empty((O, H), dtype)
+    dby = empty((O,), dtype)
+    dh0 = empty((B, H), dtype)
+    dx = empty((T, B, I), dtype) if (input_grad and not tokens) else None
+    WhhT = np.ascontiguousarray(Whh.T) if B >= TRANSPOSE_MIN_BATCH else None
+    cdef double count = T * B if loss == "cross_entropy" else T * B * O
+    cdef double scale = 1.0 if reduction == "sum" else 1.0 / count
+    cdef int c = code
+    cdef double s = slope
+    cdef double value
+    cdef const Py_ssize_t* p_tokens = <const Py_ssize_t*> data(inputs) if tokens else NULL
+    cdef void* p_x = NULL if tokens else data(inputs)
+    cdef const Py_ssize_t* p_tid = NULL
+    cdef void* p_tval = NULL
+    if loss == "cross_entropy":
+        p_tid = <const Py_ssize_t*> data(targets)
+    else:
+        p_tval = data(targets)
+    cdef void* p_h0 = data(h0)
+    cdef void* p_Wxh = data(Wxh)
+    cdef void* p_Whh = data(Whh)
+    cdef void* p_WhhT = data(WhhT)
+    cdef void* p_bh = data(bh)
+    cdef void* p_Why = data(Why)
+    cdef void* p_by = data(by)
+    cdef void* p_carry = data(carry)
+    cdef const Py_ssize_t* p_win = <const Py_ssize_t*> data(windows)
+    cdef void* p_depth = data(depth)
+    cdef void* p_next = data(depth_next)
+    cdef void* p_hs = data(hs)
+    cdef void* p_z = data(z)
+    cdef void* p_da = data(da)
+    cdef void* p_work = data(work)
+    cdef void* p_norms = data(grad_norms)
+    cdef void* p_dWxh = data(dWxh)
+    cdef void* p_dWhh = data(dWhh)
+    cdef void* p_dbh = data(dbh)
+    cdef void* p_dWhy = data(dWhy)
+    cdef void* p_dby = data(dby)
+    cdef void* p_dh0 = data(dh0)
+    cdef void* p_dx = data(dx)
+    if dtype == np.float32:
+        with nogil:
+            value = loss_and_grad_step(
+                p_tokens, <float*> p_x, p_tid, <float*> p_tval, <float*> p_h0, <float*> p_Wxh,
+                <float*> p_Whh, <float*> p_WhhT, <float*> p_bh, <float*> p_Why, <float*> p_by,
+                <float*> p_carry, p_win, k, <float*> p_hs, <float*> p_z, <float*> p_da,
+                <float*> p_work, <float*> p_depth, <float*> p_next, <float*> p_norms, <float*> p_dWxh, <float*> p_dWhh, <float*> p_dbh,
+                <float*> p_dWhy, <float*> p_dby, <float*> p_dh0, <float*> p_dx, T, B, I, H, O,
+                c, <float> s, <float> scale)
+    else:
+        with nogil:
+            value = loss_and_grad_step(
+                p_tokens, <double*> p_x, p_tid, <double*> p_tval, <double*> p_h0,
+                <double*> p_Wxh, <double*> p_Whh, <double*> p_WhhT, <double*> p_bh,
+                <double*> p_Why, <double*> p_by, <double*> p_carry, p_win, k, <double*> p_hs,
+                <double*> p_z, <double*> p_da, <double*> p_work, <double*> p_depth,
+                <double*> p_next, <double*> p_norms,
+                <double*> p_dWxh, <double*> p_dWhh, <double*> p_dbh, <double*> p_dWhy,
+                <double*> p_dby, <double*> p_dh0, <double*> p_dx, T, B, I, H, O, c, s, scale)
+    if reduction == "mean":
+        value /= count
+    grads = {"Wxh": dWxh, "Whh": dWhh, "bh": dbh, "Why": dWhy, "by": dby, "h0": dh0}
+    if dx is not None:
+        grads["x"] = dx
+    return value, grads, hs[T].copy(), (None if k else grad_norms)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["INPUT_GRAD_KEYS", "clip_grad_norm", "clip_grad_value"]
+__all__ = ["INPUT_GRAD_KEYS", "grad_norm", "clip_grad_norm", "clip_grad_value"]
 
 #: Keys of ``loss_and_grad``'s gradients that belong to inputs, skipped when ``keys=None``.
 INPUT_GRAD_KEYS = ("h0", "x")
@@ -68,6 +68,14 @@ def _sum_of_squares(g):
     return total
 
 
+def grad_norm(grads, keys=None):
+    """The joint L2 norm of the selected gradients (accumulated in float64), without clipping.
+
+    ``keys=None`` selects every key except ``"h0"`` and ``"x"``, as ``clip_grad_norm`` does.
+    """
+    return math.sqrt(sum(_sum_of_squares(g) for g in _selected(grads, keys)))
+
+
 def clip_grad_norm(grads, max_norm, keys=None):
     """Scale gradients in place so that their joint L2 norm is at most about ``max_norm``.
 
@@ -102,7 +110,7 @@ def clip_grad_norm(grads, max_norm, keys=None):
     """
     max_norm = _positive("max_norm", max_norm)
     arrays = _selected(grads, keys)
-    norm = math.sqrt(sum(_sum_of_squares(g) for g in arrays))
+    norm = grad_norm(grads, keys)
     if not math.isfinite(norm):
         return norm
     coef = max_norm / (norm + 1e-6)

@@ -218,6 +218,8 @@ class RNN:
         t_idx, b_idx = self._loss_positions(batch, target_steps)
         target = self._target(target, loss, batch, target_steps, t_idx, b_idx)
 
+        if need_grads and self._fusable(loss, batch, t_idx):
+            return self._fused(batch, target, loss, reduction, window, carry)
         hs = self._states(batch)
         z = self._logits(hs)
         # (N, O) logits of the positions that carry a loss -> loss and dL/dz there
@@ -562,6 +564,29 @@ class RNN:
     # -----------------------------------------------------------------------------------------
     # computation
     # -----------------------------------------------------------------------------------------
+
+    def _fusable(self, loss, batch, t_idx):
+        """Whether the whole step can run as one ``elman_loss_and_grad`` kernel call: an output
+        layer, a loss on every step of every sequence, cross-entropy on logits or plain MSE."""
+        if self.output_size is None or t_idx is not None or batch.lengths is not None:
+            return False
+        return (loss == "cross_entropy" and self.output in ("softmax", "linear")) or (
+            loss == "mse" and self.output == "linear")
+
+    def _fused(self, batch, target, loss, reduction, window, carry):
+        """``_evaluate`` for the common case, in one kernel call (same results)."""
+        p, T, B = self.params, batch.T, batch.B
+        inputs = batch.tokens if batch.tokens is not None else batch.x
+        target = target.reshape((T, B) + target.shape[1:])
+        value, grads, h_last, grad_norms = self._kernels.elman_loss_and_grad(
+            inputs, target, batch.h0, p["Wxh"], p["Whh"], p["bh"], p["Why"], p["by"],
+            self.nonlinearity, negative_slope=self.negative_slope, loss=loss,
+            reduction=reduction, carry=carry, window=window)
+        if "x" in grads:
+            grads["x"] = self._to_user_layout(grads["x"], batch)
+        grads["h0"] = self._state_out(grads["h0"], batch)
+        return types.SimpleNamespace(loss=value, h_last=self._state_out(h_last, batch),
+                                     grads=grads, grad_norms=grad_norms)
 
     def _states(self, batch):
         """hs (T + 1, B, H): the input projection for all steps, then the recurrence kernel."""

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from . import _checks, data as data_mod
-from .clip import clip_grad_norm, clip_grad_value
+from .clip import clip_grad_norm, clip_grad_value, grad_norm
 from .optim import Optimizer, make_optimizer
 
 PARTITIONS = ("sequential", "random")
@@ -243,7 +243,7 @@ def fit(
                     x, target, h0=h0, lengths=lengths, loss=loss_name, reduction=reduction,
                     target_steps=target_steps, truncate=truncate,
                 )
-                norm = clip_grad_norm(grads, clip_norm if clip_norm else math.inf)
+                norm = clip_grad_norm(grads, clip_norm) if clip_norm else grad_norm(grads)
                 done += 1
                 record = {"step": done, "epoch": epoch, "loss": value, "grad_norm": norm,
                           "lr": optimizer.lr, "skipped": False}

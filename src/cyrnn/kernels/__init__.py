@@ -4,7 +4,7 @@ Two backends implement the same kernels (``KERNEL_NAMES``) with the same argumen
 
 - ``"cython"``: the compiled extensions ``cyrnn._rnn`` and ``cyrnn._sample`` (built from
   ``pyx/cyrnn/*.pyx``);
-- ``"numpy"``: ``cyrnn.kernels.numpy_backend`` and ``cyrnn.kernels.numpy_sample``, pure NumPy.
+- ``"numpy"``: ``cyrnn.kernels.numpy_backend``, ``numpy_sample`` and ``numpy_fused``, pure NumPy.
 
 The process default is the compiled backend when it imports, else NumPy (with a warning). The
 environment variable ``CYRNN_BACKEND=numpy`` (or ``cython``) sets it explicitly; asking for the
@@ -22,10 +22,11 @@ from . import numpy_backend
 
 BACKENDS = ("cython", "numpy")
 KERNEL_NAMES = ("rnn_forward", "rnn_backward", "rnn_backward_window", "embedding_grad",
-                "sample_tokens")
+                "sample_tokens", "elman_loss_and_grad")
 # where each backend's kernels live: compiled extension modules, and their NumPy twins
 _CYTHON_MODULES = ("cyrnn._rnn", "cyrnn._sample")
-_NUMPY_MODULES = ("cyrnn.kernels.numpy_backend", "cyrnn.kernels.numpy_sample")
+_NUMPY_MODULES = ("cyrnn.kernels.numpy_backend", "cyrnn.kernels.numpy_sample",
+                  "cyrnn.kernels.numpy_fused")
 
 
 def _collect(name, module_names):
@@ -108,6 +109,7 @@ rnn_backward = _default.rnn_backward
 rnn_backward_window = _default.rnn_backward_window
 embedding_grad = _default.embedding_grad
 sample_tokens = _default.sample_tokens
+elman_loss_and_grad = _default.elman_loss_and_grad
 # the compiled module itself (None when not built), for code that wants it directly
 cython_backend = importlib.import_module("cyrnn._rnn") if cython_kernels is not None else None
 
@@ -117,6 +119,7 @@ __all__ = [
     "rnn_backward_window",
     "embedding_grad",
     "sample_tokens",
+    "elman_loss_and_grad",
     "get_backend",
     "available_backends",
     "DEFAULT_BACKEND",

@@ -1,0 +1,150 @@
+"""The NumPy twin of the fused training step ``elman_loss_and_grad`` in ``pyx/cyrnn/_rnn.pyx``.
+
+One call does what ``RNN.loss_and_grad`` does for the common case (every step carries a loss,
+no padding, full BPTT or a carry scale): input projection, recurrence, output layer, loss,
+BPTT and every weight gradient. At small sizes the compiled version saves the dozen Python-level
+NumPy calls that otherwise cost more than the arithmetic. The checks of the arguments live here
+and are shared by both backends.
+"""
+import numpy as np
+
+from .. import _checks, losses
+from . import numpy_backend
+
+STEP_LOSSES = ("cross_entropy", "mse")
+
+
+def _step_args(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope, loss,
+               reduction, carry, window):
+    """Checked, contiguous arguments of ``elman_loss_and_grad``."""
+    code = _checks.nonlinearity_code(nonlinearity, negative_slope)
+    if loss not in STEP_LOSSES:
+        raise ValueError(f"loss: expected one of {', '.join(STEP_LOSSES)}, got {loss!r}")
+    if reduction not in losses.REDUCTIONS:
+        raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
+    Whh = _checks.float_array("Whh", Whh, 2)
+    dtype, H = Whh.dtype, Whh.shape[0]
+    _checks.expect_shape("Whh", Whh, (H, H))
+    Wxh = _checks.float_array("Wxh", Wxh, 2, dtype)
+    I = Wxh.shape[1]
+    _checks.expect_shape("Wxh", Wxh, (H, I))
+    Why = _checks.float_array("Why", Why, 2, dtype)
+    O = Why.shape[0]
+    _checks.expect_shape("Why", Why, (O, H))
+    bh = _checks.float_array("bh", bh, 1, dtype)
+    _checks.expect_shape("bh", bh, (H,))
+    by = _checks.float_array("by", by, 1, dtype)
+    _checks.expect_shape("by", by, (O,))
+    inputs = np.asarray(inputs)
+    if inputs.dtype.kind in "iu":
+        if inputs.ndim != 2:
+            raise ValueError(f"inputs: token ids must have shape (T, B), got {inputs.shape}")
+        _id_range("inputs", inputs, I)
+        inputs = np.ascontiguousarray(inputs, dtype=np.intp)
+    else:
+        inputs = _checks.float_array("inputs", inputs, 3, dtype)
+        _checks.expect_shape("inputs", inputs, inputs.shape[:2] + (I,))
+    T, B = inputs.shape[:2]
+    if T < 1 or B < 1:
+        raise ValueError(f"inputs: expected at least one step and one sequence, got {inputs.shape}")
+    if T * B > 2**31 - 1 or max(H, I, O) > 2**31 - 1:
+        raise ValueError("sizes too large for 32-bit BLAS")
+    h0 = _checks.float_array("h0", h0, 2, dtype)
+    _checks.expect_shape("h0", h0, (B, H))
+    targets = np.asarray(targets)
+    if loss == "cross_entropy":
+        if targets.dtype.kind not in "iu":
+            raise TypeError(f"targets: cross_entropy needs integer class ids, got dtype {targets.dtype}")
+        _checks.expect_shape("targets", targets, (T, B))
+        _id_range("targets", targets, O)
+        targets = np.ascontiguousarray(targets, dtype=np.intp)
+    else:
+        targets = _checks.float_array("targets", targets, 3, dtype)
+        _checks.expect_shape("targets", targets, (T, B, O))
+    carry = _checks.carry_array(carry, T, dtype)
+    longest, windows = (0, None) if window is None else _checks.window_sizes(window, T)
+    if longest and carry is not None:
+        raise ValueError("carry, window: pass one truncation, not both")
+    return (inputs, targets, h0, Wxh, Whh, bh, Why, by, code, float(negative_slope), carry,
+            longest, windows)
+
+
+def _id_range(name, ids, n):
+    if ids.size and (ids.min() < 0 or ids.max() >= n):
+        bad = ids[(ids < 0) | (ids >= n)].flat[0]
+        raise ValueError(f"{name}: id {bad} out of range [0, {n})")
+
+
+def elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *,
+                        negative_slope=0.01, loss="cross_entropy", reduction="mean", carry=None,
+                        window=None, input_grad=True):
+    """Loss and every gradient of an Elman RNN with an output layer, in one call.
+
+    ``h_t = f(x_t Wxh^T + bh + h_{t-1} Whh^T)``, ``z_t = h_t Why^T + by``; the loss sits on every
+    step: softmax cross-entropy of the logits ``z_t`` against class ids, or the squared error of
+    ``z_t`` against values.
+
+    Parameters
+    ----------
+    inputs : ndarray of int (T, B), or float (T, B, I)
+        Token ids (``0 <= id < I``, projected by a row gather) or dense inputs.
+    targets : ndarray of int (T, B) for cross_entropy, float (T, B, O) for mse
+    h0 : ndarray (B, H)
+    Wxh (H, I), Whh (H, H), bh (H,), Why (O, H), by (O,) : ndarray
+        Parameters, one float dtype for all.
+    nonlinearity, negative_slope : as in ``rnn_forward``.
+    loss : {"cross_entropy", "mse"}
+    reduction : {"mean", "sum"}
+        Mean over positions (cross-entropy) or elements (mse), as PyTorch; or the sum.
+    carry : array (T,), optional
+        Carry scale of ``rnn_backward`` (truncated BPTT); full BPTT without it.
+    window : int or array of int (T,), optional
+        Look-back of ``rnn_backward_window`` instead (not with ``carry``).
+    input_grad : bool
+        Also return the gradient of dense inputs, ``grads["x"]``.
+
+    Returns
+    -------
+    loss : float
+    grads : dict
+        ``Wxh, Whh, bh, Why, by, h0`` and, for dense inputs with ``input_grad``, ``x``.
+    h_last : ndarray (B, H)
+    grad_norms : ndarray (T,) or None
+        ``||dL/dh_t||`` per step, as ``rnn_backward`` returns them (None with a window).
+    """
+    inputs, targets, h0, Wxh, Whh, bh, Why, by, code, slope, carry, longest, windows = _step_args(
+        inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope, loss,
+        reduction, carry, window)
+    T, B = inputs.shape[:2]
+    H, I = Wxh.shape
+    tokens = inputs.dtype.kind in "iu"
+    xw = Wxh.T[inputs] if tokens else inputs @ Wxh.T
+    xw += bh
+    hs = numpy_backend.rnn_forward(xw, h0, Whh, nonlinearity, negative_slope=slope)
+    z = (hs[1:].reshape(T * B, H) @ Why.T) + by
+    if loss == "cross_entropy":
+        value, dz = losses.cross_entropy(z, targets.reshape(-1), reduction)
+    else:
+        value, dz = losses.mse(z, targets.reshape(T * B, -1), reduction)
+    grads = {}
+    dh_out = (dz @ Why).reshape(T, B, H)
+    if longest:
+        da, dh0 = numpy_backend.rnn_backward_window(dh_out, hs, Whh, window, nonlinearity,
+                                                    negative_slope=slope)
+        grad_norms = None
+    else:
+        da, dh0, grad_norms = numpy_backend.rnn_backward(dh_out, hs, Whh, nonlinearity,
+                                                         negative_slope=slope, carry=carry)
+    da2 = da.reshape(T * B, H)
+    if tokens:
+        grads["Wxh"] = np.ascontiguousarray(numpy_backend.embedding_grad(inputs.reshape(-1), da2, I).T)
+    else:
+        grads["Wxh"] = da2.T @ inputs.reshape(T * B, I)
+    grads["Whh"] = da2.T @ hs[:-1].reshape(T * B, H)
+    grads["bh"] = da2.sum(axis=0)
+    grads["Why"] = dz.T @ hs[1:].reshape(T * B, H)
+    grads["by"] = dz.sum(axis=0)
+    grads["h0"] = dh0
+    if input_grad and not tokens:
+        grads["x"] = (da2 @ Wxh).reshape(T, B, I)
+    return value, grads, hs[-1].copy(), grad_norms
