@@ -5,16 +5,36 @@
 # column-major product C^T = op(B)^T op(A)^T: swap the operands and the sizes M and N, keep the
 # transpose flags.
 from cython cimport floating
-from scipy.linalg.cython_blas cimport sgemm, dgemm, sdot, ddot
+from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv, sdot, ddot
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
                       floating alpha, const floating* A, int lda,
                       const floating* B, int ldb,
                       floating beta, floating* C, int ldc) noexcept nogil:
-    """C (M, N) = alpha op(A) (M, K) op(B) (K, N) + beta C, all row-major."""
+    """C (M, N) = alpha op(A) (M, K) op(B) (K, N) + beta C, all row-major.
+
+    A single row (M = 1, e.g. a batch of one) goes to GEMV, which OpenBLAS runs with less
+    overhead: c (N,) = alpha op(B)^T a (K,) + beta c.
+    """
     cdef char ta = b'T' if trans_a else b'N'
     cdef char tb = b'T' if trans_b else b'N'
+    cdef char tv = b'T' if trans_b else b'N'
+    cdef int inc_a = lda if trans_a else 1, one = 1
+    if M == 1:
+        # row-major B (K, N) is column-major B^T (N, K): op(B)^T a is GEMV 'N' on it (m = N,
+        # n = K); a transposed B (N, K) is column-major (K, N): GEMV 'T' (m = K, n = N)
+        if floating is float:
+            if trans_b:
+                sgemv(&tv, &K, &N, &alpha, <float*> B, &ldb, <float*> A, &inc_a, &beta, C, &one)
+            else:
+                sgemv(&tv, &N, &K, &alpha, <float*> B, &ldb, <float*> A, &inc_a, &beta, C, &one)
+        else:
+            if trans_b:
+                dgemv(&tv, &K, &N, &alpha, <double*> B, &ldb, <double*> A, &inc_a, &beta, C, &one)
+            else:
+                dgemv(&tv, &N, &K, &alpha, <double*> B, &ldb, <double*> A, &inc_a, &beta, C, &one)
+        return
     if floating is float:
         sgemm(&tb, &ta, &N, &M, &K, &alpha, <float*> B, &ldb, <float*> A, &lda, &beta, C, &ldc)
     else:
