@@ -114,3 +114,41 @@ def test_model_uses_the_fused_step_with_identical_results_to_lengths_path(backen
         assert other[0] == pytest.approx(fused[0], rel=1e-12)
         for name in ("Wxh", "Whh", "bh", "Why", "by"):
             np.testing.assert_allclose(other[1][name], fused[1][name], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
+@pytest.mark.parametrize("tokens", [True, False], ids=["tokens", "dense"])
+@pytest.mark.parametrize("output", ["linear", "softmax", "sigmoid"])
+def test_fused_forward_equals_the_general_path(backend, dtype, rng, nonlinearity, tokens, output):
+    x, _, h0, Wxh, Whh, bh, Why, by = _case(rng, dtype, tokens, "mse")
+    y, h_last = kernels.get_backend(backend).elman_forward(
+        x, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope=0.2, output=output)
+    nb = kernels.get_backend("numpy")
+    xw = (Wxh.T[x] if tokens else x @ Wxh.T) + bh
+    hs = nb.rnn_forward(xw, h0, Whh, nonlinearity, negative_slope=0.2)
+    ref = cyrnn.losses.apply_output(output, hs[1:] @ Why.T + by)
+    assert y.dtype == dtype and y.shape == ref.shape
+    np.testing.assert_allclose(y, ref, rtol=5 * TOL[dtype], atol=5 * TOL[dtype])
+    np.testing.assert_allclose(h_last, hs[-1], rtol=5 * TOL[dtype], atol=5 * TOL[dtype])
+    if output == "softmax":
+        np.testing.assert_allclose(y.sum(axis=-1), 1, rtol=5 * TOL[dtype])
+
+
+def test_fused_forward_rejects_unknown_output(backend, rng):
+    x, _, h0, Wxh, Whh, bh, Why, by = _case(rng, np.float64, True, "mse")
+    with pytest.raises(ValueError, match="output: expected one of linear, softmax, sigmoid"):
+        kernels.get_backend(backend).elman_forward(x, h0, Wxh, Whh, bh, Why, by, output="tanh")
+
+
+def test_float32_exp_accuracy():
+    """The vectorized float32 exp of the softmax, through a one-step softmax output."""
+    z = np.concatenate([np.linspace(-87, 0, 20001), [-1e-8, -30.5, -0.693147]]).astype(np.float32)
+    O = z.size
+    # one step, H = 1, Why = z as a column, h = 1 (identity unit, input bias 1): logits = z
+    y, _ = kernels.get_backend("cython").elman_forward(
+        np.zeros((1, 1), dtype=np.intp), np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32),
+        np.zeros((1, 1), np.float32), np.ones(1, np.float32), z.reshape(O, 1).copy(),
+        np.zeros(O, np.float32), "identity", output="softmax")
+    exact = np.exp(z.astype(np.float64) - z.max())
+    exact /= exact.sum()
+    np.testing.assert_allclose(y.ravel(), exact, rtol=2e-6, atol=1e-30)

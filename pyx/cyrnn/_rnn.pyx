@@ -15,13 +15,13 @@ from cython cimport floating
 from libc.math cimport log, sqrt
 from libc.string cimport memcpy, memset
 
-from cyrnn._act cimport activate, exp_, times_derivative
+from cyrnn._act cimport SIGMOID, activate, exp_, times_derivative
 from cyrnn._blas cimport dot, gemm
 
 import numpy as np
 
 from cyrnn import _checks
-from cyrnn.kernels.numpy_fused import _step_args
+from cyrnn.kernels.numpy_fused import _model_args, _output_code, _step_args
 
 cnp.import_array()
 
@@ -414,21 +414,14 @@ cdef double squared_error(floating* z, const floating* target, Py_ssize_t n,
     return loss
 
 
-cdef double loss_and_grad_step(
-        const Py_ssize_t* tokens, const floating* x, const Py_ssize_t* target_ids,
-        const floating* target_values, const floating* h0, const floating* Wxh,
+cdef void forward_layers(
+        const Py_ssize_t* tokens, const floating* x, const floating* h0, const floating* Wxh,
         const floating* Whh, const floating* WhhT, const floating* bh, const floating* Why,
-        const floating* by, const floating* carry, const Py_ssize_t* windows,
-        Py_ssize_t longest, floating* hs, floating* z, floating* da, floating* work,
-        floating* depth, floating* depth_next, floating* grad_norms, floating* dWxh,
-        floating* dWhh, floating* dbh,
-        floating* dWhy, floating* dby, floating* dh0, floating* dx, Py_ssize_t T, Py_ssize_t B,
-        Py_ssize_t I, Py_ssize_t H, Py_ssize_t O, int code, floating slope,
-        floating scale) noexcept nogil:
+        const floating* by, floating* hs, floating* z, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+        Py_ssize_t H, Py_ssize_t O, int code, floating slope) noexcept nogil:
+    """States hs (T + 1, B, H) and logits z (T*B, O) of token ids or dense inputs x."""
     cdef Py_ssize_t TB = T * B, BH = B * H, n, j
     cdef floating* row
-    cdef const floating* grad_row
-    cdef double loss
     # 1. input projection, straight into the state buffer: hs[1:] = x Wxh^T + bh
     if tokens != NULL:
         for n in range(TB):
@@ -452,6 +445,44 @@ cdef double loss_and_grad_step(
          <int> O)
     for n in range(TB):
         add(z + n * O, by, O)
+
+
+cdef void softmax_rows(floating* z, Py_ssize_t N, Py_ssize_t O) noexcept nogil:
+    """Each row of z (N, O) replaced by its softmax (shifted by the row maximum)."""
+    cdef Py_ssize_t n, o
+    cdef floating m, total
+    cdef floating* row
+    for n in range(N):
+        row = z + n * O
+        m = row[0]
+        for o in range(1, O):
+            m = row[o] if row[o] > m else m
+        for o in range(O):
+            row[o] = exp_(row[o] - m)
+        total = 0
+        for o in range(O):
+            total += row[o]
+        total = 1 / total
+        for o in range(O):
+            row[o] *= total
+
+
+cdef double loss_and_grad_step(
+        const Py_ssize_t* tokens, const floating* x, const Py_ssize_t* target_ids,
+        const floating* target_values, const floating* h0, const floating* Wxh,
+        const floating* Whh, const floating* WhhT, const floating* bh, const floating* Why,
+        const floating* by, const floating* carry, const Py_ssize_t* windows,
+        Py_ssize_t longest, floating* hs, floating* z, floating* da, floating* work,
+        floating* depth, floating* depth_next, floating* grad_norms, floating* dWxh,
+        floating* dWhh, floating* dbh,
+        floating* dWhy, floating* dby, floating* dh0, floating* dx, Py_ssize_t T, Py_ssize_t B,
+        Py_ssize_t I, Py_ssize_t H, Py_ssize_t O, int code, floating slope,
+        floating scale) noexcept nogil:
+    cdef Py_ssize_t TB = T * B, BH = B * H, n, j
+    cdef const floating* grad_row
+    cdef double loss
+    # 1-3. projection, recurrence, logits z
+    forward_layers(tokens, x, h0, Wxh, Whh, WhhT, bh, Why, by, hs, z, T, B, I, H, O, code, slope)
     # 4. loss, and dL/dz in place of z
     if target_ids != NULL:
         loss = softmax_cross_entropy(z, target_ids, TB, O, scale)
@@ -585,3 +616,54 @@ def elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity
     if dx is not None:
         grads["x"] = dx
     return value, grads, hs[T].copy(), (None if k else grad_norms)
+
+
+def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, negative_slope=0.01,
+                  output="linear"):
+    """elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, negative_slope=0.01, output="linear")
+
+    Projection, recurrence, output layer and output function in one ``nogil`` call. The full
+    contract is the docstring of the NumPy twin, copied here by ``cyrnn.kernels``.
+    """
+    inputs, h0, Wxh, Whh, bh, Why, by, code, slope = _model_args(
+        inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope)
+    cdef int out_code = _output_code(output)  # 0 linear, 1 softmax, 2 sigmoid
+    cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], H = Whh.shape[0]
+    cdef Py_ssize_t I = Wxh.shape[1], O = Why.shape[0]
+    cdef bint tokens = inputs.dtype.kind in "iu"
+    dtype = Whh.dtype
+    hs = empty((T + 1, B, H), dtype)
+    y = empty((T, B, O), dtype)
+    WhhT = np.ascontiguousarray(Whh.T) if B >= TRANSPOSE_MIN_BATCH else None
+    cdef int c = code
+    cdef double s = slope
+    cdef const Py_ssize_t* p_tokens = <const Py_ssize_t*> data(inputs) if tokens else NULL
+    cdef void* p_x = NULL if tokens else data(inputs)
+    cdef void* p_h0 = data(h0)
+    cdef void* p_Wxh = data(Wxh)
+    cdef void* p_Whh = data(Whh)
+    cdef void* p_WhhT = data(WhhT)
+    cdef void* p_bh = data(bh)
+    cdef void* p_Why = data(Why)
+    cdef void* p_by = data(by)
+    cdef void* p_hs = data(hs)
+    cdef void* p_y = data(y)
+    if dtype == np.float32:
+        with nogil:
+            forward_layers(p_tokens, <float*> p_x, <float*> p_h0, <float*> p_Wxh, <float*> p_Whh,
+                           <float*> p_WhhT, <float*> p_bh, <float*> p_Why, <float*> p_by,
+                           <float*> p_hs, <float*> p_y, T, B, I, H, O, c, <float> s)
+            if out_code == 1:
+                softmax_rows(<float*> p_y, T * B, O)
+            elif out_code == 2:
+                activate(<float*> p_y, T * B * O, SIGMOID, <float> 0)
+    else:
+        with nogil:
+            forward_layers(p_tokens, <double*> p_x, <double*> p_h0, <double*> p_Wxh,
+                           <double*> p_Whh, <double*> p_WhhT, <double*> p_bh, <double*> p_Why,
+                           <double*> p_by, <double*> p_hs, <double*> p_y, T, B, I, H, O, c, s)
+            if out_code == 1:
+                softmax_rows(<double*> p_y, T * B, O)
+            elif out_code == 2:
+                activate(<double*> p_y, T * B * O, SIGMOID, 0)
+    return y, hs[T].copy()

@@ -142,6 +142,14 @@ class RNN:
             State after each sequence's last valid step.
         """
         batch = self._batch(x, h0, lengths)
+        p = self.params
+        if self.output_size is not None and batch.lengths is None:
+            # the common case in one kernel call
+            y, h_last = self._kernels.elman_forward(
+                batch.tokens if batch.tokens is not None else batch.x, batch.h0, p["Wxh"],
+                p["Whh"], p["bh"], p["Why"], p["by"], self.nonlinearity,
+                negative_slope=self.negative_slope, output=self.output)
+            return self._to_user_layout(y, batch), self._state_out(h_last, batch)
         hs = self._states(batch)
         z = self._logits(hs)
         y = losses.apply_output(self.output, z) if self.output_size is not None else z

@@ -22,7 +22,7 @@ from . import numpy_backend
 
 BACKENDS = ("cython", "numpy")
 KERNEL_NAMES = ("rnn_forward", "rnn_backward", "rnn_backward_window", "embedding_grad",
-                "sample_tokens", "elman_loss_and_grad")
+                "sample_tokens", "elman_loss_and_grad", "elman_forward")
 # where each backend's kernels live: compiled extension modules, and their NumPy twins
 _CYTHON_MODULES = ("cyrnn._rnn", "cyrnn._sample")
 _NUMPY_MODULES = ("cyrnn.kernels.numpy_backend", "cyrnn.kernels.numpy_sample",
@@ -110,6 +110,7 @@ rnn_backward_window = _default.rnn_backward_window
 embedding_grad = _default.embedding_grad
 sample_tokens = _default.sample_tokens
 elman_loss_and_grad = _default.elman_loss_and_grad
+elman_forward = _default.elman_forward
 # the compiled module itself (None when not built), for code that wants it directly
 cython_backend = importlib.import_module("cyrnn._rnn") if cython_kernels is not None else None
 
@@ -120,6 +121,7 @@ __all__ = [
     "embedding_grad",
     "sample_tokens",
     "elman_loss_and_grad",
+    "elman_forward",
     "get_backend",
     "available_backends",
     "DEFAULT_BACKEND",

@@ -14,14 +14,10 @@ from . import numpy_backend
 STEP_LOSSES = ("cross_entropy", "mse")
 
 
-def _step_args(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope, loss,
-               reduction, carry, window):
-    """Checked, contiguous arguments of ``elman_loss_and_grad``."""
+def _model_args(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope):
+    """Checked, contiguous inputs and parameters shared by the fused kernels:
+    ``(inputs, h0, Wxh, Whh, bh, Why, by, code, slope)``."""
     code = _checks.nonlinearity_code(nonlinearity, negative_slope)
-    if loss not in STEP_LOSSES:
-        raise ValueError(f"loss: expected one of {', '.join(STEP_LOSSES)}, got {loss!r}")
-    if reduction not in losses.REDUCTIONS:
-        raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
     Whh = _checks.float_array("Whh", Whh, 2)
     dtype, H = Whh.dtype, Whh.shape[0]
     _checks.expect_shape("Whh", Whh, (H, H))
@@ -51,6 +47,20 @@ def _step_args(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity, negativ
         raise ValueError("sizes too large for 32-bit BLAS")
     h0 = _checks.float_array("h0", h0, 2, dtype)
     _checks.expect_shape("h0", h0, (B, H))
+    return inputs, h0, Wxh, Whh, bh, Why, by, code, float(negative_slope)
+
+
+def _step_args(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope, loss,
+               reduction, carry, window):
+    """Checked, contiguous arguments of ``elman_loss_and_grad``."""
+    if loss not in STEP_LOSSES:
+        raise ValueError(f"loss: expected one of {', '.join(STEP_LOSSES)}, got {loss!r}")
+    if reduction not in losses.REDUCTIONS:
+        raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
+    inputs, h0, Wxh, Whh, bh, Why, by, code, slope = _model_args(
+        inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope)
+    T, B = inputs.shape[:2]
+    O, dtype = Why.shape[0], Whh.dtype
     targets = np.asarray(targets)
     if loss == "cross_entropy":
         if targets.dtype.kind not in "iu":
@@ -65,8 +75,42 @@ def _step_args(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity, negativ
     longest, windows = (0, None) if window is None else _checks.window_sizes(window, T)
     if longest and carry is not None:
         raise ValueError("carry, window: pass one truncation, not both")
-    return (inputs, targets, h0, Wxh, Whh, bh, Why, by, code, float(negative_slope), carry,
-            longest, windows)
+    return (inputs, targets, h0, Wxh, Whh, bh, Why, by, code, slope, carry, longest, windows)
+
+
+def _output_code(output):
+    if output not in losses.OUTPUTS:
+        raise ValueError(f"output: expected one of {', '.join(losses.OUTPUTS)}, got {output!r}")
+    return losses.OUTPUTS.index(output)
+
+
+def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, negative_slope=0.01,
+                  output="linear"):
+    """Outputs of an Elman RNN with an output layer, in one call.
+
+    ``y_t = g(h_t Why^T + by)`` with ``h_t = f(x_t Wxh^T + bh + h_{t-1} Whh^T)`` for every step.
+
+    Parameters
+    ----------
+    inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope :
+        As in ``elman_loss_and_grad``.
+    output : {"linear", "softmax", "sigmoid"}
+        The output function ``g``.
+
+    Returns
+    -------
+    y : ndarray (T, B, O)
+    h_last : ndarray (B, H)
+    """
+    inputs, h0, Wxh, Whh, bh, Why, by, code, slope = _model_args(
+        inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope)
+    _output_code(output)
+    T, B = inputs.shape[:2]
+    xw = Wxh.T[inputs] if inputs.dtype.kind in "iu" else inputs @ Wxh.T
+    xw += bh
+    hs = numpy_backend.rnn_forward(xw, h0, Whh, nonlinearity, negative_slope=slope)
+    z = hs[1:] @ Why.T + by
+    return losses.apply_output(output, z), hs[-1].copy()
 
 
 def _id_range(name, ids, n):
