@@ -52,6 +52,8 @@ def gradient_decay(model, T, *, batch_size=16, seed=None):
     rng = np.random.default_rng(seed)
     H = model.hidden_size
     x = rng.standard_normal((T, batch_size, model.input_size)).astype(model.dtype)
+    if model.batch_first:
+        x = x.transpose(1, 0, 2)  # the model's layout; _batch makes it time-major again
     batch = model._batch(x, None, None)
     hs = model._states(batch)
     r = rng.standard_normal((batch_size, H)).astype(model.dtype)

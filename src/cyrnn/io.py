@@ -129,7 +129,10 @@ def load_checkpoint(path, *, backend=None):
 def _read(path):
     """Metadata and arrays of a cyrnn file, with every failure as a ValueError naming the file."""
     try:
-        with np.load(os.fspath(path), allow_pickle=False) as data:
+        data = np.load(os.fspath(path), allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path}: not a cyrnn model file (a single array, not an .npz)")
+        with data:
             if _META not in data.files:
                 raise ValueError(f"{path}: not a cyrnn model file (no {_META})")
             arrays = {name: data[name] for name in data.files}

@@ -231,7 +231,8 @@ def fit(
     try:
         for epoch in range(1, epochs + 1):
             state.epoch = epoch
-            epoch_batches = batches if stream else _dataset_batches(train, batch_size, rng, model)
+            epoch_batches = (batches if stream else
+                             _dataset_batches(train, batch_size, rng, model, target_steps))
             started = time.perf_counter()
             losses, norms, tokens, skipped = [], [], 0, 0
             h = None
@@ -320,14 +321,23 @@ def evaluate(model, data, *, batch_size=32, loss=None, reduction="mean", target_
         if model.batch_first:
             x, y = x.T, y.T
         return model.evaluate(x, y, loss=loss, reduction=reduction)[0]
+    # sums per batch, divided at the end by the count the mean runs over (positions for
+    # cross-entropy, elements for mse/bce): batching must not reweight anything
+    loss = model._loss_name(loss)
+    width = 1 if loss == "cross_entropy" else (model.output_size or model.hidden_size)
     total, count = 0.0, 0
-    for batch in _dataset_batches(data, batch_size, None, model):
+    for batch in _dataset_batches(data, batch_size, None, model, target_steps):
         x, target, lengths = batch if len(batch) == 3 else (*batch, None)
-        n = _num_sequences(x, model)
-        value, _ = model.evaluate(x, target, lengths=lengths, loss=loss, reduction=reduction,
+        value, _ = model.evaluate(x, target, lengths=lengths, loss=loss, reduction="sum",
                                   target_steps=target_steps)
-        total += value if reduction == "sum" else value * n
-        count += n
+        total += value
+        n = _num_sequences(x, model)
+        if target_steps == "last":
+            count += n * width
+        elif lengths is not None:
+            count += int(np.sum(lengths)) * width
+        else:
+            count += np.asarray(x).shape[1 if model.batch_first else 0] * n * width
     return total if reduction == "sum" else total / count
 
 
@@ -372,9 +382,10 @@ def _num_sequences(x, model):
     return x.shape[0] if model.batch_first else x.shape[1]
 
 
-def _dataset_batches(data, batch_size, rng, model):
+def _dataset_batches(data, batch_size, rng, model, target_steps="all"):
     """Batches of a ``(inputs, targets[, lengths])`` dataset along its sequence axis, shuffled
-    when ``rng`` is given."""
+    when ``rng`` is given. Targets of every step share the inputs' layout; those of the last
+    step only (``target_steps="last"``) have the sequences first."""
     if not isinstance(data, tuple) or len(data) not in (2, 3):
         raise TypeError("data: expected a 1-D token stream or a tuple (inputs, targets[, lengths])")
     inputs, targets = np.asarray(data[0]), np.asarray(data[1])
@@ -383,9 +394,8 @@ def _dataset_batches(data, batch_size, rng, model):
     if inputs.ndim < 2:
         raise ValueError(f"inputs: expected a batch of sequences, got shape {inputs.shape}")
     N = inputs.shape[axis]
-    target_axis = 0 if (model.batch_first or targets.ndim <= 1 or targets.shape[0] == N
-                        and targets.shape[1:2] != (N,)) else 1
-    if targets.shape[target_axis] != N:
+    target_axis = 0 if (target_steps == "last" or model.batch_first) else 1
+    if targets.ndim <= target_axis or targets.shape[target_axis] != N:
         raise ValueError(f"targets: expected {N} sequences like inputs, got shape {targets.shape}")
     order = rng.permutation(N) if rng is not None else np.arange(N)
     batches = []
