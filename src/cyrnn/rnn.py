@@ -288,6 +288,8 @@ class RNN:
             ids = self.vocab.encode(prime)
         else:
             ids = np.asarray(prime)
+            if ids.size == 0:
+                raise ValueError("prime: expected at least one token")
             if ids.dtype.kind not in "iu" or ids.ndim != 1:
                 raise TypeError(f"prime: expected text or a 1-D sequence of token ids, got {prime!r}")
         if ids.size == 0:

@@ -125,7 +125,9 @@ class Checkpoint(Callback):
     def on_epoch_end(self, state):
         if self.best_only:
             value = state.history.epochs[-1].get(self.monitor)
-            if value is None or not value < self.best:
+            if value is None:
+                raise KeyError(f"Checkpoint: no {self.monitor!r} in the history (validation data?)")
+            if not value < self.best:
                 return False
             self.best = value
         state.model.save(self.path, optimizer=state.optimizer, extra={"epoch": state.epoch})

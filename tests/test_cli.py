@@ -1,0 +1,345 @@
+"""The ``cyrnn`` command (``python -m cyrnn``): demo, train, sample, info.
+
+Most tests call ``cyrnn.cli.main`` in-process (fast, output via capsys); a few run the real
+``python -m cyrnn`` in a subprocess to check the entry point, exit codes and streams.
+"""
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cyrnn
+from cyrnn import Vocabulary, kernels
+from cyrnn.cli import main, zen_of_python
+
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(cyrnn.__file__)))
+
+TEXT = ("the quick brown fox jumps over the lazy dog; "
+        "pack my box with five dozen liquor jugs.\n") * 12
+
+
+def run_cli(*args, timeout=120):
+    """``python -m cyrnn ARGS`` with this checkout's cyrnn first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [PACKAGE_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return subprocess.run([sys.executable, "-m", "cyrnn", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def trained(tmp_path, corpus, capsys):
+    """A model written by ``cyrnn train`` (tiny and quick)."""
+    path = tmp_path / "model.npz"
+    code = main(["train", str(corpus), "--steps", "20", "--hidden", "16", "--batch-size", "4",
+                 "--seq-len", "10", "--checkpoint", str(path)])
+    assert code == 0
+    capsys.readouterr()
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# the entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def test_info_subprocess():
+    result = run_cli("info")
+    assert result.returncode == 0, result.stderr
+    assert f"backend: {kernels.DEFAULT_BACKEND}" in result.stdout.splitlines()
+    assert f"version: {cyrnn.__version__}" in result.stdout
+    assert "blas:" in result.stdout and "available:" in result.stdout
+    assert result.stderr == ""
+
+
+def test_info_in_process(capsys):
+    assert main(["info"]) == 0
+    out, err = capsys.readouterr()
+    lines = dict(line.split(": ", 1) for line in out.splitlines())
+    assert lines["backend"] == cyrnn.backend_info()["backend"]
+    assert set(lines) == {"backend", "reason", "available", "blas", "version"}
+    assert err == ""
+
+
+def test_no_arguments_prints_help_and_exits_2():
+    result = run_cli()
+    assert result.returncode == 2
+    assert "usage: cyrnn" in result.stdout
+    for command in ("demo", "train", "sample", "info"):
+        assert command in result.stdout
+
+
+def test_no_arguments_in_process(capsys):
+    assert main([]) == 2
+    assert "usage: cyrnn" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"cyrnn {cyrnn.__version__}"
+
+
+@pytest.mark.parametrize("argv", [["bogus"], ["train"], ["sample"], ["demo", "--steps", "x"],
+                                  ["train", "f.txt", "--partition", "diagonal"]])
+def test_usage_errors_exit_2(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "usage" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# demo
+# ---------------------------------------------------------------------------------------------
+
+
+def test_zen_of_python():
+    text = zen_of_python()
+    assert text.startswith("The Zen of Python, by Tim Peters")
+    assert "Beautiful is better than ugly." in text
+
+
+def test_demo(capsys):
+    assert main(["demo", "--steps", "60"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    rows = [line.split() for line in out.splitlines()
+            if re.fullmatch(r"\s*\d+\s+[\d.]+\s+[\d.]+\s+[\d,]+", line)]
+    assert len(rows) == 10
+    steps = [int(r[0]) for r in rows]
+    losses = [float(r[1]) for r in rows]
+    assert steps == list(range(6, 61, 6))
+    assert losses[-1] < losses[0] - 0.3  # it learns
+    for r in rows:  # bits per character = loss / ln 2
+        assert float(r[2]) == pytest.approx(float(r[1]) / np.log(2), abs=2e-3)
+    assert "training on the Zen of Python" in out
+    for temperature in ("0.5", "1.0"):
+        marker = f"sample at temperature {temperature}:\n"
+        assert marker in out
+        sample = out.split(marker, 1)[1]
+        assert sample.startswith("Beautiful")
+        # prime + 160 characters (which may include newlines), then the next section
+        body = sample[: len("Beautiful") + 160]
+        assert set(body) <= set(zen_of_python())
+
+
+def test_demo_is_deterministic(capsys):
+    argv = ["demo", "--steps", "20", "--hidden", "16", "--seed", "3"]
+    main(argv)
+    first = capsys.readouterr().out
+    main(argv)
+    second = capsys.readouterr().out
+    strip = lambda out: [line.split()[:3] for line in out.splitlines()  # noqa: E731
+                         if "chars/s" not in line and "trained in" not in line]
+    assert strip(first) == strip(second)
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+
+
+def test_train_writes_a_loadable_model(tmp_path, corpus, capsys):
+    path = tmp_path / "out.npz"
+    code = main(["train", str(corpus), "--steps", "20", "--hidden", "16", "--batch-size", "4",
+                 "--seq-len", "10", "--checkpoint", str(path)])
+    assert code == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert f"saving to {path}" in out
+    assert "done: 20 steps" in out
+    assert len([line for line in out.splitlines() if line.startswith("epoch")]) == 1
+    model, opt_state, extra = cyrnn.load_checkpoint(path)
+    vocab = Vocabulary.from_text(TEXT)
+    assert model.vocab == vocab
+    assert model.input_size == model.output_size == len(vocab)
+    assert model.hidden_size == 16
+    assert model.output == "softmax"
+    assert model.dtype == np.float32
+    # with a validation split, the best epoch's checkpoint: optimizer state included
+    assert extra == {"epoch": 1}
+    assert opt_state["type"] == "Adam" and opt_state["steps"] == 20
+    assert opt_state["config"]["lr"] == 2e-3
+    # it learned something: better than the uniform guess on the text
+    ids = vocab.encode(TEXT)
+    assert cyrnn.evaluate(model, ids) < np.log(len(vocab))
+
+
+def test_train_options(tmp_path, corpus, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", str(corpus), "--steps", "5", "--hidden", "8", "--batch-size", "2",
+                 "--seq-len", "8", "--val-fraction", "0", "--dtype", "float64",
+                 "--nonlinearity", "relu", "--optimizer", "sgd", "--lr", "0.1",
+                 "--partition", "random", "--backend", "numpy", "--clip-norm", "0"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "done: 5 steps" in out
+    assert "val_loss" not in out
+    # default checkpoint: the text file's name with .npz, in the working directory
+    model = cyrnn.load(tmp_path / "corpus.npz")
+    assert model.dtype == np.float64
+    assert model.nonlinearity == "relu"
+    assert model.hidden_size == 8
+    assert model.vocab == Vocabulary.from_text(TEXT)
+
+
+def test_train_is_deterministic(tmp_path, corpus, capsys):
+    params = []
+    for name in ("a.npz", "b.npz"):
+        assert main(["train", str(corpus), "--steps", "6", "--hidden", "8", "--batch-size", "2",
+                     "--seq-len", "8", "--seed", "4", "--checkpoint",
+                     str(tmp_path / name)]) == 0
+        params.append(cyrnn.load(tmp_path / name).params)
+    capsys.readouterr()
+    for key in params[0]:
+        np.testing.assert_array_equal(params[0][key], params[1][key])
+
+
+def test_train_missing_file_subprocess(tmp_path):
+    missing = tmp_path / "no-such-file.txt"
+    result = run_cli("train", missing, "--steps", "2")
+    assert result.returncode == 1
+    assert "no-such-file.txt" in result.stderr
+    assert result.stderr.startswith("cyrnn train:")
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_train_too_short(tmp_path, capsys):
+    path = tmp_path / "short.txt"
+    path.write_text("abcabc", encoding="utf-8")
+    assert main(["train", str(path), "--seq-len", "10"]) == 2
+    out, err = capsys.readouterr()
+    assert "too short" in err and "short.txt" in err
+    assert not (tmp_path / "short.npz").exists()
+
+
+def test_train_not_utf8(tmp_path, capsys):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(("caf\xe9 " * 200).encode("latin-1"))
+    assert main(["train", str(path), "--steps", "2", "--checkpoint",
+                 str(tmp_path / "m.npz")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cyrnn train:")
+
+
+# ---------------------------------------------------------------------------------------------
+# sample
+# ---------------------------------------------------------------------------------------------
+
+
+def _sample_text(capsys, *argv):
+    assert main(["sample", *map(str, argv)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.endswith("\n")
+    return out[:-1]
+
+
+def test_sample_length_and_determinism(trained, capsys):
+    model = cyrnn.load(trained)
+    first_char = model.vocab.chars[0]
+    text = _sample_text(capsys, trained, "-n", 50, "--seed", 1)
+    assert len(text) == 1 + 50
+    assert text[0] == first_char  # the default prime
+    assert set(text) <= set(TEXT)
+    assert _sample_text(capsys, trained, "-n", 50, "--seed", 1) == text
+    # it is model.sample with the same arguments
+    assert text[1:] == model.sample(first_char, 50, seed=1)
+    others = {_sample_text(capsys, trained, "-n", 50, "--seed", s) for s in (2, 3, 4)}
+    assert others != {text}
+
+
+def test_sample_with_prime_temperature_and_top_k(trained, capsys):
+    model = cyrnn.load(trained)
+    text = _sample_text(capsys, trained, "--prime", "the qu", "-n", 30, "--seed", 5,
+                        "--temperature", "0.7", "--top-k", "3")
+    assert text.startswith("the qu") and len(text) == 6 + 30
+    assert text[6:] == model.sample("the qu", 30, temperature=0.7, top_k=3, seed=5)
+
+
+def test_sample_greedy(trained, capsys):
+    model = cyrnn.load(trained)
+    text = _sample_text(capsys, trained, "--prime", "the", "-n", 40, "--greedy")
+    assert text == "the" + model.greedy("the", 40)
+    # greedy ignores the seed
+    assert _sample_text(capsys, trained, "--prime", "the", "-n", 40, "--greedy",
+                        "--seed", 9) == text
+
+
+def test_sample_subprocess_deterministic(trained):
+    runs = [run_cli("sample", trained, "-n", 50, "--seed", 1, "--backend", b)
+            for b in ("cython", "cython", "numpy")]
+    for result in runs:
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""
+        assert len(result.stdout) == 1 + 50 + 1
+    assert runs[0].stdout == runs[1].stdout
+    model = cyrnn.load(trained)
+    assert runs[0].stdout == model.vocab.chars[0] + model.sample(model.vocab.chars[0], 50,
+                                                                 seed=1) + "\n"
+
+
+def test_sample_missing_model(tmp_path, capsys):
+    assert main(["sample", str(tmp_path / "gone.npz")]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("cyrnn sample:") and "gone.npz" in err
+
+
+def test_sample_missing_model_subprocess(tmp_path):
+    result = run_cli("sample", tmp_path / "gone.npz", "-n", 5)
+    assert result.returncode == 1
+    assert "gone.npz" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("content", [b"not a model at all\n", b"PK\x03\x04garbage", b""])
+def test_sample_non_model_file(tmp_path, capsys, content):
+    path = tmp_path / "notes.npz"
+    path.write_bytes(content)
+    assert main(["sample", str(path), "-n", "5"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("cyrnn sample:") and "notes.npz" in err
+
+
+def test_sample_npy_file(tmp_path, capsys):
+    path = tmp_path / "array.npz"
+    with open(path, "wb") as fh:
+        np.save(fh, np.arange(4))
+    assert main(["sample", str(path), "-n", "5"]) == 1
+    assert "array.npz" in capsys.readouterr().err
+
+
+def test_sample_model_without_vocabulary(tmp_path, capsys):
+    path = tmp_path / "plain.npz"
+    cyrnn.RNN(4, 8, 4, output="softmax", seed=0).save(path)
+    assert main(["sample", str(path), "-n", "5"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "vocabulary" in err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--prime", "QQQ"], "not in the vocabulary"),
+    (["-n", "0"], "n"),
+    (["--top-k", "1000"], "top_k"),
+    (["--temperature", "-1"], "temperature"),
+])
+def test_sample_bad_options(trained, capsys, argv, match):
+    assert main(["sample", str(trained), *argv]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("cyrnn sample:") and match in err
