@@ -1,12 +1,19 @@
-"""Benchmark set-up: BLAS at one thread, and the BLAS in use recorded with every result."""
+"""Benchmark set-up: BLAS at one thread (or as many as a test asks for), and the BLAS in use
+recorded with every result."""
 import pytest
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
 
 @pytest.fixture(autouse=True)
-def one_blas_thread(benchmark):
-    """Limit every BLAS in the process (NumPy's and SciPy's) to one thread for the measurement."""
-    with threadpoolctl.threadpool_limits(limits=1):
+def blas_threads(request, benchmark):
+    """Limit every BLAS in the process (NumPy's and SciPy's) to one thread for the measurement.
+
+    A test can ask for another count by parametrizing this fixture indirectly, e.g.
+    ``@pytest.mark.parametrize("blas_threads", [1, 2], indirect=True)``; the count is the
+    fixture's value.
+    """
+    threads = getattr(request, "param", 1)
+    with threadpoolctl.threadpool_limits(limits=threads):
         benchmark.extra_info["threadpool_info"] = threadpoolctl.threadpool_info()
-        yield
+        yield threads

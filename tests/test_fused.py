@@ -152,3 +152,19 @@ def test_float32_exp_accuracy():
     exact = np.exp(z.astype(np.float64) - z.max())
     exact /= exact.sum()
     np.testing.assert_allclose(y.ravel(), exact, rtol=2e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize("replace", [
+    lambda p: p.__setitem__("Whh", np.zeros((6, 5), p["Whh"].dtype)),
+    lambda p: p.__setitem__("Why", np.asfortranarray(p["Why"])),
+    lambda p: p.__setitem__("by", p["by"].astype(np.float32)),
+    lambda p: p.__setitem__("bh", list(p["bh"])),
+    lambda p: p.pop("Wxh"),
+], ids=["shape", "layout", "dtype", "type", "missing"])
+def test_model_refuses_replaced_parameters_before_the_fused_step(backend, rng, replace):
+    """The fused step trusts the model's own checks; a parameter replaced behind its back (not
+    updated in place) must be an error, never a wrong read of memory."""
+    model = cyrnn.RNN(5, 6, 4, output="softmax", dtype="float64", seed=0, backend=backend)
+    replace(model.params)
+    with pytest.raises(ValueError, match=r"params\['\w+'\]: expected a C-contiguous float64 array"):
+        model.loss_and_grad(rng.integers(0, 5, (7, 2)), rng.integers(0, 4, (7, 2)))

@@ -531,11 +531,17 @@ def elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity
     logits), BPTT in place of dh_out, and every weight gradient as one large GEMM. The full
     contract is the docstring of the NumPy twin, copied here by ``cyrnn.kernels``.
     """
-    inputs, targets, h0, Wxh, Whh, bh, Why, by, code, slope, carry, longest, windows = _step_args(
-        inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope, loss,
-        reduction, carry, window)
+    return _elman_step(*_step_args(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity,
+                                   negative_slope, loss, reduction, carry, window),
+                       loss == "cross_entropy", reduction == "sum", input_grad)
+
+
+def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slope, carry,
+                Py_ssize_t k, windows, bint cross_entropy, bint sum_reduction, bint input_grad):
+    """``elman_loss_and_grad`` on arguments already checked by ``_step_args`` (or by the model,
+    which checks the same things once for its own messages): the arrays must be C-contiguous,
+    of one float dtype, of consistent shapes, and the ids in range."""
     cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], H = Whh.shape[0]
-    cdef Py_ssize_t k = longest
     cdef Py_ssize_t I = Wxh.shape[1], O = Why.shape[0]
     cdef bint tokens = inputs.dtype.kind in "iu"
     dtype = Whh.dtype
@@ -555,8 +561,8 @@ def elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity
     dh0 = empty((B, H), dtype)
     dx = empty((T, B, I), dtype) if (input_grad and not tokens) else None
     WhhT = np.ascontiguousarray(Whh.T) if B >= TRANSPOSE_MIN_BATCH else None
-    cdef double count = T * B if loss == "cross_entropy" else T * B * O
-    cdef double scale = 1.0 if reduction == "sum" else 1.0 / count
+    cdef double count = T * B if cross_entropy else T * B * O
+    cdef double scale = 1.0 if sum_reduction else 1.0 / count
     cdef int c = code
     cdef double s = slope
     cdef double value
@@ -564,7 +570,7 @@ def elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity
     cdef void* p_x = NULL if tokens else data(inputs)
     cdef const Py_ssize_t* p_tid = NULL
     cdef void* p_tval = NULL
-    if loss == "cross_entropy":
+    if cross_entropy:
         p_tid = <const Py_ssize_t*> data(targets)
     else:
         p_tval = data(targets)
@@ -610,7 +616,7 @@ def elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity
                 <double*> p_next, <double*> p_norms,
                 <double*> p_dWxh, <double*> p_dWhh, <double*> p_dbh, <double*> p_dWhy,
                 <double*> p_dby, <double*> p_dh0, <double*> p_dx, T, B, I, H, O, c, s, scale)
-    if reduction == "mean":
+    if not sum_reduction:
         value /= count
     grads = {"Wxh": dWxh, "Whh": dWhh, "bh": dbh, "Why": dWhy, "by": dby, "h0": dh0}
     if dx is not None:

@@ -29,15 +29,19 @@ _NUMPY_MODULES = ("cyrnn.kernels.numpy_backend", "cyrnn.kernels.numpy_sample",
                   "cyrnn.kernels.numpy_fused")
 
 
+# entry points on pre-checked arguments, for the model class, which checks them itself
+_PRIVATE_NAMES = ("_elman_step",)
+
+
 def _collect(name, module_names):
     """A namespace with every kernel of ``KERNEL_NAMES`` found in ``module_names``."""
     backend = types.SimpleNamespace(name=name)
     for module_name in module_names:
         module = importlib.import_module(module_name)
-        for kernel in KERNEL_NAMES:
+        for kernel in KERNEL_NAMES + _PRIVATE_NAMES:
             if hasattr(module, kernel):
                 setattr(backend, kernel, getattr(module, kernel))
-    missing = [k for k in KERNEL_NAMES if not hasattr(backend, k)]
+    missing = [k for k in KERNEL_NAMES + _PRIVATE_NAMES if not hasattr(backend, k)]
     if missing:
         raise ImportError(f"backend {name!r} lacks kernels {missing}")
     return backend

@@ -156,9 +156,16 @@ def elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity
     grad_norms : ndarray (T,) or None
         ``||dL/dh_t||`` per step, as ``rnn_backward`` returns them (None with a window).
     """
-    inputs, targets, h0, Wxh, Whh, bh, Why, by, code, slope, carry, longest, windows = _step_args(
-        inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope, loss,
-        reduction, carry, window)
+    return _elman_step(*_step_args(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity,
+                                   negative_slope, loss, reduction, carry, window),
+                       loss == "cross_entropy", reduction == "sum", input_grad)
+
+
+def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, code, slope, carry, longest,
+                windows, cross_entropy, sum_reduction, input_grad):
+    """``elman_loss_and_grad`` on arguments already checked (see the compiled twin)."""
+    nonlinearity = _checks.NONLINEARITIES[code]
+    reduction = "sum" if sum_reduction else "mean"
     T, B = inputs.shape[:2]
     H, I = Wxh.shape
     tokens = inputs.dtype.kind in "iu"
@@ -166,15 +173,16 @@ def elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity
     xw += bh
     hs = numpy_backend.rnn_forward(xw, h0, Whh, nonlinearity, negative_slope=slope)
     z = (hs[1:].reshape(T * B, H) @ Why.T) + by
-    if loss == "cross_entropy":
+    if cross_entropy:
         value, dz = losses.cross_entropy(z, targets.reshape(-1), reduction)
     else:
         value, dz = losses.mse(z, targets.reshape(T * B, -1), reduction)
     grads = {}
     dh_out = (dz @ Why).reshape(T, B, H)
     if longest:
-        da, dh0 = numpy_backend.rnn_backward_window(dh_out, hs, Whh, window, nonlinearity,
-                                                    negative_slope=slope)
+        da, dh0 = numpy_backend.rnn_backward_window(
+            dh_out, hs, Whh, longest if windows is None else windows, nonlinearity,
+            negative_slope=slope)
         grad_norms = None
     else:
         da, dh0, grad_norms = numpy_backend.rnn_backward(dh_out, hs, Whh, nonlinearity,

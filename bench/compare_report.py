@@ -1,0 +1,326 @@
+"""Turn pytest-benchmark JSON from bench/test_compare.py into the markdown tables of COMPARE.md.
+
+    python bench/compare_report.py bench/compare.json [more.json ...] > bench/COMPARE.md
+
+With several files (repeated runs on a noisy machine), each cell is the median of the runs'
+medians, taken over the runs in which other processes kept less than ``--max-foreign`` cores busy
+(``extra_info["foreign_cores"]``); a cell measured only under load is marked with ``*``.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(__file__))
+from peers import CONFIGS, OPS, PEERS, flops  # noqa: E402
+
+RUN_COMMAND = (
+    "PYTHONPATH=src env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
+    "python -m pytest bench/test_compare.py -p no:cacheprovider --benchmark-json={path}"
+)
+
+INTRO = """\
+# cyrnn against PyTorch, JAX and NumPy loops
+
+One Elman RNN step (tanh, output layer, loss on every step: softmax cross-entropy for token
+configs, MSE for dense ones), float32, `forward` (outputs of every step) and `forward+backward`
+(loss and the gradient of every parameter), timed with pytest-benchmark (`bench/test_compare.py`,
+peers in `bench/peers.py`, this page from `bench/compare_report.py`). All peers start from the
+same weights (cyrnn's `seed=0` initialisation) and are checked against cyrnn before timing.
+
+| config | B | T | input | H | O |
+|---|---|---|---|---|---|
+{configs}
+
+Peers: **cyrnn-cython** and **cyrnn-numpy** (the compiled backend and its pure-NumPy twin,
+through `RNN.forward` / `RNN.loss_and_grad`); **naive-numpy** (a Python loop over time in the
+style of min-char-rnn: column vectors, one-hot token columns built per step, every product per
+step, BPTT with `dhnext`); **torch** (`nn.Embedding` + `nn.RNN` + `nn.Linear`, `F.cross_entropy` /
+`F.mse_loss`, `loss.backward()`, no `torch.compile`; the token embedding is `nn.Embedding(V, V)`
+frozen at the identity, a one-hot lookup, so that `weight_ih_l0` is exactly cyrnn's `Wxh`;
+`forward` runs under `torch.no_grad()`); **jax** (`lax.scan` over the recurrence under `jax.jit`,
+input projection and output layer as whole-sequence products, `jax.value_and_grad`,
+`block_until_ready`, compiled by a warm-up call before timing).
+
+FLOPs counted (matrix products only; the same count for every peer, so GFLOP/s ratios are time
+ratios): forward `F = 2*T*B*(I*H + H*H + H*O)` for dense inputs and `2*T*B*(H*H + H*O)` for
+tokens (the input projection is a row gather); forward+backward `3*F`: the backward is `2*F`,
+`F` for the products carrying the error back (`dz Why`, `da Whh`, and for dense inputs
+`dx = da Wxh`) plus `F` for the weight gradients (`dWhy = dz^T h`, `dWhh = da^T h_prev`, and for
+dense inputs `dWxh = da^T x`). cyrnn returns `dx` for dense inputs; the peers compute parameter
+gradients only (torch and jax skip `dx`, about 6-8% of the counted FLOPs). The **machine limit**
+is one NumPy float32 matmul `(T*B, H) x (H, H)` timed in the same run at the same thread count.
+
+Threads: `threadpoolctl.threadpool_limits(n)` for NumPy's and SciPy's OpenBLAS (and torch's
+OpenMP), `torch.set_num_threads(n)`. XLA ignores both; for JAX at one thread the whole process is
+pinned to one CPU (`os.sched_setaffinity` on every thread) while JAX is timed; at two threads JAX
+runs with its default thread pool.
+"""
+BEST_PEERS = ("torch", "jax")
+
+# the team's targets, forward+backward at one thread: cyrnn (cython) / best peer speed ratio
+SPEED_TARGETS = {"charlm": 3.0, "small": 3.0, "long": 3.0, "charlm_batched": 1.3, "medium": 1.3,
+                 "large": 1.2}
+MACHINE_TARGETS = {"medium": 0.80, "large": 0.80}
+TWIN_TARGETS = {"charlm": 5.0}
+
+
+def load(paths, max_foreign):
+    runs = defaultdict(list)  # key -> [(median s, foreign cores, file)]
+    meta = {"machine_info": None, "datetime": [], "threadpool_info": {}, "versions": None,
+            "threads_note": {}, "checks": {}, "builds": {}, "foreign": []}
+    for path in paths:
+        with open(path) as fh:
+            data = json.load(fh)
+        meta["machine_info"] = meta["machine_info"] or data.get("machine_info")
+        meta["datetime"].append(data.get("datetime"))
+        for bench in data["benchmarks"]:
+            extra = bench["extra_info"]
+            if "peer" not in extra:
+                continue
+            key = extra["config"], extra["op"], extra["peer"], extra["threads"]
+            runs[key].append((bench["stats"]["median"], extra.get("foreign_cores", 0.0), path))
+            meta["foreign"].append(extra.get("foreign_cores", 0.0))
+            info = extra.get("threadpool_info")
+            if info and len(info) > len(meta["threadpool_info"].get(extra["threads"], [])):
+                meta["threadpool_info"][extra["threads"]] = info  # the fullest (torch's OpenMP too)
+            build = (extra.get("versions") or {}).get("cyrnn_build")
+            if build:
+                meta["builds"].setdefault(json.dumps(build, sort_keys=True), set()).add(path)
+            meta["versions"] = meta["versions"] or extra.get("versions")
+            if "threads_note" in extra:
+                meta["threads_note"][extra["peer"], extra["threads"]] = extra["threads_note"]
+            if "check" in extra:
+                meta["checks"][extra["config"], extra["peer"]] = extra["check"]
+    cells = {}
+    for key, found in runs.items():
+        clean = [r for r in found if r[1] < max_foreign]
+        used = clean or found
+        cells[key] = {
+            "median": statistics.median(r[0] for r in used),
+            "loaded": not clean,
+            "runs": len(used),
+            "all_runs": len(found),
+            "foreign": max(r[1] for r in used),
+        }
+    return cells, meta
+
+
+def fmt_ms(cell):
+    if cell is None:
+        return "-"
+    t = cell["median"] * 1e3
+    text = f"{t:.3f}" if t < 1 else f"{t:.2f}" if t < 100 else f"{t:.0f}"
+    return text + ("*" if cell["loaded"] else "")
+
+
+def ratio(a, b):
+    """b / a: how many times faster a is than b."""
+    if a is None or b is None:
+        return None
+    return b["median"] / a["median"]
+
+
+def fmt_ratio(r):
+    return "-" if r is None else f"{r:.2f}x"
+
+
+def best_peer(cells, config, op, threads):
+    found = [(cells[config, op, p, threads], p) for p in BEST_PEERS if (config, op, p, threads) in cells]
+    if not found:
+        return None, None
+    return min(found, key=lambda cp: cp[0]["median"])
+
+
+def gflops(cells, config, op, peer, threads):
+    cell = cells.get((config, op, peer, threads))
+    return None if cell is None else flops(config, op) / cell["median"] / 1e9
+
+
+def machine_gflops(cells, config, threads):
+    cell = cells.get((config, "matmul", "numpy-matmul", threads))
+    if cell is None:
+        return None
+    c = CONFIGS[config]
+    return 2 * c.T * c.B * c.H * c.H / cell["median"] / 1e9
+
+
+def main_table(cells, threads):
+    head = ["config", "op", *[f"{p} (ms)" for p in PEERS], "cython / best peer",
+            "cython / numpy twin", "cyrnn GFLOP/s", "machine limit GFLOP/s", "cyrnn % of limit"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for config in CONFIGS:
+        for op in OPS:
+            row = [config, op]
+            row += [fmt_ms(cells.get((config, op, p, threads))) for p in PEERS]
+            cy = cells.get((config, op, "cyrnn-cython", threads))
+            best, name = best_peer(cells, config, op, threads)
+            row.append(f"{fmt_ratio(ratio(cy, best))} ({name})" if best else "-")
+            row.append(fmt_ratio(ratio(cy, cells.get((config, op, "cyrnn-numpy", threads)))))
+            g = gflops(cells, config, op, "cyrnn-cython", threads)
+            m = machine_gflops(cells, config, threads)
+            row.append("-" if g is None else f"{g:.1f}")
+            row.append("-" if m is None else f"{m:.1f}")
+            row.append("-" if g is None or m is None else f"{100 * g / m:.0f}%")
+            lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def gflops_table(cells, threads):
+    op = "forward+backward"
+    head = ["config", "GFLOP counted", *[f"{p}" for p in PEERS], "machine limit"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for config in CONFIGS:
+        m = machine_gflops(cells, config, threads)
+        row = [config, f"{flops(config, op) / 1e9:.4f}"]
+        for p in PEERS:
+            g = gflops(cells, config, op, p, threads)
+            row.append("-" if g is None else f"{g:.1f}" + (f" ({100 * g / m:.0f}%)" if m else ""))
+        row.append("-" if m is None else f"{m:.1f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def targets(cells):
+    fb = "forward+backward"
+    lines = ["| target | measured | met |", "|---|---|---|"]
+
+    def add(text, value, ok):
+        lines.append(f"| {text} | {value} | {'yes' if ok else 'no'} |")
+
+    for config, goal in SPEED_TARGETS.items():
+        cy = cells.get((config, fb, "cyrnn-cython", 1))
+        best, name = best_peer(cells, config, fb, 1)
+        r = ratio(cy, best)
+        if r is not None:
+            add(f"{config}: >= {goal}x best peer (1 thread)", f"{r:.2f}x ({name})", r >= goal)
+    for config, goal in MACHINE_TARGETS.items():
+        g, m = gflops(cells, config, fb, "cyrnn-cython", 1), machine_gflops(cells, config, 1)
+        if g is not None and m is not None:
+            add(f"{config}: >= {goal:.0%} of the machine limit (1 thread)",
+                f"{g / m:.0%} ({g:.1f} of {m:.1f} GFLOP/s)", g / m >= goal)
+    for config, goal in TWIN_TARGETS.items():
+        r = ratio(cells.get((config, fb, "cyrnn-cython", 1)), cells.get((config, fb, "cyrnn-numpy", 1)))
+        if r is not None:
+            add(f"{config}: >= {goal}x the NumPy twin (1 thread)", f"{r:.2f}x", r >= goal)
+    slower = []
+    for threads in (1, 2):
+        for config in CONFIGS:
+            for op in OPS:
+                r = ratio(cells.get((config, op, "cyrnn-cython", threads)),
+                          cells.get((config, op, "cyrnn-numpy", threads)))
+                if r is not None and r < 1:
+                    slower.append(f"{config} {op} {threads}t ({r:.2f}x)")
+    add("never slower than the NumPy twin (every config, op, thread count)",
+        "slower in: " + ", ".join(slower) if slower else "never slower", not slower)
+    behind = []
+    for config in CONFIGS:
+        cy = cells.get((config, fb, "cyrnn-cython", 2))
+        best, name = best_peer(cells, config, fb, 2)
+        r = ratio(cy, best)
+        if r is not None and r < 1:
+            behind.append(f"{config} ({r:.2f}x vs {name})")
+    add("no config slower than the best peer at 2 threads (forward+backward)",
+        "slower in: " + ", ".join(behind) if behind else "none slower", not behind)
+    return lines
+
+
+def checks_table(meta):
+    lines = ["| config | peer | loss rel. err. | worst gradient rel. err. | output rel. err. |",
+             "|---|---|---|---|---|"]
+    for config in CONFIGS:
+        for peer in PEERS:
+            check = meta["checks"].get((config, peer))
+            if check is None:
+                continue
+            worst = max(check["grad_rel_err"].items(), key=lambda kv: kv[1])
+            lines.append(f"| {config} | {peer} | {check['loss_rel_err']:.1e} | "
+                         f"{worst[1]:.1e} ({worst[0]}) | {check['output_rel_err']:.1e} |")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json", nargs="+")
+    parser.add_argument("--max-foreign", type=float, default=0.3,
+                        help="runs with more cores busy elsewhere are used only when no other run exists")
+    args = parser.parse_args(argv)
+    cells, meta = load(args.json, args.max_foreign)
+    machine = meta["machine_info"] or {}
+    versions = meta["versions"] or {}
+    configs = "\n".join(
+        f"| {name} | {c.B} | {c.T} | {f'{c.I} tokens' if c.tokens else c.I} | {c.H} | {c.O} |"
+        for name, c in CONFIGS.items())
+    out = [INTRO.format(configs=configs), "## Results", ""]
+    for threads in (1, 2):
+        out += [f"### {threads} thread{'s' if threads > 1 else ''}: median time (ms) and cyrnn's ratios", ""]
+        out += main_table(cells, threads)
+        out += ["", f"### {threads} thread{'s' if threads > 1 else ''}: forward+backward GFLOP/s "
+                    "(and % of the machine limit)", ""]
+        out += gflops_table(cells, threads)
+        out.append("")
+    out += ["## Targets (forward+backward, float32, median; best peer = faster of torch and jax)", ""]
+    out += targets(cells)
+    out += ["", "## Agreement with cyrnn (same weights, checked before timing)", "",
+            "Relative errors (Frobenius norm for arrays) against cyrnn's cython backend; cyrnn's own "
+            "row is against the naive loop. A peer outside loss 1e-4, gradients 1e-3 or outputs 1e-4 "
+            "fails its test and is not timed.", ""]
+    out += checks_table(meta)
+    loaded = sorted(k for k, c in cells.items() if c["loaded"])
+    foreign = sorted(meta["foreign"])
+    dropped = sum(f >= args.max_foreign for f in foreign) - sum(c["all_runs"] for c in cells.values() if c["loaded"])
+    runs = sorted({c["all_runs"] for c in cells.values()})
+    out += [
+        "",
+        "## Run",
+        "",
+        f"- Runs merged: {len(args.json)} ({', '.join(str(d) for d in meta['datetime'])}); "
+        f"benchmarks per key: {runs}. A cell is the median over runs of each run's median, "
+        f"using runs in which other processes kept < {args.max_foreign} cores busy.",
+        f"- Foreign load (cores kept busy by other processes while a benchmark was timed, from "
+        f"/proc/stat), over all {len(foreign)} measurements: median {statistics.median(foreign):.2f}, "
+        f"max {foreign[-1]:.2f} (the machine has {versions.get('cpu_count', '?')} CPUs); "
+        f"{dropped} measurements above {args.max_foreign} were set aside because cleaner runs of the "
+        f"same benchmark exist. Cells measured only under more than "
+        f"{args.max_foreign} (marked `*`): {len(loaded)} of {len(cells)}"
+        + ("" if not loaded or len(loaded) > 20 else ": " + ", ".join(f"{c} {o} {p} {t}t" for c, o, p, t in loaded))
+        + ".",
+        f"- Machine: {machine.get('cpu', {}).get('brand_raw', '?')}, "
+        f"{versions.get('cpu_count', '?')} CPUs, {machine.get('system', '')} {machine.get('release', '')}; "
+        f"Python {versions.get('python', machine.get('python_version', '?'))}.",
+        f"- Versions: numpy {versions.get('numpy')}, scipy {versions.get('scipy')}, "
+        f"torch {versions.get('torch', 'absent')}, jax {versions.get('jax', 'absent')} "
+        f"(jaxlib {versions.get('jaxlib', 'absent')}), cyrnn {versions.get('cyrnn')} "
+        f"({versions.get('cyrnn_backend_info', {}).get('blas')}).",
+        "- cyrnn build(s) measured: " + "; ".join(
+            f"{', '.join(f'{k}={v}' for k, v in json.loads(b).items())} ({', '.join(sorted(p))})"
+            for b, p in meta["builds"].items()) + ".",
+        f"- XLA_FLAGS: {versions.get('XLA_FLAGS')!r}.",
+        "- Thread control per peer: " + "; ".join(
+            f"{peer} {threads}t: {note}" for (peer, threads), note in sorted(meta["threads_note"].items())
+            if peer in ("torch", "jax")) + "; NumPy/SciPy BLAS (and torch's OpenMP): threadpoolctl.",
+        "",
+        "BLAS and OpenMP libraries loaded (`threadpoolctl.threadpool_info()` inside the limit):",
+        "",
+        "| threads | library | version | threading | architecture | num_threads |",
+        "|---|---|---|---|---|---|",
+    ]
+    for threads, info in sorted(meta["threadpool_info"].items()):
+        for lib in info:
+            out.append(f"| {threads} | {lib.get('filepath', '').rsplit('/', 1)[-1]} | {lib.get('version') or '-'} | "
+                       f"{lib.get('threading_layer', '')} | {lib.get('architecture', '')} | "
+                       f"{lib.get('num_threads')} |")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = [os.path.relpath(p, repo) if os.path.abspath(p).startswith(repo + os.sep) else os.path.abspath(p)
+             for p in args.json]
+    out += ["", "Reproduce (from the repository root, with the extension built in place: one pytest "
+            "run per JSON file, run one after another, then this report):", "", "```bash", f"cd {repo}",
+            *(RUN_COMMAND.format(path=p) for p in paths),
+            f"python bench/compare_report.py {' '.join(paths)} > bench/COMPARE.md", "```"]
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
