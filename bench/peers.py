@@ -8,8 +8,8 @@ Every peer computes, in float32, for one configuration ``(B, T, I or V tokens, H
 - ``forward_backward()``: the loss on every step (softmax cross-entropy averaged over the T*B
   positions for tokens, MSE averaged over the T*B*O elements for dense inputs) and its gradient
   with respect to every parameter (``Wxh, Whh, bh, Why, by``), which is what
-  ``cyrnn.RNN.loss_and_grad`` returns (cyrnn also returns ``dL/dh0`` and, for dense inputs,
-  ``dL/dx``; the peers compute the parameter gradients only).
+  ``cyrnn.RNN.loss_and_grad(..., input_grad=False)`` returns (cyrnn also returns ``dL/dh0``;
+  the gradient of dense inputs is switched off, as the peers compute parameter gradients only).
 
 All peers start from the same weights: those of ``cyrnn.RNN(..., seed=0)``.
 ``Peer.check_forward()`` and ``Peer.check_forward_backward()`` run the peer once (untimed) and
@@ -19,7 +19,8 @@ cyrnn's before timing anything.
 The peers:
 
 - ``cyrnn-cython`` / ``cyrnn-numpy``: the public API, ``model.forward(x)`` and
-  ``model.loss_and_grad(x, target)``, on the compiled backend and on its pure-NumPy twin;
+  ``model.loss_and_grad(x, target, input_grad=False)``, on the compiled backend and on its
+  pure-NumPy twin;
 - ``naive-numpy``: a Python loop over time in the style of min-char-rnn (column vectors, one-hot
   token inputs built per step, every product done step by step, forward and BPTT), batched;
 - ``torch``: ``nn.Embedding`` + ``nn.RNN`` + ``nn.Linear``, ``F.cross_entropy`` / ``F.mse_loss``,
@@ -190,13 +191,14 @@ class CyrnnPeer(Peer):
         return self.model.forward(self.x)
 
     def forward_backward(self):
-        return self.model.loss_and_grad(self.x, self.target)
+        # the same work as the peers: parameter gradients, no gradient of the inputs
+        return self.model.loss_and_grad(self.x, self.target, input_grad=False)
 
     def check_forward(self):
         return self.model.forward(self.x)[0]
 
     def check_forward_backward(self):
-        loss, grads, _ = self.model.loss_and_grad(self.x, self.target)
+        loss, grads, _ = self.model.loss_and_grad(self.x, self.target, input_grad=False)
         return float(loss), {k: grads[k] for k in PARAM_NAMES}
 
 

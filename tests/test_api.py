@@ -1374,3 +1374,15 @@ def test_set_params_updates_the_arrays_in_place(backend, dtype, rng):
     for name, p in model.params.items():
         assert p is held[name]
         np.testing.assert_array_equal(p, new[name].astype(dtype))
+
+
+@pytest.mark.parametrize("lengths", [None, [6, 3]], ids=["fused", "general"])
+def test_input_grad_false_skips_only_the_input_gradient(backend, dtype, rng, lengths):
+    model = make(backend, dtype)
+    x, h0, target = data(rng)
+    loss, grads, h = model.loss_and_grad(x, target, h0=h0, lengths=lengths)
+    loss2, grads2, h2 = model.loss_and_grad(x, target, h0=h0, lengths=lengths, input_grad=False)
+    assert "x" in grads and "x" not in grads2
+    assert loss2 == loss
+    for name in grads2:
+        np.testing.assert_array_equal(grads2[name], grads[name])

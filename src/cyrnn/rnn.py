@@ -165,6 +165,7 @@ class RNN:
         reduction="mean",
         target_steps="all",
         truncate=None,
+        input_grad=True,
     ):
         """Loss of one batch and its gradient with respect to every parameter, by BPTT.
 
@@ -191,6 +192,9 @@ class RNN:
             ``truncate = T`` stops output ``T - 1``'s error short of ``h0``.
             ``TBPTT(k1, k2)``: Williams & Peng's truncation, blocks of ``k1`` from step 0;
             ``RandomizedTruncation(p)``: unbiased random truncation (a fresh draw per call).
+        input_grad : bool
+            Also return ``grads["x"]`` for dense inputs (for composing cyrnn with layers below
+            it). Training alone does not need it: ``False`` saves one product per call.
 
         Returns
         -------
@@ -199,7 +203,8 @@ class RNN:
             Same keys and shapes as ``params``, plus ``h0`` and, for dense inputs, ``x``.
         h_last : ndarray (B, H)
         """
-        result = self._evaluate(x, target, h0, lengths, loss, reduction, target_steps, truncate)
+        result = self._evaluate(x, target, h0, lengths, loss, reduction, target_steps, truncate,
+                                input_grad=input_grad)
         return result.loss, result.grads, result.h_last
 
     def evaluate(self, x, target, h0=None, lengths=None, loss=None, reduction="mean",
@@ -213,7 +218,7 @@ class RNN:
         return result.loss, result.h_last
 
     def _evaluate(self, x, target, h0, lengths, loss, reduction, target_steps, truncate=None,
-                  need_grads=True):
+                  need_grads=True, input_grad=True):
         """Forward, loss and (optionally) BPTT; a namespace with ``loss``, ``h_last``, ``grads``
         and ``grad_norms`` (per-step ``||dL/dh_t||`` (T,), full BPTT and carries only)."""
         loss = self._loss_name(loss)
@@ -227,7 +232,7 @@ class RNN:
         target = self._target(target, loss, batch, target_steps, t_idx, b_idx)
 
         if need_grads and self._fusable(loss, batch, t_idx):
-            return self._fused(batch, target, loss, reduction, window, carry)
+            return self._fused(batch, target, loss, reduction, window, carry, input_grad)
         hs = self._states(batch)
         z = self._logits(hs)
         # (N, O) logits of the positions that carry a loss -> loss and dL/dz there
@@ -241,7 +246,8 @@ class RNN:
             else:
                 dz = np.zeros_like(z)
                 dz[t_idx, b_idx] = dz_sel
-            result.grads, result.grad_norms = self._backward(batch, hs, dz, window, carry)
+            result.grads, result.grad_norms = self._backward(batch, hs, dz, window, carry,
+                                                             input_grad)
         return result
 
     # -----------------------------------------------------------------------------------------
@@ -583,7 +589,7 @@ class RNN:
         return (loss == "cross_entropy" and self.output in ("softmax", "linear")) or (
             loss == "mse" and self.output == "linear")
 
-    def _fused(self, batch, target, loss, reduction, window, carry):
+    def _fused(self, batch, target, loss, reduction, window, carry, input_grad=True):
         """``_evaluate`` for the common case, in one kernel call (same results). The inputs and
         targets were checked by ``_batch`` and ``_target``; the parameters are checked here, so
         the kernel's own checks (a tenth of the time of a char-LM step) are skipped."""
@@ -595,7 +601,7 @@ class RNN:
         value, grads, h_last, grad_norms = self._kernels._elman_step(
             inputs, target, batch.h0, p["Wxh"], p["Whh"], p["bh"], p["Why"], p["by"],
             _checks.NONLINEARITIES.index(self.nonlinearity), self.negative_slope, carry,
-            longest, windows, loss == "cross_entropy", reduction == "sum", True)
+            longest, windows, loss == "cross_entropy", reduction == "sum", input_grad)
         if "x" in grads:
             grads["x"] = self._to_user_layout(grads["x"], batch)
         grads["h0"] = self._state_out(grads["h0"], batch)
@@ -645,7 +651,7 @@ class RNN:
         z += self.params["by"]
         return z.reshape(T, B, -1)
 
-    def _backward(self, batch, hs, dz, window=None, carry=None):
+    def _backward(self, batch, hs, dz, window=None, carry=None, input_grad=True):
         """Gradients of every parameter (and h0, and dense x) from dL/dz (T, B, O), and the
         per-step gradient norms (None with a window); with a look-back ``window`` (int or (T,))
         or a ``carry`` scale (T,) for truncated BPTT."""
@@ -680,7 +686,8 @@ class RNN:
         else:
             # dWxh (H, I) = da^T (H, T*B) x (T*B, I);  dx (T*B, I) = da (T*B, H) Wxh (H, I)
             grads["Wxh"] = da2.T @ batch.x.reshape(-1, self.input_size)
-            grads["x"] = self._to_user_layout((da2 @ p["Wxh"]).reshape(T, B, -1), batch)
+            if input_grad:
+                grads["x"] = self._to_user_layout((da2 @ p["Wxh"]).reshape(T, B, -1), batch)
         grads["h0"] = self._state_out(dh0, batch)
         ordered = {name: grads[name] for name in (*self.params, "h0", "x") if name in grads}
         return ordered, grad_norms

@@ -244,7 +244,7 @@ def fit(
                 h0 = h if (stream and partition == "sequential") else None
                 value, grads, h = model.loss_and_grad(
                     x, target, h0=h0, lengths=lengths, loss=loss_name, reduction=reduction,
-                    target_steps=target_steps, truncate=truncate,
+                    target_steps=target_steps, truncate=truncate, input_grad=False,
                 )
                 norm = clip_grad_norm(grads, clip_norm) if clip_norm else grad_norm(grads)
                 done += 1
