@@ -416,16 +416,24 @@ cdef double squared_error(floating* z, const floating* target, Py_ssize_t n,
 
 cdef void forward_layers(
         const Py_ssize_t* tokens, const floating* x, const floating* h0, const floating* Wxh,
-        const floating* Whh, const floating* WhhT, const floating* bh, const floating* Why,
+        const floating* WxhT, const floating* Whh, const floating* WhhT, const floating* bh,
+        const floating* Why,
         const floating* by, floating* hs, floating* z, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
         Py_ssize_t H, Py_ssize_t O, int code, floating slope) noexcept nogil:
-    """States hs (T + 1, B, H) and logits z (T*B, O) of token ids or dense inputs x."""
+    """States hs (T + 1, B, H) and logits z (T*B, O) of token ids or dense inputs x. For many
+    tokens, ``WxhT`` is a contiguous copy of Wxh^T, whose rows gather without striding."""
     cdef Py_ssize_t TB = T * B, BH = B * H, n, j
     cdef floating* row
     # 1. input projection, straight into the state buffer: hs[1:] = x Wxh^T + bh
-    if tokens != NULL:
+    if tokens != NULL and WxhT != NULL:
         for n in range(TB):
-            # a row gather: column tokens[n] of Wxh (H, I)
+            # a row gather: row tokens[n] of Wxh^T (I, H)
+            row = hs + BH + n * H
+            for j in range(H):
+                row[j] = WxhT[tokens[n] * H + j] + bh[j]
+    elif tokens != NULL:
+        for n in range(TB):
+            # the same from Wxh itself: column tokens[n] of Wxh (H, I)
             row = hs + BH + n * H
             for j in range(H):
                 row[j] = Wxh[j * I + tokens[n]] + bh[j]
@@ -470,8 +478,9 @@ cdef void softmax_rows(floating* z, Py_ssize_t N, Py_ssize_t O) noexcept nogil:
 cdef double loss_and_grad_step(
         const Py_ssize_t* tokens, const floating* x, const Py_ssize_t* target_ids,
         const floating* target_values, const floating* h0, const floating* Wxh,
-        const floating* Whh, const floating* WhhT, const floating* bh, const floating* Why,
-        const floating* by, const floating* carry, const Py_ssize_t* windows,
+        const floating* WxhT, floating* dWxhT, const floating* Whh, const floating* WhhT,
+        const floating* bh, const floating* Why, const floating* by, const floating* carry,
+        const Py_ssize_t* windows,
         Py_ssize_t longest, floating* hs, floating* z, floating* da, floating* work,
         floating* depth, floating* depth_next, floating* grad_norms, floating* dWxh,
         floating* dWhh, floating* dbh,
@@ -482,7 +491,8 @@ cdef double loss_and_grad_step(
     cdef const floating* grad_row
     cdef double loss
     # 1-3. projection, recurrence, logits z
-    forward_layers(tokens, x, h0, Wxh, Whh, WhhT, bh, Why, by, hs, z, T, B, I, H, O, code, slope)
+    forward_layers(tokens, x, h0, Wxh, WxhT, Whh, WhhT, bh, Why, by, hs, z, T, B, I, H, O, code,
+                   slope)
     # 4. loss, and dL/dz in place of z
     if target_ids != NULL:
         loss = softmax_cross_entropy(z, target_ids, TB, O, scale)
@@ -505,7 +515,15 @@ cdef double loss_and_grad_step(
     gemm(True, False, <int> H, <int> H, <int> TB, 1, da, <int> H, hs, <int> H, 0, dWhh, <int> H)
     column_sums(dbh, da, TB, H)
     # 9. dWxh: scatter-add of da's rows into the columns of the tokens, or da^T x
-    if tokens != NULL:
+    if tokens != NULL and dWxhT != NULL:
+        # contiguous row adds into dWxh^T (I, H), then one transposition
+        memset(dWxhT, 0, H * I * sizeof(floating))
+        for n in range(TB):
+            add(dWxhT + tokens[n] * H, da + n * H, H)
+        for j in range(H):
+            for n in range(I):
+                dWxh[j * I + n] = dWxhT[n * H + j]
+    elif tokens != NULL:
         memset(dWxh, 0, H * I * sizeof(floating))
         for n in range(TB):
             grad_row = da + n * H
@@ -561,6 +579,10 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slo
     dh0 = empty((B, H), dtype)
     dx = empty((T, B, I), dtype) if (input_grad and not tokens) else None
     WhhT = np.ascontiguousarray(Whh.T) if B >= TRANSPOSE_MIN_BATCH else None
+    # gathering and scattering T*B rows of Wxh^T beats striding through Wxh once there are at
+    # least as many tokens as rows to transpose
+    WxhT = np.ascontiguousarray(Wxh.T) if tokens and I <= T * B else None
+    dWxhT = empty((I, H), dtype) if WxhT is not None else None
     cdef double count = T * B if cross_entropy else T * B * O
     cdef double scale = 1.0 if sum_reduction else 1.0 / count
     cdef int c = code
@@ -576,6 +598,8 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slo
         p_tval = data(targets)
     cdef void* p_h0 = data(h0)
     cdef void* p_Wxh = data(Wxh)
+    cdef void* p_WxhT = data(WxhT)
+    cdef void* p_dWxhT = data(dWxhT)
     cdef void* p_Whh = data(Whh)
     cdef void* p_WhhT = data(WhhT)
     cdef void* p_bh = data(bh)
@@ -601,7 +625,7 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slo
         with nogil:
             value = loss_and_grad_step(
                 p_tokens, <float*> p_x, p_tid, <float*> p_tval, <float*> p_h0, <float*> p_Wxh,
-                <float*> p_Whh, <float*> p_WhhT, <float*> p_bh, <float*> p_Why, <float*> p_by,
+                <float*> p_WxhT, <float*> p_dWxhT, <float*> p_Whh, <float*> p_WhhT, <float*> p_bh, <float*> p_Why, <float*> p_by,
                 <float*> p_carry, p_win, k, <float*> p_hs, <float*> p_z, <float*> p_da,
                 <float*> p_work, <float*> p_depth, <float*> p_next, <float*> p_norms, <float*> p_dWxh, <float*> p_dWhh, <float*> p_dbh,
                 <float*> p_dWhy, <float*> p_dby, <float*> p_dh0, <float*> p_dx, T, B, I, H, O,
@@ -610,7 +634,8 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slo
         with nogil:
             value = loss_and_grad_step(
                 p_tokens, <double*> p_x, p_tid, <double*> p_tval, <double*> p_h0,
-                <double*> p_Wxh, <double*> p_Whh, <double*> p_WhhT, <double*> p_bh,
+                <double*> p_Wxh, <double*> p_WxhT, <double*> p_dWxhT, <double*> p_Whh,
+                <double*> p_WhhT, <double*> p_bh,
                 <double*> p_Why, <double*> p_by, <double*> p_carry, p_win, k, <double*> p_hs,
                 <double*> p_z, <double*> p_da, <double*> p_work, <double*> p_depth,
                 <double*> p_next, <double*> p_norms,
@@ -641,12 +666,14 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
     hs = empty((T + 1, B, H), dtype)
     y = empty((T, B, O), dtype)
     WhhT = np.ascontiguousarray(Whh.T) if B >= TRANSPOSE_MIN_BATCH else None
+    WxhT = np.ascontiguousarray(Wxh.T) if tokens and I <= T * B else None
     cdef int c = code
     cdef double s = slope
     cdef const Py_ssize_t* p_tokens = <const Py_ssize_t*> data(inputs) if tokens else NULL
     cdef void* p_x = NULL if tokens else data(inputs)
     cdef void* p_h0 = data(h0)
     cdef void* p_Wxh = data(Wxh)
+    cdef void* p_WxhT = data(WxhT)
     cdef void* p_Whh = data(Whh)
     cdef void* p_WhhT = data(WhhT)
     cdef void* p_bh = data(bh)
@@ -656,8 +683,8 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
     cdef void* p_y = data(y)
     if dtype == np.float32:
         with nogil:
-            forward_layers(p_tokens, <float*> p_x, <float*> p_h0, <float*> p_Wxh, <float*> p_Whh,
-                           <float*> p_WhhT, <float*> p_bh, <float*> p_Why, <float*> p_by,
+            forward_layers(p_tokens, <float*> p_x, <float*> p_h0, <float*> p_Wxh,
+                           <float*> p_WxhT, <float*> p_Whh, <float*> p_WhhT, <float*> p_bh, <float*> p_Why, <float*> p_by,
                            <float*> p_hs, <float*> p_y, T, B, I, H, O, c, <float> s)
             if out_code == 1:
                 softmax_rows(<float*> p_y, T * B, O)
@@ -666,7 +693,7 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
     else:
         with nogil:
             forward_layers(p_tokens, <double*> p_x, <double*> p_h0, <double*> p_Wxh,
-                           <double*> p_Whh, <double*> p_WhhT, <double*> p_bh, <double*> p_Why,
+                           <double*> p_WxhT, <double*> p_Whh, <double*> p_WhhT, <double*> p_bh, <double*> p_Why,
                            <double*> p_by, <double*> p_hs, <double*> p_y, T, B, I, H, O, c, s)
             if out_code == 1:
                 softmax_rows(<double*> p_y, T * B, O)
