@@ -316,7 +316,7 @@ def main(argv=None):
     paths = [os.path.relpath(p, repo) if os.path.abspath(p).startswith(repo + os.sep) else os.path.abspath(p)
              for p in args.json]
     out += ["", "Reproduce (from the repository root, with the extension built in place: one pytest "
-            "run per JSON file, run one after another, then this report):", "", "```bash", f"cd {repo}",
+            "run per JSON file, run one after another, then this report):", "", "```bash",
             *(RUN_COMMAND.format(path=p) for p in paths),
             f"python bench/compare_report.py {' '.join(paths)} > bench/COMPARE.md", "```"]
     print("\n".join(out))
