@@ -13,7 +13,8 @@ def main(path):
     info = None
     for bench in data["benchmarks"]:
         extra = bench["extra_info"]
-        times[extra["config"], extra["op"], extra["backend"]] = bench["stats"]["median"]
+        if "op" in extra:
+            times[extra["config"], extra["op"], extra["backend"]] = bench["stats"]["median"]
         info = info or extra.get("threadpool_info")
     lines = [
         "| config | B | T | I | H | O | op | NumPy (ms) | Cython (ms) | Cython speed-up |",
@@ -30,6 +31,33 @@ def main(path):
                 f"| {config} | {B} | {T} | {inputs} | {H} | {O} | {op} | {numpy_t * 1e3:.3f} | "
                 f"{cython_t * 1e3:.3f} | {numpy_t / cython_t:.2f}x |"
             )
+    generation = [(c, n) for c, n in (("charlm-H100", 500), ("charlm-H256", 500))
+                  if (c, "generate", "cython") in times and (c, "generate", "numpy") in times]
+    if generation:
+        lines += [
+            "",
+            "Generation (`model.sample`, V = 65, 500 characters per call), characters per second:",
+            "",
+            "| config | NumPy (chars/s) | Cython (chars/s) | Cython speed-up |",
+            "|---|---|---|---|",
+        ]
+        for config, n in generation:
+            numpy_t, cython_t = times[config, "generate", "numpy"], times[config, "generate", "cython"]
+            lines.append(f"| {config} | {n / numpy_t:,.0f} | {n / cython_t:,.0f} | "
+                         f"{numpy_t / cython_t:.2f}x |")
+    memory = [b["extra_info"] for b in data["benchmarks"] if "peak_bytes" in b["extra_info"]]
+    if memory:
+        lines += [
+            "",
+            "Peak memory of one `loss_and_grad` (tracemalloc, parameters included) against the "
+            "analytic minimum (parameters, gradients, states, one output block, the input gradient):",
+            "",
+            "| config | backend | peak (MB) | minimum (MB) | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        for m in memory:
+            lines.append(f"| {m['config']} | {m['backend']} | {m['peak_bytes'] / 1e6:.2f} | "
+                         f"{m['minimum_bytes'] / 1e6:.2f} | {m['ratio']:.2f} |")
     machine = data.get("machine_info", {})
     lines += [
         "",

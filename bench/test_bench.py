@@ -50,3 +50,18 @@ def test_forward_backward(benchmark, config, backend):
     benchmark.extra_info.update(config=config, op="forward+backward", backend=backend)
     loss, grads, _ = benchmark(model.loss_and_grad, x, target)
     assert np.isfinite(loss)
+
+
+# name: (V, H, characters generated per call)
+GENERATION = {"charlm-H100": (65, 100, 500), "charlm-H256": (65, 256, 500)}
+
+
+@pytest.mark.parametrize("backend", ["cython", "numpy"])
+@pytest.mark.parametrize("config", list(GENERATION))
+def test_generation(benchmark, config, backend):
+    V, H, n = GENERATION[config]
+    model = cyrnn.RNN(V, H, V, output="softmax", dtype="float32", seed=0, backend=backend)
+    benchmark.group = f"{config} generation"
+    benchmark.extra_info.update(config=config, op="generate", backend=backend, characters=n)
+    ids = benchmark(model.sample, [0], n, seed=1)
+    assert ids.shape == (n,)
