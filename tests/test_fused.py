@@ -168,3 +168,36 @@ def test_model_refuses_replaced_parameters_before_the_fused_step(backend, rng, r
     replace(model.params)
     with pytest.raises(ValueError, match=r"params\['\w+'\]: expected a C-contiguous float64 array"):
         model.loss_and_grad(rng.integers(0, 5, (7, 2)), rng.integers(0, 4, (7, 2)))
+
+
+@pytest.mark.parametrize("T, B", [(40, 32), (130, 16), (1100, 1)], ids=["B=32", "B=16", "B=1"])
+@pytest.mark.parametrize("tokens, loss", [(True, "cross_entropy"), (False, "mse")])
+@pytest.mark.parametrize("truncation", ["full", "carry"])
+def test_blocked_bptt_equals_the_general_path(backend, dtype, rng, T, B, tokens, loss, truncation):
+    """Long enough for the compiled step to run BPTT in several blocks of ~256 rows: the
+    gradient carried from block to block must make it exactly the one-pass result."""
+    args = _case(rng, dtype, tokens, loss, T=T, B=B, I=5, H=6, O=4)
+    carry = rng.uniform(0, 2, T) if truncation == "carry" else None
+    value, grads, h_last, norms = kernels.get_backend(backend).elman_loss_and_grad(
+        *args, "tanh", negative_slope=0.2, loss=loss, carry=carry)
+    ref_value, ref_grads, ref_h = _general_path(args, "tanh", loss, "mean", carry)
+    _, _, ref_norms = kernels.get_backend("numpy").rnn_backward(
+        *_dh_out_and_states(args, loss), args[4], "tanh", carry=carry)
+    tol = TOL[dtype] * 50
+    assert value == pytest.approx(ref_value, rel=tol)
+    for name, g in ref_grads.items():
+        np.testing.assert_allclose(grads[name], g, rtol=tol, atol=tol, err_msg=name)
+    np.testing.assert_allclose(norms, ref_norms, rtol=tol, atol=tol)
+
+
+def _dh_out_and_states(args, loss):
+    """dh_out and hs of the general path, for the per-step gradient norms."""
+    x, y, h0, Wxh, Whh, bh, Why, by = args
+    nb = kernels.get_backend("numpy")
+    T, B = x.shape[:2]
+    xw = (Wxh.T[x] if x.dtype.kind == "i" else x @ Wxh.T) + bh
+    hs = nb.rnn_forward(xw, h0, Whh, "tanh")
+    z = hs[1:].reshape(T * B, -1) @ Why.T + by
+    _, dz = (cyrnn.losses.cross_entropy(z, y.reshape(-1), "mean") if loss == "cross_entropy"
+             else cyrnn.losses.mse(z, y.reshape(T * B, -1), "mean"))
+    return (dz @ Why).reshape(T, B, -1), hs

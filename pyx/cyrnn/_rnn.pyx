@@ -26,6 +26,8 @@ from cyrnn.kernels.numpy_fused import _model_args, _output_code, _step_args
 cnp.import_array()
 
 cdef enum:
+    # rows of a BPTT block in the fused step (see _elman_step)
+    BLOCK_ROWS = 256
     # from this batch size on, rnn_forward multiplies by a transposed copy of Whh (see there)
     TRANSPOSE_MIN_BATCH = 2
 
@@ -485,7 +487,7 @@ cdef double loss_and_grad_step(
         floating* depth, floating* depth_next, floating* grad_norms, floating* dWxh,
         floating* dWhh, floating* dbh,
         floating* dWhy, floating* dby, floating* dh0, floating* dx, Py_ssize_t T, Py_ssize_t B,
-        Py_ssize_t I, Py_ssize_t H, Py_ssize_t O, int code, floating slope,
+        Py_ssize_t I, Py_ssize_t H, Py_ssize_t O, Py_ssize_t block, int code, floating slope,
         floating scale) noexcept nogil:
     cdef Py_ssize_t TB = T * B, BH = B * H, n, j
     cdef const floating* grad_row
@@ -502,40 +504,64 @@ cdef double loss_and_grad_step(
     gemm(True, False, <int> O, <int> H, <int> TB, 1, z, <int> O, hs + BH, <int> H, 0, dWhy,
          <int> H)
     column_sums(dby, z, TB, O)
-    # 6. dh_out (T*B, H) = dz (T*B, O) Why (O, H), into da: BPTT turns it into da in place
-    gemm(False, False, <int> TB, <int> H, <int> O, 1, z, <int> O, Why, <int> H, 0, da, <int> H)
-    # 7. BPTT: da_t = (dh_out_t + c_{t+1} da_{t+1} Whh) * f'(h_t), or by look-back windows
-    if longest == 0:
-        backward(da, hs, Whh, NULL, carry, NULL, da, dh0, grad_norms, work, T, B, H, code, slope)
-    else:
-        memset(dh0, 0, BH * sizeof(floating))
-        backward_window(da, hs, Whh, NULL, windows, da, dh0, depth, depth_next, work, longest,
-                        T, B, H, code, slope)
-    # 8. dWhh (H, H) = da^T (H, T*B) hs[:-1] (T*B, H);  dbh = column sums of da
-    gemm(True, False, <int> H, <int> H, <int> TB, 1, da, <int> H, hs, <int> H, 0, dWhh, <int> H)
-    column_sums(dbh, da, TB, H)
-    # 9. dWxh: scatter-add of da's rows into the columns of the tokens, or da^T x
+    # 6-9. BPTT and the input-side weight gradients, by blocks of `block` steps from the end,
+    # so that da needs a (block*B, H) buffer rather than (T, B, H); dh0 carries the gradient
+    # from one block into the state before it (the next block's dh_last)
+    cdef Py_ssize_t stop = T, start, n_steps, rows
+    cdef bint first = True
+    cdef const floating* carry_block
+    if tokens != NULL:
+        memset(dWxhT if dWxhT != NULL else dWxh, 0, H * I * sizeof(floating))
+    memset(dbh, 0, H * sizeof(floating))
+    if longest != 0:
+        block = T  # a look-back window needs every step's error at once
+    while stop > 0:
+        start = stop - block if stop > block else 0
+        n_steps = stop - start
+        rows = n_steps * B
+        # dh_out (rows, H) = dz (rows, O) Why (O, H), into da: BPTT turns it into da in place
+        gemm(False, False, <int> rows, <int> H, <int> O, 1, z + start * B * O, <int> O, Why,
+             <int> H, 0, da, <int> H)
+        # da_t = (dh_out_t + c_{t+1} da_{t+1} Whh) * f'(h_t), or by look-back windows
+        if longest == 0:
+            carry_block = carry
+            if carry != NULL:
+                carry_block = carry + start
+            backward(da, hs + start * BH, Whh, NULL if first else dh0, carry_block, NULL, da,
+                     dh0, grad_norms + start, work, n_steps, B, H, code, slope)
+        else:
+            memset(dh0, 0, BH * sizeof(floating))
+            backward_window(da, hs, Whh, NULL, windows, da, dh0, depth, depth_next, work,
+                            longest, T, B, H, code, slope)
+        # dWhh (H, H) (+)= da^T (H, rows) h_prev (rows, H);  dbh += column sums of da
+        gemm(True, False, <int> H, <int> H, <int> rows, 1, da, <int> H, hs + start * BH, <int> H,
+             0 if first else 1, dWhh, <int> H)
+        for n in range(rows):
+            add(dbh, da + n * H, H)
+        # dWxh: scatter-add of da's rows into the token columns, or (+)= da^T x
+        if tokens != NULL and dWxhT != NULL:
+            for n in range(rows):
+                add(dWxhT + tokens[start * B + n] * H, da + n * H, H)
+        elif tokens != NULL:
+            for n in range(rows):
+                grad_row = da + n * H
+                for j in range(H):
+                    dWxh[j * I + tokens[start * B + n]] += grad_row[j]
+        else:
+            # dWxh (H, I) (+)= da^T (H, rows) x (rows, I)
+            gemm(True, False, <int> H, <int> I, <int> rows, 1, da, <int> H, x + start * B * I,
+                 <int> I, 0 if first else 1, dWxh, <int> I)
+            if dx != NULL:
+                # dx (rows, I) = da (rows, H) Wxh (H, I)
+                gemm(False, False, <int> rows, <int> I, <int> H, 1, da, <int> H, Wxh, <int> I, 0,
+                     dx + start * B * I, <int> I)
+        first = False
+        stop = start
     if tokens != NULL and dWxhT != NULL:
-        # contiguous row adds into dWxh^T (I, H), then one transposition
-        memset(dWxhT, 0, H * I * sizeof(floating))
-        for n in range(TB):
-            add(dWxhT + tokens[n] * H, da + n * H, H)
+        # one transposition of the row-wise sums into dWxh (H, I)
         for j in range(H):
             for n in range(I):
                 dWxh[j * I + n] = dWxhT[n * H + j]
-    elif tokens != NULL:
-        memset(dWxh, 0, H * I * sizeof(floating))
-        for n in range(TB):
-            grad_row = da + n * H
-            for j in range(H):
-                dWxh[j * I + tokens[n]] += grad_row[j]
-    else:
-        # dWxh (H, I) = da^T (H, T*B) x (T*B, I)
-        gemm(True, False, <int> H, <int> I, <int> TB, 1, da, <int> H, x, <int> I, 0, dWxh, <int> I)
-        if dx != NULL:
-            # dx (T*B, I) = da (T*B, H) Wxh (H, I)
-            gemm(False, False, <int> TB, <int> I, <int> H, 1, da, <int> H, Wxh, <int> I, 0, dx,
-                 <int> I)
     return loss
 
 
@@ -565,7 +591,10 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slo
     dtype = Whh.dtype
     hs = empty((T + 1, B, H), dtype)
     z = empty((T * B, O), dtype)
-    da = empty((T, B, H), dtype)
+    # BPTT by blocks of about BLOCK_ROWS (step, sequence) rows: large enough for efficient
+    # GEMMs, small enough that da is a fraction of the states (a window needs all T steps)
+    cdef Py_ssize_t block = T if k else min(T, max(1, (BLOCK_ROWS + B - 1) // B))
+    da = empty((block, B, H), dtype)
     work = empty((2, B, H), dtype)
     grad_norms = empty((T,), dtype)
     # the window's depth buffers (its dh0 accumulator uses `work`); none for full BPTT
@@ -629,7 +658,7 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slo
                 <float*> p_carry, p_win, k, <float*> p_hs, <float*> p_z, <float*> p_da,
                 <float*> p_work, <float*> p_depth, <float*> p_next, <float*> p_norms, <float*> p_dWxh, <float*> p_dWhh, <float*> p_dbh,
                 <float*> p_dWhy, <float*> p_dby, <float*> p_dh0, <float*> p_dx, T, B, I, H, O,
-                c, <float> s, <float> scale)
+                block, c, <float> s, <float> scale)
     else:
         with nogil:
             value = loss_and_grad_step(
@@ -640,7 +669,8 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slo
                 <double*> p_z, <double*> p_da, <double*> p_work, <double*> p_depth,
                 <double*> p_next, <double*> p_norms,
                 <double*> p_dWxh, <double*> p_dWhh, <double*> p_dbh, <double*> p_dWhy,
-                <double*> p_dby, <double*> p_dh0, <double*> p_dx, T, B, I, H, O, c, s, scale)
+                <double*> p_dby, <double*> p_dh0, <double*> p_dx, T, B, I, H, O, block, c, s,
+                scale)
     if not sum_reduction:
         value /= count
     grads = {"Wxh": dWxh, "Whh": dWhh, "bh": dbh, "Why": dWhy, "by": dby, "h0": dh0}
