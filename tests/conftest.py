@@ -26,3 +26,17 @@ def dtype(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def reference_activation(a, nonlinearity, slope):
+    """f(a) in float64, written independently of the library (the tests' reference)."""
+    if nonlinearity == "tanh":
+        return np.tanh(a)
+    if nonlinearity == "relu":
+        return np.where(a > 0, a, 0.0)
+    if nonlinearity == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-a))
+    if nonlinearity == "leaky_relu":
+        return np.where(a > 0, a, slope * a)
+    assert nonlinearity == "identity"
+    return a

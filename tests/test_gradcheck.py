@@ -48,6 +48,15 @@ def _position_loss(z, target, output, loss):
     return np.sum((y - target) ** 2)
 
 
+def _reduced(total, model, positions, loss, reduction):
+    """The summed position losses, divided as reduction="mean" does (positions for
+    cross-entropy, elements for mse/bce)."""
+    if reduction == "mean":
+        width = 1 if loss == "cross_entropy" else (model.output_size or H)
+        total /= len(positions) * width
+    return total
+
+
 def _surrogate_loss(model, params, x, h0, positions, targets, fixed_hs, window, reduction, loss):
     """Sum (or mean) over loss positions of each output's loss, recomputed through at most
     ``window`` steps from fixed states (``window=None``: from h0, i.e. the true loss)."""
@@ -64,10 +73,7 @@ def _surrogate_loss(model, params, x, h0, positions, targets, fixed_hs, window, 
             h = _activate(xs + params["bh"] + params["Whh"] @ h, f)
         z = h if model.output_size is None else params["Why"] @ h + params["by"]
         total += _position_loss(z, target, model.output, loss)
-    if reduction == "mean":
-        width = 1 if loss == "cross_entropy" else (model.output_size or H)
-        total /= len(positions) * width
-    return total
+    return _reduced(total, model, positions, loss, reduction)
 
 
 def _numeric(fn, arrays):
@@ -180,10 +186,7 @@ def _carry_surrogate_loss(model, params, x, h0, positions, targets, fixed_hs, ca
             h = _activate(xs + params["bh"] + params["Whh"] @ entering, f)
         z = h if model.output_size is None else params["Why"] @ h + params["by"]
         total += _position_loss(z, target, model.output, loss)
-    if reduction == "mean":
-        width = 1 if loss == "cross_entropy" else (model.output_size or H)
-        total /= len(positions) * width
-    return total
+    return _reduced(total, model, positions, loss, reduction)
 
 
 TRUNCATIONS = ("tbptt(2,3)", "tbptt(2,2)", "randomized(0.5)")

@@ -12,6 +12,7 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import reference_activation
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -49,16 +50,8 @@ def make_params(rng, V, H, dtype=np.float64, logit_scale=3.0):
 
 
 def act(a, nl, slope=SLOPE):
-    if nl == "tanh":
-        return np.tanh(a)
-    if nl == "relu":
-        return np.where(a > 0, a, 0.0)
-    if nl == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-a))
-    if nl == "leaky_relu":
-        return np.where(a > 0, a, slope * a)
-    assert nl == "identity"
-    return a
+    """f(a) in float64 (the shared reference of conftest)."""
+    return reference_activation(a, nl, slope)
 
 
 def ref_choose(z, u, temperature, top_k):
