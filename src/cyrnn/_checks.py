@@ -46,6 +46,14 @@ def float_array(name, a, ndim, dtype=None):
     return np.ascontiguousarray(a)
 
 
+def id_range(name, ids, n, kind="id"):
+    """Raise ValueError naming the first of ``ids`` outside ``[0, n)``:
+    ``"{name}: {kind} {bad} out of range [0, {n})"``."""
+    if ids.size and (ids.min() < 0 or ids.max() >= n):
+        bad = ids[(ids < 0) | (ids >= n)].flat[0]
+        raise ValueError(f"{name}: {kind} {bad} out of range [0, {n})")
+
+
 def expect_shape(name, a, shape):
     if a.shape != shape:
         raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")

@@ -474,9 +474,7 @@ class RNN:
             ids = x if batched else x[:, None]
             if self.batch_first and batched:
                 ids = ids.T
-            if ids.size and (ids.min() < 0 or ids.max() >= I):
-                bad = ids[(ids < 0) | (ids >= I)].flat[0]
-                raise ValueError(f"x: token id {bad} out of range [0, {I})")
+            _checks.id_range("x", ids, I, "token id")
             tokens = np.ascontiguousarray(ids, dtype=np.intp)
         elif x.dtype.kind == "f":
             if x.ndim not in (2, 3) or x.shape[-1] != I:
@@ -568,9 +566,7 @@ class RNN:
         else:
             selected = target.reshape((B,) + target.shape[(1 if batch.batched else 0):])
         if classes:
-            if selected.size and (selected.min() < 0 or selected.max() >= O):
-                bad = selected[(selected < 0) | (selected >= O)].flat[0]
-                raise ValueError(f"target: class id {bad} out of range [0, {O})")
+            _checks.id_range("target", selected, O, "class id")
             return np.ascontiguousarray(selected, dtype=np.intp)
         selected = _checks.finite_array("target", selected, self.dtype)
         if loss == "bce" and (selected.min() < 0 or selected.max() > 1):

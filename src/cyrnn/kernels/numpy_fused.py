@@ -35,7 +35,7 @@ def _model_args(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope)
     if inputs.dtype.kind in "iu":
         if inputs.ndim != 2:
             raise ValueError(f"inputs: token ids must have shape (T, B), got {inputs.shape}")
-        _id_range("inputs", inputs, I)
+        _checks.id_range("inputs", inputs, I)
         inputs = np.ascontiguousarray(inputs, dtype=np.intp)
     else:
         inputs = _checks.float_array("inputs", inputs, 3, dtype)
@@ -66,7 +66,7 @@ def _step_args(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity, negativ
         if targets.dtype.kind not in "iu":
             raise TypeError(f"targets: cross_entropy needs integer class ids, got dtype {targets.dtype}")
         _checks.expect_shape("targets", targets, (T, B))
-        _id_range("targets", targets, O)
+        _checks.id_range("targets", targets, O)
         targets = np.ascontiguousarray(targets, dtype=np.intp)
     else:
         targets = _checks.float_array("targets", targets, 3, dtype)
@@ -111,12 +111,6 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
     hs = numpy_backend.rnn_forward(xw, h0, Whh, nonlinearity, negative_slope=slope)
     z = hs[1:] @ Why.T + by
     return losses.apply_output(output, z), hs[-1].copy()
-
-
-def _id_range(name, ids, n):
-    if ids.size and (ids.min() < 0 or ids.max() >= n):
-        bad = ids[(ids < 0) | (ids >= n)].flat[0]
-        raise ValueError(f"{name}: id {bad} out of range [0, {n})")
 
 
 def elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *,
