@@ -16,7 +16,8 @@ from libc.math cimport log, sqrt
 from libc.string cimport memcpy, memset
 
 from cyrnn._act cimport SIGMOID, activate, exp_, times_derivative
-from cyrnn._blas cimport dot, gemm
+from cyrnn._blas cimport blas_threads, dot, gemm, sgemm_small, step_gemm
+from scipy.linalg.cython_blas cimport sgemm
 
 import numpy as np
 
@@ -74,8 +75,11 @@ cdef void forward(const floating* xw, const floating* h0, const floating* W, bin
         if h != xw + t * BH:  # the fused step projects straight into hs[1:]
             memcpy(h, xw + t * BH, B * row_bytes)
         # a_t (B, H) = xw_t (B, H) + h_{t-1} (B, H) Whh^T (H, H)
-        gemm(False, not W_is_WhhT, <int> B, <int> H, <int> H, 1, h_prev, <int> H, W, <int> H, 1, h,
-             <int> H)
+        if W_is_WhhT:
+            step_gemm(<int> B, <int> H, <int> H, 1, h_prev, <int> H, W, <int> H, True, h, <int> H)
+        else:
+            gemm(False, True, <int> B, <int> H, <int> H, 1, h_prev, <int> H, W, <int> H, 1, h,
+                 <int> H)
         if lengths == NULL:
             # h_t = f(a_t)
             activate(h, BH, code, slope)
@@ -174,8 +178,8 @@ cdef void backward(const floating* dh_out, const floating* hs, const floating* W
                     memcpy(g_back + b * H, g + b * H, row_bytes)
         if scale != 0:
             # (B, H) += scale * da_t (B, H) Whh (H, H)
-            gemm(False, False, <int> B, <int> H, <int> H, scale, da + t * BH, <int> H, Whh,
-                 <int> H, 1, g_back, <int> H)
+            step_gemm(<int> B, <int> H, <int> H, scale, da + t * BH, <int> H, Whh, <int> H, True,
+                      g_back, <int> H)
         swap = g
         g = g_back
         g_back = swap
@@ -730,3 +734,35 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
             elif out_code == 2:
                 activate(<double*> p_y, T * B * O, SIGMOID, 0)
     return y, hs[T].copy()
+
+
+# ---------------------------------------------------------------------------------------------
+# for the tests of the step product (_smallgemm.h); not part of the kernel API
+# ---------------------------------------------------------------------------------------------
+
+def _own_kernel_product(A, W, C, double alpha, bint accumulate):
+    """``C = alpha A @ W (+ C if accumulate)`` in place, on float32 C-contiguous 2-D arrays,
+    through cyrnn's AVX-512 kernel alone at any size. Returns False, with C untouched, where the
+    CPU has no AVX-512."""
+    for name, a in (("A", A), ("W", W), ("C", C)):
+        if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 2
+                and a.flags.c_contiguous):
+            raise TypeError(f"{name} must be a C-contiguous 2-D float32 array")
+    if not C.flags.writeable:
+        raise ValueError("C must be writeable")
+    if A.shape[1] != W.shape[0] or C.shape != (A.shape[0], W.shape[1]):
+        raise ValueError(f"shapes {A.shape} @ {W.shape} -> {C.shape} do not match")
+    cdef long M = A.shape[0], N = W.shape[1], K = A.shape[1]
+    cdef float* p_A = <float*> data(A)
+    cdef float* p_W = <float*> data(W)
+    cdef float* p_C = <float*> data(C)
+    cdef int ran
+    with nogil:
+        ran = sgemm_small(M, N, K, <float> alpha, p_A, K, p_W, N, accumulate, p_C, N)
+    return bool(ran)
+
+
+def _blas_threads():
+    """The thread count of the OpenBLAS behind ``scipy.linalg.cython_blas``, as the step product
+    reads it to choose between its own kernel and BLAS; -1 if it cannot be told."""
+    return blas_threads(<void*> sgemm)

@@ -1,0 +1,163 @@
+"""The per-step product of the recurrences: cyrnn's own AVX-512 kernel (``_smallgemm.h``).
+
+float32 products of M*N*K >= 2^20 (above 2^24 only while BLAS runs on one thread) run on the
+kernel instead of BLAS. The kernel is tested directly, at every block shape and column tail,
+through a private hook, and the kernels that use it are checked at sizes past the threshold on
+both backends against a float64 reference.
+"""
+import numpy as np
+import pytest
+
+from cyrnn import kernels
+
+from conftest import TOL
+
+try:
+    from cyrnn import _rnn
+except ImportError:  # pragma: no cover - the backend fixture reports a missing build
+    _rnn = None
+
+needs_build = pytest.mark.skipif(_rnn is None, reason="the compiled extension is not built")
+
+
+def own_product(A, W, C, alpha, accumulate):
+    """Run the kernel; skip (rather than pass vacuously) on a CPU without AVX-512."""
+    before = C.copy()
+    if not _rnn._own_kernel_product(A, W, C, alpha, accumulate):
+        np.testing.assert_array_equal(C, before)  # untouched: the caller falls back to BLAS
+        pytest.skip("this CPU has no AVX-512; step products run on BLAS")
+
+
+def close(actual, expected, tol):
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=tol * scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# the kernel itself
+# ---------------------------------------------------------------------------------------------
+
+
+@needs_build
+@pytest.mark.parametrize("M", [1, 2, 5, 6, 7, 8, 12, 13, 19])
+@pytest.mark.parametrize("N", [1, 15, 16, 17, 48, 63, 64, 65, 100, 129])
+@pytest.mark.parametrize("K", [1, 3, 64])
+def test_product_at_every_block_shape(rng, M, N, K):
+    # rows: 1..6 per block, blocks split evenly; columns: 1..4 vectors per panel, tails 1..16
+    A = rng.normal(size=(M, K)).astype(np.float32)
+    W = rng.normal(size=(K, N)).astype(np.float32)
+    C = rng.normal(size=(M, N)).astype(np.float32)
+    expected = -0.5 * (A.astype(np.float64) @ W) + C
+    own_product(A, W, C, -0.5, True)
+    close(C, expected, TOL[np.float32])
+
+
+@needs_build
+@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (7, 17, 5), (6, 64, 9), (13, 100, 33)])
+def test_product_without_accumulate_never_reads_the_output(rng, M, N, K):
+    A = rng.normal(size=(M, K)).astype(np.float32)
+    W = rng.normal(size=(K, N)).astype(np.float32)
+    C = np.full((M, N), np.nan, dtype=np.float32)
+    own_product(A, W, C, 2.0, False)
+    close(C, 2.0 * (A.astype(np.float64) @ W), TOL[np.float32])
+
+
+@needs_build
+@pytest.mark.parametrize("M, N, K", [(1, 1, 2), (5, 17, 4), (7, 65, 3), (12, 129, 8)])
+def test_product_writes_inside_its_output_only(rng, M, N, K):
+    # C is the front of a larger buffer: the masked column tails must not spill past row ends
+    buffer = rng.normal(size=M * N + 64).astype(np.float32)
+    sentinel = buffer[M * N:].copy()
+    C = buffer[: M * N].reshape(M, N)
+    A = rng.normal(size=(M, K)).astype(np.float32)
+    W = rng.normal(size=(K, N)).astype(np.float32)
+    own_product(A, W, C, 1.0, False)
+    np.testing.assert_array_equal(buffer[M * N:], sentinel)
+    close(C, A.astype(np.float64) @ W, TOL[np.float32])
+
+
+@needs_build
+def test_product_hook_rejects_bad_arrays():
+    A = np.ones((2, 3), np.float32)
+    with pytest.raises(TypeError, match="float32"):
+        _rnn._own_kernel_product(A.astype(np.float64), np.ones((3, 4), np.float32),
+                                 np.ones((2, 4), np.float32), 1.0, False)
+    with pytest.raises(ValueError, match="do not match"):
+        _rnn._own_kernel_product(A, np.ones((4, 4), np.float32), np.ones((2, 4), np.float32), 1.0,
+                                 False)
+
+
+@needs_build
+def test_blas_thread_count_follows_threadpoolctl():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if _rnn._blas_threads() == -1:
+        pytest.skip("the BLAS behind scipy.linalg.cython_blas does not report its threads")
+    with threadpoolctl.threadpool_limits(1):
+        assert _rnn._blas_threads() == 1
+    assert _rnn._blas_threads() >= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the kernels that use it, at sizes past the threshold
+# ---------------------------------------------------------------------------------------------
+
+# (T, B, H): B*H*H = 7*390*390 ~ 1.06e6 >= 2^20, 390 = 6*64 + 6 columns (a 6-wide tail);
+# 64*1040*1040 ~ 6.9e7 > 2^24 runs on the kernel only while BLAS has one thread
+SIZES = [(4, 7, 390), (2, 64, 1040)]
+
+
+def _recurrence(rng, T, B, H):
+    xw = rng.normal(size=(T, B, H)).astype(np.float32)
+    h0 = rng.normal(size=(B, H)).astype(np.float32)
+    Whh = (rng.normal(size=(H, H)) / np.sqrt(H)).astype(np.float32)
+    return xw, h0, Whh
+
+
+def _both_thread_counts():
+    """Contexts for one BLAS thread and the default count (just the default without threadpoolctl)."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return [None]
+    return [threadpoolctl.threadpool_limits(1), None]
+
+
+@pytest.mark.parametrize("T, B, H", SIZES)
+def test_forward_and_backward_past_the_threshold(backend, rng, T, B, H):
+    k = kernels.get_backend(backend)
+    ref = kernels.get_backend("numpy")
+    xw, h0, Whh = _recurrence(rng, T, B, H)
+    dh_out = rng.normal(size=(T, B, H)).astype(np.float32)
+    carry = np.linspace(1.0, 0.5, T).astype(np.float32)
+    hs64 = ref.rnn_forward(xw.astype(np.float64), h0.astype(np.float64), Whh.astype(np.float64))
+    da64, dh064, _ = ref.rnn_backward(dh_out.astype(np.float64), hs64, Whh.astype(np.float64),
+                                      carry=carry.astype(np.float64))
+    for context in _both_thread_counts():
+        if context is not None:
+            context.__enter__()
+        try:
+            hs = k.rnn_forward(xw, h0, Whh)
+            da, dh0, _ = k.rnn_backward(dh_out, hs64.astype(np.float32), Whh, carry=carry)
+        finally:
+            if context is not None:
+                context.__exit__(None, None, None)
+        close(hs, hs64, TOL[np.float32])
+        close(da, da64, TOL[np.float32])
+        close(dh0, dh064, TOL[np.float32])
+
+
+def test_fused_step_past_the_threshold(backend, rng):
+    # the fused training step's recurrence and BPTT run on the kernel at B=7, H=390
+    import cyrnn
+
+    T, B, I, H, O = 5, 7, 9, 390, 11
+    model = cyrnn.RNN(I, H, O, dtype="float32", seed=3, backend=backend)
+    model64 = cyrnn.RNN(I, H, O, dtype="float64", seed=3, backend="numpy")
+    model64.set_params({name: value.astype(np.float64) for name, value in model.params.items()})
+    x = rng.normal(size=(T, B, I)).astype(np.float32)
+    y = rng.normal(size=(T, B, O)).astype(np.float32)
+    loss, grads, _ = model.loss_and_grad(x, y)
+    loss64, grads64, _ = model64.loss_and_grad(x.astype(np.float64), y.astype(np.float64))
+    assert abs(loss - loss64) <= TOL[np.float32] * abs(loss64)
+    for name, g64 in grads64.items():
+        close(grads[name], g64, TOL[np.float32])
