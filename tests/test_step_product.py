@@ -1,9 +1,10 @@
-"""The per-step product of the recurrences: cyrnn's own AVX-512 kernel (``_smallgemm.h``).
+"""cyrnn's own float32 product kernel (``_smallgemm.h``), used where the CPU has AVX-512.
 
-float32 products of M*N*K >= 2^20 (above 2^24 only while BLAS runs on one thread) run on the
-kernel instead of BLAS. The kernel is tested directly, at every block shape and column tail,
-through a private hook, and the kernels that use it are checked at sizes past the threshold on
-both backends against a float64 reference.
+float32 products ``C = op(A) B`` with M*N*K >= 2^20, or a single row, run on the kernel
+instead of BLAS (above 2^24 only while BLAS runs on one thread). The kernel is tested directly,
+at every block shape, column tail and split of the shared dimension, through a private hook;
+the kernels that use it are checked at sizes past the threshold on both backends against a
+float64 reference.
 """
 import numpy as np
 import pytest
@@ -20,10 +21,10 @@ except ImportError:  # pragma: no cover - the backend fixture reports a missing 
 needs_build = pytest.mark.skipif(_rnn is None, reason="the compiled extension is not built")
 
 
-def own_product(A, W, C, alpha, accumulate):
+def own_product(A, W, C, alpha, accumulate, trans_a=False):
     """Run the kernel; skip (rather than pass vacuously) on a CPU without AVX-512."""
     before = C.copy()
-    if not _rnn._own_kernel_product(A, W, C, alpha, accumulate):
+    if not _rnn._own_kernel_product(A, W, C, alpha, accumulate, trans_a):
         np.testing.assert_array_equal(C, before)  # untouched: the caller falls back to BLAS
         pytest.skip("this CPU has no AVX-512; step products run on BLAS")
 
@@ -42,13 +43,14 @@ def close(actual, expected, tol):
 @pytest.mark.parametrize("M", [1, 2, 5, 6, 7, 8, 12, 13, 19])
 @pytest.mark.parametrize("N", [1, 15, 16, 17, 48, 63, 64, 65, 100, 129])
 @pytest.mark.parametrize("K", [1, 3, 64])
-def test_product_at_every_block_shape(rng, M, N, K):
+@pytest.mark.parametrize("trans_a", [False, True], ids=["A", "A.T"])
+def test_product_at_every_block_shape(rng, M, N, K, trans_a):
     # rows: 1..6 per block, blocks split evenly; columns: 1..4 vectors per panel, tails 1..16
     A = rng.normal(size=(M, K)).astype(np.float32)
     W = rng.normal(size=(K, N)).astype(np.float32)
     C = rng.normal(size=(M, N)).astype(np.float32)
     expected = -0.5 * (A.astype(np.float64) @ W) + C
-    own_product(A, W, C, -0.5, True)
+    own_product(np.ascontiguousarray(A.T) if trans_a else A, W, C, -0.5, True, trans_a)
     close(C, expected, TOL[np.float32])
 
 
@@ -74,6 +76,21 @@ def test_product_writes_inside_its_output_only(rng, M, N, K):
     own_product(A, W, C, 1.0, False)
     np.testing.assert_array_equal(buffer[M * N:], sentinel)
     close(C, A.astype(np.float64) @ W, TOL[np.float32])
+
+
+@needs_build
+@pytest.mark.parametrize("K", [511, 512, 513, 1500])
+@pytest.mark.parametrize("trans_a", [False, True], ids=["A", "A.T"])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_product_in_parts_of_the_shared_dimension(rng, K, trans_a, accumulate):
+    # K is taken in parts of 512 rows of W; the parts after the first always accumulate
+    M, N = 7, 70
+    A = rng.normal(size=(M, K)).astype(np.float32)
+    W = rng.normal(size=(K, N)).astype(np.float32)
+    C = rng.normal(size=(M, N)).astype(np.float32)
+    expected = 0.25 * (A.astype(np.float64) @ W) + (C if accumulate else 0)
+    own_product(np.ascontiguousarray(A.T) if trans_a else A, W, C, 0.25, accumulate, trans_a)
+    close(C, expected, TOL[np.float32])
 
 
 @needs_build
@@ -146,18 +163,28 @@ def test_forward_and_backward_past_the_threshold(backend, rng, T, B, H):
         close(dh0, dh064, TOL[np.float32])
 
 
-def test_fused_step_past_the_threshold(backend, rng):
-    # the fused training step's recurrence and BPTT run on the kernel at B=7, H=390
+@pytest.mark.parametrize("tokens", [False, True], ids=["dense", "tokens"])
+def test_fused_step_past_the_threshold(backend, rng, tokens):
+    # the fused training step with every product past 2^20 (T*B = 280 rows, B*H*H ~ 1.06e6 per
+    # step); the logits have an 11-column tail
     import cyrnn
 
-    T, B, I, H, O = 5, 7, 9, 390, 11
-    model = cyrnn.RNN(I, H, O, dtype="float32", seed=3, backend=backend)
-    model64 = cyrnn.RNN(I, H, O, dtype="float64", seed=3, backend="numpy")
+    T, B, I, H, O = 40, 7, 12, 390, 11
+    output = "softmax" if tokens else "linear"
+    model = cyrnn.RNN(I, H, O, output=output, dtype="float32", seed=3, backend=backend)
+    model64 = cyrnn.RNN(I, H, O, output=output, dtype="float64", seed=3, backend="numpy")
     model64.set_params({name: value.astype(np.float64) for name, value in model.params.items()})
-    x = rng.normal(size=(T, B, I)).astype(np.float32)
-    y = rng.normal(size=(T, B, O)).astype(np.float32)
+    if tokens:
+        x, y = rng.integers(0, I, (T, B)), rng.integers(0, O, (T, B))
+        x64, y64 = x, y
+    else:
+        x = rng.normal(size=(T, B, I)).astype(np.float32)
+        y = rng.normal(size=(T, B, O)).astype(np.float32)
+        x64, y64 = x.astype(np.float64), y.astype(np.float64)
     loss, grads, _ = model.loss_and_grad(x, y)
-    loss64, grads64, _ = model64.loss_and_grad(x.astype(np.float64), y.astype(np.float64))
+    loss64, grads64, _ = model64.loss_and_grad(x64, y64)
+    outputs, _ = model.forward(x)
+    close(outputs, model64.forward(x64)[0], TOL[np.float32])
     assert abs(loss - loss64) <= TOL[np.float32] * abs(loss64)
     for name, g64 in grads64.items():
         close(grads[name], g64, TOL[np.float32])

@@ -8,14 +8,14 @@ from cython cimport floating
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv, sdot, ddot
 
 cdef extern from "_smallgemm.h" nogil:
-    int sgemm_small "cyrnn_sgemm_small"(long M, long N, long K, float alpha, const float* A,
-                                        long lda, const float* W, long ldw, int beta, float* C,
-                                        long ldc)
+    int sgemm_small "cyrnn_sgemm_small"(int trans_a, long M, long N, long K, float alpha,
+                                        const float* A, long lda, const float* W, long ldw,
+                                        int beta, float* C, long ldc)
     int blas_threads "cyrnn_blas_threads"(void* blas_function)
 
 cdef enum:
-    # step_gemm's own kernel runs float32 products from this size (M*N*K) on; below it OpenBLAS's
-    # small-matrix kernels are as fast (see _smallgemm.h)
+    # float32 products C = op(A) B run on cyrnn's own kernel (see _smallgemm.h) from this size
+    # (M*N*K) on, and for a single row; below it OpenBLAS's small-matrix kernels are as fast
     OWN_KERNEL_MIN_WORK = 1 << 20
     # above this size, only while BLAS runs on one thread: OpenBLAS's threads beat one core
     OWN_KERNEL_ONE_THREAD_WORK = 1 << 24
@@ -25,11 +25,19 @@ cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
                       floating alpha, const floating* A, int lda,
                       const floating* B, int ldb,
                       floating beta, floating* C, int ldc) noexcept nogil:
-    """C (M, N) = alpha op(A) (M, K) op(B) (K, N) + beta C, all row-major.
+    """C (M, N) = alpha op(A) (M, K) op(B) (K, N) + beta C, all row-major, beta 0 or 1.
 
-    A single row (M = 1, e.g. a batch of one) goes to GEMV, which OpenBLAS runs with less
-    overhead: c (N,) = alpha op(B)^T a (K,) + beta c.
+    float32 products with B untransposed run on cyrnn's own AVX-512 kernel where the CPU has one,
+    from M*N*K = 2^20 on or for a single row (above 2^24 only while BLAS runs on one thread).
+    Otherwise a single row (M = 1, e.g. a batch of one) goes to GEMV, which OpenBLAS runs with
+    less overhead, c (N,) = alpha op(B)^T a (K,) + beta c, and the rest to GEMM.
     """
+    cdef long long work = <long long> M * N * K
+    if floating is float:
+        if (not trans_b and (M == 1 or work >= OWN_KERNEL_MIN_WORK)
+                and (work <= OWN_KERNEL_ONE_THREAD_WORK or blas_threads(<void*> sgemm) == 1)):
+            if sgemm_small(trans_a, M, N, K, alpha, A, lda, B, ldb, beta != 0, C, ldc):
+                return
     cdef char ta = b'T' if trans_a else b'N'
     cdef char tb = b'T' if trans_b else b'N'
     cdef char tv = b'T' if trans_b else b'N'
@@ -52,22 +60,6 @@ cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
         sgemm(&tb, &ta, &N, &M, &K, &alpha, <float*> B, &ldb, <float*> A, &lda, &beta, C, &ldc)
     else:
         dgemm(&tb, &ta, &N, &M, &K, &alpha, <double*> B, &ldb, <double*> A, &lda, &beta, C, &ldc)
-
-
-cdef inline void step_gemm(int M, int N, int K, floating alpha, const floating* A, int lda,
-                           const floating* W, int ldw, bint accumulate, floating* C,
-                           int ldc) noexcept nogil:
-    """C (M, N) = alpha A (M, K) W (K, N) (+ C if accumulate), row-major: the product of one step
-    of a recurrence. float32 products from M*N*K = 2^20 on run on cyrnn's own AVX-512 kernel where
-    the CPU has one (above 2^24 only while BLAS runs on one thread); the rest, and every float64
-    product, on BLAS."""
-    cdef long long work = <long long> M * N * K
-    if floating is float:
-        if work >= OWN_KERNEL_MIN_WORK and (work <= OWN_KERNEL_ONE_THREAD_WORK
-                                             or blas_threads(<void*> sgemm) == 1):
-            if sgemm_small(M, N, K, alpha, A, lda, W, ldw, accumulate, C, ldc):
-                return
-    gemm(False, False, M, N, K, alpha, A, lda, W, ldw, 1 if accumulate else 0, C, ldc)
 
 
 cdef inline floating dot(int n, const floating* x, const floating* y) noexcept nogil:

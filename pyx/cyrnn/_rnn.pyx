@@ -16,7 +16,7 @@ from libc.math cimport log, sqrt
 from libc.string cimport memcpy, memset
 
 from cyrnn._act cimport SIGMOID, activate, exp_, times_derivative
-from cyrnn._blas cimport blas_threads, dot, gemm, sgemm_small, step_gemm
+from cyrnn._blas cimport blas_threads, dot, gemm, sgemm_small
 from scipy.linalg.cython_blas cimport sgemm
 
 import numpy as np
@@ -75,11 +75,8 @@ cdef void forward(const floating* xw, const floating* h0, const floating* W, bin
         if h != xw + t * BH:  # the fused step projects straight into hs[1:]
             memcpy(h, xw + t * BH, B * row_bytes)
         # a_t (B, H) = xw_t (B, H) + h_{t-1} (B, H) Whh^T (H, H)
-        if W_is_WhhT:
-            step_gemm(<int> B, <int> H, <int> H, 1, h_prev, <int> H, W, <int> H, True, h, <int> H)
-        else:
-            gemm(False, True, <int> B, <int> H, <int> H, 1, h_prev, <int> H, W, <int> H, 1, h,
-                 <int> H)
+        gemm(False, not W_is_WhhT, <int> B, <int> H, <int> H, 1, h_prev, <int> H, W, <int> H, 1, h,
+             <int> H)
         if lengths == NULL:
             # h_t = f(a_t)
             activate(h, BH, code, slope)
@@ -178,8 +175,8 @@ cdef void backward(const floating* dh_out, const floating* hs, const floating* W
                     memcpy(g_back + b * H, g + b * H, row_bytes)
         if scale != 0:
             # (B, H) += scale * da_t (B, H) Whh (H, H)
-            step_gemm(<int> B, <int> H, <int> H, scale, da + t * BH, <int> H, Whh, <int> H, True,
-                      g_back, <int> H)
+            gemm(False, False, <int> B, <int> H, <int> H, scale, da + t * BH, <int> H, Whh,
+                 <int> H, 1, g_back, <int> H)
         swap = g
         g = g_back
         g_back = swap
@@ -423,11 +420,13 @@ cdef double squared_error(floating* z, const floating* target, Py_ssize_t n,
 cdef void forward_layers(
         const Py_ssize_t* tokens, const floating* x, const floating* h0, const floating* Wxh,
         const floating* WxhT, const floating* Whh, const floating* WhhT, const floating* bh,
-        const floating* Why,
+        const floating* Why, const floating* WhyT,
         const floating* by, floating* hs, floating* z, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
         Py_ssize_t H, Py_ssize_t O, int code, floating slope) noexcept nogil:
-    """States hs (T + 1, B, H) and logits z (T*B, O) of token ids or dense inputs x. For many
-    tokens, ``WxhT`` is a contiguous copy of Wxh^T, whose rows gather without striding."""
+    """States hs (T + 1, B, H) and logits z (T*B, O) of token ids or dense inputs x. ``WxhT``,
+    ``WhhT`` and ``WhyT``, where not NULL, are contiguous copies of the transposed weights: rows
+    of WxhT gather without striding, and products with untransposed operands run faster (on
+    cyrnn's own kernel for float32; OpenBLAS reads a transposed operand more slowly)."""
     cdef Py_ssize_t TB = T * B, BH = B * H, n, j
     cdef floating* row
     # 1. input projection, straight into the state buffer: hs[1:] = x Wxh^T + bh
@@ -443,8 +442,13 @@ cdef void forward_layers(
             row = hs + BH + n * H
             for j in range(H):
                 row[j] = Wxh[j * I + tokens[n]] + bh[j]
-    else:
+    elif WxhT != NULL:
         # (T*B, H) = x (T*B, I) Wxh^T (I, H)
+        gemm(False, False, <int> TB, <int> H, <int> I, 1, x, <int> I, WxhT, <int> H, 0, hs + BH,
+             <int> H)
+        for n in range(TB):
+            add(hs + BH + n * H, bh, H)
+    else:
         gemm(False, True, <int> TB, <int> H, <int> I, 1, x, <int> I, Wxh, <int> I, 0, hs + BH,
              <int> H)
         for n in range(TB):
@@ -455,8 +459,12 @@ cdef void forward_layers(
     else:
         forward(hs + BH, h0, Whh, False, hs, NULL, T, B, H, code, slope)
     # 3. logits (T*B, O) = hs[1:] (T*B, H) Why^T (H, O) + by
-    gemm(False, True, <int> TB, <int> O, <int> H, 1, hs + BH, <int> H, Why, <int> H, 0, z,
-         <int> O)
+    if WhyT != NULL:
+        gemm(False, False, <int> TB, <int> O, <int> H, 1, hs + BH, <int> H, WhyT, <int> O, 0, z,
+             <int> O)
+    else:
+        gemm(False, True, <int> TB, <int> O, <int> H, 1, hs + BH, <int> H, Why, <int> H, 0, z,
+             <int> O)
     for n in range(TB):
         add(z + n * O, by, O)
 
@@ -481,11 +489,23 @@ cdef void softmax_rows(floating* z, Py_ssize_t N, Py_ssize_t O) noexcept nogil:
             row[o] *= total
 
 
+cdef tuple transposed_weights(Wxh, Whh, Why, Py_ssize_t T, Py_ssize_t B, bint tokens):
+    """Contiguous copies of Whh^T, Wxh^T and Why^T for forward_layers, or None where not worth
+    one (O(H^2) copies against O(T B H^2) products). Whh^T serves from a batch of two on (a
+    single row is a GEMV either way). For token ids, Wxh^T's rows gather and scatter faster than
+    Wxh's strided columns once there are at least as many tokens as rows to transpose."""
+    WhhT = np.ascontiguousarray(Whh.T) if B >= TRANSPOSE_MIN_BATCH else None
+    WxhT = np.ascontiguousarray(Wxh.T) if (not tokens or Wxh.shape[1] <= T * B) else None
+    WhyT = np.ascontiguousarray(Why.T)
+    return WhhT, WxhT, WhyT
+
+
 cdef double loss_and_grad_step(
         const Py_ssize_t* tokens, const floating* x, const Py_ssize_t* target_ids,
         const floating* target_values, const floating* h0, const floating* Wxh,
         const floating* WxhT, floating* dWxhT, const floating* Whh, const floating* WhhT,
-        const floating* bh, const floating* Why, const floating* by, const floating* carry,
+        const floating* bh, const floating* Why, const floating* WhyT, const floating* by,
+        const floating* carry,
         const Py_ssize_t* windows,
         Py_ssize_t longest, floating* hs, floating* z, floating* da, floating* work,
         floating* depth, floating* depth_next, floating* grad_norms, floating* dWxh,
@@ -497,8 +517,8 @@ cdef double loss_and_grad_step(
     cdef const floating* grad_row
     cdef double loss
     # 1-3. projection, recurrence, logits z
-    forward_layers(tokens, x, h0, Wxh, WxhT, Whh, WhhT, bh, Why, by, hs, z, T, B, I, H, O, code,
-                   slope)
+    forward_layers(tokens, x, h0, Wxh, WxhT, Whh, WhhT, bh, Why, WhyT, by, hs, z, T, B, I, H, O,
+                   code, slope)
     # 4. loss, and dL/dz in place of z
     if target_ids != NULL:
         loss = softmax_cross_entropy(z, target_ids, TB, O, scale)
@@ -611,11 +631,8 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slo
     dby = empty((O,), dtype)
     dh0 = empty((B, H), dtype)
     dx = empty((T, B, I), dtype) if (input_grad and not tokens) else None
-    WhhT = np.ascontiguousarray(Whh.T) if B >= TRANSPOSE_MIN_BATCH else None
-    # gathering and scattering T*B rows of Wxh^T beats striding through Wxh once there are at
-    # least as many tokens as rows to transpose
-    WxhT = np.ascontiguousarray(Wxh.T) if tokens and I <= T * B else None
-    dWxhT = empty((I, H), dtype) if WxhT is not None else None
+    WhhT, WxhT, WhyT = transposed_weights(Wxh, Whh, Why, T, B, tokens)
+    dWxhT = empty((I, H), dtype) if tokens and WxhT is not None else None
     cdef double count = T * B if cross_entropy else T * B * O
     cdef double scale = 1.0 if sum_reduction else 1.0 / count
     cdef int c = code
@@ -637,6 +654,7 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slo
     cdef void* p_WhhT = data(WhhT)
     cdef void* p_bh = data(bh)
     cdef void* p_Why = data(Why)
+    cdef void* p_WhyT = data(WhyT)
     cdef void* p_by = data(by)
     cdef void* p_carry = data(carry)
     cdef const Py_ssize_t* p_win = <const Py_ssize_t*> data(windows)
@@ -658,8 +676,8 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slo
         with nogil:
             value = loss_and_grad_step(
                 p_tokens, <float*> p_x, p_tid, <float*> p_tval, <float*> p_h0, <float*> p_Wxh,
-                <float*> p_WxhT, <float*> p_dWxhT, <float*> p_Whh, <float*> p_WhhT, <float*> p_bh, <float*> p_Why, <float*> p_by,
-                <float*> p_carry, p_win, k, <float*> p_hs, <float*> p_z, <float*> p_da,
+                <float*> p_WxhT, <float*> p_dWxhT, <float*> p_Whh, <float*> p_WhhT, <float*> p_bh, <float*> p_Why,
+                <float*> p_WhyT, <float*> p_by, <float*> p_carry, p_win, k, <float*> p_hs, <float*> p_z, <float*> p_da,
                 <float*> p_work, <float*> p_depth, <float*> p_next, <float*> p_norms, <float*> p_dWxh, <float*> p_dWhh, <float*> p_dbh,
                 <float*> p_dWhy, <float*> p_dby, <float*> p_dh0, <float*> p_dx, T, B, I, H, O,
                 block, c, <float> s, <float> scale)
@@ -669,7 +687,7 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slo
                 p_tokens, <double*> p_x, p_tid, <double*> p_tval, <double*> p_h0,
                 <double*> p_Wxh, <double*> p_WxhT, <double*> p_dWxhT, <double*> p_Whh,
                 <double*> p_WhhT, <double*> p_bh,
-                <double*> p_Why, <double*> p_by, <double*> p_carry, p_win, k, <double*> p_hs,
+                <double*> p_Why, <double*> p_WhyT, <double*> p_by, <double*> p_carry, p_win, k, <double*> p_hs,
                 <double*> p_z, <double*> p_da, <double*> p_work, <double*> p_depth,
                 <double*> p_next, <double*> p_norms,
                 <double*> p_dWxh, <double*> p_dWhh, <double*> p_dbh, <double*> p_dWhy,
@@ -699,8 +717,7 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
     dtype = Whh.dtype
     hs = empty((T + 1, B, H), dtype)
     y = empty((T, B, O), dtype)
-    WhhT = np.ascontiguousarray(Whh.T) if B >= TRANSPOSE_MIN_BATCH else None
-    WxhT = np.ascontiguousarray(Wxh.T) if tokens and I <= T * B else None
+    WhhT, WxhT, WhyT = transposed_weights(Wxh, Whh, Why, T, B, tokens)
     cdef int c = code
     cdef double s = slope
     cdef const Py_ssize_t* p_tokens = <const Py_ssize_t*> data(inputs) if tokens else NULL
@@ -712,14 +729,15 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
     cdef void* p_WhhT = data(WhhT)
     cdef void* p_bh = data(bh)
     cdef void* p_Why = data(Why)
+    cdef void* p_WhyT = data(WhyT)
     cdef void* p_by = data(by)
     cdef void* p_hs = data(hs)
     cdef void* p_y = data(y)
     if dtype == np.float32:
         with nogil:
             forward_layers(p_tokens, <float*> p_x, <float*> p_h0, <float*> p_Wxh,
-                           <float*> p_WxhT, <float*> p_Whh, <float*> p_WhhT, <float*> p_bh, <float*> p_Why, <float*> p_by,
-                           <float*> p_hs, <float*> p_y, T, B, I, H, O, c, <float> s)
+                           <float*> p_WxhT, <float*> p_Whh, <float*> p_WhhT, <float*> p_bh, <float*> p_Why,
+                           <float*> p_WhyT, <float*> p_by, <float*> p_hs, <float*> p_y, T, B, I, H, O, c, <float> s)
             if out_code == 1:
                 softmax_rows(<float*> p_y, T * B, O)
             elif out_code == 2:
@@ -728,7 +746,7 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
         with nogil:
             forward_layers(p_tokens, <double*> p_x, <double*> p_h0, <double*> p_Wxh,
                            <double*> p_WxhT, <double*> p_Whh, <double*> p_WhhT, <double*> p_bh, <double*> p_Why,
-                           <double*> p_by, <double*> p_hs, <double*> p_y, T, B, I, H, O, c, s)
+                           <double*> p_WhyT, <double*> p_by, <double*> p_hs, <double*> p_y, T, B, I, H, O, c, s)
             if out_code == 1:
                 softmax_rows(<double*> p_y, T * B, O)
             elif out_code == 2:
@@ -740,25 +758,27 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
 # for the tests of the step product (_smallgemm.h); not part of the kernel API
 # ---------------------------------------------------------------------------------------------
 
-def _own_kernel_product(A, W, C, double alpha, bint accumulate):
-    """``C = alpha A @ W (+ C if accumulate)`` in place, on float32 C-contiguous 2-D arrays,
-    through cyrnn's AVX-512 kernel alone at any size. Returns False, with C untouched, where the
-    CPU has no AVX-512."""
+def _own_kernel_product(A, W, C, double alpha, bint accumulate, bint trans_a=False):
+    """``C = alpha op(A) @ W (+ C if accumulate)`` in place, on float32 C-contiguous 2-D arrays,
+    where op(A) is A or, with ``trans_a``, A.T, through cyrnn's AVX-512 kernel alone at any size.
+    Returns False, with C untouched, where the CPU has no AVX-512."""
     for name, a in (("A", A), ("W", W), ("C", C)):
         if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 2
                 and a.flags.c_contiguous):
             raise TypeError(f"{name} must be a C-contiguous 2-D float32 array")
     if not C.flags.writeable:
         raise ValueError("C must be writeable")
-    if A.shape[1] != W.shape[0] or C.shape != (A.shape[0], W.shape[1]):
+    cdef long M = A.shape[1] if trans_a else A.shape[0], K = A.shape[0] if trans_a else A.shape[1]
+    cdef long N = W.shape[1]
+    if K != W.shape[0] or C.shape != (M, N):
         raise ValueError(f"shapes {A.shape} @ {W.shape} -> {C.shape} do not match")
-    cdef long M = A.shape[0], N = W.shape[1], K = A.shape[1]
     cdef float* p_A = <float*> data(A)
     cdef float* p_W = <float*> data(W)
     cdef float* p_C = <float*> data(C)
+    cdef long lda = A.shape[1]
     cdef int ran
     with nogil:
-        ran = sgemm_small(M, N, K, <float> alpha, p_A, K, p_W, N, accumulate, p_C, N)
+        ran = sgemm_small(trans_a, M, N, K, <float> alpha, p_A, lda, p_W, N, accumulate, p_C, N)
     return bool(ran)
 
 

@@ -8,8 +8,9 @@
  * columns of the result in 24 vector registers while the shared dimension streams past: one
  * pass over W per block of rows, no packing.
  *
- *   cyrnn_sgemm_small(M, N, K, alpha, A, lda, W, ldw, beta, C, ldc):
- *       C (M, N) = alpha * A (M, K) W (K, N) + beta * C, row-major, beta 0 or 1
+ *   cyrnn_sgemm_small(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc):
+ *       C (M, N) = alpha * op(A) W (K, N) + beta * C, row-major, beta 0 or 1, where op(A) is
+ *       A (M, K), or with trans_a the transpose of A (K, M), as in a weight gradient da^T h
  *
  * It returns 1 when it ran, and 0, without touching C, when this CPU (or compiler) has no
  * AVX-512: the caller then uses BLAS. With beta = 0, C is only written, never read.
@@ -67,12 +68,13 @@ static inline int cyrnn_blas_threads(void* blas_function)
 #define CYRNN_TARGET __attribute__((target("avx512f"), always_inline)) static inline
 #define CYRNN_MR 6  /* rows of a register block */
 #define CYRNN_NV 4  /* 16-float vectors across a register block: 64 columns */
+#define CYRNN_KC 512  /* rows of W per pass (see cyrnn_sgemm_avx512) */
 
 /* One block: rows [0, mr) and vectors [0, nv) of C, the last vector masked by `tail`. With
  * constant mr and nv (every call below passes literals) the loops unroll into straight code. */
-CYRNN_TARGET void cyrnn_block_nn(int mr, int nv, __mmask16 tail, long K, float alpha,
-                                 const float* A, long lda, const float* W, long ldw, int beta,
-                                 float* C, long ldc)
+CYRNN_TARGET void cyrnn_block(int trans_a, int mr, int nv, __mmask16 tail, long K, float alpha,
+                              const float* A, long lda, const float* W, long ldw, int beta,
+                              float* C, long ldc)
 {
     __m512 acc[CYRNN_MR][CYRNN_NV];
     __m512 w[CYRNN_NV];
@@ -87,7 +89,7 @@ CYRNN_TARGET void cyrnn_block_nn(int mr, int nv, __mmask16 tail, long K, float a
             w[v] = _mm512_loadu_ps(W + k * ldw + 16 * v);
         w[nv - 1] = _mm512_maskz_loadu_ps(tail, W + k * ldw + 16 * (nv - 1));
         for (r = 0; r < mr; r++) {
-            __m512 a = _mm512_set1_ps(A[r * lda + k]);
+            __m512 a = _mm512_set1_ps(trans_a ? A[k * lda + r] : A[r * lda + k]);
             for (v = 0; v < nv; v++)
                 acc[r][v] = _mm512_fmadd_ps(a, w[v], acc[r][v]);
         }
@@ -105,45 +107,58 @@ CYRNN_TARGET void cyrnn_block_nn(int mr, int nv, __mmask16 tail, long K, float a
 }
 
 /* dispatch on the row count, so that each block shape is compiled with constant loop bounds */
-#define CYRNN_ROWS(nv)                                                                         \
+#define CYRNN_ROWS(ta, nv)                                                                     \
     switch (mr) {                                                                              \
-    case 6: cyrnn_block_nn(6, nv, tail, K, alpha, Ab, lda, Wb, ldw, beta, Cb, ldc); break;     \
-    case 5: cyrnn_block_nn(5, nv, tail, K, alpha, Ab, lda, Wb, ldw, beta, Cb, ldc); break;     \
-    case 4: cyrnn_block_nn(4, nv, tail, K, alpha, Ab, lda, Wb, ldw, beta, Cb, ldc); break;     \
-    case 3: cyrnn_block_nn(3, nv, tail, K, alpha, Ab, lda, Wb, ldw, beta, Cb, ldc); break;     \
-    case 2: cyrnn_block_nn(2, nv, tail, K, alpha, Ab, lda, Wb, ldw, beta, Cb, ldc); break;     \
-    default: cyrnn_block_nn(1, nv, tail, K, alpha, Ab, lda, Wb, ldw, beta, Cb, ldc); break;    \
+    case 6: cyrnn_block(ta, 6, nv, tail, Kp, alpha, Ab, lda, Wb, ldw, beta, Cb, ldc); break;    \
+    case 5: cyrnn_block(ta, 5, nv, tail, Kp, alpha, Ab, lda, Wb, ldw, beta, Cb, ldc); break;    \
+    case 4: cyrnn_block(ta, 4, nv, tail, Kp, alpha, Ab, lda, Wb, ldw, beta, Cb, ldc); break;    \
+    case 3: cyrnn_block(ta, 3, nv, tail, Kp, alpha, Ab, lda, Wb, ldw, beta, Cb, ldc); break;    \
+    case 2: cyrnn_block(ta, 2, nv, tail, Kp, alpha, Ab, lda, Wb, ldw, beta, Cb, ldc); break;    \
+    default: cyrnn_block(ta, 1, nv, tail, Kp, alpha, Ab, lda, Wb, ldw, beta, Cb, ldc); break;   \
+    }
+
+#define CYRNN_COLUMNS(ta)                                                                      \
+    switch (nv) {                                                                              \
+    case 4: CYRNN_ROWS(ta, 4) break;                                                           \
+    case 3: CYRNN_ROWS(ta, 3) break;                                                           \
+    case 2: CYRNN_ROWS(ta, 2) break;                                                           \
+    default: CYRNN_ROWS(ta, 1) break;                                                          \
     }
 
 __attribute__((target("avx512f"))) static void
-cyrnn_sgemm_nn_avx512(long M, long N, long K, float alpha, const float* A, long lda,
-                      const float* W, long ldw, int beta, float* C, long ldc)
+cyrnn_sgemm_avx512(int trans_a, long M, long N, long K, float alpha, const float* A, long lda,
+                   const float* W, long ldw, int beta, float* C, long ldc)
 {
-    long j0, i0;
+    long k0, j0, i0, Kp;
     int mr;
-    /* a 64-column panel of W (K x 64 floats) stays in L1/L2 while every row block passes it */
-    for (j0 = 0; j0 < N; j0 += 16 * CYRNN_NV) {
-        long width = N - j0 < 16 * CYRNN_NV ? N - j0 : 16 * CYRNN_NV;
-        int nv = (int) ((width + 15) / 16);
-        int rest = (int) (width - 16 * (nv - 1));  /* 1..16 columns in the last vector */
-        __mmask16 tail = (__mmask16) (rest == 16 ? 0xFFFF : (1u << rest) - 1);
-        const float* Wb = W + j0;
-        /* as few row blocks as CYRNN_MR allows, of even sizes: 8 rows run as 4 + 4, not 6 + 2 */
-        long blocks = (M + CYRNN_MR - 1) / CYRNN_MR, b;
-        for (b = 0, i0 = 0; b < blocks; b++, i0 += mr) {
-            mr = (int) (M / blocks + (b < M % blocks));
-            const float* Ab = A + i0 * lda;
-            float* Cb = C + i0 * ldc + j0;
-            switch (nv) {
-            case 4: CYRNN_ROWS(4) break;
-            case 3: CYRNN_ROWS(3) break;
-            case 2: CYRNN_ROWS(2) break;
-            default: CYRNN_ROWS(1) break;
+    /* the shared dimension in parts of CYRNN_KC, so that a 64-column panel of W (at most
+     * CYRNN_KC x 64 floats, 128 KiB) stays in L2 while every block of rows passes it */
+    for (k0 = 0; k0 < K; k0 += Kp, beta = 1) {
+        Kp = K - k0 < CYRNN_KC ? K - k0 : CYRNN_KC;  /* this part's share of K */
+        const float* Ak = trans_a ? A + k0 * lda : A + k0;
+        for (j0 = 0; j0 < N; j0 += 16 * CYRNN_NV) {
+            long width = N - j0 < 16 * CYRNN_NV ? N - j0 : 16 * CYRNN_NV;
+            int nv = (int) ((width + 15) / 16);
+            int rest = (int) (width - 16 * (nv - 1));  /* 1..16 columns in the last vector */
+            __mmask16 tail = (__mmask16) (rest == 16 ? 0xFFFF : (1u << rest) - 1);
+            const float* Wb = W + k0 * ldw + j0;
+            /* as few row blocks as CYRNN_MR allows, of even sizes: 8 rows run as 4 + 4 */
+            long blocks = (M + CYRNN_MR - 1) / CYRNN_MR, b;
+            for (b = 0, i0 = 0; b < blocks; b++, i0 += mr) {
+                const float* Ab = trans_a ? Ak + i0 : Ak + i0 * lda;
+                float* Cb = C + i0 * ldc + j0;
+                mr = (int) (M / blocks + (b < M % blocks));
+                if (trans_a) {
+                    CYRNN_COLUMNS(1)
+                } else {
+                    CYRNN_COLUMNS(0)
+                }
             }
         }
     }
 }
 
+#undef CYRNN_COLUMNS
 #undef CYRNN_ROWS
 
 static inline int cyrnn_have_avx512(void)
@@ -151,23 +166,23 @@ static inline int cyrnn_have_avx512(void)
     return __builtin_cpu_supports("avx512f");
 }
 
-static inline int cyrnn_sgemm_small(long M, long N, long K, float alpha, const float* A,
-                                    long lda, const float* W, long ldw, int beta, float* C,
-                                    long ldc)
+static inline int cyrnn_sgemm_small(int trans_a, long M, long N, long K, float alpha,
+                                    const float* A, long lda, const float* W, long ldw, int beta,
+                                    float* C, long ldc)
 {
     if (M <= 0 || N <= 0 || K <= 0 || !cyrnn_have_avx512())
         return 0;
-    cyrnn_sgemm_nn_avx512(M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);
+    cyrnn_sgemm_avx512(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);
     return 1;
 }
 
 #else  /* no AVX-512 kernels: every call falls back to BLAS */
 
-static inline int cyrnn_sgemm_small(long M, long N, long K, float alpha, const float* A,
-                                    long lda, const float* W, long ldw, int beta, float* C,
-                                    long ldc)
+static inline int cyrnn_sgemm_small(int trans_a, long M, long N, long K, float alpha,
+                                    const float* A, long lda, const float* W, long ldw, int beta,
+                                    float* C, long ldc)
 {
-    (void) M; (void) N; (void) K; (void) alpha; (void) A; (void) lda; (void) W; (void) ldw;
+    (void) trans_a; (void) M; (void) N; (void) K; (void) alpha; (void) A; (void) lda; (void) W; (void) ldw;
     (void) beta; (void) C; (void) ldc;
     return 0;
 }
