@@ -34,7 +34,7 @@ extensions = [
     Extension(
         name,
         ["pyx/" + name.replace(".", "/") + ".pyx"],
-        depends=["pyx/cyrnn/_smallgemm.h"],
+        depends=["pyx/cyrnn/_smallgemm.h", "pyx/cyrnn/_elementwise.h"],
         include_dirs=[np.get_include(), "pyx/cyrnn"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION")],
         extra_compile_args=extra_compile_args,

@@ -188,3 +188,69 @@ def test_fused_step_past_the_threshold(backend, rng, tokens):
     assert abs(loss - loss64) <= TOL[np.float32] * abs(loss64)
     for name, g64 in grads64.items():
         close(grads[name], g64, TOL[np.float32])
+
+
+# ---------------------------------------------------------------------------------------------
+# the float32 elementwise loops (_elementwise.h): every build this CPU runs, not just the one
+# chosen at run time
+# ---------------------------------------------------------------------------------------------
+
+BUILDS = {0: "baseline", 1: "avx2", 2: "avx512"}
+CODES = {"tanh": 0, "relu": 1, "sigmoid": 2, "leaky_relu": 3, "identity": 4}
+
+
+def _build(which, x, h=None, code=0, slope=0.2):
+    out = _rnn._elementwise_build(which, x, h, code, slope)
+    if out is None:
+        pytest.skip(f"this CPU cannot run the {BUILDS[which]} build")
+    return out
+
+
+@needs_build
+@pytest.mark.parametrize("which", list(BUILDS), ids=list(BUILDS.values()))
+@pytest.mark.parametrize("nl", list(CODES))
+@pytest.mark.parametrize("n", [1, 7, 16, 33, 1000])
+def test_every_build_of_the_activations(rng, which, nl, n):
+    # odd lengths leave a scalar tail after the vector loop
+    from conftest import reference_activation
+
+    x = (rng.normal(size=n) * 4).astype(np.float32)
+    x[0] = np.nan if n > 1 else x[0]
+    y = _build(which, x, code=CODES[nl])
+    expected = reference_activation(x.astype(np.float64), nl, 0.2)
+    expected[np.isnan(x)] = np.nan  # every activation passes NaN through (relu included)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    finite = ~np.isnan(expected)
+    np.testing.assert_allclose(y[finite], expected[finite], rtol=0, atol=2e-6)
+
+
+@needs_build
+@pytest.mark.parametrize("which", list(BUILDS), ids=list(BUILDS.values()))
+@pytest.mark.parametrize("nl", list(CODES))
+@pytest.mark.parametrize("n", [1, 7, 16, 33, 1000])
+def test_every_build_of_the_derivatives(rng, which, nl, n):
+    g = rng.normal(size=n).astype(np.float32)
+    h = reference_activation_of_normal(rng, n, nl)
+    out = _build(which, g, h, code=CODES[nl])
+    g64, h64 = g.astype(np.float64), h.astype(np.float64)
+    derivative = {"tanh": 1 - h64**2, "relu": (h64 > 0) * 1.0, "sigmoid": h64 * (1 - h64),
+                  "leaky_relu": np.where(h64 > 0, 1.0, 0.2), "identity": np.ones(n)}[nl]
+    np.testing.assert_allclose(out, g64 * derivative, rtol=0, atol=2e-6)
+
+
+def reference_activation_of_normal(rng, n, nl):
+    from conftest import reference_activation
+
+    return reference_activation(rng.normal(size=n), nl, 0.2).astype(np.float32)
+
+
+@needs_build
+def test_builds_agree_on_a_wide_grid():
+    # the same source compiled three times: equal up to the rounding of fused multiply-adds
+    x = np.linspace(-10, 10, 100_001).astype(np.float32)
+    builds = [_rnn._elementwise_build(which, x) for which in BUILDS]
+    runnable = [y for y in builds if y is not None]
+    assert len(runnable) >= 1 and builds[0] is not None
+    for y in runnable[1:]:
+        np.testing.assert_allclose(y, runnable[0], rtol=0, atol=5e-7)
+    np.testing.assert_allclose(runnable[0], np.tanh(x.astype(np.float64)), rtol=0, atol=2e-6)

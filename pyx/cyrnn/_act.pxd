@@ -1,11 +1,10 @@
 # Elementwise activations and their derivatives, fused over float32/float64.
 #
 # Each loop runs over one contiguous block with the activation chosen outside the loop, so the C
-# compiler can vectorize it. libm's tanhf/expf are scalar calls that block vectorization and ran
-# 2-2.5x slower than NumPy's SIMD tanh; for float32 we use a rational approximation instead:
-# tanh(x) = x P(x^2) / Q(x^2) on the clamped range |x| <= 7.905 (tanh rounds to +-1 in float32
-# beyond it), with the minimax coefficients published with the Eigen library. Its absolute
-# error is below 1e-6 (tests check it against numpy.tanh). float64 keeps libm's tanh for accuracy.
+# compiler can vectorize it. The float32 loops live in _elementwise.h, built for AVX-512, AVX2
+# and the baseline and chosen at run time, with a vectorizable rational tanh (libm's tanhf is a
+# scalar call that blocks vectorization, and ran 2-2.5x slower than NumPy's SIMD tanh). float64
+# keeps libm's tanh for accuracy.
 from libc.math cimport exp as libm_exp, tanh as libm_tanh
 from cython cimport floating
 
@@ -20,40 +19,23 @@ cdef extern from *:
     """
     float pow2i "cyrnn_pow2i"(int n) noexcept nogil
 
-# Codes of the nonlinearities, in the order of cyrnn._checks.NONLINEARITIES.
+cdef extern from "_elementwise.h" nogil:
+    float tanh_f32 "cyrnn_tanh_f32"(float x)
+    void activate_f32 "cyrnn_activate_f32"(float* a, long n, int code, float slope)
+    void times_derivative_f32 "cyrnn_times_derivative_f32"(float* out, const float* g,
+                                                           const float* h, long n, int code,
+                                                           float slope)
+    int elementwise_build "cyrnn_elementwise_build"(int which, int derivative, float* out,
+                                                    const float* g, const float* h, long n,
+                                                    int code, float slope)
+
+# Codes of the nonlinearities, in the order of cyrnn._checks.NONLINEARITIES (and _elementwise.h).
 cdef enum:
     TANH = 0
     RELU = 1
     SIGMOID = 2
     LEAKY_RELU = 3
     IDENTITY = 4
-
-
-cdef inline float tanh_f32(float x) noexcept nogil:
-    # every constant typed float: a bare literal is a C double and would promote the arithmetic
-    cdef float clamp = 7.90531110763549805
-    cdef float a1 = 4.89352455891786e-03, a3 = 6.37261928875436e-04
-    cdef float a5 = 1.48572235717979e-05, a7 = 5.12229709037114e-08
-    cdef float a9 = -8.60467152213735e-11, a11 = 2.00018790482477e-13
-    cdef float a13 = -2.76076847742355e-16
-    cdef float b0 = 4.89352518554385e-03, b2 = 2.26843463243900e-03
-    cdef float b4 = 1.18534705686654e-04, b6 = 1.19825839466702e-06
-    cdef float x2, p, q
-    x = clamp if x > clamp else x
-    x = -clamp if x < -clamp else x
-    x2 = x * x
-    # x P(x^2) with P of degree 6, Q(x^2) of degree 3, both by Horner's rule
-    p = x2 * a13 + a11
-    p = x2 * p + a9
-    p = x2 * p + a7
-    p = x2 * p + a5
-    p = x2 * p + a3
-    p = x2 * p + a1
-    p = x * p
-    q = x2 * b6 + b4
-    q = x2 * q + b2
-    q = x2 * q + b0
-    return p / q
 
 
 cdef inline float exp_f32(float x) noexcept nogil:
@@ -97,7 +79,9 @@ cdef inline void activate(floating* a, Py_ssize_t n, int code, floating slope) n
     """a[i] <- f(a[i]) for i < n, in place."""
     cdef Py_ssize_t i
     cdef floating half = 0.5
-    if code == TANH:
+    if floating is float:
+        activate_f32(a, n, code, slope)
+    elif code == TANH:
         for i in range(n):
             a[i] = tanh_(a[i])
     elif code == RELU:
@@ -118,7 +102,9 @@ cdef inline void times_derivative(floating* out, const floating* g, const floati
                                   Py_ssize_t n, int code, floating slope) noexcept nogil:
     """out[i] <- g[i] * f'(a[i]), with f' written in terms of h[i] = f(a[i])."""
     cdef Py_ssize_t i
-    if code == TANH:
+    if floating is float:
+        times_derivative_f32(out, g, h, n, code, slope)
+    elif code == TANH:
         for i in range(n):
             out[i] = g[i] * (1 - h[i] * h[i])
     elif code == RELU:
