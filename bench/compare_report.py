@@ -46,11 +46,11 @@ input projection and output layer as whole-sequence products, `jax.value_and_gra
 
 FLOPs counted (matrix products only; the same count for every peer, so GFLOP/s ratios are time
 ratios): forward `F = 2*T*B*(I*H + H*H + H*O)` for dense inputs and `2*T*B*(H*H + H*O)` for
-tokens (the input projection is a row gather); forward+backward `3*F`: the backward is `2*F`,
-`F` for the products carrying the error back (`dz Why`, `da Whh`, and for dense inputs
-`dx = da Wxh`) plus `F` for the weight gradients (`dWhy = dz^T h`, `dWhh = da^T h_prev`, and for
-dense inputs `dWxh = da^T x`). cyrnn returns `dx` for dense inputs; the peers compute parameter
-gradients only (torch and jax skip `dx`, about 6-8% of the counted FLOPs). The **machine limit**
+tokens (the input projection is a row gather); forward+backward `3*F - 2*T*B*I*H` (dense) or
+`3*F` (tokens): the products carrying the error back (`dz Why`, `da Whh`) and the weight
+gradients (`dWhy = dz^T h`, `dWhh = da^T h_prev`, and for dense inputs `dWxh = da^T x`). Every
+peer computes parameter gradients only (cyrnn with `input_grad=False`), so the input gradient
+`dx = da Wxh` is neither computed nor counted. The **machine limit**
 is one NumPy float32 matmul `(T*B, H) x (H, H)` timed in the same run at the same thread count.
 
 Threads: `threadpoolctl.threadpool_limits(n)` for NumPy's and SciPy's OpenBLAS (and torch's

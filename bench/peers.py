@@ -92,11 +92,15 @@ def forward_flops(config):
 
 def flops(config, op):
     """FLOPs counted for ``op``: the forward's matrix products, and for forward+backward three
-    times that: the backward is twice the forward, once for the products that carry the error
-    back (``dz Why``, ``da Whh`` and, dense inputs only, ``da Wxh``) and once for the weight
-    gradients (``dz^T h``, ``da^T h_{t-1}`` and, dense inputs only, ``da^T x``)."""
+    times that less the input gradient: the backward carries the error back (``dz Why``,
+    ``da Whh``) and forms the weight gradients (``dz^T h``, ``da^T h_{t-1}`` and, dense inputs
+    only, ``da^T x``); no peer computes ``dx = da Wxh``, so its ``2 T B I H`` is not counted."""
     f = forward_flops(config)
-    return f if op == "forward" else 3 * f
+    if op == "forward":
+        return f
+    c = CONFIGS[config]
+    dx = 0 if c.tokens else 2 * c.T * c.B * c.I * c.H
+    return 3 * f - dx
 
 
 def machine_limit_shape(config):
