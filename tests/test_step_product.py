@@ -1,7 +1,7 @@
 """cyrnn's own float32 product kernel (``_smallgemm.h``), used where the CPU has AVX-512.
 
-float32 products ``C = op(A) B`` with M*N*K >= 2^20, or a single row, run on the kernel
-instead of BLAS (above 2^24 only while BLAS runs on one thread). The kernel is tested directly,
+float32 products ``C = op(A) B`` of a single row, and those with M*N*K >= 2^20 while BLAS runs
+on one thread, run on the kernel instead of BLAS. The kernel is tested directly,
 at every block shape, column tail and split of the shared dimension, through a private hook;
 the kernels that use it are checked at sizes past the threshold on both backends against a
 float64 reference.
@@ -119,7 +119,7 @@ def test_blas_thread_count_follows_threadpoolctl():
 # ---------------------------------------------------------------------------------------------
 
 # (T, B, H): B*H*H = 7*390*390 ~ 1.06e6 >= 2^20, 390 = 6*64 + 6 columns (a 6-wide tail);
-# 64*1040*1040 ~ 6.9e7 > 2^24 runs on the kernel only while BLAS has one thread
+# each runs on the kernel while BLAS has one thread, and on BLAS with more
 SIZES = [(4, 7, 390), (2, 64, 1040)]
 
 
@@ -131,11 +131,8 @@ def _recurrence(rng, T, B, H):
 
 
 def _both_thread_counts():
-    """Contexts for one BLAS thread and the default count (just the default without threadpoolctl)."""
-    try:
-        import threadpoolctl
-    except ImportError:
-        return [None]
+    """Contexts for one BLAS thread and for the default count."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
     return [threadpoolctl.threadpool_limits(1), None]
 
 
@@ -163,8 +160,9 @@ def test_forward_and_backward_past_the_threshold(backend, rng, T, B, H):
         close(dh0, dh064, TOL[np.float32])
 
 
+@pytest.mark.parametrize("one_thread", [True, False], ids=["1-thread", "default-threads"])
 @pytest.mark.parametrize("tokens", [False, True], ids=["dense", "tokens"])
-def test_fused_step_past_the_threshold(backend, rng, tokens):
+def test_fused_step_past_the_threshold(backend, rng, tokens, one_thread):
     # the fused training step with every product past 2^20 (T*B = 280 rows, B*H*H ~ 1.06e6 per
     # step); the logits have an 11-column tail
     import cyrnn
@@ -181,9 +179,15 @@ def test_fused_step_past_the_threshold(backend, rng, tokens):
         x = rng.normal(size=(T, B, I)).astype(np.float32)
         y = rng.normal(size=(T, B, O)).astype(np.float32)
         x64, y64 = x.astype(np.float64), y.astype(np.float64)
-    loss, grads, _ = model.loss_and_grad(x, y)
+    if one_thread:
+        # the products run on cyrnn's own kernel only while BLAS has one thread
+        with pytest.importorskip("threadpoolctl").threadpool_limits(1):
+            loss, grads, _ = model.loss_and_grad(x, y)
+            outputs, _ = model.forward(x)
+    else:
+        loss, grads, _ = model.loss_and_grad(x, y)
+        outputs, _ = model.forward(x)
     loss64, grads64, _ = model64.loss_and_grad(x64, y64)
-    outputs, _ = model.forward(x)
     close(outputs, model64.forward(x64)[0], TOL[np.float32])
     assert abs(loss - loss64) <= TOL[np.float32] * abs(loss64)
     for name, g64 in grads64.items():

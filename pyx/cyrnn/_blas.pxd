@@ -15,10 +15,9 @@ cdef extern from "_smallgemm.h" nogil:
 
 cdef enum:
     # float32 products C = op(A) B run on cyrnn's own kernel (see _smallgemm.h) from this size
-    # (M*N*K) on, and for a single row; below it OpenBLAS's small-matrix kernels are as fast
+    # (M*N*K) on while BLAS runs on one thread; below it OpenBLAS's small-matrix kernels are as
+    # fast, and with more threads OpenBLAS splits the larger products between them
     OWN_KERNEL_MIN_WORK = 1 << 20
-    # above this size, only while BLAS runs on one thread: OpenBLAS's threads beat one core
-    OWN_KERNEL_ONE_THREAD_WORK = 1 << 24
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
@@ -27,15 +26,15 @@ cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
                       floating beta, floating* C, int ldc) noexcept nogil:
     """C (M, N) = alpha op(A) (M, K) op(B) (K, N) + beta C, all row-major, beta 0 or 1.
 
-    float32 products with B untransposed run on cyrnn's own AVX-512 kernel where the CPU has one,
-    from M*N*K = 2^20 on or for a single row (above 2^24 only while BLAS runs on one thread).
-    Otherwise a single row (M = 1, e.g. a batch of one) goes to GEMV, which OpenBLAS runs with
-    less overhead, c (N,) = alpha op(B)^T a (K,) + beta c, and the rest to GEMM.
+    float32 products with B untransposed run on cyrnn's own AVX-512 kernel where the CPU has one:
+    a single row always, and from M*N*K = 2^20 on while BLAS runs on one thread. Otherwise a
+    single row (M = 1, e.g. a batch of one) goes to GEMV, which OpenBLAS runs with less
+    overhead, c (N,) = alpha op(B)^T a (K,) + beta c, and the rest to GEMM.
     """
     cdef long long work = <long long> M * N * K
     if floating is float:
-        if (not trans_b and (M == 1 or work >= OWN_KERNEL_MIN_WORK)
-                and (work <= OWN_KERNEL_ONE_THREAD_WORK or blas_threads(<void*> sgemm) == 1)):
+        if not trans_b and (M == 1 or (work >= OWN_KERNEL_MIN_WORK
+                                       and blas_threads(<void*> sgemm) == 1)):
             if sgemm_small(trans_a, M, N, K, alpha, A, lda, B, ldb, beta != 0, C, ldc):
                 return
     cdef char ta = b'T' if trans_a else b'N'

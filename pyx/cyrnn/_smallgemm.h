@@ -26,9 +26,12 @@
 
 /* How many threads the BLAS behind `blas_function` (a function of the module that provides it,
  * such as scipy.linalg.cython_blas) may use: OpenBLAS's own count, which threadpoolctl and
- * OPENBLAS_NUM_THREADS set; -1 when it cannot be told (not OpenBLAS, or no dladdr). Looked up
- * on each call, in that module's dependency tree, so that a limit set a moment ago counts. */
-static inline int cyrnn_blas_threads(void* blas_function)
+ * OPENBLAS_NUM_THREADS set; -1 when it cannot be told (not OpenBLAS, or no dladdr). The
+ * OpenBLAS function that tells is looked up once, in that module's dependency tree, and then
+ * called on every query, so that a limit set a moment ago counts. */
+typedef int (*cyrnn_threads_function)(void);
+
+static cyrnn_threads_function cyrnn_find_threads_function(void* blas_function)
 {
 #if defined(__unix__) || defined(__APPLE__)
     static const char* const names[] = {
@@ -36,26 +39,35 @@ static inline int cyrnn_blas_threads(void* blas_function)
         "openblas_get_num_threads", "openblas_get_num_threads64_"};
     Dl_info info;
     void* handle;
-    int threads = -1;
+    cyrnn_threads_function found = NULL;
     size_t i;
     if (!dladdr(blas_function, &info) || info.dli_fname == NULL)
-        return -1;
+        return NULL;
+    /* the module is loaded (blas_function is in it): this only takes a reference to it */
     handle = dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD);
     if (handle == NULL)
-        return -1;
-    for (i = 0; i < sizeof names / sizeof names[0]; i++) {
-        int (*get)(void) = (int (*)(void)) dlsym(handle, names[i]);
-        if (get != NULL) {
-            threads = get();
-            break;
-        }
-    }
-    dlclose(handle);
-    return threads;
+        return NULL;
+    for (i = 0; i < sizeof names / sizeof names[0] && found == NULL; i++)
+        found = (cyrnn_threads_function) dlsym(handle, names[i]);
+    dlclose(handle);  /* the module stays loaded: Python never unloads extension modules */
+    return found;
 #else
     (void) blas_function;
-    return -1;
+    return NULL;
 #endif
+}
+
+static inline int cyrnn_blas_threads(void* blas_function)
+{
+    /* a cache of a symbol's address, the same for every caller: threads that race here all
+     * store the same value */
+    static volatile int looked_up = 0;
+    static cyrnn_threads_function get = NULL;
+    if (!looked_up) {
+        get = cyrnn_find_threads_function(blas_function);
+        looked_up = 1;
+    }
+    return get != NULL ? get() : -1;
 }
 
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
