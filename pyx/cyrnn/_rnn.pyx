@@ -16,7 +16,7 @@ from libc.math cimport log, sqrt
 from libc.string cimport memcpy, memset
 
 from cyrnn._act cimport SIGMOID, activate, elementwise_build, exp_, times_derivative
-from cyrnn._blas cimport blas_threads, dot, gemm, sgemm_small
+from cyrnn._blas cimport OWN_KERNEL_MIN_WORK, blas_threads, dot, gemm, sgemm_small
 from scipy.linalg.cython_blas cimport sgemm
 
 import numpy as np
@@ -129,12 +129,43 @@ def rnn_forward(xw, h0, Whh, nonlinearity="tanh", *, negative_slope=0.01, length
 # full BPTT
 # ---------------------------------------------------------------------------------------------
 
+cdef void backward_in_place(floating* g, const floating* hs, const floating* Whh,
+                            const floating* dh_last, const floating* carry, floating* grad_norms,
+                            floating* dh0, Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, int code,
+                            floating slope) noexcept nogil:
+    # On entry g[t] holds dh_out_t, on return da_t. Step t's error reaches step t - 1 as one
+    # GEMM accumulating into g[t - 1], which then holds all of dL/dh there: no other buffer, and
+    # one elementwise pass per step. dh_last may be dh0 (read first, written last).
+    cdef Py_ssize_t BH = B * H, t
+    cdef floating* g_t
+    cdef floating scale
+    if dh_last != NULL:
+        add(g + (T - 1) * BH, dh_last, BH)
+    for t in range(T - 1, -1, -1):
+        g_t = g + t * BH
+        grad_norms[t] = sqrt(dot(<int> BH, g_t, g_t))
+        # da_t = g_t * f'(h_t), in place
+        times_derivative(g_t, g_t, hs + (t + 1) * BH, BH, code, slope)
+        # g_{t-1} (B, H) += c_t da_t (B, H) Whh (H, H); from step 0, dh0 = c_0 da_0 Whh
+        scale = 1 if carry == NULL else carry[t]
+        if scale == 0:
+            if t == 0:
+                memset(dh0, 0, BH * sizeof(floating))
+        elif t > 0:
+            gemm(False, False, <int> B, <int> H, <int> H, scale, g_t, <int> H, Whh, <int> H, 1,
+                 g_t - BH, <int> H)
+        else:
+            gemm(False, False, <int> B, <int> H, <int> H, scale, g_t, <int> H, Whh, <int> H, 0,
+                 dh0, <int> H)
+
+
 cdef void backward(const floating* dh_out, const floating* hs, const floating* Whh,
                    const floating* dh_last, const floating* carry, const Py_ssize_t* lengths,
                    floating* da, floating* dh0, floating* grad_norms, floating* work,
                    Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, int code,
                    floating slope) noexcept nogil:
-    # g holds dL/dh for the state after step t: first what later steps sent back (and dh_last),
+    # Without padding: BPTT in place of a copy of dh_out (backward_in_place). With padding, g
+    # holds dL/dh for the state after step t: first what later steps sent back (and dh_last),
     # then plus the state's own output gradient. `work` is two (B, H) buffers, swapped each step.
     cdef Py_ssize_t BH = B * H, t, b, row
     cdef size_t row_bytes = H * sizeof(floating)
@@ -142,37 +173,32 @@ cdef void backward(const floating* dh_out, const floating* hs, const floating* W
     cdef floating* g_back = work + BH
     cdef floating* swap
     cdef floating scale
+    if lengths == NULL:
+        memcpy(da, dh_out, T * BH * sizeof(floating))
+        backward_in_place(da, hs, Whh, dh_last, carry, grad_norms, dh0, T, B, H, code, slope)
+        return
     if dh_last != NULL:
         memcpy(g, dh_last, B * row_bytes)
     else:
         memset(g, 0, B * row_bytes)
     for t in range(T - 1, -1, -1):
-        if lengths == NULL:
-            # g_{t+1} += dh_out_t
-            add(g, dh_out + t * BH, BH)
-            # da_t = g_{t+1} * f'(h_{t+1})
-            times_derivative(da + t * BH, g, hs + (t + 1) * BH, BH, code, slope)
-        else:
-            for b in range(B):
-                row = b * H
-                if t < lengths[b]:
-                    add(g + row, dh_out + t * BH + row, H)
-                    times_derivative(da + t * BH + row, g + row, hs + (t + 1) * BH + row, H,
-                                     code, slope)
-                else:
-                    memset(da + t * BH + row, 0, row_bytes)
+        for b in range(B):
+            row = b * H
+            if t < lengths[b]:
+                add(g + row, dh_out + t * BH + row, H)
+                times_derivative(da + t * BH + row, g + row, hs + (t + 1) * BH + row, H,
+                                 code, slope)
+            else:
+                memset(da + t * BH + row, 0, row_bytes)
         grad_norms[t] = sqrt(dot(<int> BH, g, g))
 
         # g_t = carry_t da_t Whh, plus the unchanged g_{t+1} of sequences frozen at step t
         scale = 1 if carry == NULL else carry[t]
-        if lengths == NULL:
-            memset(g_back, 0, B * row_bytes)
-        else:
-            for b in range(B):
-                if t < lengths[b]:
-                    memset(g_back + b * H, 0, row_bytes)
-                else:
-                    memcpy(g_back + b * H, g + b * H, row_bytes)
+        for b in range(B):
+            if t < lengths[b]:
+                memset(g_back + b * H, 0, row_bytes)
+            else:
+                memcpy(g_back + b * H, g + b * H, row_bytes)
         if scale != 0:
             # (B, H) += scale * da_t (B, H) Whh (H, H)
             gemm(False, False, <int> B, <int> H, <int> H, scale, da + t * BH, <int> H, Whh,
@@ -491,12 +517,18 @@ cdef void softmax_rows(floating* z, Py_ssize_t N, Py_ssize_t O) noexcept nogil:
 
 cdef tuple transposed_weights(Wxh, Whh, Why, Py_ssize_t T, Py_ssize_t B, bint tokens):
     """Contiguous copies of Whh^T, Wxh^T and Why^T for forward_layers, or None where not worth
-    one (O(H^2) copies against O(T B H^2) products). Whh^T serves from a batch of two on (a
-    single row is a GEMV either way). For token ids, Wxh^T's rows gather and scatter faster than
-    Wxh's strided columns once there are at least as many tokens as rows to transpose."""
+    one. Whh^T serves from a batch of two on (a single row is a GEMV either way). For token ids,
+    Wxh^T's rows gather and scatter faster than Wxh's strided columns once there are at least as
+    many tokens as rows to transpose. For the whole-sequence products, from the size on which
+    float32 products may run on cyrnn's own kernel (which needs the untransposed operand);
+    below it the copy costs more than it saves."""
+    cdef Py_ssize_t H = Whh.shape[0], I = Wxh.shape[1], O = Why.shape[0]
     WhhT = np.ascontiguousarray(Whh.T) if B >= TRANSPOSE_MIN_BATCH else None
-    WxhT = np.ascontiguousarray(Wxh.T) if (not tokens or Wxh.shape[1] <= T * B) else None
-    WhyT = np.ascontiguousarray(Why.T)
+    if tokens:
+        WxhT = np.ascontiguousarray(Wxh.T) if I <= T * B else None
+    else:
+        WxhT = np.ascontiguousarray(Wxh.T) if T * B * I * H >= OWN_KERNEL_MIN_WORK else None
+    WhyT = np.ascontiguousarray(Why.T) if T * B * H * O >= OWN_KERNEL_MIN_WORK else None
     return WhhT, WxhT, WhyT
 
 
@@ -551,8 +583,8 @@ cdef double loss_and_grad_step(
             carry_block = carry
             if carry != NULL:
                 carry_block = carry + start
-            backward(da, hs + start * BH, Whh, NULL if first else dh0, carry_block, NULL, da,
-                     dh0, grad_norms + start, work, n_steps, B, H, code, slope)
+            backward_in_place(da, hs + start * BH, Whh, NULL if first else dh0, carry_block,
+                              grad_norms + start, dh0, n_steps, B, H, code, slope)
         else:
             memset(dh0, 0, BH * sizeof(floating))
             backward_window(da, hs, Whh, NULL, windows, da, dh0, depth, depth_next, work,

@@ -166,12 +166,17 @@ def window_sizes(window, T):
 def finite_array(name, a, dtype):
     """``a`` as a C-contiguous array of ``dtype``, rejecting NaN and Inf, including values that
     only overflow on the conversion (1e300 into float32)."""
-    a = np.asarray(a)
-    if a.dtype.kind not in "fiu":
-        raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
-    with np.errstate(over="ignore"):
-        out = np.ascontiguousarray(a, dtype=dtype)
-    if not np.isfinite(out).all():
+    if type(a) is np.ndarray and a.dtype == dtype and a.flags.c_contiguous:
+        out = a  # already in shape: no conversion, so nothing can overflow (the common case)
+    else:
+        a = np.asarray(a)
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
+        with np.errstate(over="ignore"):
+            out = np.ascontiguousarray(a, dtype=dtype)
+    # a NaN or Inf anywhere makes the sum NaN or Inf; only a sum that overflows (or a NaN/Inf)
+    # needs the elementwise test, which allocates a mask
+    if not np.isfinite(np.add.reduce(out, axis=None)) and not np.isfinite(out).all():
         too_big = np.isfinite(a).all() if a.dtype.kind == "f" else True
         detail = f"values too large for {np.dtype(dtype)}" if too_big else "NaN or Inf"
         raise ValueError(f"{name}: contains {detail}")
