@@ -1,7 +1,7 @@
-"""cyrnn's own float32 product kernel (``_smallgemm.h``), used where the CPU has AVX-512.
+"""cyrnn's own product kernel (``_smallgemm.h``), used where the CPU has AVX-512.
 
-float32 products ``C = op(A) B`` of a single row, and those with M*N*K >= 2^20 while BLAS runs
-on one thread, run on the kernel instead of BLAS. The kernel is tested directly,
+Products ``C = op(A) B`` (float32 and float64) of a single row, and those with M*N*K >= 2^20
+while BLAS runs on one thread, run on the kernel instead of BLAS. The kernel is tested directly,
 at every block shape, column tail and split of the shared dimension, through a private hook;
 the kernels that use it are checked at sizes past the threshold on both backends against a
 float64 reference.
@@ -44,59 +44,60 @@ def close(actual, expected, tol):
 @pytest.mark.parametrize("N", [1, 15, 16, 17, 48, 63, 64, 65, 100, 129])
 @pytest.mark.parametrize("K", [1, 3, 64])
 @pytest.mark.parametrize("trans_a", [False, True], ids=["A", "A.T"])
-def test_product_at_every_block_shape(rng, M, N, K, trans_a):
-    # rows: 1..6 per block, blocks split evenly; columns: 1..4 vectors per panel, tails 1..16
-    A = rng.normal(size=(M, K)).astype(np.float32)
-    W = rng.normal(size=(K, N)).astype(np.float32)
-    C = rng.normal(size=(M, N)).astype(np.float32)
+def test_product_at_every_block_shape(rng, dtype, M, N, K, trans_a):
+    # rows: 1..6 per block, blocks split evenly; columns: 1..4 vectors per panel, with tails of
+    # 1..16 floats or 1..8 doubles
+    A = rng.normal(size=(M, K)).astype(dtype)
+    W = rng.normal(size=(K, N)).astype(dtype)
+    C = rng.normal(size=(M, N)).astype(dtype)
     expected = -0.5 * (A.astype(np.float64) @ W) + C
     own_product(np.ascontiguousarray(A.T) if trans_a else A, W, C, -0.5, True, trans_a)
-    close(C, expected, TOL[np.float32])
+    close(C, expected, TOL[dtype])
 
 
 @needs_build
 @pytest.mark.parametrize("M, N, K", [(1, 1, 1), (7, 17, 5), (6, 64, 9), (13, 100, 33)])
-def test_product_without_accumulate_never_reads_the_output(rng, M, N, K):
-    A = rng.normal(size=(M, K)).astype(np.float32)
-    W = rng.normal(size=(K, N)).astype(np.float32)
-    C = np.full((M, N), np.nan, dtype=np.float32)
+def test_product_without_accumulate_never_reads_the_output(rng, dtype, M, N, K):
+    A = rng.normal(size=(M, K)).astype(dtype)
+    W = rng.normal(size=(K, N)).astype(dtype)
+    C = np.full((M, N), np.nan, dtype=dtype)
     own_product(A, W, C, 2.0, False)
-    close(C, 2.0 * (A.astype(np.float64) @ W), TOL[np.float32])
+    close(C, 2.0 * (A.astype(np.float64) @ W), TOL[dtype])
 
 
 @needs_build
 @pytest.mark.parametrize("M, N, K", [(1, 1, 2), (5, 17, 4), (7, 65, 3), (12, 129, 8)])
-def test_product_writes_inside_its_output_only(rng, M, N, K):
+def test_product_writes_inside_its_output_only(rng, dtype, M, N, K):
     # C is the front of a larger buffer: the masked column tails must not spill past row ends
-    buffer = rng.normal(size=M * N + 64).astype(np.float32)
+    buffer = rng.normal(size=M * N + 64).astype(dtype)
     sentinel = buffer[M * N:].copy()
     C = buffer[: M * N].reshape(M, N)
-    A = rng.normal(size=(M, K)).astype(np.float32)
-    W = rng.normal(size=(K, N)).astype(np.float32)
+    A = rng.normal(size=(M, K)).astype(dtype)
+    W = rng.normal(size=(K, N)).astype(dtype)
     own_product(A, W, C, 1.0, False)
     np.testing.assert_array_equal(buffer[M * N:], sentinel)
-    close(C, A.astype(np.float64) @ W, TOL[np.float32])
+    close(C, A.astype(np.float64) @ W, TOL[dtype])
 
 
 @needs_build
 @pytest.mark.parametrize("K", [511, 512, 513, 1500])
 @pytest.mark.parametrize("trans_a", [False, True], ids=["A", "A.T"])
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_product_in_parts_of_the_shared_dimension(rng, K, trans_a, accumulate):
+def test_product_in_parts_of_the_shared_dimension(rng, dtype, K, trans_a, accumulate):
     # K is taken in parts of 512 rows of W; the parts after the first always accumulate
     M, N = 7, 70
-    A = rng.normal(size=(M, K)).astype(np.float32)
-    W = rng.normal(size=(K, N)).astype(np.float32)
-    C = rng.normal(size=(M, N)).astype(np.float32)
+    A = rng.normal(size=(M, K)).astype(dtype)
+    W = rng.normal(size=(K, N)).astype(dtype)
+    C = rng.normal(size=(M, N)).astype(dtype)
     expected = 0.25 * (A.astype(np.float64) @ W) + (C if accumulate else 0)
     own_product(np.ascontiguousarray(A.T) if trans_a else A, W, C, 0.25, accumulate, trans_a)
-    close(C, expected, TOL[np.float32])
+    close(C, expected, TOL[dtype])
 
 
 @needs_build
 def test_product_hook_rejects_bad_arrays():
     A = np.ones((2, 3), np.float32)
-    with pytest.raises(TypeError, match="float32"):
+    with pytest.raises(TypeError, match="of C's dtype"):
         _rnn._own_kernel_product(A.astype(np.float64), np.ones((3, 4), np.float32),
                                  np.ones((2, 4), np.float32), 1.0, False)
     with pytest.raises(ValueError, match="do not match"):
@@ -123,10 +124,10 @@ def test_blas_thread_count_follows_threadpoolctl():
 SIZES = [(4, 7, 390), (2, 64, 1040)]
 
 
-def _recurrence(rng, T, B, H):
-    xw = rng.normal(size=(T, B, H)).astype(np.float32)
-    h0 = rng.normal(size=(B, H)).astype(np.float32)
-    Whh = (rng.normal(size=(H, H)) / np.sqrt(H)).astype(np.float32)
+def _recurrence(rng, T, B, H, dtype):
+    xw = rng.normal(size=(T, B, H)).astype(dtype)
+    h0 = rng.normal(size=(B, H)).astype(dtype)
+    Whh = (rng.normal(size=(H, H)) / np.sqrt(H)).astype(dtype)
     return xw, h0, Whh
 
 
@@ -137,12 +138,12 @@ def _both_thread_counts():
 
 
 @pytest.mark.parametrize("T, B, H", SIZES)
-def test_forward_and_backward_past_the_threshold(backend, rng, T, B, H):
+def test_forward_and_backward_past_the_threshold(backend, dtype, rng, T, B, H):
     k = kernels.get_backend(backend)
     ref = kernels.get_backend("numpy")
-    xw, h0, Whh = _recurrence(rng, T, B, H)
-    dh_out = rng.normal(size=(T, B, H)).astype(np.float32)
-    carry = np.linspace(1.0, 0.5, T).astype(np.float32)
+    xw, h0, Whh = _recurrence(rng, T, B, H, dtype)
+    dh_out = rng.normal(size=(T, B, H)).astype(dtype)
+    carry = np.linspace(1.0, 0.5, T).astype(dtype)
     hs64 = ref.rnn_forward(xw.astype(np.float64), h0.astype(np.float64), Whh.astype(np.float64))
     da64, dh064, _ = ref.rnn_backward(dh_out.astype(np.float64), hs64, Whh.astype(np.float64),
                                       carry=carry.astype(np.float64))
@@ -151,33 +152,33 @@ def test_forward_and_backward_past_the_threshold(backend, rng, T, B, H):
             context.__enter__()
         try:
             hs = k.rnn_forward(xw, h0, Whh)
-            da, dh0, _ = k.rnn_backward(dh_out, hs64.astype(np.float32), Whh, carry=carry)
+            da, dh0, _ = k.rnn_backward(dh_out, hs64.astype(dtype), Whh, carry=carry)
         finally:
             if context is not None:
                 context.__exit__(None, None, None)
-        close(hs, hs64, TOL[np.float32])
-        close(da, da64, TOL[np.float32])
-        close(dh0, dh064, TOL[np.float32])
+        close(hs, hs64, TOL[dtype])
+        close(da, da64, TOL[dtype])
+        close(dh0, dh064, TOL[dtype])
 
 
 @pytest.mark.parametrize("one_thread", [True, False], ids=["1-thread", "default-threads"])
 @pytest.mark.parametrize("tokens", [False, True], ids=["dense", "tokens"])
-def test_fused_step_past_the_threshold(backend, rng, tokens, one_thread):
+def test_fused_step_past_the_threshold(backend, dtype, rng, tokens, one_thread):
     # the fused training step with every product past 2^20 (T*B = 280 rows, B*H*H ~ 1.06e6 per
-    # step); the logits have an 11-column tail
+    # step); the logits have an 11-column tail. Against the float64 NumPy twin.
     import cyrnn
 
     T, B, I, H, O = 40, 7, 12, 390, 11
     output = "softmax" if tokens else "linear"
-    model = cyrnn.RNN(I, H, O, output=output, dtype="float32", seed=3, backend=backend)
+    model = cyrnn.RNN(I, H, O, output=output, dtype=dtype, seed=3, backend=backend)
     model64 = cyrnn.RNN(I, H, O, output=output, dtype="float64", seed=3, backend="numpy")
     model64.set_params({name: value.astype(np.float64) for name, value in model.params.items()})
     if tokens:
         x, y = rng.integers(0, I, (T, B)), rng.integers(0, O, (T, B))
         x64, y64 = x, y
     else:
-        x = rng.normal(size=(T, B, I)).astype(np.float32)
-        y = rng.normal(size=(T, B, O)).astype(np.float32)
+        x = rng.normal(size=(T, B, I)).astype(dtype)
+        y = rng.normal(size=(T, B, O)).astype(dtype)
         x64, y64 = x.astype(np.float64), y.astype(np.float64)
     if one_thread:
         # the products run on cyrnn's own kernel only while BLAS has one thread
@@ -188,10 +189,10 @@ def test_fused_step_past_the_threshold(backend, rng, tokens, one_thread):
         loss, grads, _ = model.loss_and_grad(x, y)
         outputs, _ = model.forward(x)
     loss64, grads64, _ = model64.loss_and_grad(x64, y64)
-    close(outputs, model64.forward(x64)[0], TOL[np.float32])
-    assert abs(loss - loss64) <= TOL[np.float32] * abs(loss64)
+    close(outputs, model64.forward(x64)[0], TOL[dtype])
+    assert abs(loss - loss64) <= TOL[dtype] * abs(loss64)
     for name, g64 in grads64.items():
-        close(grads[name], g64, TOL[np.float32])
+        close(grads[name], g64, TOL[dtype])
 
 
 # ---------------------------------------------------------------------------------------------

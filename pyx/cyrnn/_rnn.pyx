@@ -16,7 +16,8 @@ from libc.math cimport log, sqrt
 from libc.string cimport memcpy, memset
 
 from cyrnn._act cimport SIGMOID, activate, elementwise_build, exp_, times_derivative
-from cyrnn._blas cimport OWN_KERNEL_MIN_WORK, blas_threads, dot, gemm, sgemm_small
+from cyrnn._blas cimport (OWN_KERNEL_MIN_WORK, blas_threads, dgemm_small, dot, gemm,
+                          sgemm_small)
 from scipy.linalg.cython_blas cimport sgemm
 
 import numpy as np
@@ -791,26 +792,33 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
 # ---------------------------------------------------------------------------------------------
 
 def _own_kernel_product(A, W, C, double alpha, bint accumulate, bint trans_a=False):
-    """``C = alpha op(A) @ W (+ C if accumulate)`` in place, on float32 C-contiguous 2-D arrays,
-    where op(A) is A or, with ``trans_a``, A.T, through cyrnn's AVX-512 kernel alone at any size.
-    Returns False, with C untouched, where the CPU has no AVX-512."""
+    """``C = alpha op(A) @ W (+ C if accumulate)`` in place, on C-contiguous 2-D arrays of one
+    float dtype, where op(A) is A or, with ``trans_a``, A.T, through cyrnn's AVX-512 kernel alone
+    at any size. Returns False, with C untouched, where the CPU has no AVX-512."""
     for name, a in (("A", A), ("W", W), ("C", C)):
-        if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 2
-                and a.flags.c_contiguous):
-            raise TypeError(f"{name} must be a C-contiguous 2-D float32 array")
+        if not (isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64)
+                and a.dtype == C.dtype and a.ndim == 2 and a.flags.c_contiguous):
+            raise TypeError(f"{name} must be a C-contiguous 2-D float32 or float64 array, of "
+                            f"C's dtype")
     if not C.flags.writeable:
         raise ValueError("C must be writeable")
     cdef long M = A.shape[1] if trans_a else A.shape[0], K = A.shape[0] if trans_a else A.shape[1]
     cdef long N = W.shape[1]
     if K != W.shape[0] or C.shape != (M, N):
         raise ValueError(f"shapes {A.shape} @ {W.shape} -> {C.shape} do not match")
-    cdef float* p_A = <float*> data(A)
-    cdef float* p_W = <float*> data(W)
-    cdef float* p_C = <float*> data(C)
+    cdef void* p_A = data(A)
+    cdef void* p_W = data(W)
+    cdef void* p_C = data(C)
     cdef long lda = A.shape[1]
     cdef int ran
-    with nogil:
-        ran = sgemm_small(trans_a, M, N, K, <float> alpha, p_A, lda, p_W, N, accumulate, p_C, N)
+    if C.dtype == np.float32:
+        with nogil:
+            ran = sgemm_small(trans_a, M, N, K, <float> alpha, <float*> p_A, lda, <float*> p_W,
+                              N, accumulate, <float*> p_C, N)
+    else:
+        with nogil:
+            ran = dgemm_small(trans_a, M, N, K, alpha, <double*> p_A, lda, <double*> p_W, N,
+                              accumulate, <double*> p_C, N)
     return bool(ran)
 
 
