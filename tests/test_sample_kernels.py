@@ -203,7 +203,8 @@ def test_backends_identical_float64_many_seeds():
         ids_c, h_c = cy(*params, first_id, uniforms, nl, **kw)
         ids_n, h_n = np_(*params, first_id, uniforms, nl, **kw)
         np.testing.assert_array_equal(ids_c, ids_n, err_msg=f"seed {seed}")
-        np.testing.assert_allclose(h_c, h_n, rtol=0, atol=1e-12, err_msg=f"seed {seed}")
+        # relative: with relu or identity the state can grow to 1e4 and more
+        np.testing.assert_allclose(h_c, h_n, rtol=1e-12, atol=1e-12, err_msg=f"seed {seed}")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])

@@ -25,6 +25,8 @@ cdef extern from "_elementwise.h" nogil:
     void times_derivative_f32 "cyrnn_times_derivative_f32"(float* out, const float* g,
                                                            const float* h, long n, int code,
                                                            float slope)
+    void exp_f64_inplace "cyrnn_exp_f64_inplace"(double* x, long n)
+    int exp_build "cyrnn_exp_build"(int which, double* x, long n)
     int elementwise_build "cyrnn_elementwise_build"(int which, int derivative, float* out,
                                                     const float* g, const float* h, long n,
                                                     int code, float slope)

@@ -1,6 +1,6 @@
-/* float32 activations and their derivatives over contiguous blocks, compiled three times: for
- * AVX-512, for AVX2 with FMA, and for the baseline the extension is built for (SSE2 on x86-64),
- * the widest one this CPU runs chosen at each call. The loops are plain C that the compiler
+/* float32 activations and their derivatives, and a float64 exp, over contiguous blocks, compiled
+ * three times: for AVX-512, for AVX2 with FMA, and for the baseline the extension is built for
+ * (SSE2 on x86-64), the widest one this CPU runs chosen at each call. The loops are plain C that the compiler
  * vectorizes; each build is the same source, so all three give the same results up to the
  * rounding of fused multiply-adds.
  *
@@ -15,6 +15,9 @@
  */
 #ifndef CYRNN_ELEMENTWISE_H
 #define CYRNN_ELEMENTWISE_H
+
+#include <math.h>
+#include <string.h>
 
 #if defined(__GNUC__) || defined(__clang__)
 #define CYRNN_INLINE __attribute__((always_inline)) static inline
@@ -47,6 +50,53 @@ CYRNN_INLINE float cyrnn_tanh_f32(float x)
     q = x2 * q + b2;
     q = x2 * q + b0;
     return p / q;
+}
+
+/* exp(x) in float64, within 2 ulp of the correctly rounded value from x = -708 to the overflow
+ * threshold 709.78; 0 below -708 (results under the normal range, 2.2e-308, are flushed to 0),
+ * +inf above, NaN for NaN. Written for vectorization: exp(x) = 2^n e^r with n = round(x / ln 2)
+ * (by the 1.5 * 2^52 shifter), r = x - n ln 2 in two parts (Cody and Waite), |r| <= ln(2) / 2,
+ * e^r by its Taylor polynomial of degree 13 (remainder below 5e-18), and 2^n, as 2 * 2^(n-1) so
+ * that n = 1024 stays finite, from the low bits of the shifted sum. */
+CYRNN_INLINE double cyrnn_exp_f64(double x)
+{
+    const double log2e = 1.4426950408889634, shifter = 6755399441055744.0;
+    const double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
+    const double overflow = 709.782712893384;
+    double n, r, p, kd, scale, keep = x >= -708.0 ? 1.0 : 0.0, inf = x > overflow ? 1.0 : 0.0;
+    unsigned long long bits;
+    x = x < -708.0 ? -708.0 : x;
+    x = x > overflow ? overflow : x;
+    kd = x * log2e + shifter;
+    n = kd - shifter;
+    r = (x - n * ln2_hi) - n * ln2_lo;
+    p = 1.0 / 6227020800.0;                 /* 1/13! */
+    p = p * r + 1.0 / 479001600.0;          /* 1/12! */
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    /* kd's low mantissa bits hold n (|n| < 2^51): n + 1022 into the exponent field is 2^(n-1) */
+    memcpy(&bits, &kd, sizeof bits);
+    bits = (bits + 1022ULL) << 52;
+    memcpy(&scale, &bits, sizeof scale);
+    return inf != 0.0 ? HUGE_VAL : p * scale * 2.0 * keep;
+}
+
+/* x[i] <- exp(x[i]) for i < n, in place (float64) */
+CYRNN_INLINE void cyrnn_exp_body(double* x, long n)
+{
+    long i;
+    for (i = 0; i < n; i++)
+        x[i] = cyrnn_exp_f64(x[i]);
 }
 
 /* a[i] <- f(a[i]) for i < n, in place; the activation chosen outside the loops */
@@ -121,6 +171,16 @@ CYRNN_AVX2 void cyrnn_activate_avx2(float* a, long n, int code, float slope)
     cyrnn_activate_body(a, n, code, slope);
 }
 
+CYRNN_AVX512 void cyrnn_exp_avx512(double* x, long n)
+{
+    cyrnn_exp_body(x, n);
+}
+
+CYRNN_AVX2 void cyrnn_exp_avx2(double* x, long n)
+{
+    cyrnn_exp_body(x, n);
+}
+
 CYRNN_AVX512 void cyrnn_times_derivative_avx512(float* out, const float* g, const float* h,
                                                 long n, int code, float slope)
 {
@@ -137,6 +197,11 @@ CYRNN_AVX2 void cyrnn_times_derivative_avx2(float* out, const float* g, const fl
 static void cyrnn_activate_base(float* a, long n, int code, float slope)
 {
     cyrnn_activate_body(a, n, code, slope);
+}
+
+static void cyrnn_exp_base(double* x, long n)
+{
+    cyrnn_exp_body(x, n);
 }
 
 static void cyrnn_times_derivative_base(float* out, const float* g, const float* h, long n,
@@ -157,6 +222,18 @@ static inline void cyrnn_activate_f32(float* a, long n, int code, float slope)
         cyrnn_activate_base(a, n, code, slope);
 }
 
+static inline void cyrnn_exp_f64_inplace(double* x, long n)
+{
+#ifdef CYRNN_ELEMENTWISE_DISPATCH
+    if (__builtin_cpu_supports("avx512f"))
+        cyrnn_exp_avx512(x, n);
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        cyrnn_exp_avx2(x, n);
+    else
+#endif
+        cyrnn_exp_base(x, n);
+}
+
 static inline void cyrnn_times_derivative_f32(float* out, const float* g, const float* h, long n,
                                               int code, float slope)
 {
@@ -171,7 +248,27 @@ static inline void cyrnn_times_derivative_f32(float* out, const float* g, const 
 }
 
 /* For the tests: run one build, 0 the baseline, 1 AVX2, 2 AVX-512, of activate (in place on
- * out) or, with `derivative`, of times_derivative. Returns 0 where this CPU cannot run it. */
+ * out) or, with `derivative`, of times_derivative. Returns 0 where this CPU cannot run it. The
+ * float64 exp likewise, in place on x. */
+static inline int cyrnn_exp_build(int which, double* x, long n)
+{
+    if (which == 0) {
+        cyrnn_exp_base(x, n);
+        return 1;
+    }
+#ifdef CYRNN_ELEMENTWISE_DISPATCH
+    if (which == 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        cyrnn_exp_avx2(x, n);
+        return 1;
+    }
+    if (which == 2 && __builtin_cpu_supports("avx512f")) {
+        cyrnn_exp_avx512(x, n);
+        return 1;
+    }
+#endif
+    return 0;
+}
+
 static inline int cyrnn_elementwise_build(int which, int derivative, float* out, const float* g,
                                           const float* h, long n, int code, float slope)
 {

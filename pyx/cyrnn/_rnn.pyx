@@ -15,7 +15,8 @@ from cython cimport floating
 from libc.math cimport log, sqrt
 from libc.string cimport memcpy, memset
 
-from cyrnn._act cimport SIGMOID, activate, elementwise_build, exp_, times_derivative
+from cyrnn._act cimport (SIGMOID, activate, elementwise_build, exp_, exp_build,
+                         times_derivative)
 from cyrnn._blas cimport (OWN_KERNEL_MIN_WORK, blas_threads, dgemm_small, dot, gemm,
                           sgemm_small)
 from scipy.linalg.cython_blas cimport sgemm
@@ -836,6 +837,18 @@ def _elementwise_build(int which, x, h=None, int code=0, double slope=0.01):
     cdef int ran
     with nogil:
         ran = elementwise_build(which, p_h != NULL, p_out, p_out, p_h, n, code, <float> slope)
+    return out if ran else None
+
+
+def _exp_build(int which, x):
+    """exp(x) as a new float64 array through one build of the float64 exp (0 the baseline,
+    1 AVX2, 2 AVX-512) that the sampler uses; None where this CPU cannot run that build."""
+    out = np.array(x, dtype=np.float64, order="C", copy=True)
+    cdef double* p_out = <double*> data(out)
+    cdef long n = out.size
+    cdef int ran
+    with nogil:
+        ran = exp_build(which, p_out, n)
     return out if ran else None
 
 

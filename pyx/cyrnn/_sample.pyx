@@ -11,11 +11,12 @@ V logits. The probabilities are handled in float64 in both backends, so that the
 """
 cimport numpy as cnp
 from cython cimport floating
-from libc.math cimport exp, isfinite
+from libc.math cimport isfinite
 from libc.string cimport memcpy
 from scipy.linalg.cython_blas cimport dgemv, sgemv
 
-from cyrnn._act cimport activate
+from cyrnn._act cimport activate, exp_f64_inplace
+from cyrnn._blas cimport gemm
 
 import numpy as np
 
@@ -92,7 +93,10 @@ cdef Py_ssize_t choose(const floating* z, Py_ssize_t V, double u, double tempera
     if restrict:
         t = top_k_threshold(z, V, top_k, best, &n_ties)
     # cdf[j] = sum_{i <= j} w_i, w_i = exp((z_i - zmax) / temperature) or 0 outside the top k,
-    # in float64 and left to right (as NumPy's cumsum)
+    # in float64 and left to right (as NumPy's cumsum); the exps in one vectorized pass
+    for j in range(V):
+        cdf[j] = (<double> z[j] - <double> zmax) / temperature
+    exp_f64_inplace(cdf, V)
     for j in range(V):
         if restrict:
             keep = z[j] > t
@@ -102,7 +106,7 @@ cdef Py_ssize_t choose(const floating* z, Py_ssize_t V, double u, double tempera
             if not keep:
                 cdf[j] = total
                 continue
-        total += exp((<double> z[j] - <double> zmax) / temperature)
+        total += cdf[j]
         cdf[j] = total
     # inverse CDF: the first j with cdf[j] > u * total (one exists: u < 1 and total >= 1)
     target = u * total
@@ -112,7 +116,7 @@ cdef Py_ssize_t choose(const floating* z, Py_ssize_t V, double u, double tempera
     return first_max  # unreachable
 
 
-cdef Py_ssize_t generate(const floating* WxhT, const floating* bh, const floating* Whh,
+cdef Py_ssize_t generate(const floating* WxhT, const floating* bh, const floating* WhhT,
                          const floating* Why, const floating* by, floating* h, floating* a,
                          floating* z, floating* best, double* cdf, Py_ssize_t token,
                          const double* uniforms, Py_ssize_t* ids, Py_ssize_t n, Py_ssize_t V,
@@ -126,8 +130,9 @@ cdef Py_ssize_t generate(const floating* WxhT, const floating* bh, const floatin
         # a (H,) = WxhT[token] (H,) + bh (H,), the one-hot input's projection plus bias
         for j in range(H):
             a[j] = WxhT[token * H + j] + bh[j]
-        # a (H,) += Whh (H, H) h (H,)
-        gemv(<int> H, <int> H, 1, Whh, <int> H, h, 1, a)
+        # a (1, H) += h (1, H) Whh^T (H, H): a one-row product, which runs on cyrnn's own
+        # kernel where the CPU has AVX-512 (faster than a GEMV on Whh), else as a GEMV
+        gemm(False, False, 1, <int> H, <int> H, 1, h, <int> H, WhhT, <int> H, 1, a, <int> H)
         # h_new = f(a), and it becomes the state
         activate(a, H, code, slope)
         swap = h
@@ -172,7 +177,9 @@ def sample_tokens(WxhT, bh, Whh, Why, by, h0, first_id, uniforms, nonlinearity="
     cdf = np.empty(V, dtype=np.float64)
     cdef void* p_WxhT = data(WxhT)
     cdef void* p_bh = data(bh)
-    cdef void* p_Whh = data(Whh)
+    # Whh^T, read row by row: one copy per call, amortized over the characters
+    WhhT = np.ascontiguousarray(Whh.T)
+    cdef void* p_WhhT = data(WhhT)
     cdef void* p_Why = data(Why)
     cdef void* p_by = data(by)
     cdef void* p_h = data(h_last)
@@ -184,13 +191,13 @@ def sample_tokens(WxhT, bh, Whh, Why, by, h0, first_id, uniforms, nonlinearity="
     cdef Py_ssize_t* p_ids = <Py_ssize_t*> data(ids)
     if dtype == np.float32:
         with nogil:
-            failed = generate(<float*> p_WxhT, <float*> p_bh, <float*> p_Whh, <float*> p_Why,
+            failed = generate(<float*> p_WxhT, <float*> p_bh, <float*> p_WhhT, <float*> p_Why,
                               <float*> p_by, <float*> p_h, <float*> p_work, <float*> p_z,
                               <float*> p_best, p_cdf, token, p_u, p_ids, n, V, H, c,
                               <float> s, temp, k)
     else:
         with nogil:
-            failed = generate(<double*> p_WxhT, <double*> p_bh, <double*> p_Whh,
+            failed = generate(<double*> p_WxhT, <double*> p_bh, <double*> p_WhhT,
                               <double*> p_Why, <double*> p_by, <double*> p_h,
                               <double*> p_work, <double*> p_z, <double*> p_best, p_cdf,
                               token, p_u, p_ids, n, V, H, c, s, temp, k)

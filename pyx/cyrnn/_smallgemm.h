@@ -6,7 +6,8 @@
  * on every call, and at B = 32..64, H = 256..1024 that copy costs 25-40% of the product. This
  * kernel reads W in the layout the caller already keeps, and holds a block of up to 6 rows x 4
  * vectors (64 floats or 32 doubles) of the result in 24 vector registers while the shared
- * dimension streams past: one pass over W per block of rows, no packing.
+ * dimension streams past: one pass over W per block of rows, no packing. A single row of C (a
+ * batch of one, text generation) holds up to 16 vectors instead and reads W in memory order.
  *
  *   cyrnn_sgemm_small(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc)   float32
  *   cyrnn_dgemm_small(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc)   float64
@@ -81,6 +82,7 @@ static inline int cyrnn_blas_threads(void* blas_function)
 #define CYRNN_MR 6    /* rows of a register block */
 #define CYRNN_NV 4    /* vectors across a register block: 64 floats or 32 doubles */
 #define CYRNN_KC 512  /* rows of W per pass: a 4-vector panel of W is at most 128 KiB */
+#define CYRNN_ROW_NV 16  /* vectors of a single row of C held at once: 256 floats, 128 doubles */
 
 static inline int cyrnn_have_avx512(void)
 {
@@ -126,6 +128,50 @@ cyrnn_##P##block(int trans_a, int mr, int nv, MASK tail, long K, REAL alpha, con
         }                                                                                      \
 }                                                                                              \
                                                                                                \
+/* A single row of C: up to CYRNN_ROW_NV vectors of it in registers while the rows of W stream \
+ * past in memory order (a one-row product has no reuse of W to block for). */                \
+__attribute__((target("avx512f"), always_inline)) static inline void                          \
+cyrnn_##P##row(int nv, MASK tail, long K, REAL alpha, const REAL* a, long inc_a,              \
+               const REAL* W, long ldw, int beta, REAL* c)                                    \
+{                                                                                              \
+    VEC acc[CYRNN_ROW_NV], va;                                                                 \
+    long k;                                                                                    \
+    int v;                                                                                     \
+    for (v = 0; v < nv; v++)                                                                   \
+        acc[v] = _mm512_setzero_##SFX();                                                       \
+    for (k = 0; k < K; k++) {                                                                  \
+        VEC x = _mm512_set1_##SFX(a[k * inc_a]);                                               \
+        for (v = 0; v < nv - 1; v++)                                                           \
+            acc[v] = _mm512_fmadd_##SFX(x, _mm512_loadu_##SFX(W + k * ldw + LANES * v), acc[v]);\
+        acc[nv - 1] = _mm512_fmadd_##SFX(                                                      \
+            x, _mm512_maskz_loadu_##SFX(tail, W + k * ldw + LANES * (nv - 1)), acc[nv - 1]);   \
+    }                                                                                          \
+    va = _mm512_set1_##SFX(alpha);                                                             \
+    for (v = 0; v < nv; v++) {                                                                 \
+        MASK m = v == nv - 1 ? tail : (MASK) ~0u;                                              \
+        VEC out = _mm512_mul_##SFX(va, acc[v]);                                                \
+        if (beta)                                                                              \
+            out = _mm512_add_##SFX(out, _mm512_maskz_loadu_##SFX(m, c + LANES * v));           \
+        _mm512_mask_storeu_##SFX(c + LANES * v, m, out);                                       \
+    }                                                                                          \
+}                                                                                              \
+                                                                                               \
+__attribute__((target("avx512f"))) static void                                                \
+cyrnn_##P##row_avx512(int trans_a, long N, long K, REAL alpha, const REAL* A, long lda,       \
+                      const REAL* W, long ldw, int beta, REAL* C)                             \
+{                                                                                              \
+    long j0, inc_a = trans_a ? lda : 1;                                                        \
+    for (j0 = 0; j0 < N; j0 += LANES * CYRNN_ROW_NV) {                                         \
+        long width = N - j0 < LANES * CYRNN_ROW_NV ? N - j0 : LANES * CYRNN_ROW_NV;            \
+        int nv = (int) ((width + LANES - 1) / LANES);                                          \
+        int rest = (int) (width - LANES * (nv - 1));                                           \
+        MASK tail = (MASK) (rest == LANES ? ~0u : (1u << rest) - 1);                           \
+        const REAL* Wb = W + j0;                                                               \
+        REAL* Cb = C + j0;                                                                     \
+        CYRNN_ROW_VECTORS(P)                                                                   \
+    }                                                                                          \
+}                                                                                              \
+                                                                                               \
 __attribute__((target("avx512f"))) static void                                                \
 cyrnn_##P##gemm_avx512(int trans_a, long M, long N, long K, REAL alpha, const REAL* A,        \
                        long lda, const REAL* W, long ldw, int beta, REAL* C, long ldc)        \
@@ -165,7 +211,10 @@ static inline int cyrnn_##P##gemm_small(int trans_a, long M, long N, long K, REA
 {                                                                                              \
     if (M <= 0 || N <= 0 || K <= 0 || !cyrnn_have_avx512())                                   \
         return 0;                                                                              \
-    cyrnn_##P##gemm_avx512(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);            \
+    if (M == 1)                                                                                \
+        cyrnn_##P##row_avx512(trans_a, N, K, alpha, A, lda, W, ldw, beta, C);                  \
+    else                                                                                       \
+        cyrnn_##P##gemm_avx512(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);        \
     return 1;                                                                                  \
 }
 
@@ -189,6 +238,27 @@ static inline int cyrnn_##P##gemm_small(int trans_a, long M, long N, long K, REA
     default: CYRNN_ROWS(P, ta, 1) break;                                                       \
     }
 
+#define CYRNN_ROW(P, nv) cyrnn_##P##row(nv, tail, K, alpha, A, inc_a, Wb, ldw, beta, Cb)
+#define CYRNN_ROW_VECTORS(P)                                                                   \
+    switch (nv) {                                                                              \
+    case 16: CYRNN_ROW(P, 16); break;                                                          \
+    case 15: CYRNN_ROW(P, 15); break;                                                          \
+    case 14: CYRNN_ROW(P, 14); break;                                                          \
+    case 13: CYRNN_ROW(P, 13); break;                                                          \
+    case 12: CYRNN_ROW(P, 12); break;                                                          \
+    case 11: CYRNN_ROW(P, 11); break;                                                          \
+    case 10: CYRNN_ROW(P, 10); break;                                                          \
+    case 9: CYRNN_ROW(P, 9); break;                                                            \
+    case 8: CYRNN_ROW(P, 8); break;                                                            \
+    case 7: CYRNN_ROW(P, 7); break;                                                            \
+    case 6: CYRNN_ROW(P, 6); break;                                                            \
+    case 5: CYRNN_ROW(P, 5); break;                                                            \
+    case 4: CYRNN_ROW(P, 4); break;                                                            \
+    case 3: CYRNN_ROW(P, 3); break;                                                            \
+    case 2: CYRNN_ROW(P, 2); break;                                                            \
+    default: CYRNN_ROW(P, 1); break;                                                           \
+    }
+
 CYRNN_GEMM(s, float, __m512, __mmask16, 16, ps)
 CYRNN_GEMM(d, double, __m512d, __mmask8, 8, pd)
 
@@ -196,6 +266,8 @@ CYRNN_GEMM(d, double, __m512d, __mmask8, 8, pd)
 #undef CYRNN_BLOCK
 #undef CYRNN_ROWS
 #undef CYRNN_COLUMNS
+#undef CYRNN_ROW
+#undef CYRNN_ROW_VECTORS
 
 #else  /* no AVX-512 kernels: every call falls back to BLAS */
 

@@ -1,4 +1,6 @@
-"""cyrnn's own product kernel (``_smallgemm.h``), used where the CPU has AVX-512.
+"""cyrnn's own SIMD code: the product kernel (``_smallgemm.h``), used where the CPU has
+AVX-512, and the elementwise loops and float64 exp (``_elementwise.h``), built for AVX-512, AVX2
+and the baseline.
 
 Products ``C = op(A) B`` (float32 and float64) of a single row, and those with M*N*K >= 2^20
 while BLAS runs on one thread, run on the kernel instead of BLAS. The kernel is tested directly,
@@ -41,7 +43,7 @@ def close(actual, expected, tol):
 
 @needs_build
 @pytest.mark.parametrize("M", [1, 2, 5, 6, 7, 8, 12, 13, 19])
-@pytest.mark.parametrize("N", [1, 15, 16, 17, 48, 63, 64, 65, 100, 129])
+@pytest.mark.parametrize("N", [1, 15, 16, 17, 48, 63, 64, 65, 100, 129, 256, 257, 300])
 @pytest.mark.parametrize("K", [1, 3, 64])
 @pytest.mark.parametrize("trans_a", [False, True], ids=["A", "A.T"])
 def test_product_at_every_block_shape(rng, dtype, M, N, K, trans_a):
@@ -259,3 +261,18 @@ def test_builds_agree_on_a_wide_grid():
     for y in runnable[1:]:
         np.testing.assert_allclose(y, runnable[0], rtol=0, atol=5e-7)
     np.testing.assert_allclose(runnable[0], np.tanh(x.astype(np.float64)), rtol=0, atol=2e-6)
+
+
+@needs_build
+@pytest.mark.parametrize("which", list(BUILDS), ids=list(BUILDS.values()))
+def test_every_build_of_the_float64_exp(which):
+    # the sampler's exp: within 2 ulp of NumPy's (itself within 1 ulp) down to -708, where
+    # results are still normal; 0 below, inf past the overflow threshold, NaN for NaN
+    x = np.concatenate([np.linspace(-708, 709.78, 200_001), [0.0, 1e-300, -1e-300, 709.78]])
+    y = _rnn._exp_build(which, x)
+    if y is None:
+        pytest.skip(f"this CPU cannot run the {BUILDS[which]} build")
+    np.testing.assert_allclose(y, np.exp(x), rtol=4.5e-16, atol=0)
+    special = np.array([-708.5, -745.0, -1e308, -np.inf, 709.79, 1e308, np.inf, np.nan])
+    np.testing.assert_array_equal(_rnn._exp_build(which, special),
+                                  [0, 0, 0, 0, np.inf, np.inf, np.inf, np.nan])
