@@ -1236,12 +1236,19 @@ def test_from_torch_accepts_lists(backend):
 
 def test_backend_info():
     info = cyrnn.backend_info()
-    assert set(info) == {"backend", "reason", "available", "blas", "version"}
+    assert set(info) == {"backend", "reason", "available", "blas", "simd", "version"}
     assert info["backend"] == "cython"
     assert tuple(info["available"]) == ("cython", "numpy")
     assert info["version"] == cyrnn.__version__
     assert isinstance(info["reason"], str) and info["reason"]
     assert isinstance(info["blas"], dict) and set(info["blas"]) >= {"numpy", "scipy"}
+    simd = info["simd"]
+    assert set(simd) == {"own_product_kernel", "elementwise", "blas_threads"}
+    assert isinstance(simd["own_product_kernel"], bool)
+    assert simd["elementwise"] in ("avx512", "avx2", "baseline")
+    assert simd["blas_threads"] == -1 or simd["blas_threads"] >= 1
+    # AVX-512 runs the product kernel and the widest elementwise build, or neither
+    assert simd["own_product_kernel"] == (simd["elementwise"] == "avx512")
 
 
 def test_backend_selection(dtype):

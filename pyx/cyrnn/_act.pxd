@@ -26,6 +26,7 @@ cdef extern from "_elementwise.h" nogil:
                                                            const float* h, long n, int code,
                                                            float slope)
     void exp_f64_inplace "cyrnn_exp_f64_inplace"(double* x, long n)
+    int elementwise_widest "cyrnn_elementwise_widest"()
     int exp_build "cyrnn_exp_build"(int which, double* x, long n)
     int elementwise_build "cyrnn_elementwise_build"(int which, int derivative, float* out,
                                                     const float* g, const float* h, long n,

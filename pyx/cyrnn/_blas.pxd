@@ -15,6 +15,7 @@ cdef extern from "_smallgemm.h" nogil:
                                         const double* A, long lda, const double* W, long ldw,
                                         int beta, double* C, long ldc)
     int blas_threads "cyrnn_blas_threads"(void* blas_function)
+    int own_kernel_available "cyrnn_own_kernel_available"()
 
 cdef enum:
     # products C = op(A) B run on cyrnn's own kernel (see _smallgemm.h) from this size

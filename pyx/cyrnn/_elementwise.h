@@ -247,6 +247,18 @@ static inline void cyrnn_times_derivative_f32(float* out, const float* g, const 
         cyrnn_times_derivative_base(out, g, h, n, code, slope);
 }
 
+/* The build each call runs here: 2 AVX-512, 1 AVX2, 0 the baseline. */
+static inline int cyrnn_elementwise_widest(void)
+{
+#ifdef CYRNN_ELEMENTWISE_DISPATCH
+    if (__builtin_cpu_supports("avx512f"))
+        return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return 1;
+#endif
+    return 0;
+}
+
 /* For the tests: run one build, 0 the baseline, 1 AVX2, 2 AVX-512, of activate (in place on
  * out) or, with `derivative`, of times_derivative. Returns 0 where this CPU cannot run it. The
  * float64 exp likewise, in place on x. */

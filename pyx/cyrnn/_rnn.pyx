@@ -15,10 +15,10 @@ from cython cimport floating
 from libc.math cimport log, sqrt
 from libc.string cimport memcpy, memset
 
-from cyrnn._act cimport (SIGMOID, activate, elementwise_build, exp_, exp_build,
-                         times_derivative)
+from cyrnn._act cimport (SIGMOID, activate, elementwise_build, elementwise_widest, exp_,
+                         exp_build, times_derivative)
 from cyrnn._blas cimport (OWN_KERNEL_MIN_WORK, blas_threads, dgemm_small, dot, gemm,
-                          sgemm_small)
+                          own_kernel_available, sgemm_small)
 from scipy.linalg.cython_blas cimport sgemm
 
 import numpy as np
@@ -789,8 +789,19 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
 
 
 # ---------------------------------------------------------------------------------------------
-# for the tests of the step product (_smallgemm.h); not part of the kernel API
+# what runs on this machine (for cyrnn.backend_info), and hooks for the tests of _smallgemm.h
+# and _elementwise.h; not part of the kernel API
 # ---------------------------------------------------------------------------------------------
+
+def _simd_info():
+    """Which of cyrnn's own SIMD code runs here: the product kernel (AVX-512) and the build of
+    the elementwise loops, with the thread count of the BLAS the kernels call (-1: unknown)."""
+    return {
+        "own_product_kernel": bool(own_kernel_available()),
+        "elementwise": ("baseline", "avx2", "avx512")[elementwise_widest()],
+        "blas_threads": blas_threads(<void*> sgemm),
+    }
+
 
 def _own_kernel_product(A, W, C, double alpha, bint accumulate, bint trans_a=False):
     """``C = alpha op(A) @ W (+ C if accumulate)`` in place, on C-contiguous 2-D arrays of one

@@ -64,7 +64,7 @@ static inline int cyrnn_blas_threads(void* blas_function)
     /* a cache of a symbol's address, the same for every caller: threads that race here all
      * store the same value */
     static volatile int looked_up = 0;
-    static cyrnn_threads_function get = NULL;
+    static cyrnn_threads_function volatile get = NULL;
     if (!looked_up) {
         get = cyrnn_find_threads_function(blas_function);
         looked_up = 1;
@@ -87,6 +87,12 @@ static inline int cyrnn_blas_threads(void* blas_function)
 static inline int cyrnn_have_avx512(void)
 {
     return __builtin_cpu_supports("avx512f");
+}
+
+/* whether products can run on these kernels here (this CPU, this compiler) */
+static inline int cyrnn_own_kernel_available(void)
+{
+    return cyrnn_have_avx512();
 }
 
 /* The kernel, written once for both float types: CYRNN_GEMM(prefix, real, vector, mask type,
@@ -270,6 +276,11 @@ CYRNN_GEMM(d, double, __m512d, __mmask8, 8, pd)
 #undef CYRNN_ROW_VECTORS
 
 #else  /* no AVX-512 kernels: every call falls back to BLAS */
+
+static inline int cyrnn_own_kernel_available(void)
+{
+    return 0;
+}
 
 static inline int cyrnn_sgemm_small(int trans_a, long M, long N, long K, float alpha,
                                     const float* A, long lda, const float* W, long ldw, int beta,

@@ -48,15 +48,21 @@ def backend_info():
     dict
         ``backend`` ("cython" or "numpy"), ``reason``, ``available`` (usable backends),
         ``blas`` (the BLAS behind ``scipy.linalg.cython_blas``, which the compiled kernels call,
-        and behind NumPy, which does the large products), ``version``.
+        and behind NumPy, which does the large products), ``simd`` (for the compiled backend:
+        ``own_product_kernel``, whether products run on cyrnn's own AVX-512 kernel here while
+        BLAS has one thread; ``elementwise``, the build of the elementwise loops in use,
+        "avx512", "avx2" or "baseline"; ``blas_threads``, the thread count of the BLAS the
+        kernels call, -1 if unknown; None without the extension), ``version``.
     """
     return {
         "backend": kernels.DEFAULT_BACKEND,
         "reason": kernels.DEFAULT_REASON,
         "available": kernels.available_backends(),
         "blas": _blas_info(),
+        "simd": None if kernels.cython_backend is None else kernels.cython_backend._simd_info(),
         "version": __version__,
     }
+
 
 
 def _blas_info():

@@ -3,7 +3,7 @@
     cyrnn demo                          train on the Zen of Python; print the loss and samples
     cyrnn train TEXT_FILE [options]     a character-level language model; saves a checkpoint
     cyrnn sample MODEL [options]        generate text from a saved model
-    cyrnn info                          backend, BLAS and version
+    cyrnn info                          backend, BLAS, SIMD code in use and version
 
 ``python -m cyrnn`` is the same command.
 """
@@ -156,7 +156,7 @@ def _parser():
     common(p)
     p.set_defaults(run=sample)
 
-    p = sub.add_parser("info", help="backend, BLAS and version")
+    p = sub.add_parser("info", help="backend, BLAS, SIMD code in use and version")
     p.set_defaults(run=info)
     return parser
 
