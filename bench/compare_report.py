@@ -294,6 +294,11 @@ def main(argv=None):
         f"torch {versions.get('torch', 'absent')}, jax {versions.get('jax', 'absent')} "
         f"(jaxlib {versions.get('jaxlib', 'absent')}), cyrnn {versions.get('cyrnn')} "
         f"({versions.get('cyrnn_backend_info', {}).get('blas')}).",
+        "- cyrnn's own SIMD code on this machine (`cyrnn.backend_info()['simd']`): " + (
+            "product kernel {}, elementwise build {}.".format(
+                "in use while BLAS has one thread" if simd.get("own_product_kernel") else "absent (BLAS only)",
+                simd.get("elementwise"))
+            if (simd := (versions.get("cyrnn_backend_info") or {}).get("simd")) else "not recorded."),
         "- cyrnn build(s) measured: " + "; ".join(
             f"{', '.join(f'{k}={v}' for k, v in json.loads(b).items())} ({', '.join(sorted(p))})"
             for b, p in meta["builds"].items()) + ".",

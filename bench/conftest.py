@@ -13,7 +13,10 @@ def blas_threads(request, benchmark):
     ``@pytest.mark.parametrize("blas_threads", [1, 2], indirect=True)``; the count is the
     fixture's value.
     """
+    import cyrnn  # first: threadpoolctl only limits the BLAS libraries already loaded
+
     threads = getattr(request, "param", 1)
     with threadpoolctl.threadpool_limits(limits=threads):
         benchmark.extra_info["threadpool_info"] = threadpoolctl.threadpool_info()
+        benchmark.extra_info["cyrnn_simd"] = cyrnn.backend_info()["simd"]
         yield threads

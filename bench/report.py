@@ -10,12 +10,13 @@ def main(path):
     with open(path) as fh:
         data = json.load(fh)
     times = {}
-    info = None
+    info = simd = None
     for bench in data["benchmarks"]:
         extra = bench["extra_info"]
         if "op" in extra:
             times[extra["config"], extra["op"], extra["backend"]] = bench["stats"]["median"]
         info = info or extra.get("threadpool_info")
+        simd = simd or extra.get("cyrnn_simd")
     lines = [
         "| config | B | T | I | H | O | op | NumPy (ms) | Cython (ms) | Cython speed-up |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -64,6 +65,11 @@ def main(path):
         f"Median of repeated runs, float32, BLAS limited to one thread. Python "
         f"{machine.get('python_version', platform.python_version())}, "
         f"{machine.get('cpu', {}).get('brand_raw', platform.processor() or 'unknown CPU')}.",
+        "",
+        "cyrnn's own SIMD code during the run (`cyrnn.backend_info()['simd']`): "
+        + (f"product kernel {'in use' if simd['own_product_kernel'] else 'absent (BLAS only)'}, "
+           f"elementwise build {simd['elementwise']}, BLAS threads {simd['blas_threads']}."
+           if simd else "not recorded."),
         "",
         "BLAS libraries loaded during the run (`threadpoolctl.threadpool_info()`):",
         "",
