@@ -110,11 +110,13 @@ def test_product_hook_rejects_bad_arrays():
 @needs_build
 def test_blas_thread_count_follows_threadpoolctl():
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    if _rnn._blas_threads() == -1:
+    threads = lambda: _rnn._simd_info()["blas_threads"]  # noqa: E731
+    if threads() == -1:
         pytest.skip("the BLAS behind scipy.linalg.cython_blas does not report its threads")
     with threadpoolctl.threadpool_limits(1):
-        assert _rnn._blas_threads() == 1
-    assert _rnn._blas_threads() >= 1
+        assert threads() == 1
+    with threadpoolctl.threadpool_limits(2):
+        assert threads() == 2
 
 
 # ---------------------------------------------------------------------------------------------

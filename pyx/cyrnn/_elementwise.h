@@ -1,8 +1,8 @@
 /* float32 activations and their derivatives, and a float64 exp, over contiguous blocks, compiled
  * three times: for AVX-512, for AVX2 with FMA, and for the baseline the extension is built for
- * (SSE2 on x86-64), the widest one this CPU runs chosen at each call. The loops are plain C that the compiler
- * vectorizes; each build is the same source, so all three give the same results up to the
- * rounding of fused multiply-adds.
+ * (SSE2 on x86-64), the widest one this CPU runs chosen at each call. The loops are plain C that
+ * the compiler vectorizes; each build is the same source, so all three give the same results up
+ * to the rounding of fused multiply-adds.
  *
  * tanh(x) = x P(x^2) / Q(x^2) on the clamped range |x| <= 7.905 (tanh rounds to +-1 in float32
  * beyond it), with the minimax coefficients published with the Eigen library: absolute error

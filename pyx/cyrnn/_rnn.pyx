@@ -1,14 +1,17 @@
-"""Compiled Elman RNN kernels: the sequential recurrences of the forward pass and of BPTT.
+"""Compiled Elman RNN kernels: the recurrences of the forward pass and of BPTT, and the fused
+training step and forward pass that wrap them.
 
-Only the parts that must run step by step live here; the class API does every product that is
-not sequential (input projection, output layer, loss, weight gradients) as one large NumPy
-matrix product. ``cyrnn.kernels.numpy_backend`` is the line-by-line twin of this module, with the
-same functions, arguments, results and errors.
+``rnn_forward``, ``rnn_backward``, ``rnn_backward_window`` and ``embedding_grad`` run only what
+must run step by step; ``elman_loss_and_grad`` and ``elman_forward`` run a whole training step
+or forward pass (projection, recurrence, output layer, loss, BPTT, weight gradients) in one
+call. ``cyrnn.kernels.numpy_backend`` and ``numpy_fused`` are the line-by-line twins of this
+module, with the same functions, arguments, results and errors.
 
 Each ``def`` checks and converts its arguments in Python (``cyrnn._checks``), allocates results
 and workspaces with the NumPy C API, then runs the whole time loop in one ``nogil`` block of
-pointer arithmetic, BLAS calls (``scipy.linalg.cython_blas``) and fused elementwise loops.
-Arrays are time-major and C-contiguous: a (T, B, H) array is T blocks of B*H values.
+pointer arithmetic, matrix products (``_blas.pxd``: cyrnn's own kernel or BLAS) and fused
+elementwise loops (``_act.pxd``). Arrays are time-major and C-contiguous: a (T, B, H) array is
+T blocks of B*H values.
 """
 cimport numpy as cnp
 from cython cimport floating
@@ -454,7 +457,7 @@ cdef void forward_layers(
     """States hs (T + 1, B, H) and logits z (T*B, O) of token ids or dense inputs x. ``WxhT``,
     ``WhhT`` and ``WhyT``, where not NULL, are contiguous copies of the transposed weights: rows
     of WxhT gather without striding, and products with untransposed operands run faster (on
-    cyrnn's own kernel for float32; OpenBLAS reads a transposed operand more slowly)."""
+    cyrnn's own kernel, which needs them; OpenBLAS reads a transposed operand more slowly)."""
     cdef Py_ssize_t TB = T * B, BH = B * H, n, j
     cdef floating* row
     # 1. input projection, straight into the state buffer: hs[1:] = x Wxh^T + bh
@@ -470,15 +473,14 @@ cdef void forward_layers(
             row = hs + BH + n * H
             for j in range(H):
                 row[j] = Wxh[j * I + tokens[n]] + bh[j]
-    elif WxhT != NULL:
-        # (T*B, H) = x (T*B, I) Wxh^T (I, H)
-        gemm(False, False, <int> TB, <int> H, <int> I, 1, x, <int> I, WxhT, <int> H, 0, hs + BH,
-             <int> H)
-        for n in range(TB):
-            add(hs + BH + n * H, bh, H)
     else:
-        gemm(False, True, <int> TB, <int> H, <int> I, 1, x, <int> I, Wxh, <int> I, 0, hs + BH,
-             <int> H)
+        # (T*B, H) = x (T*B, I) Wxh^T (I, H)
+        if WxhT != NULL:
+            gemm(False, False, <int> TB, <int> H, <int> I, 1, x, <int> I, WxhT, <int> H, 0,
+                 hs + BH, <int> H)
+        else:
+            gemm(False, True, <int> TB, <int> H, <int> I, 1, x, <int> I, Wxh, <int> I, 0,
+                 hs + BH, <int> H)
         for n in range(TB):
             add(hs + BH + n * H, bh, H)
     # 2. the recurrence, in place: hs[t + 1] = f(hs[t + 1] + hs[t] Whh^T)
@@ -522,8 +524,8 @@ cdef tuple transposed_weights(Wxh, Whh, Why, Py_ssize_t T, Py_ssize_t B, bint to
     one. Whh^T serves from a batch of two on (a single row is a GEMV either way). For token ids,
     Wxh^T's rows gather and scatter faster than Wxh's strided columns once there are at least as
     many tokens as rows to transpose. For the whole-sequence products, from the size on which
-    float32 products may run on cyrnn's own kernel (which needs the untransposed operand);
-    below it the copy costs more than it saves."""
+    products may run on cyrnn's own kernel (which needs the untransposed operand); below it the
+    copy costs more than it saves."""
     cdef Py_ssize_t H = Whh.shape[0], I = Wxh.shape[1], O = Why.shape[0]
     WhhT = np.ascontiguousarray(Whh.T) if B >= TRANSPOSE_MIN_BATCH else None
     if tokens:
@@ -710,19 +712,21 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slo
         with nogil:
             value = loss_and_grad_step(
                 p_tokens, <float*> p_x, p_tid, <float*> p_tval, <float*> p_h0, <float*> p_Wxh,
-                <float*> p_WxhT, <float*> p_dWxhT, <float*> p_Whh, <float*> p_WhhT, <float*> p_bh, <float*> p_Why,
-                <float*> p_WhyT, <float*> p_by, <float*> p_carry, p_win, k, <float*> p_hs, <float*> p_z, <float*> p_da,
-                <float*> p_work, <float*> p_depth, <float*> p_next, <float*> p_norms, <float*> p_dWxh, <float*> p_dWhh, <float*> p_dbh,
-                <float*> p_dWhy, <float*> p_dby, <float*> p_dh0, <float*> p_dx, T, B, I, H, O,
-                block, c, <float> s, <float> scale)
+                <float*> p_WxhT, <float*> p_dWxhT, <float*> p_Whh, <float*> p_WhhT,
+                <float*> p_bh, <float*> p_Why, <float*> p_WhyT, <float*> p_by,
+                <float*> p_carry, p_win, k, <float*> p_hs, <float*> p_z, <float*> p_da,
+                <float*> p_work, <float*> p_depth, <float*> p_next, <float*> p_norms,
+                <float*> p_dWxh, <float*> p_dWhh, <float*> p_dbh, <float*> p_dWhy,
+                <float*> p_dby, <float*> p_dh0, <float*> p_dx, T, B, I, H, O, block, c,
+                <float> s, <float> scale)
     else:
         with nogil:
             value = loss_and_grad_step(
                 p_tokens, <double*> p_x, p_tid, <double*> p_tval, <double*> p_h0,
                 <double*> p_Wxh, <double*> p_WxhT, <double*> p_dWxhT, <double*> p_Whh,
                 <double*> p_WhhT, <double*> p_bh,
-                <double*> p_Why, <double*> p_WhyT, <double*> p_by, <double*> p_carry, p_win, k, <double*> p_hs,
-                <double*> p_z, <double*> p_da, <double*> p_work, <double*> p_depth,
+                <double*> p_Why, <double*> p_WhyT, <double*> p_by, <double*> p_carry, p_win, k,
+                <double*> p_hs, <double*> p_z, <double*> p_da, <double*> p_work, <double*> p_depth,
                 <double*> p_next, <double*> p_norms,
                 <double*> p_dWxh, <double*> p_dWhh, <double*> p_dbh, <double*> p_dWhy,
                 <double*> p_dby, <double*> p_dh0, <double*> p_dx, T, B, I, H, O, block, c, s,
@@ -770,8 +774,9 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
     if dtype == np.float32:
         with nogil:
             forward_layers(p_tokens, <float*> p_x, <float*> p_h0, <float*> p_Wxh,
-                           <float*> p_WxhT, <float*> p_Whh, <float*> p_WhhT, <float*> p_bh, <float*> p_Why,
-                           <float*> p_WhyT, <float*> p_by, <float*> p_hs, <float*> p_y, T, B, I, H, O, c, <float> s)
+                           <float*> p_WxhT, <float*> p_Whh, <float*> p_WhhT, <float*> p_bh,
+                           <float*> p_Why, <float*> p_WhyT, <float*> p_by, <float*> p_hs,
+                           <float*> p_y, T, B, I, H, O, c, <float> s)
             if out_code == 1:
                 softmax_rows(<float*> p_y, T * B, O)
             elif out_code == 2:
@@ -779,8 +784,9 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
     else:
         with nogil:
             forward_layers(p_tokens, <double*> p_x, <double*> p_h0, <double*> p_Wxh,
-                           <double*> p_WxhT, <double*> p_Whh, <double*> p_WhhT, <double*> p_bh, <double*> p_Why,
-                           <double*> p_WhyT, <double*> p_by, <double*> p_hs, <double*> p_y, T, B, I, H, O, c, s)
+                           <double*> p_WxhT, <double*> p_Whh, <double*> p_WhhT, <double*> p_bh,
+                           <double*> p_Why, <double*> p_WhyT, <double*> p_by, <double*> p_hs,
+                           <double*> p_y, T, B, I, H, O, c, s)
             if out_code == 1:
                 softmax_rows(<double*> p_y, T * B, O)
             elif out_code == 2:
@@ -862,8 +868,3 @@ def _exp_build(int which, x):
         ran = exp_build(which, p_out, n)
     return out if ran else None
 
-
-def _blas_threads():
-    """The thread count of the OpenBLAS behind ``scipy.linalg.cython_blas``, as the step product
-    reads it to choose between its own kernel and BLAS; -1 if it cannot be told."""
-    return blas_threads(<void*> sgemm)
