@@ -278,3 +278,19 @@ def test_every_build_of_the_float64_exp(which):
     special = np.array([-708.5, -745.0, -1e308, -np.inf, 709.79, 1e308, np.inf, np.nan])
     np.testing.assert_array_equal(_rnn._exp_build(which, special),
                                   [0, 0, 0, 0, np.inf, np.inf, np.inf, np.nan])
+
+
+@needs_build
+@pytest.mark.parametrize("which", list(BUILDS), ids=list(BUILDS.values()))
+@pytest.mark.parametrize("rows, n", [(1, 1), (3, 7), (5, 16), (37, 65)])
+def test_every_build_of_the_row_sums(rng, dtype, which, rows, n):
+    # a bias added to every row, and its gradient: the column sums
+    block = rng.normal(size=(rows, n)).astype(dtype)
+    bias = rng.normal(size=n).astype(dtype)
+    added = _rnn._rows_build(which, block, bias, False)
+    if added is None:
+        pytest.skip(f"this CPU cannot run the {BUILDS[which]} build")
+    np.testing.assert_allclose(added, block.astype(np.float64) + bias, rtol=0, atol=TOL[dtype])
+    summed = _rnn._rows_build(which, bias, block, True)
+    np.testing.assert_allclose(summed, bias + block.astype(np.float64).sum(axis=0), rtol=0,
+                               atol=TOL[dtype] * rows)

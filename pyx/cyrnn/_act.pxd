@@ -27,6 +27,12 @@ cdef extern from "_elementwise.h" nogil:
                                                            float slope)
     void exp_f64_inplace "cyrnn_exp_f64_inplace"(double* x, long n)
     int elementwise_widest "cyrnn_elementwise_widest"()
+    void rows_f32 "cyrnn_rows_f32"(float* y, const float* x, long rows, long n, int sum)
+    void rows_f64 "cyrnn_rows_f64"(double* y, const double* x, long rows, long n, int sum)
+    int rows_build_f32 "cyrnn_rows_build_f32"(int which, float* y, const float* x, long rows,
+                                              long n, int sum)
+    int rows_build_f64 "cyrnn_rows_build_f64"(int which, double* y, const double* x, long rows,
+                                              long n, int sum)
     int exp_build "cyrnn_exp_build"(int which, double* x, long n)
     int elementwise_build "cyrnn_elementwise_build"(int which, int derivative, float* out,
                                                     const float* g, const float* h, long n,
@@ -122,3 +128,21 @@ cdef inline void times_derivative(floating* out, const floating* g, const floati
     else:
         for i in range(n):
             out[i] = g[i]
+
+
+cdef inline void add_to_rows(floating* y, const floating* x, Py_ssize_t rows,
+                             Py_ssize_t n) noexcept nogil:
+    """y (rows, n) += x (n,) on every row: a bias."""
+    if floating is float:
+        rows_f32(y, x, rows, n, 0)
+    else:
+        rows_f64(y, x, rows, n, 0)
+
+
+cdef inline void add_row_sums(floating* out, const floating* a, Py_ssize_t rows,
+                              Py_ssize_t n) noexcept nogil:
+    """out (n,) += the sum of the rows of a (rows, n): a bias's gradient."""
+    if floating is float:
+        rows_f32(out, a, rows, n, 1)
+    else:
+        rows_f64(out, a, rows, n, 1)

@@ -1,8 +1,8 @@
-/* float32 activations and their derivatives, and a float64 exp, over contiguous blocks, compiled
- * three times: for AVX-512, for AVX2 with FMA, and for the baseline the extension is built for
- * (SSE2 on x86-64), the widest one this CPU runs chosen at each call. The loops are plain C that
- * the compiler vectorizes; each build is the same source, so all three give the same results up
- * to the rounding of fused multiply-adds.
+/* float32 activations and their derivatives, a float64 exp, and row sums (a bias and its
+ * gradient) over contiguous blocks, compiled three times: for AVX-512, for AVX2 with FMA, and for
+ * the baseline the extension is built for (SSE2 on x86-64), the widest one this CPU runs chosen
+ * at each call. The loops are plain C that the compiler vectorizes; each build is the same
+ * source, so all three give the same results up to the rounding of fused multiply-adds.
  *
  * tanh(x) = x P(x^2) / Q(x^2) on the clamped range |x| <= 7.905 (tanh rounds to +-1 in float32
  * beyond it), with the minimax coefficients published with the Eigen library: absolute error
@@ -246,6 +246,97 @@ static inline void cyrnn_times_derivative_f32(float* out, const float* g, const 
 #endif
         cyrnn_times_derivative_base(out, g, h, n, code, slope);
 }
+
+/* Row-wise sums over a (rows, n) block, float32 and float64, in the same three builds:
+ *   cyrnn_rows_<t>(y, x, rows, n, 0): y (rows, n) += x (n,) on every row (a bias)
+ *   cyrnn_rows_<t>(y, x, rows, n, 1): y (n,) += the column sums of x (rows, n) (its gradient)
+ * One call per block, so that the dispatch is paid once and the loops run the full width. */
+#define CYRNN_ROWS(REAL, T)                                                                    \
+CYRNN_INLINE void cyrnn_rows_body_##T(REAL* y, const REAL* x, long rows, long n, int sum)     \
+{                                                                                              \
+    long r, j;                                                                                 \
+    if (sum) {                                                                                 \
+        for (r = 0; r < rows; r++)                                                             \
+            for (j = 0; j < n; j++)                                                            \
+                y[j] += x[r * n + j];                                                          \
+    } else {                                                                                   \
+        for (r = 0; r < rows; r++)                                                             \
+            for (j = 0; j < n; j++)                                                            \
+                y[r * n + j] += x[j];                                                          \
+    }                                                                                          \
+}                                                                                              \
+CYRNN_ROWS_BUILDS(REAL, T)                                                                     \
+static void cyrnn_rows_base_##T(REAL* y, const REAL* x, long rows, long n, int sum)           \
+{                                                                                              \
+    cyrnn_rows_body_##T(y, x, rows, n, sum);                                                   \
+}                                                                                              \
+static inline void cyrnn_rows_##T(REAL* y, const REAL* x, long rows, long n, int sum)         \
+{                                                                                              \
+    CYRNN_ROWS_DISPATCH(T)                                                                     \
+    cyrnn_rows_base_##T(y, x, rows, n, sum);                                                   \
+}
+
+#ifdef CYRNN_ELEMENTWISE_DISPATCH
+#define CYRNN_ROWS_BUILDS(REAL, T)                                                             \
+CYRNN_AVX512 void cyrnn_rows_avx512_##T(REAL* y, const REAL* x, long rows, long n, int sum)   \
+{                                                                                              \
+    cyrnn_rows_body_##T(y, x, rows, n, sum);                                                   \
+}                                                                                              \
+CYRNN_AVX2 void cyrnn_rows_avx2_##T(REAL* y, const REAL* x, long rows, long n, int sum)       \
+{                                                                                              \
+    cyrnn_rows_body_##T(y, x, rows, n, sum);                                                   \
+}
+#define CYRNN_ROWS_DISPATCH(T)                                                                 \
+    if (__builtin_cpu_supports("avx512f")) {                                                   \
+        cyrnn_rows_avx512_##T(y, x, rows, n, sum);                                             \
+        return;                                                                                \
+    }                                                                                          \
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {                     \
+        cyrnn_rows_avx2_##T(y, x, rows, n, sum);                                               \
+        return;                                                                                \
+    }
+#else
+#define CYRNN_ROWS_BUILDS(REAL, T)
+#define CYRNN_ROWS_DISPATCH(T)
+#endif
+
+CYRNN_ROWS(float, f32)
+CYRNN_ROWS(double, f64)
+
+/* For the tests: one build (0 the baseline, 1 AVX2, 2 AVX-512) of cyrnn_rows_<t>; 0 where this
+ * CPU cannot run it. */
+#ifdef CYRNN_ELEMENTWISE_DISPATCH
+#define CYRNN_ROWS_OTHER_BUILDS(T)                                                             \
+    if (which == 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {       \
+        cyrnn_rows_avx2_##T(y, x, rows, n, sum);                                               \
+        return 1;                                                                              \
+    }                                                                                          \
+    if (which == 2 && __builtin_cpu_supports("avx512f")) {                                     \
+        cyrnn_rows_avx512_##T(y, x, rows, n, sum);                                             \
+        return 1;                                                                              \
+    }
+#else
+#define CYRNN_ROWS_OTHER_BUILDS(T)
+#endif
+#define CYRNN_ROWS_BUILD(REAL, T)                                                              \
+static inline int cyrnn_rows_build_##T(int which, REAL* y, const REAL* x, long rows, long n,  \
+                                       int sum)                                               \
+{                                                                                              \
+    if (which == 0) {                                                                          \
+        cyrnn_rows_base_##T(y, x, rows, n, sum);                                               \
+        return 1;                                                                              \
+    }                                                                                          \
+    CYRNN_ROWS_OTHER_BUILDS(T)                                                                 \
+    return 0;                                                                                  \
+}
+CYRNN_ROWS_BUILD(float, f32)
+CYRNN_ROWS_BUILD(double, f64)
+#undef CYRNN_ROWS_BUILD
+#undef CYRNN_ROWS_OTHER_BUILDS
+
+#undef CYRNN_ROWS
+#undef CYRNN_ROWS_BUILDS
+#undef CYRNN_ROWS_DISPATCH
 
 /* The build each call runs here: 2 AVX-512, 1 AVX2, 0 the baseline. */
 static inline int cyrnn_elementwise_widest(void)

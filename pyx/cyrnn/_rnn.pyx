@@ -18,8 +18,9 @@ from cython cimport floating
 from libc.math cimport log, sqrt
 from libc.string cimport memcpy, memset
 
-from cyrnn._act cimport (SIGMOID, activate, elementwise_build, elementwise_widest, exp_,
-                         exp_build, times_derivative)
+from cyrnn._act cimport (SIGMOID, activate, add_row_sums, add_to_rows, elementwise_build,
+                         elementwise_widest, exp_, exp_build, rows_build_f32, rows_build_f64,
+                         times_derivative)
 from cyrnn._blas cimport (OWN_KERNEL_MIN_WORK, blas_threads, dgemm_small, dot, gemm,
                           own_kernel_available, sgemm_small)
 from scipy.linalg.cython_blas cimport sgemm
@@ -400,14 +401,6 @@ def embedding_grad(ids, grad, num_rows):
 # a whole training step in one call: projection, recurrence, output layer, loss, BPTT, gradients
 # ---------------------------------------------------------------------------------------------
 
-cdef void column_sums(floating* out, const floating* a, Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
-    """out (cols,) = sum over the rows of a (rows, cols)."""
-    cdef Py_ssize_t r
-    memset(out, 0, cols * sizeof(floating))
-    for r in range(rows):
-        add(out, a + r * cols, cols)
-
-
 cdef double softmax_cross_entropy(floating* z, const Py_ssize_t* target, Py_ssize_t N,
                                   Py_ssize_t O, floating scale) noexcept nogil:
     """Rows of logits z (N, O) -> scale * (softmax(z) - onehot(target)) in place; returns the
@@ -481,8 +474,7 @@ cdef void forward_layers(
         else:
             gemm(False, True, <int> TB, <int> H, <int> I, 1, x, <int> I, Wxh, <int> I, 0,
                  hs + BH, <int> H)
-        for n in range(TB):
-            add(hs + BH + n * H, bh, H)
+        add_to_rows(hs + BH, bh, TB, H)
     # 2. the recurrence, in place: hs[t + 1] = f(hs[t + 1] + hs[t] Whh^T)
     if WhhT != NULL:
         forward(hs + BH, h0, WhhT, True, hs, NULL, T, B, H, code, slope)
@@ -495,8 +487,7 @@ cdef void forward_layers(
     else:
         gemm(False, True, <int> TB, <int> O, <int> H, 1, hs + BH, <int> H, Why, <int> H, 0, z,
              <int> O)
-    for n in range(TB):
-        add(z + n * O, by, O)
+    add_to_rows(z, by, TB, O)
 
 
 cdef void softmax_rows(floating* z, Py_ssize_t N, Py_ssize_t O) noexcept nogil:
@@ -563,7 +554,8 @@ cdef double loss_and_grad_step(
     # 5. dWhy (O, H) = dz^T (O, T*B) hs[1:] (T*B, H);  dby = column sums of dz
     gemm(True, False, <int> O, <int> H, <int> TB, 1, z, <int> O, hs + BH, <int> H, 0, dWhy,
          <int> H)
-    column_sums(dby, z, TB, O)
+    memset(dby, 0, O * sizeof(floating))
+    add_row_sums(dby, z, TB, O)
     # 6-9. BPTT and the input-side weight gradients, by blocks of `block` steps from the end,
     # so that da needs a (block*B, H) buffer rather than (T, B, H); dh0 carries the gradient
     # from one block into the state before it (the next block's dh_last)
@@ -596,8 +588,7 @@ cdef double loss_and_grad_step(
         # dWhh (H, H) (+)= da^T (H, rows) h_prev (rows, H);  dbh += column sums of da
         gemm(True, False, <int> H, <int> H, <int> rows, 1, da, <int> H, hs + start * BH, <int> H,
              0 if first else 1, dWhh, <int> H)
-        for n in range(rows):
-            add(dbh, da + n * H, H)
+        add_row_sums(dbh, da, rows, H)
         # dWxh: scatter-add of da's rows into the token columns, or (+)= da^T x
         if tokens != NULL and dWxhT != NULL:
             for n in range(rows):
@@ -866,5 +857,27 @@ def _exp_build(int which, x):
     cdef int ran
     with nogil:
         ran = exp_build(which, p_out, n)
+    return out if ran else None
+
+
+def _rows_build(int which, y, x, bint sum_rows):
+    """One build (0 the baseline, 1 AVX2, 2 AVX-512) of the row sums, on copies: with
+    ``sum_rows``, y (n,) plus the column sums of x (rows, n); else y (rows, n) plus x (n,) on
+    every row. Returns the new y, or None where this CPU cannot run that build."""
+    out = np.array(y, order="C", copy=True)
+    xv = np.ascontiguousarray(x, dtype=out.dtype)
+    if out.dtype not in (np.float32, np.float64):
+        raise TypeError("y must be float32 or float64")
+    block, row = (xv, out) if sum_rows else (out, xv)
+    if block.ndim != 2 or row.shape != (block.shape[1],):
+        raise ValueError(f"shapes {out.shape} and {xv.shape} do not match")
+    cdef long rows = block.shape[0], n = block.shape[1]
+    cdef void* p_out = data(out)
+    cdef void* p_x = data(xv)
+    cdef int ran
+    if out.dtype == np.float32:
+        ran = rows_build_f32(which, <float*> p_out, <float*> p_x, rows, n, sum_rows)
+    else:
+        ran = rows_build_f64(which, <double*> p_out, <double*> p_x, rows, n, sum_rows)
     return out if ran else None
 
