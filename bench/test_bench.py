@@ -2,8 +2,8 @@
 
 Run (see bench/RESULTS.md for the table and the exact command):
 
-    python -m pytest bench/ --benchmark-json=bench/results.json
-    python bench/report.py bench/results.json > bench/RESULTS.md
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m pytest bench/test_bench.py bench/test_memory.py --benchmark-json=bench/results.json
+    python bench/report.py bench/results.json   # the tables of bench/RESULTS.md
 """
 import numpy as np
 import pytest
