@@ -158,7 +158,13 @@ CYRNN_INLINE void cyrnn_times_derivative_body(float* out, const float* g, const 
 
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
 #define CYRNN_ELEMENTWISE_DISPATCH 1
+/* 512-bit vectors in the AVX-512 build (compilers may prefer 256 by default): GCC takes the
+ * preference in the target string, clang as its own attribute */
+#if defined(__clang__)
+#define CYRNN_AVX512 __attribute__((target("avx512f"), min_vector_width(512))) static
+#else
 #define CYRNN_AVX512 __attribute__((target("avx512f,prefer-vector-width=512"))) static
+#endif
 #define CYRNN_AVX2 __attribute__((target("avx2,fma"))) static
 
 CYRNN_AVX512 void cyrnn_activate_avx512(float* a, long n, int code, float slope)
