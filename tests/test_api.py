@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import cyrnn
-from cyrnn import RNN
+from cyrnn import RNN, _checks
 
 # sizes of the small models: input features / vocabulary, hidden, outputs, steps, batch
 I, H, O, T, B = 5, 4, 3, 6, 2
@@ -284,6 +284,24 @@ def test_values_that_overflow_float32_are_rejected(backend, where):
     {"x": x, "h0": h0, "target": target}[where].flat[0] = 1e300
     with pytest.raises(ValueError, match=f"{where}: contains values too large for float32"):
         model.loss_and_grad(x, target, h0=h0)
+
+
+@pytest.mark.parametrize("where", ["x", "h0", "target"])
+def test_large_finite_values_whose_sum_overflows_are_accepted(backend, dtype, where):
+    # the finiteness check sums the array first; a sum that overflows must fall back to the
+    # elementwise test, not reject finite values
+    model = make(backend, dtype)
+    big = np.finfo(dtype).max / 2
+    x, h0, target = X.astype(dtype), np.zeros((B, H), dtype), Y_MSE.astype(dtype)
+    a = {"x": x, "h0": h0, "target": target}[where]
+    a.flat[0] = a.flat[1] = a.flat[2] = big
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(a.sum())
+    # the check itself must not warn either (the model's arithmetic on such values may)
+    _checks.finite_array(where, a, dtype)
+    with np.errstate(all="ignore"):
+        loss, _, _ = model.loss_and_grad(x, target, h0=h0)
+    assert isinstance(loss, float)
 
 
 def test_constructor_accepts_numpy_ints(backend):

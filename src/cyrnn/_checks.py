@@ -174,9 +174,13 @@ def finite_array(name, a, dtype):
             raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
         with np.errstate(over="ignore"):
             out = np.ascontiguousarray(a, dtype=dtype)
-    # a NaN or Inf anywhere makes the sum NaN or Inf; only a sum that overflows (or a NaN/Inf)
-    # needs the elementwise test, which allocates a mask
-    if not np.isfinite(np.add.reduce(out, axis=None)) and not np.isfinite(out).all():
+    # float32: a NaN or Inf anywhere makes the sum NaN or Inf, and summed in float64 it cannot
+    # overflow (nor warn), so a finite sum clears the array without the elementwise test's mask
+    if out.dtype == np.float32:
+        finite = np.isfinite(np.add.reduce(out, axis=None, dtype=np.float64))
+    else:
+        finite = np.isfinite(out).all()
+    if not finite:
         too_big = np.isfinite(a).all() if a.dtype.kind == "f" else True
         detail = f"values too large for {np.dtype(dtype)}" if too_big else "NaN or Inf"
         raise ValueError(f"{name}: contains {detail}")
