@@ -1,6 +1,6 @@
-"""cyrnn's own SIMD code: the product kernel (``_smallgemm.h``), used where the CPU has
-AVX-512, and the elementwise loops and float64 exp (``_elementwise.h``), built for AVX-512, AVX2
-and the baseline.
+"""cyrnn's own SIMD code: the product kernel (``_smallgemm.h``), built for AVX-512 and AVX2,
+and the elementwise loops and float64 exp (``_elementwise.h``), built for AVX-512, AVX2 and the
+baseline. Every build this CPU runs is tested, not just the one chosen at run time.
 
 Products ``C = op(A) B`` (float32 and float64) of a single row, and those with M*N*K >= 2^20
 while BLAS runs on one thread, run on the kernel instead of BLAS. The kernel is tested directly,
@@ -23,12 +23,23 @@ except ImportError:  # pragma: no cover - the backend fixture reports a missing 
 needs_build = pytest.mark.skipif(_rnn is None, reason="the compiled extension is not built")
 
 
-def own_product(A, W, C, alpha, accumulate, trans_a=False):
-    """Run the kernel; skip (rather than pass vacuously) on a CPU without AVX-512."""
+# the builds of the product kernel: 1 AVX2, 2 AVX-512
+PRODUCT_BUILDS = {1: "avx2", 2: "avx512"}
+
+
+@pytest.fixture(params=list(PRODUCT_BUILDS), ids=list(PRODUCT_BUILDS.values()))
+def build(request):
+    return request.param
+
+
+def own_product(A, W, C, alpha, accumulate, trans_a=False, build=0):
+    """Run the kernel (one build, or the widest here); skip, rather than pass vacuously, where
+    this CPU cannot run it."""
     before = C.copy()
-    if not _rnn._own_kernel_product(A, W, C, alpha, accumulate, trans_a):
+    if not _rnn._own_kernel_product(A, W, C, alpha, accumulate, trans_a, build):
         np.testing.assert_array_equal(C, before)  # untouched: the caller falls back to BLAS
-        pytest.skip("this CPU has no AVX-512; step products run on BLAS")
+        pytest.skip(f"this CPU cannot run the {PRODUCT_BUILDS.get(build, 'widest')} build; "
+                    f"products run on BLAS")
 
 
 def close(actual, expected, tol):
@@ -46,37 +57,37 @@ def close(actual, expected, tol):
 @pytest.mark.parametrize("N", [1, 15, 16, 17, 48, 63, 64, 65, 100, 129, 256, 257, 300])
 @pytest.mark.parametrize("K", [1, 3, 64])
 @pytest.mark.parametrize("trans_a", [False, True], ids=["A", "A.T"])
-def test_product_at_every_block_shape(rng, dtype, M, N, K, trans_a):
-    # rows: 1..6 per block, blocks split evenly; columns: 1..4 vectors per panel, with tails of
-    # 1..16 floats or 1..8 doubles
+def test_product_at_every_block_shape(rng, dtype, build, M, N, K, trans_a):
+    # rows: 1..6 (AVX2: 1..4) per block, blocks split evenly; columns: 1..4 (1..3) vectors per
+    # panel, with tails of 1..16 floats or 1..8 doubles (AVX2: 1..8, 1..4)
     A = rng.normal(size=(M, K)).astype(dtype)
     W = rng.normal(size=(K, N)).astype(dtype)
     C = rng.normal(size=(M, N)).astype(dtype)
     expected = -0.5 * (A.astype(np.float64) @ W) + C
-    own_product(np.ascontiguousarray(A.T) if trans_a else A, W, C, -0.5, True, trans_a)
+    own_product(np.ascontiguousarray(A.T) if trans_a else A, W, C, -0.5, True, trans_a, build)
     close(C, expected, TOL[dtype])
 
 
 @needs_build
 @pytest.mark.parametrize("M, N, K", [(1, 1, 1), (7, 17, 5), (6, 64, 9), (13, 100, 33)])
-def test_product_without_accumulate_never_reads_the_output(rng, dtype, M, N, K):
+def test_product_without_accumulate_never_reads_the_output(rng, dtype, build, M, N, K):
     A = rng.normal(size=(M, K)).astype(dtype)
     W = rng.normal(size=(K, N)).astype(dtype)
     C = np.full((M, N), np.nan, dtype=dtype)
-    own_product(A, W, C, 2.0, False)
+    own_product(A, W, C, 2.0, False, build=build)
     close(C, 2.0 * (A.astype(np.float64) @ W), TOL[dtype])
 
 
 @needs_build
 @pytest.mark.parametrize("M, N, K", [(1, 1, 2), (5, 17, 4), (7, 65, 3), (12, 129, 8)])
-def test_product_writes_inside_its_output_only(rng, dtype, M, N, K):
+def test_product_writes_inside_its_output_only(rng, dtype, build, M, N, K):
     # C is the front of a larger buffer: the masked column tails must not spill past row ends
     buffer = rng.normal(size=M * N + 64).astype(dtype)
     sentinel = buffer[M * N:].copy()
     C = buffer[: M * N].reshape(M, N)
     A = rng.normal(size=(M, K)).astype(dtype)
     W = rng.normal(size=(K, N)).astype(dtype)
-    own_product(A, W, C, 1.0, False)
+    own_product(A, W, C, 1.0, False, build=build)
     np.testing.assert_array_equal(buffer[M * N:], sentinel)
     close(C, A.astype(np.float64) @ W, TOL[dtype])
 
@@ -85,14 +96,15 @@ def test_product_writes_inside_its_output_only(rng, dtype, M, N, K):
 @pytest.mark.parametrize("K", [511, 512, 513, 1500])
 @pytest.mark.parametrize("trans_a", [False, True], ids=["A", "A.T"])
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_product_in_parts_of_the_shared_dimension(rng, dtype, K, trans_a, accumulate):
+def test_product_in_parts_of_the_shared_dimension(rng, dtype, build, K, trans_a, accumulate):
     # K is taken in parts of 512 rows of W; the parts after the first always accumulate
     M, N = 7, 70
     A = rng.normal(size=(M, K)).astype(dtype)
     W = rng.normal(size=(K, N)).astype(dtype)
     C = rng.normal(size=(M, N)).astype(dtype)
     expected = 0.25 * (A.astype(np.float64) @ W) + (C if accumulate else 0)
-    own_product(np.ascontiguousarray(A.T) if trans_a else A, W, C, 0.25, accumulate, trans_a)
+    own_product(np.ascontiguousarray(A.T) if trans_a else A, W, C, 0.25, accumulate, trans_a,
+                build)
     close(C, expected, TOL[dtype])
 
 

@@ -16,15 +16,24 @@ cdef extern from "_smallgemm.h" nogil:
                                         int beta, double* C, long ldc)
     int blas_threads "cyrnn_blas_threads"(void* blas_function)
     int own_kernel_available "cyrnn_own_kernel_available"()
+    int sgemm_build "cyrnn_sgemm_build"(int which, int trans_a, long M, long N, long K,
+                                        float alpha, const float* A, long lda, const float* W,
+                                        long ldw, int beta, float* C, long ldc)
+    int dgemm_build "cyrnn_dgemm_build"(int which, int trans_a, long M, long N, long K,
+                                        double alpha, const double* A, long lda,
+                                        const double* W, long ldw, int beta, double* C, long ldc)
 
 cdef enum:
-    # products C = op(A) B run on cyrnn's own kernel (see _smallgemm.h) from this size
-    # (M*N*K) on while BLAS runs on one thread; below it OpenBLAS's small-matrix kernels are as
-    # fast, and with more threads OpenBLAS splits the larger products between them
+    # Where cyrnn's own product kernel (_smallgemm.h) runs rather than BLAS, by M*N*K, while
+    # BLAS runs on one thread (with more, OpenBLAS splits the larger products between threads);
+    # single rows always. Measured on one core, side by side on the same data:
+    # AVX-512 from 2^20 on: below, OpenBLAS's SkylakeX small-matrix kernels are as fast; above,
+    # 1.0-1.8x OpenBLAS in float32. float64 only up to 2^24, where packed dgemm stays 2-8% ahead.
     OWN_KERNEL_MIN_WORK = 1 << 20
-    # float64 products only up to this size: above it OpenBLAS's packed dgemm is 2-8% faster
-    # (float32 ones are 1.0-1.8x faster on the own kernel at every size measured)
     OWN_KERNEL_MAX_WORK_F64 = 1 << 24
+    # AVX2 up to 2^22: 1.1-3.7x OpenBLAS's Haswell kernels there (no small-matrix path), and
+    # 0.5-0.6x at (64, 1024) x (1024, 1024) and larger
+    OWN_KERNEL_MAX_WORK_AVX2 = 1 << 22
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
@@ -33,16 +42,18 @@ cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
                       floating beta, floating* C, int ldc) noexcept nogil:
     """C (M, N) = alpha op(A) (M, K) op(B) (K, N) + beta C, all row-major, beta 0 or 1.
 
-    Products with B untransposed run on cyrnn's own AVX-512 kernel where the CPU has one: a
-    single row always, and from M*N*K = 2^20 on (float64: up to 2^24) while BLAS runs on one
-    thread. Otherwise a
-    single row (M = 1, e.g. a batch of one) goes to GEMV, which OpenBLAS runs with less
-    overhead, c (N,) = alpha op(B)^T a (K,) + beta c, and the rest to GEMM.
+    Products with B untransposed run on cyrnn's own kernel where the CPU has a build of it: a
+    single row always, the sizes measured faster (see OWN_KERNEL_*) while BLAS runs on one
+    thread. Otherwise a single row (M = 1, e.g. a batch of one) goes to GEMV, which OpenBLAS
+    runs with less overhead, c (N,) = alpha op(B)^T a (K,) + beta c, and the rest to GEMM.
     """
     cdef long long work = <long long> M * N * K
-    if not trans_b and (M == 1 or (work >= OWN_KERNEL_MIN_WORK
-                                   and (floating is float or work <= OWN_KERNEL_MAX_WORK_F64)
-                                   and blas_threads(<void*> sgemm) == 1)):
+    cdef int build = own_kernel_available()  # 2 AVX-512, 1 AVX2, 0 none
+    if build and not trans_b and (M == 1 or (
+            (work <= OWN_KERNEL_MAX_WORK_AVX2 if build == 1 else
+             work >= OWN_KERNEL_MIN_WORK and (floating is float
+                                             or work <= OWN_KERNEL_MAX_WORK_F64))
+            and blas_threads(<void*> sgemm) == 1)):
         if floating is float:
             if sgemm_small(trans_a, M, N, K, alpha, A, lda, B, ldb, beta != 0, C, ldc):
                 return

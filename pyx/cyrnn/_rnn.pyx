@@ -21,8 +21,8 @@ from libc.string cimport memcpy, memset
 from cyrnn._act cimport (SIGMOID, activate, add_row_sums, add_to_rows, elementwise_build,
                          elementwise_widest, exp_, exp_build, rows_build_f32, rows_build_f64,
                          times_derivative)
-from cyrnn._blas cimport (OWN_KERNEL_MIN_WORK, blas_threads, dgemm_small, dot, gemm,
-                          own_kernel_available, sgemm_small)
+from cyrnn._blas cimport (OWN_KERNEL_MIN_WORK, blas_threads, dgemm_build, dot, gemm,
+                          own_kernel_available, sgemm_build)
 from scipy.linalg.cython_blas cimport sgemm
 
 import numpy as np
@@ -791,19 +791,22 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
 # ---------------------------------------------------------------------------------------------
 
 def _simd_info():
-    """Which of cyrnn's own SIMD code runs here: the product kernel (AVX-512) and the build of
-    the elementwise loops, with the thread count of the BLAS the kernels call (-1: unknown)."""
+    """Which of cyrnn's own SIMD code runs here: the build of the product kernel (None: BLAS
+    only) and of the elementwise loops, with the thread count of the BLAS the kernels call
+    (-1: unknown)."""
     return {
-        "own_product_kernel": bool(own_kernel_available()),
+        "own_product_kernel": (None, "avx2", "avx512")[own_kernel_available()],
         "elementwise": ("baseline", "avx2", "avx512")[elementwise_widest()],
         "blas_threads": blas_threads(<void*> sgemm),
     }
 
 
-def _own_kernel_product(A, W, C, double alpha, bint accumulate, bint trans_a=False):
+def _own_kernel_product(A, W, C, double alpha, bint accumulate, bint trans_a=False,
+                        int build=0):
     """``C = alpha op(A) @ W (+ C if accumulate)`` in place, on C-contiguous 2-D arrays of one
-    float dtype, where op(A) is A or, with ``trans_a``, A.T, through cyrnn's AVX-512 kernel alone
-    at any size. Returns False, with C untouched, where the CPU has no AVX-512."""
+    float dtype, where op(A) is A or, with ``trans_a``, A.T, through cyrnn's own kernel alone at
+    any size: the widest build here (``build=0``), or 1 AVX2, 2 AVX-512. Returns False, with C
+    untouched, where the CPU cannot run it."""
     for name, a in (("A", A), ("W", W), ("C", C)):
         if not (isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64)
                 and a.dtype == C.dtype and a.ndim == 2 and a.flags.c_contiguous):
@@ -819,15 +822,15 @@ def _own_kernel_product(A, W, C, double alpha, bint accumulate, bint trans_a=Fal
     cdef void* p_W = data(W)
     cdef void* p_C = data(C)
     cdef long lda = A.shape[1]
-    cdef int ran
+    cdef int ran, which = build if build else own_kernel_available()
     if C.dtype == np.float32:
         with nogil:
-            ran = sgemm_small(trans_a, M, N, K, <float> alpha, <float*> p_A, lda, <float*> p_W,
-                              N, accumulate, <float*> p_C, N)
+            ran = sgemm_build(which, trans_a, M, N, K, <float> alpha, <float*> p_A, lda,
+                              <float*> p_W, N, accumulate, <float*> p_C, N)
     else:
         with nogil:
-            ran = dgemm_small(trans_a, M, N, K, alpha, <double*> p_A, lda, <double*> p_W, N,
-                              accumulate, <double*> p_C, N)
+            ran = dgemm_build(which, trans_a, M, N, K, alpha, <double*> p_A, lda, <double*> p_W,
+                              N, accumulate, <double*> p_C, N)
     return bool(ran)
 
 

@@ -1,23 +1,25 @@
-/* Register-blocked float32 and float64 products for the recurrences, on CPUs with AVX-512.
+/* Register-blocked float32 and float64 products for the recurrences, for AVX-512 and AVX2.
  *
  * Each time step of an RNN multiplies a (B, H) state block by the same (H, H) matrix. OpenBLAS
- * runs tiny products (M*N*K up to about 1e6) through its own unpacked small-matrix kernels,
- * which this one only ties; above that it copies ("packs") both operands into its own layout
- * on every call, and at B = 32..64, H = 256..1024 that copy costs 25-40% of the product. This
- * kernel reads W in the layout the caller already keeps, and holds a block of up to 6 rows x 4
- * vectors (64 floats or 32 doubles) of the result in 24 vector registers while the shared
- * dimension streams past: one pass over W per block of rows, no packing. A single row of C (a
- * batch of one, text generation) holds up to 16 vectors instead and reads W in memory order.
+ * copies ("packs") both operands into its own layout on every call (its SkylakeX build skips
+ * that for products of M*N*K up to about 1e6, with small-matrix kernels this one only ties), and
+ * at B = 32..64, H = 256..1024 the copy costs 25-40% of the product. This kernel reads W in the
+ * layout the caller already keeps, and holds a block of the result in vector registers while the
+ * shared dimension streams past: one pass over W per block of rows, no packing. A block is
+ * 6 rows x 4 vectors on AVX-512 (24 of 32 registers: 64 floats or 32 doubles across), 4 x 3 on
+ * AVX2 (12 of 16). A single row of C (a batch of one, text generation) holds up to 16 (AVX2: 8)
+ * vectors instead and reads W in memory order.
  *
  *   cyrnn_sgemm_small(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc)   float32
  *   cyrnn_dgemm_small(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc)   float64
  *       C (M, N) = alpha * op(A) W (K, N) + beta * C, row-major, beta 0 or 1, where op(A) is
  *       A (M, K), or with trans_a the transpose of A (K, M), as in a weight gradient da^T h
  *
- * Each returns 1 when it ran, and 0, without touching C, when this CPU (or compiler) has no
- * AVX-512: the caller then uses BLAS. With beta = 0, C is only written, never read.
- * Products are summed over K in order with fused multiply-adds, so results differ from BLAS's
- * in the last bits only.
+ * Each runs the widest build this CPU has and returns 1, or returns 0, without touching C,
+ * where it has neither (or the compiler cannot build them): the caller then uses BLAS. With
+ * beta = 0, C is only written, never read. Products are summed over K in order with fused
+ * multiply-adds, so results differ from BLAS's in the last bits only. Where each build beats
+ * OpenBLAS (and so where _blas.pxd uses it) was measured: see there.
  */
 #ifndef CYRNN_SMALLGEMM_H
 #define CYRNN_SMALLGEMM_H
@@ -73,200 +75,240 @@ static inline int cyrnn_blas_threads(void* blas_function)
 }
 
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#define CYRNN_HAVE_AVX512_KERNELS 1
+#define CYRNN_HAVE_X86_KERNELS 1
 #include <immintrin.h>
 #endif
 
-#ifdef CYRNN_HAVE_AVX512_KERNELS
+#ifdef CYRNN_HAVE_X86_KERNELS
 
-#define CYRNN_MR 6    /* rows of a register block */
-#define CYRNN_NV 4    /* vectors across a register block: 64 floats or 32 doubles */
-#define CYRNN_KC 512  /* rows of W per pass: a 4-vector panel of W is at most 128 KiB */
-#define CYRNN_ROW_NV 16  /* vectors of a single row of C held at once: 256 floats, 128 doubles */
+/* The vector operations of each build, for CYRNN_GEMM: Z* AVX-512 (16 floats, 8 doubles per
+ * vector, masks in mask registers), Y* AVX2 (8 floats, 4 doubles, masks in vectors). */
+#define Zs_VEC __m512
+#define Zs_MASK __mmask16
+#define Zs_TAIL(rest) ((__mmask16) ((1u << (rest)) - 1))
+#define Zs_ZERO() _mm512_setzero_ps()
+#define Zs_LOAD(p) _mm512_loadu_ps(p)
+#define Zs_MLOAD(m, p) _mm512_maskz_loadu_ps(m, p)
+#define Zs_STORE(p, v) _mm512_storeu_ps(p, v)
+#define Zs_MSTORE(p, m, v) _mm512_mask_storeu_ps(p, m, v)
+#define Zs_SET1(x) _mm512_set1_ps(x)
+#define Zs_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define Zs_MUL(a, b) _mm512_mul_ps(a, b)
+#define Zs_ADD(a, b) _mm512_add_ps(a, b)
 
-static inline int cyrnn_have_avx512(void)
-{
-    return __builtin_cpu_supports("avx512f");
-}
+#define Zd_VEC __m512d
+#define Zd_MASK __mmask8
+#define Zd_TAIL(rest) ((__mmask8) ((1u << (rest)) - 1))
+#define Zd_ZERO() _mm512_setzero_pd()
+#define Zd_LOAD(p) _mm512_loadu_pd(p)
+#define Zd_MLOAD(m, p) _mm512_maskz_loadu_pd(m, p)
+#define Zd_STORE(p, v) _mm512_storeu_pd(p, v)
+#define Zd_MSTORE(p, m, v) _mm512_mask_storeu_pd(p, m, v)
+#define Zd_SET1(x) _mm512_set1_pd(x)
+#define Zd_FMA(a, b, c) _mm512_fmadd_pd(a, b, c)
+#define Zd_MUL(a, b) _mm512_mul_pd(a, b)
+#define Zd_ADD(a, b) _mm512_add_pd(a, b)
 
-/* whether products can run on these kernels here (this CPU, this compiler) */
-static inline int cyrnn_own_kernel_available(void)
-{
-    return cyrnn_have_avx512();
-}
+#define Ys_VEC __m256
+#define Ys_MASK __m256i
+#define Ys_TAIL(rest) _mm256_cmpgt_epi32(_mm256_set1_epi32(rest), \
+                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+#define Ys_ZERO() _mm256_setzero_ps()
+#define Ys_LOAD(p) _mm256_loadu_ps(p)
+#define Ys_MLOAD(m, p) _mm256_maskload_ps(p, m)
+#define Ys_STORE(p, v) _mm256_storeu_ps(p, v)
+#define Ys_MSTORE(p, m, v) _mm256_maskstore_ps(p, m, v)
+#define Ys_SET1(x) _mm256_set1_ps(x)
+#define Ys_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define Ys_MUL(a, b) _mm256_mul_ps(a, b)
+#define Ys_ADD(a, b) _mm256_add_ps(a, b)
 
-/* The kernel, written once for both float types: CYRNN_GEMM(prefix, real, vector, mask type,
- * lanes, intrinsic suffix) defines cyrnn_<prefix>gemm_small. */
-#define CYRNN_GEMM(P, REAL, VEC, MASK, LANES, SFX)                                             \
+#define Yd_VEC __m256d
+#define Yd_MASK __m256i
+#define Yd_TAIL(rest) _mm256_cmpgt_epi64(_mm256_set1_epi64x(rest), _mm256_setr_epi64x(0, 1, 2, 3))
+#define Yd_ZERO() _mm256_setzero_pd()
+#define Yd_LOAD(p) _mm256_loadu_pd(p)
+#define Yd_MLOAD(m, p) _mm256_maskload_pd(p, m)
+#define Yd_STORE(p, v) _mm256_storeu_pd(p, v)
+#define Yd_MSTORE(p, m, v) _mm256_maskstore_pd(p, m, v)
+#define Yd_SET1(x) _mm256_set1_pd(x)
+#define Yd_FMA(a, b, c) _mm256_fmadd_pd(a, b, c)
+#define Yd_MUL(a, b) _mm256_mul_pd(a, b)
+#define Yd_ADD(a, b) _mm256_add_pd(a, b)
+
+/* The kernel, written once for each build and float type: CYRNN_GEMM(name, ops, real, lanes,
+ * MR, NV, ROW_NV, target) defines cyrnn_<name>(trans_a, M, N, K, ...). A block holds MR rows x
+ * NV vectors of C (AVX-512: 6 x 4 in 24 of its 32 registers; AVX2: 4 x 3 in 12 of 16); a single
+ * row holds up to ROW_NV vectors. */
+#define CYRNN_GEMM(NAME, O, REAL, LANES, MR, NV, ROW_NV, KC, TARGET)                           \
                                                                                                \
 /* One block: rows [0, mr) and vectors [0, nv) of C, the last vector masked by `tail`. With    \
  * constant arguments (every call below passes literals) the loops unroll into straight code. */\
-__attribute__((target("avx512f"), always_inline)) static inline void                          \
-cyrnn_##P##block(int trans_a, int mr, int nv, MASK tail, long K, REAL alpha, const REAL* A,   \
-                 long lda, const REAL* W, long ldw, int beta, REAL* C, long ldc)              \
+__attribute__((target(TARGET), always_inline)) static inline void                             \
+NAME##_block(int trans_a, int mr, int nv, O##MASK tail, long K, REAL alpha, const REAL* A,    \
+             long lda, const REAL* W, long ldw, int beta, REAL* C, long ldc)                  \
 {                                                                                              \
-    VEC acc[CYRNN_MR][CYRNN_NV], w[CYRNN_NV], va;                                              \
+    O##VEC acc[6][4], w[4], va;                                                                \
     long k;                                                                                    \
     int r, v;                                                                                  \
     for (r = 0; r < mr; r++)                                                                   \
         for (v = 0; v < nv; v++)                                                               \
-            acc[r][v] = _mm512_setzero_##SFX();                                                \
+            acc[r][v] = O##ZERO();                                                             \
     for (k = 0; k < K; k++) {                                                                  \
         /* row k of the W panel, then each row's A[r, k] times it */                          \
         for (v = 0; v < nv - 1; v++)                                                           \
-            w[v] = _mm512_loadu_##SFX(W + k * ldw + LANES * v);                                \
-        w[nv - 1] = _mm512_maskz_loadu_##SFX(tail, W + k * ldw + LANES * (nv - 1));            \
+            w[v] = O##LOAD(W + k * ldw + LANES * v);                                           \
+        w[nv - 1] = O##MLOAD(tail, W + k * ldw + LANES * (nv - 1));                            \
         for (r = 0; r < mr; r++) {                                                             \
-            VEC a = _mm512_set1_##SFX(trans_a ? A[k * lda + r] : A[r * lda + k]);              \
+            O##VEC a = O##SET1(trans_a ? A[k * lda + r] : A[r * lda + k]);                     \
             for (v = 0; v < nv; v++)                                                           \
-                acc[r][v] = _mm512_fmadd_##SFX(a, w[v], acc[r][v]);                            \
+                acc[r][v] = O##FMA(a, w[v], acc[r][v]);                                        \
         }                                                                                      \
     }                                                                                          \
-    va = _mm512_set1_##SFX(alpha);                                                             \
+    va = O##SET1(alpha);                                                                       \
     for (r = 0; r < mr; r++)                                                                   \
         for (v = 0; v < nv; v++) {                                                             \
-            MASK m = v == nv - 1 ? tail : (MASK) ~0u;                                          \
             REAL* c = C + r * ldc + LANES * v;                                                 \
-            VEC out = _mm512_mul_##SFX(va, acc[r][v]);                                         \
-            if (beta)                                                                          \
-                out = _mm512_add_##SFX(out, _mm512_maskz_loadu_##SFX(m, c));                   \
-            _mm512_mask_storeu_##SFX(c, m, out);                                               \
+            O##VEC out = O##MUL(va, acc[r][v]);                                                \
+            if (v < nv - 1) {                                                                  \
+                if (beta)                                                                      \
+                    out = O##ADD(out, O##LOAD(c));                                             \
+                O##STORE(c, out);                                                              \
+            } else {                                                                           \
+                if (beta)                                                                      \
+                    out = O##ADD(out, O##MLOAD(tail, c));                                      \
+                O##MSTORE(c, tail, out);                                                       \
+            }                                                                                  \
         }                                                                                      \
 }                                                                                              \
                                                                                                \
-/* A single row of C: up to CYRNN_ROW_NV vectors of it in registers while the rows of W stream \
- * past in memory order (a one-row product has no reuse of W to block for). */                \
-__attribute__((target("avx512f"), always_inline)) static inline void                          \
-cyrnn_##P##row(int nv, MASK tail, long K, REAL alpha, const REAL* a, long inc_a,              \
-               const REAL* W, long ldw, int beta, REAL* c)                                    \
+/* A single row of C: up to ROW_NV vectors of it in registers while the rows of W stream past \
+ * in memory order (a one-row product has no reuse of W to block for). */                     \
+__attribute__((target(TARGET), always_inline)) static inline void                             \
+NAME##_row(int nv, O##MASK tail, long K, REAL alpha, const REAL* a, long inc_a,               \
+           const REAL* W, long ldw, int beta, REAL* c)                                        \
 {                                                                                              \
-    VEC acc[CYRNN_ROW_NV], va;                                                                 \
+    O##VEC acc[16], va;                                                                        \
     long k;                                                                                    \
     int v;                                                                                     \
     for (v = 0; v < nv; v++)                                                                   \
-        acc[v] = _mm512_setzero_##SFX();                                                       \
+        acc[v] = O##ZERO();                                                                    \
     for (k = 0; k < K; k++) {                                                                  \
-        VEC x = _mm512_set1_##SFX(a[k * inc_a]);                                               \
+        O##VEC x = O##SET1(a[k * inc_a]);                                                      \
         for (v = 0; v < nv - 1; v++)                                                           \
-            acc[v] = _mm512_fmadd_##SFX(x, _mm512_loadu_##SFX(W + k * ldw + LANES * v), acc[v]);\
-        acc[nv - 1] = _mm512_fmadd_##SFX(                                                      \
-            x, _mm512_maskz_loadu_##SFX(tail, W + k * ldw + LANES * (nv - 1)), acc[nv - 1]);   \
+            acc[v] = O##FMA(x, O##LOAD(W + k * ldw + LANES * v), acc[v]);                      \
+        acc[nv - 1] = O##FMA(x, O##MLOAD(tail, W + k * ldw + LANES * (nv - 1)), acc[nv - 1]);  \
     }                                                                                          \
-    va = _mm512_set1_##SFX(alpha);                                                             \
+    va = O##SET1(alpha);                                                                       \
     for (v = 0; v < nv; v++) {                                                                 \
-        MASK m = v == nv - 1 ? tail : (MASK) ~0u;                                              \
-        VEC out = _mm512_mul_##SFX(va, acc[v]);                                                \
-        if (beta)                                                                              \
-            out = _mm512_add_##SFX(out, _mm512_maskz_loadu_##SFX(m, c + LANES * v));           \
-        _mm512_mask_storeu_##SFX(c + LANES * v, m, out);                                       \
+        O##VEC out = O##MUL(va, acc[v]);                                                       \
+        if (v < nv - 1) {                                                                      \
+            if (beta)                                                                          \
+                out = O##ADD(out, O##LOAD(c + LANES * v));                                     \
+            O##STORE(c + LANES * v, out);                                                      \
+        } else {                                                                               \
+            if (beta)                                                                          \
+                out = O##ADD(out, O##MLOAD(tail, c + LANES * v));                              \
+            O##MSTORE(c + LANES * v, tail, out);                                               \
+        }                                                                                      \
     }                                                                                          \
 }                                                                                              \
                                                                                                \
-__attribute__((target("avx512f"))) static void                                                \
-cyrnn_##P##row_avx512(int trans_a, long N, long K, REAL alpha, const REAL* A, long lda,       \
-                      const REAL* W, long ldw, int beta, REAL* C)                             \
+__attribute__((target(TARGET))) static void                                                   \
+NAME(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long lda, const REAL* W, \
+     long ldw, int beta, REAL* C, long ldc)                                                   \
 {                                                                                              \
-    long j0, inc_a = trans_a ? lda : 1;                                                        \
-    for (j0 = 0; j0 < N; j0 += LANES * CYRNN_ROW_NV) {                                         \
-        long width = N - j0 < LANES * CYRNN_ROW_NV ? N - j0 : LANES * CYRNN_ROW_NV;            \
-        int nv = (int) ((width + LANES - 1) / LANES);                                          \
-        int rest = (int) (width - LANES * (nv - 1));                                           \
-        MASK tail = (MASK) (rest == LANES ? ~0u : (1u << rest) - 1);                           \
-        const REAL* Wb = W + j0;                                                               \
-        REAL* Cb = C + j0;                                                                     \
-        CYRNN_ROW_VECTORS(P)                                                                   \
+    long k0, j0, i0, Kp, width, blocks, b;                                                     \
+    int mr, nv, rest;                                                                          \
+    O##MASK tail;                                                                              \
+    if (M == 1) {                                                                              \
+        long inc_a = trans_a ? lda : 1;                                                        \
+        for (j0 = 0; j0 < N; j0 += LANES * ROW_NV) {                                           \
+            width = N - j0 < LANES * ROW_NV ? N - j0 : LANES * ROW_NV;                         \
+            nv = (int) ((width + LANES - 1) / LANES);                                          \
+            rest = (int) (width - LANES * (nv - 1));                                           \
+            tail = O##TAIL(rest);                                                              \
+            CYRNN_ROW_VECTORS(NAME, ROW_NV, K, A, inc_a, W + j0, C + j0)                       \
+        }                                                                                      \
+        return;                                                                                \
     }                                                                                          \
-}                                                                                              \
-                                                                                               \
-__attribute__((target("avx512f"))) static void                                                \
-cyrnn_##P##gemm_avx512(int trans_a, long M, long N, long K, REAL alpha, const REAL* A,        \
-                       long lda, const REAL* W, long ldw, int beta, REAL* C, long ldc)        \
-{                                                                                              \
-    long k0, j0, i0, Kp;                                                                       \
-    int mr;                                                                                    \
-    /* the shared dimension in parts of CYRNN_KC, so that a panel of W stays in L2 while      \
-     * every block of rows passes it; the parts after the first accumulate */                 \
+    /* the shared dimension in parts of KC, so that a panel of W stays in cache while every    \
+     * block of rows passes it; the parts after the first accumulate */                       \
     for (k0 = 0; k0 < K; k0 += Kp, beta = 1) {                                                 \
-        Kp = K - k0 < CYRNN_KC ? K - k0 : CYRNN_KC;                                            \
         const REAL* Ak = trans_a ? A + k0 * lda : A + k0;                                      \
-        for (j0 = 0; j0 < N; j0 += LANES * CYRNN_NV) {                                         \
-            long width = N - j0 < LANES * CYRNN_NV ? N - j0 : LANES * CYRNN_NV;                \
-            int nv = (int) ((width + LANES - 1) / LANES);                                      \
-            int rest = (int) (width - LANES * (nv - 1));  /* 1..LANES in the last vector */    \
-            MASK tail = (MASK) (rest == LANES ? ~0u : (1u << rest) - 1);                       \
+        Kp = K - k0 < KC ? K - k0 : KC;                                                        \
+        for (j0 = 0; j0 < N; j0 += LANES * NV) {                                               \
             const REAL* Wb = W + k0 * ldw + j0;                                                \
-            /* as few row blocks as CYRNN_MR allows, of even sizes: 8 rows run as 4 + 4 */     \
-            long blocks = (M + CYRNN_MR - 1) / CYRNN_MR, b;                                    \
+            width = N - j0 < LANES * NV ? N - j0 : LANES * NV;                                 \
+            nv = (int) ((width + LANES - 1) / LANES);                                          \
+            rest = (int) (width - LANES * (nv - 1));  /* 1..LANES in the last vector */        \
+            tail = O##TAIL(rest);                                                              \
+            /* as few row blocks as MR allows, of even sizes: 8 rows run as 4 + 4, not 6 + 2 */\
+            blocks = (M + MR - 1) / MR;                                                        \
             for (b = 0, i0 = 0; b < blocks; b++, i0 += mr) {                                   \
                 const REAL* Ab = trans_a ? Ak + i0 : Ak + i0 * lda;                            \
                 REAL* Cb = C + i0 * ldc + j0;                                                  \
                 mr = (int) (M / blocks + (b < M % blocks));                                    \
                 if (trans_a) {                                                                 \
-                    CYRNN_COLUMNS(P, 1)                                                        \
+                    CYRNN_COLUMNS(NAME, MR, NV, 1)                                             \
                 } else {                                                                       \
-                    CYRNN_COLUMNS(P, 0)                                                        \
+                    CYRNN_COLUMNS(NAME, MR, NV, 0)                                             \
                 }                                                                              \
             }                                                                                  \
         }                                                                                      \
     }                                                                                          \
-}                                                                                              \
-                                                                                               \
-static inline int cyrnn_##P##gemm_small(int trans_a, long M, long N, long K, REAL alpha,      \
-                                        const REAL* A, long lda, const REAL* W, long ldw,     \
-                                        int beta, REAL* C, long ldc)                          \
-{                                                                                              \
-    if (M <= 0 || N <= 0 || K <= 0 || !cyrnn_have_avx512())                                   \
-        return 0;                                                                              \
-    if (M == 1)                                                                                \
-        cyrnn_##P##row_avx512(trans_a, N, K, alpha, A, lda, W, ldw, beta, C);                  \
-    else                                                                                       \
-        cyrnn_##P##gemm_avx512(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);        \
-    return 1;                                                                                  \
 }
 
-/* dispatch on the block shape, so that each is compiled with constant loop bounds */
-#define CYRNN_BLOCK(P, ta, mr, nv)                                                             \
-    cyrnn_##P##block(ta, mr, nv, tail, Kp, alpha, Ab, lda, Wb, ldw, beta, Cb, ldc)
-#define CYRNN_ROWS(P, ta, nv)                                                                  \
+/* dispatch on the block shape, so that each is compiled with constant loop bounds; shapes
+ * beyond a build's MR x NV (or ROW_NV) are never called and compile to nothing */
+#define CYRNN_BLOCK(NAME, MR, NV, ta, m, n)                                                    \
+    if ((m) <= (MR) && (n) <= (NV))                                                            \
+        NAME##_block(ta, m, n, tail, Kp, alpha, Ab, lda, Wb, ldw, beta, Cb, ldc);
+#define CYRNN_ROWS(NAME, MR, NV, ta, n)                                                        \
     switch (mr) {                                                                              \
-    case 6: CYRNN_BLOCK(P, ta, 6, nv); break;                                                  \
-    case 5: CYRNN_BLOCK(P, ta, 5, nv); break;                                                  \
-    case 4: CYRNN_BLOCK(P, ta, 4, nv); break;                                                  \
-    case 3: CYRNN_BLOCK(P, ta, 3, nv); break;                                                  \
-    case 2: CYRNN_BLOCK(P, ta, 2, nv); break;                                                  \
-    default: CYRNN_BLOCK(P, ta, 1, nv); break;                                                 \
+    case 6: CYRNN_BLOCK(NAME, MR, NV, ta, 6, n) break;                                         \
+    case 5: CYRNN_BLOCK(NAME, MR, NV, ta, 5, n) break;                                         \
+    case 4: CYRNN_BLOCK(NAME, MR, NV, ta, 4, n) break;                                         \
+    case 3: CYRNN_BLOCK(NAME, MR, NV, ta, 3, n) break;                                         \
+    case 2: CYRNN_BLOCK(NAME, MR, NV, ta, 2, n) break;                                         \
+    default: CYRNN_BLOCK(NAME, MR, NV, ta, 1, n) break;                                        \
     }
-#define CYRNN_COLUMNS(P, ta)                                                                   \
+#define CYRNN_COLUMNS(NAME, MR, NV, ta)                                                        \
     switch (nv) {                                                                              \
-    case 4: CYRNN_ROWS(P, ta, 4) break;                                                        \
-    case 3: CYRNN_ROWS(P, ta, 3) break;                                                        \
-    case 2: CYRNN_ROWS(P, ta, 2) break;                                                        \
-    default: CYRNN_ROWS(P, ta, 1) break;                                                       \
+    case 4: CYRNN_ROWS(NAME, MR, NV, ta, 4) break;                                             \
+    case 3: CYRNN_ROWS(NAME, MR, NV, ta, 3) break;                                             \
+    case 2: CYRNN_ROWS(NAME, MR, NV, ta, 2) break;                                             \
+    default: CYRNN_ROWS(NAME, MR, NV, ta, 1) break;                                            \
+    }
+#define CYRNN_ROW(NAME, ROW_NV, n, K, A, inc_a, Wj, Cj)                                        \
+    if ((n) <= (ROW_NV))                                                                       \
+        NAME##_row(n, tail, K, alpha, A, inc_a, Wj, ldw, beta, Cj);
+#define CYRNN_ROW_VECTORS(NAME, ROW_NV, K, A, inc_a, Wj, Cj)                                   \
+    switch (nv) {                                                                              \
+    case 16: CYRNN_ROW(NAME, ROW_NV, 16, K, A, inc_a, Wj, Cj) break;                           \
+    case 15: CYRNN_ROW(NAME, ROW_NV, 15, K, A, inc_a, Wj, Cj) break;                           \
+    case 14: CYRNN_ROW(NAME, ROW_NV, 14, K, A, inc_a, Wj, Cj) break;                           \
+    case 13: CYRNN_ROW(NAME, ROW_NV, 13, K, A, inc_a, Wj, Cj) break;                           \
+    case 12: CYRNN_ROW(NAME, ROW_NV, 12, K, A, inc_a, Wj, Cj) break;                           \
+    case 11: CYRNN_ROW(NAME, ROW_NV, 11, K, A, inc_a, Wj, Cj) break;                           \
+    case 10: CYRNN_ROW(NAME, ROW_NV, 10, K, A, inc_a, Wj, Cj) break;                           \
+    case 9: CYRNN_ROW(NAME, ROW_NV, 9, K, A, inc_a, Wj, Cj) break;                             \
+    case 8: CYRNN_ROW(NAME, ROW_NV, 8, K, A, inc_a, Wj, Cj) break;                             \
+    case 7: CYRNN_ROW(NAME, ROW_NV, 7, K, A, inc_a, Wj, Cj) break;                             \
+    case 6: CYRNN_ROW(NAME, ROW_NV, 6, K, A, inc_a, Wj, Cj) break;                             \
+    case 5: CYRNN_ROW(NAME, ROW_NV, 5, K, A, inc_a, Wj, Cj) break;                             \
+    case 4: CYRNN_ROW(NAME, ROW_NV, 4, K, A, inc_a, Wj, Cj) break;                             \
+    case 3: CYRNN_ROW(NAME, ROW_NV, 3, K, A, inc_a, Wj, Cj) break;                             \
+    case 2: CYRNN_ROW(NAME, ROW_NV, 2, K, A, inc_a, Wj, Cj) break;                             \
+    default: CYRNN_ROW(NAME, ROW_NV, 1, K, A, inc_a, Wj, Cj) break;                            \
     }
 
-#define CYRNN_ROW(P, nv) cyrnn_##P##row(nv, tail, K, alpha, A, inc_a, Wb, ldw, beta, Cb)
-#define CYRNN_ROW_VECTORS(P)                                                                   \
-    switch (nv) {                                                                              \
-    case 16: CYRNN_ROW(P, 16); break;                                                          \
-    case 15: CYRNN_ROW(P, 15); break;                                                          \
-    case 14: CYRNN_ROW(P, 14); break;                                                          \
-    case 13: CYRNN_ROW(P, 13); break;                                                          \
-    case 12: CYRNN_ROW(P, 12); break;                                                          \
-    case 11: CYRNN_ROW(P, 11); break;                                                          \
-    case 10: CYRNN_ROW(P, 10); break;                                                          \
-    case 9: CYRNN_ROW(P, 9); break;                                                            \
-    case 8: CYRNN_ROW(P, 8); break;                                                            \
-    case 7: CYRNN_ROW(P, 7); break;                                                            \
-    case 6: CYRNN_ROW(P, 6); break;                                                            \
-    case 5: CYRNN_ROW(P, 5); break;                                                            \
-    case 4: CYRNN_ROW(P, 4); break;                                                            \
-    case 3: CYRNN_ROW(P, 3); break;                                                            \
-    case 2: CYRNN_ROW(P, 2); break;                                                            \
-    default: CYRNN_ROW(P, 1); break;                                                           \
-    }
-
-CYRNN_GEMM(s, float, __m512, __mmask16, 16, ps)
-CYRNN_GEMM(d, double, __m512d, __mmask8, 8, pd)
+/* KC, the rows of W per pass: 512 (a 4-vector AVX-512 panel of 512 rows is 128 KiB, in L2;
+ * for AVX2, 96-512 measured alike or worse the smaller) */
+CYRNN_GEMM(cyrnn_sgemm_avx512, Zs_, float, 16, 6, 4, 16, 512, "avx512f")
+CYRNN_GEMM(cyrnn_dgemm_avx512, Zd_, double, 8, 6, 4, 16, 512, "avx512f")
+CYRNN_GEMM(cyrnn_sgemm_avx2, Ys_, float, 8, 4, 3, 8, 512, "avx2,fma")
+CYRNN_GEMM(cyrnn_dgemm_avx2, Yd_, double, 4, 4, 3, 8, 512, "avx2,fma")
 
 #undef CYRNN_GEMM
 #undef CYRNN_BLOCK
@@ -275,30 +317,67 @@ CYRNN_GEMM(d, double, __m512d, __mmask8, 8, pd)
 #undef CYRNN_ROW
 #undef CYRNN_ROW_VECTORS
 
-#else  /* no AVX-512 kernels: every call falls back to BLAS */
+/* The widest build this CPU runs: 2 AVX-512, 1 AVX2 with FMA, 0 none (products go to BLAS). */
+static inline int cyrnn_own_kernel_available(void)
+{
+    if (__builtin_cpu_supports("avx512f"))
+        return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return 1;
+    return 0;
+}
+
+/* cyrnn_<s|d>gemm_build(which, ...): run the given build (2 AVX-512, 1 AVX2); 0 where this CPU
+ * cannot. cyrnn_<s|d>gemm_small(...): run the widest build here; 0 where there is none. */
+#define CYRNN_ENTRY(P, REAL)                                                                   \
+static inline int cyrnn_##P##gemm_build(int which, int trans_a, long M, long N, long K,       \
+                                        REAL alpha, const REAL* A, long lda, const REAL* W,   \
+                                        long ldw, int beta, REAL* C, long ldc)                \
+{                                                                                              \
+    if (M <= 0 || N <= 0 || K <= 0 || which < 1 || which > cyrnn_own_kernel_available())      \
+        return 0;                                                                              \
+    if (which == 2 && __builtin_cpu_supports("avx512f"))                                       \
+        cyrnn_##P##gemm_avx512(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);        \
+    else                                                                                       \
+        cyrnn_##P##gemm_avx2(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);          \
+    return 1;                                                                                  \
+}                                                                                              \
+static inline int cyrnn_##P##gemm_small(int trans_a, long M, long N, long K, REAL alpha,      \
+                                        const REAL* A, long lda, const REAL* W, long ldw,     \
+                                        int beta, REAL* C, long ldc)                          \
+{                                                                                              \
+    return cyrnn_##P##gemm_build(cyrnn_own_kernel_available(), trans_a, M, N, K, alpha, A,    \
+                                 lda, W, ldw, beta, C, ldc);                                  \
+}
+CYRNN_ENTRY(s, float)
+CYRNN_ENTRY(d, double)
+#undef CYRNN_ENTRY
+
+#else  /* no x86 kernels: every call falls back to BLAS */
 
 static inline int cyrnn_own_kernel_available(void)
 {
     return 0;
 }
 
-static inline int cyrnn_sgemm_small(int trans_a, long M, long N, long K, float alpha,
-                                    const float* A, long lda, const float* W, long ldw, int beta,
-                                    float* C, long ldc)
-{
-    (void) trans_a; (void) M; (void) N; (void) K; (void) alpha; (void) A; (void) lda; (void) W;
-    (void) ldw; (void) beta; (void) C; (void) ldc;
-    return 0;
+#define CYRNN_ENTRY(P, REAL)                                                                   \
+static inline int cyrnn_##P##gemm_build(int which, int trans_a, long M, long N, long K,       \
+                                        REAL alpha, const REAL* A, long lda, const REAL* W,   \
+                                        long ldw, int beta, REAL* C, long ldc)                \
+{                                                                                              \
+    (void) which; (void) trans_a; (void) M; (void) N; (void) K; (void) alpha; (void) A;        \
+    (void) lda; (void) W; (void) ldw; (void) beta; (void) C; (void) ldc;                       \
+    return 0;                                                                                  \
+}                                                                                              \
+static inline int cyrnn_##P##gemm_small(int trans_a, long M, long N, long K, REAL alpha,      \
+                                        const REAL* A, long lda, const REAL* W, long ldw,     \
+                                        int beta, REAL* C, long ldc)                          \
+{                                                                                              \
+    return cyrnn_##P##gemm_build(0, trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);   \
 }
-
-static inline int cyrnn_dgemm_small(int trans_a, long M, long N, long K, double alpha,
-                                    const double* A, long lda, const double* W, long ldw,
-                                    int beta, double* C, long ldc)
-{
-    (void) trans_a; (void) M; (void) N; (void) K; (void) alpha; (void) A; (void) lda; (void) W;
-    (void) ldw; (void) beta; (void) C; (void) ldc;
-    return 0;
-}
+CYRNN_ENTRY(s, float)
+CYRNN_ENTRY(d, double)
+#undef CYRNN_ENTRY
 
 #endif
 #endif
