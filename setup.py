@@ -1,7 +1,8 @@
 """Build the Cython kernels in ``pyx/`` as extension modules of the ``cyrnn`` package.
 
 Set ``CYRNN_CYTHON_DEBUG=1`` to compile with bounds, wraparound and initialisation checks
-switched back on (slow; for hunting memory errors).
+switched back on (slow; for hunting memory errors), and ``CYRNN_SIMD=avx2`` (or ``baseline``) to
+cap the SIMD builds chosen at run time.
 """
 import os
 import sys
@@ -11,6 +12,13 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("CYRNN_CYTHON_DEBUG", "") not in ("", "0")
+
+# The widest SIMD build of the C helpers chosen at run time (pyx/cyrnn/_cpu.h): all of them by
+# default; CYRNN_SIMD=avx2 or =baseline caps it, to measure what other CPUs would run.
+SIMD_BUILDS = {"": 2, "avx512": 2, "avx2": 1, "baseline": 0}
+SIMD = os.environ.get("CYRNN_SIMD", "").strip().lower()
+if SIMD not in SIMD_BUILDS:
+    sys.exit(f"CYRNN_SIMD: expected one of avx512, avx2, baseline, got {SIMD!r}")
 
 directives = {
     "language_level": 3,
@@ -34,9 +42,10 @@ extensions = [
     Extension(
         name,
         ["pyx/" + name.replace(".", "/") + ".pyx"],
-        depends=["pyx/cyrnn/_smallgemm.h", "pyx/cyrnn/_elementwise.h"],
+        depends=["pyx/cyrnn/_cpu.h", "pyx/cyrnn/_smallgemm.h", "pyx/cyrnn/_elementwise.h"],
         include_dirs=[np.get_include(), "pyx/cyrnn"],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION")],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION"),
+                       ("CYRNN_MAX_BUILD", str(SIMD_BUILDS[SIMD]))],
         extra_compile_args=extra_compile_args,
     )
     for name in MODULES

@@ -16,6 +16,8 @@
 #ifndef CYRNN_ELEMENTWISE_H
 #define CYRNN_ELEMENTWISE_H
 
+#include "_cpu.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -219,9 +221,9 @@ static void cyrnn_times_derivative_base(float* out, const float* g, const float*
 static inline void cyrnn_activate_f32(float* a, long n, int code, float slope)
 {
 #ifdef CYRNN_ELEMENTWISE_DISPATCH
-    if (__builtin_cpu_supports("avx512f"))
+    if (cyrnn_cpu_build() >= 2)
         cyrnn_activate_avx512(a, n, code, slope);
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    else if (cyrnn_cpu_build() >= 1)
         cyrnn_activate_avx2(a, n, code, slope);
     else
 #endif
@@ -231,9 +233,9 @@ static inline void cyrnn_activate_f32(float* a, long n, int code, float slope)
 static inline void cyrnn_exp_f64_inplace(double* x, long n)
 {
 #ifdef CYRNN_ELEMENTWISE_DISPATCH
-    if (__builtin_cpu_supports("avx512f"))
+    if (cyrnn_cpu_build() >= 2)
         cyrnn_exp_avx512(x, n);
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    else if (cyrnn_cpu_build() >= 1)
         cyrnn_exp_avx2(x, n);
     else
 #endif
@@ -244,9 +246,9 @@ static inline void cyrnn_times_derivative_f32(float* out, const float* g, const 
                                               int code, float slope)
 {
 #ifdef CYRNN_ELEMENTWISE_DISPATCH
-    if (__builtin_cpu_supports("avx512f"))
+    if (cyrnn_cpu_build() >= 2)
         cyrnn_times_derivative_avx512(out, g, h, n, code, slope);
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    else if (cyrnn_cpu_build() >= 1)
         cyrnn_times_derivative_avx2(out, g, h, n, code, slope);
     else
 #endif
@@ -293,11 +295,11 @@ CYRNN_AVX2 void cyrnn_rows_avx2_##T(REAL* y, const REAL* x, long rows, long n, i
     cyrnn_rows_body_##T(y, x, rows, n, sum);                                                   \
 }
 #define CYRNN_ROWS_DISPATCH(T)                                                                 \
-    if (__builtin_cpu_supports("avx512f")) {                                                   \
+    if (cyrnn_cpu_build() >= 2) {                                                   \
         cyrnn_rows_avx512_##T(y, x, rows, n, sum);                                             \
         return;                                                                                \
     }                                                                                          \
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {                     \
+    if (cyrnn_cpu_build() >= 1) {                     \
         cyrnn_rows_avx2_##T(y, x, rows, n, sum);                                               \
         return;                                                                                \
     }
@@ -313,11 +315,11 @@ CYRNN_ROWS(double, f64)
  * CPU cannot run it. */
 #ifdef CYRNN_ELEMENTWISE_DISPATCH
 #define CYRNN_ROWS_OTHER_BUILDS(T)                                                             \
-    if (which == 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {       \
+    if (which == 1 && cyrnn_cpu_build() >= 1) {       \
         cyrnn_rows_avx2_##T(y, x, rows, n, sum);                                               \
         return 1;                                                                              \
     }                                                                                          \
-    if (which == 2 && __builtin_cpu_supports("avx512f")) {                                     \
+    if (which == 2 && cyrnn_cpu_build() >= 2) {                                     \
         cyrnn_rows_avx512_##T(y, x, rows, n, sum);                                             \
         return 1;                                                                              \
     }
@@ -348,12 +350,10 @@ CYRNN_ROWS_BUILD(double, f64)
 static inline int cyrnn_elementwise_widest(void)
 {
 #ifdef CYRNN_ELEMENTWISE_DISPATCH
-    if (__builtin_cpu_supports("avx512f"))
-        return 2;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return 1;
-#endif
+    return cyrnn_cpu_build();
+#else
     return 0;
+#endif
 }
 
 /* For the tests: run one build, 0 the baseline, 1 AVX2, 2 AVX-512, of activate (in place on
@@ -366,11 +366,11 @@ static inline int cyrnn_exp_build(int which, double* x, long n)
         return 1;
     }
 #ifdef CYRNN_ELEMENTWISE_DISPATCH
-    if (which == 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    if (which == 1 && cyrnn_cpu_build() >= 1) {
         cyrnn_exp_avx2(x, n);
         return 1;
     }
-    if (which == 2 && __builtin_cpu_supports("avx512f")) {
+    if (which == 2 && cyrnn_cpu_build() >= 2) {
         cyrnn_exp_avx512(x, n);
         return 1;
     }
@@ -389,14 +389,14 @@ static inline int cyrnn_elementwise_build(int which, int derivative, float* out,
         return 1;
     }
 #ifdef CYRNN_ELEMENTWISE_DISPATCH
-    if (which == 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    if (which == 1 && cyrnn_cpu_build() >= 1) {
         if (derivative)
             cyrnn_times_derivative_avx2(out, g, h, n, code, slope);
         else
             cyrnn_activate_avx2(out, n, code, slope);
         return 1;
     }
-    if (which == 2 && __builtin_cpu_supports("avx512f")) {
+    if (which == 2 && cyrnn_cpu_build() >= 2) {
         if (derivative)
             cyrnn_times_derivative_avx512(out, g, h, n, code, slope);
         else

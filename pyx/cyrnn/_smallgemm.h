@@ -24,6 +24,8 @@
 #ifndef CYRNN_SMALLGEMM_H
 #define CYRNN_SMALLGEMM_H
 
+#include "_cpu.h"
+
 #if defined(__unix__) || defined(__APPLE__)
 #include <dlfcn.h>
 #endif
@@ -320,11 +322,7 @@ CYRNN_GEMM(cyrnn_dgemm_avx2, Yd_, double, 4, 4, 3, 8, 512, "avx2,fma")
 /* The widest build this CPU runs: 2 AVX-512, 1 AVX2 with FMA, 0 none (products go to BLAS). */
 static inline int cyrnn_own_kernel_available(void)
 {
-    if (__builtin_cpu_supports("avx512f"))
-        return 2;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return 1;
-    return 0;
+    return cyrnn_cpu_build();
 }
 
 /* cyrnn_<s|d>gemm_build(which, ...): run the given build (2 AVX-512, 1 AVX2); 0 where this CPU
@@ -336,7 +334,7 @@ static inline int cyrnn_##P##gemm_build(int which, int trans_a, long M, long N, 
 {                                                                                              \
     if (M <= 0 || N <= 0 || K <= 0 || which < 1 || which > cyrnn_own_kernel_available())      \
         return 0;                                                                              \
-    if (which == 2 && __builtin_cpu_supports("avx512f"))                                       \
+    if (which == 2 && cyrnn_cpu_build() >= 2)                                       \
         cyrnn_##P##gemm_avx512(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);        \
     else                                                                                       \
         cyrnn_##P##gemm_avx2(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);          \
