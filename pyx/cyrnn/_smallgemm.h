@@ -319,6 +319,18 @@ CYRNN_GEMM(cyrnn_dgemm_avx2, Yd_, double, 4, 4, 3, 8, 512, "avx2,fma")
 #undef CYRNN_ROW
 #undef CYRNN_ROW_VECTORS
 
+#define CYRNN_RUN_BUILD(P)                                                                     \
+    if (which == 2)                                                                            \
+        cyrnn_##P##gemm_avx512(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);        \
+    else                                                                                       \
+        cyrnn_##P##gemm_avx2(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);
+
+#else  /* no x86 kernels: cyrnn_own_kernel_available() is 0, every product goes to BLAS */
+
+#define CYRNN_RUN_BUILD(P)
+
+#endif
+
 /* The widest build this CPU runs: 2 AVX-512, 1 AVX2 with FMA, 0 none (products go to BLAS). */
 static inline int cyrnn_own_kernel_available(void)
 {
@@ -334,10 +346,7 @@ static inline int cyrnn_##P##gemm_build(int which, int trans_a, long M, long N, 
 {                                                                                              \
     if (M <= 0 || N <= 0 || K <= 0 || which < 1 || which > cyrnn_own_kernel_available())      \
         return 0;                                                                              \
-    if (which == 2 && cyrnn_cpu_build() >= 2)                                       \
-        cyrnn_##P##gemm_avx512(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);        \
-    else                                                                                       \
-        cyrnn_##P##gemm_avx2(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);          \
+    CYRNN_RUN_BUILD(P)                                                                         \
     return 1;                                                                                  \
 }                                                                                              \
 static inline int cyrnn_##P##gemm_small(int trans_a, long M, long N, long K, REAL alpha,      \
@@ -350,32 +359,6 @@ static inline int cyrnn_##P##gemm_small(int trans_a, long M, long N, long K, REA
 CYRNN_ENTRY(s, float)
 CYRNN_ENTRY(d, double)
 #undef CYRNN_ENTRY
+#undef CYRNN_RUN_BUILD
 
-#else  /* no x86 kernels: every call falls back to BLAS */
-
-static inline int cyrnn_own_kernel_available(void)
-{
-    return 0;
-}
-
-#define CYRNN_ENTRY(P, REAL)                                                                   \
-static inline int cyrnn_##P##gemm_build(int which, int trans_a, long M, long N, long K,       \
-                                        REAL alpha, const REAL* A, long lda, const REAL* W,   \
-                                        long ldw, int beta, REAL* C, long ldc)                \
-{                                                                                              \
-    (void) which; (void) trans_a; (void) M; (void) N; (void) K; (void) alpha; (void) A;        \
-    (void) lda; (void) W; (void) ldw; (void) beta; (void) C; (void) ldc;                       \
-    return 0;                                                                                  \
-}                                                                                              \
-static inline int cyrnn_##P##gemm_small(int trans_a, long M, long N, long K, REAL alpha,      \
-                                        const REAL* A, long lda, const REAL* W, long ldw,     \
-                                        int beta, REAL* C, long ldc)                          \
-{                                                                                              \
-    return cyrnn_##P##gemm_build(0, trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);   \
-}
-CYRNN_ENTRY(s, float)
-CYRNN_ENTRY(d, double)
-#undef CYRNN_ENTRY
-
-#endif
 #endif
