@@ -1,4 +1,5 @@
-# Row-major wrappers over scipy.linalg.cython_blas, fused over float32/float64.
+# Row-major matrix products, fused over float32/float64: cyrnn's own kernel (_smallgemm.h) where
+# it measured faster, else scipy.linalg.cython_blas.
 #
 # BLAS is column-major; a row-major matrix X (r, c) with leading dimension ld is, to BLAS, the
 # column-major matrix X^T (c, r). So the row-major product C = op(A) op(B) is computed as the
@@ -28,7 +29,7 @@ cdef enum:
     # BLAS runs on one thread (with more, OpenBLAS splits the larger products between threads);
     # single rows always. Measured on one core, side by side on the same data:
     # AVX-512 from 2^20 on: below, OpenBLAS's SkylakeX small-matrix kernels are as fast; above,
-    # 1.0-1.8x OpenBLAS in float32. float64 only up to 2^24, where packed dgemm stays 2-8% ahead.
+    # 1.0-1.8x OpenBLAS in float32. float64 only up to 2^24: above, packed dgemm is 2-8% ahead.
     OWN_KERNEL_MIN_WORK = 1 << 20
     OWN_KERNEL_MAX_WORK_F64 = 1 << 24
     # AVX2 up to 2^22: 1.1-3.7x OpenBLAS's Haswell kernels there (no small-matrix path), and
