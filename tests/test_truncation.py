@@ -88,7 +88,7 @@ def test_tbptt_chunks_equal_the_window_formulation(backend, dtype, k):
                                     h0.astype(dtype), model.params["Whh"])
     z = hs[1:] @ model.params["Why"].T + model.params["by"]
     dz = (2 * (z - target) / target.size).astype(dtype)
-    by_window, _ = model._backward(model._batch(x, h0, None), hs, dz, window=TBPTT(k, k).windows(9))
+    by_window, _ = model._backward(model._batch(x, h0, None), model._weights(), hs, dz, window=TBPTT(k, k).windows(9))
     tol = 1e-5 if dtype == np.float32 else 1e-12
     for name in by_carry:
         np.testing.assert_allclose(by_carry[name], by_window[name], rtol=tol, atol=tol, err_msg=name)

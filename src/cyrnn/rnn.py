@@ -85,6 +85,16 @@ class RNN:
         backend=None,
         batch_first=False,
     ):
+        self._configure(input_size, hidden_size, output_size, nonlinearity, negative_slope,
+                        output, init, dtype, backend, batch_first)
+        rng = np.random.default_rng(seed)
+        drawn = init_params(init, self.input_size, self.hidden_size, self.output_size, rng)
+        self.params = {name: np.ascontiguousarray(p, dtype=self.dtype) for name, p in drawn.items()}
+        self.vocab = None  # a cyrnn.data.Vocabulary for character models: text in and out
+
+    def _configure(self, input_size, hidden_size, output_size, nonlinearity, negative_slope,
+                   output, init, dtype, backend, batch_first):
+        """Check and set every attribute but the parameters."""
         self.input_size = _checks.positive_int("input_size", input_size)
         self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
         self.output_size = (
@@ -105,10 +115,45 @@ class RNN:
         self.batch_first = bool(batch_first)
         self._kernels = kernels.get_backend(backend)
         self.backend = self._kernels.name
-        rng = np.random.default_rng(seed)
-        drawn = init_params(init, self.input_size, self.hidden_size, self.output_size, rng)
-        self.params = {name: np.ascontiguousarray(p, dtype=self.dtype) for name, p in drawn.items()}
-        self.vocab = None  # a cyrnn.data.Vocabulary for character models: text in and out
+
+    @classmethod
+    def from_params(cls, params, **kwargs):
+        """A model with the given parameters and no random initialisation.
+
+        Parameters
+        ----------
+        params : mapping of str to array-like
+            ``Wxh (H, I)``, ``Whh (H, H)``, ``bh (H,)`` and optionally ``Why (O, H)``,
+            ``by (O,)``; the sizes come from these arrays, which are copied (cast to ``dtype``)
+            after every shape and value is checked.
+        **kwargs
+            The other ``RNN`` arguments (``nonlinearity``, ``output``, ``dtype``, ...), except
+            the sizes and ``seed``.
+        """
+        for name in ("input_size", "hidden_size", "output_size", "seed"):
+            if name in kwargs:
+                raise TypeError(f"from_params: {name} comes from the arrays, not an argument")
+        arrays = {str(name): np.asarray(value) for name, value in params.items()}
+        for name in ("Wxh", "Why"):
+            if name in arrays and arrays[name].ndim != 2:
+                raise ValueError(f"{name}: expected 2 dimensions, got shape {arrays[name].shape}")
+        if "Wxh" not in arrays:
+            raise KeyError("params: missing ['Wxh']")
+        H, I = arrays["Wxh"].shape
+        O = arrays["Why"].shape[0] if "Why" in arrays else None
+        options = {"nonlinearity": "tanh", "negative_slope": 0.01, "output": "linear",
+                   "init": "uniform", "dtype": "float32", "backend": None, "batch_first": False}
+        unknown = set(kwargs) - set(options)
+        if unknown:
+            raise TypeError(f"from_params: unexpected arguments {sorted(unknown)}")
+        options.update(kwargs)
+        model = cls.__new__(cls)
+        model._configure(I, H, O, **options)
+        shapes = model._param_shapes()
+        model.params = {name: np.zeros(shape, dtype=model.dtype) for name, shape in shapes.items()}
+        model.vocab = None
+        model.set_params(arrays)
+        return model
 
     def __repr__(self):
         return (
@@ -141,17 +186,18 @@ class RNN:
         h_last : ndarray (B, H)
             State after each sequence's last valid step.
         """
+        weights = self._weights()
         batch = self._batch(x, h0, lengths)
-        p = self.params
+        p, nonlinearity, slope = weights
         if self.output_size is not None and batch.lengths is None:
             # the common case in one kernel call
             y, h_last = self._kernels.elman_forward(
                 batch.tokens if batch.tokens is not None else batch.x, batch.h0, p["Wxh"],
-                p["Whh"], p["bh"], p["Why"], p["by"], self.nonlinearity,
-                negative_slope=self.negative_slope, output=self.output)
+                p["Whh"], p["bh"], p["Why"], p["by"], nonlinearity,
+                negative_slope=slope, output=self.output)
             return self._to_user_layout(y, batch), self._state_out(h_last, batch)
-        hs = self._states(batch)
-        z = self._logits(hs)
+        hs = self._states(batch, weights)
+        z = self._logits(hs, weights)
         y = losses.apply_output(self.output, z) if self.output_size is not None else z
         return self._to_user_layout(y, batch), self._state_out(hs[-1], batch)
 
@@ -226,15 +272,16 @@ class RNN:
             raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
         if target_steps not in TARGET_STEPS:
             raise ValueError(f"target_steps: expected 'all' or 'last', got {target_steps!r}")
+        weights = self._weights()
         batch = self._batch(x, h0, lengths)
         window, carry = truncation.resolve(truncate, batch.T)
         t_idx, b_idx = self._loss_positions(batch, target_steps)
         target = self._target(target, loss, batch, target_steps, t_idx, b_idx)
 
         if need_grads and self._fusable(loss, batch, t_idx):
-            return self._fused(batch, target, loss, reduction, window, carry, input_grad)
-        hs = self._states(batch)
-        z = self._logits(hs)
+            return self._fused(batch, weights, target, loss, reduction, window, carry, input_grad)
+        hs = self._states(batch, weights)
+        z = self._logits(hs, weights)
         # (N, O) logits of the positions that carry a loss -> loss and dL/dz there
         z_sel = z.reshape(-1, z.shape[-1]) if t_idx is None else z[t_idx, b_idx]
         value, dz_sel = losses.loss_and_dz(loss, self.output, z_sel, target, reduction)
@@ -246,8 +293,8 @@ class RNN:
             else:
                 dz = np.zeros_like(z)
                 dz[t_idx, b_idx] = dz_sel
-            result.grads, result.grad_norms = self._backward(batch, hs, dz, window, carry,
-                                                             input_grad)
+            result.grads, result.grad_norms = self._backward(batch, weights, hs, dz, window,
+                                                             carry, input_grad)
         return result
 
     # -----------------------------------------------------------------------------------------
@@ -301,16 +348,19 @@ class RNN:
         if ids.size == 0:
             raise ValueError("prime: expected at least one token")
         n = _checks.positive_int("n", n)
-        state = None if h0 is None else np.asarray(h0)
+        weights = self._weights()
+        p, nonlinearity, slope = weights
+        batch = self._batch(ids, h0, None)  # unbatched: ids (T,), h0 (H,)
+        state = batch.h0
         if ids.size > 1:
-            _, state = self.forward(ids[:-1], h0=state)
-        batch = self._batch(ids[-1:], state, None)  # checks the last id and h0
+            # the prime but its last token, on the same snapshot of the weights
+            prime_batch = _Batch(None, batch.tokens[:-1], state, None, True)
+            state = self._states(prime_batch, weights)[-1]
         uniforms = np.random.default_rng(seed).random(n)
-        p = self.params
         out, _ = self._kernels.sample_tokens(
-            np.ascontiguousarray(p["Wxh"].T), p["bh"], p["Whh"], p["Why"], p["by"], batch.h0[0],
-            int(batch.tokens[0, 0]), uniforms, self.nonlinearity,
-            negative_slope=self.negative_slope, temperature=temperature,
+            np.ascontiguousarray(p["Wxh"].T), p["bh"], p["Whh"], p["Why"], p["by"], state[0],
+            int(batch.tokens[-1, 0]), uniforms, nonlinearity,
+            negative_slope=slope, temperature=temperature,
             top_k=0 if top_k is None else top_k,
         )
         return self.vocab.decode(out) if as_text else out
@@ -443,7 +493,8 @@ class RNN:
         """Copy ``params`` (same keys and shapes as ``self.params``) into the model's arrays, cast
         to its dtype; checks everything first, so a failed call changes nothing. The arrays are
         updated in place: references held elsewhere (an optimizer's) stay valid."""
-        expected = {name: p.shape for name, p in self.params.items()}
+        live = dict(self.params)  # one reference to each array: checked and written alike
+        expected = {name: p.shape for name, p in live.items()}
         missing = set(expected) - set(params)
         extra = set(params) - set(expected)
         if missing or extra:
@@ -455,7 +506,7 @@ class RNN:
                 raise ValueError(f"{name}: expected shape {shape}, got {value.shape}")
             new[name] = _checks.finite_array(name, value, self.dtype)
         for name, value in new.items():
-            np.copyto(self.params[name], value)
+            np.copyto(live[name], value)
 
     # -----------------------------------------------------------------------------------------
     # validation
@@ -585,18 +636,18 @@ class RNN:
         return (loss == "cross_entropy" and self.output in ("softmax", "linear")) or (
             loss == "mse" and self.output == "linear")
 
-    def _fused(self, batch, target, loss, reduction, window, carry, input_grad=True):
+    def _fused(self, batch, weights, target, loss, reduction, window, carry, input_grad=True):
         """``_evaluate`` for the common case, in one kernel call (same results). The inputs and
         targets were checked by ``_batch`` and ``_target``; the parameters are checked here, so
         the kernel's own checks (a tenth of the time of a char-LM step) are skipped."""
-        p, T, B = self._checked_params(), batch.T, batch.B
+        (p, nonlinearity, slope), T, B = weights, batch.T, batch.B
         inputs = batch.tokens if batch.tokens is not None else batch.x
         target = target.reshape((T, B) + target.shape[1:])
         carry = _checks.carry_array(carry, T, self.dtype)
         longest, windows = (0, None) if window is None else _checks.window_sizes(window, T)
         value, grads, h_last, grad_norms = self._kernels._elman_step(
             inputs, target, batch.h0, p["Wxh"], p["Whh"], p["bh"], p["Why"], p["by"],
-            _checks.NONLINEARITIES.index(self.nonlinearity), self.negative_slope, carry,
+            _checks.NONLINEARITIES.index(nonlinearity), slope, carry,
             longest, windows, loss == "cross_entropy", reduction == "sum", input_grad)
         if "x" in grads:
             grads["x"] = self._to_user_layout(grads["x"], batch)
@@ -604,23 +655,44 @@ class RNN:
         return types.SimpleNamespace(loss=value, h_last=self._state_out(h_last, batch),
                                      grads=grads, grad_norms=grad_norms)
 
-    def _checked_params(self):
-        """``self.params``, after making sure that no array was replaced by one of another
-        shape, dtype or memory layout (the compiled kernels rely on all three)."""
-        p, H, I, O = self.params, self.hidden_size, self.input_size, self.output_size
-        expected = {"Wxh": (H, I), "Whh": (H, H), "bh": (H,), "Why": (O, H), "by": (O,)}
-        for name, shape in expected.items():
-            a = p.get(name)
-            if (type(a) is not np.ndarray or a.shape != shape or a.dtype != self.dtype
-                    or not a.flags.c_contiguous):
-                raise ValueError(
-                    f"params[{name!r}]: expected a C-contiguous {self.dtype} array of shape {shape}, "
-                    f"got {_describe(a)}; update parameters in place or with set_params")
-        return p
+    def _param_shapes(self):
+        H, I, O = self.hidden_size, self.input_size, self.output_size
+        shapes = {"Wxh": (H, I), "Whh": (H, H), "bh": (H,)}
+        if O is not None:
+            shapes.update(Why=(O, H), by=(O,))
+        return shapes
 
-    def _states(self, batch):
+    def _weights(self):
+        """One checked snapshot of what a computation reads from the model: ``(params,
+        nonlinearity, negative_slope)``, where ``params`` is a new dict holding one reference to
+        each parameter array.
+
+        Every path (forward, loss and gradient, fused or composed, sampling) takes this snapshot
+        once, checks it, and hands the same objects to the kernels, never reading ``self.params``
+        again: an array replaced in the live dict (by another thread, or a dict whose lookups
+        disagree) can then neither reach a kernel unchecked nor mix with the old one. The
+        compiled kernels rely on each array's type, shape, dtype and memory layout.
+        """
+        live = self.params
+        nonlinearity, slope = self.nonlinearity, self.negative_slope
+        _checks.nonlinearity_code(nonlinearity, slope)
+        snapshot = {}
+        for name, shape in self._param_shapes().items():
+            try:
+                a = live[name]
+            except (KeyError, TypeError):
+                raise KeyError(f"params: parameter {name!r} is missing") from None
+            if (type(a) is not np.ndarray or a.shape != shape or a.dtype != self.dtype
+                    or not a.flags.c_contiguous or not a.flags.aligned):
+                raise ValueError(
+                    f"params[{name!r}]: expected a C-contiguous {self.dtype} array of shape "
+                    f"{shape}, got {_describe(a)}; update parameters in place or with set_params")
+            snapshot[name] = a
+        return snapshot, nonlinearity, float(slope)
+
+    def _states(self, batch, weights=None):
         """hs (T + 1, B, H): the input projection for all steps, then the recurrence kernel."""
-        p = self.params
+        p, nonlinearity, slope = self._weights() if weights is None else weights
         if batch.tokens is not None:
             # a row gather from Wxh^T is x_t Wxh^T for one-hot x_t
             xw = p["Wxh"].T.take(batch.tokens, axis=0)
@@ -632,26 +704,26 @@ class RNN:
             xw,
             batch.h0,
             p["Whh"],
-            self.nonlinearity,
-            negative_slope=self.negative_slope,
+            nonlinearity,
+            negative_slope=slope,
             lengths=batch.lengths,
         )
 
-    def _logits(self, hs):
+    def _logits(self, hs, weights=None):
         """z (T, B, O) = h_t Why^T + by for all steps, or the states when there is no output layer."""
-        states = hs[1:]
+        states, p = hs[1:], (self._weights() if weights is None else weights)[0]
         if self.output_size is None:
             return states
         T, B, H = states.shape
-        z = states.reshape(-1, H) @ self.params["Why"].T
-        z += self.params["by"]
+        z = states.reshape(-1, H) @ p["Why"].T
+        z += p["by"]
         return z.reshape(T, B, -1)
 
-    def _backward(self, batch, hs, dz, window=None, carry=None, input_grad=True):
+    def _backward(self, batch, weights, hs, dz, window=None, carry=None, input_grad=True):
         """Gradients of every parameter (and h0, and dense x) from dL/dz (T, B, O), and the
         per-step gradient norms (None with a window); with a look-back ``window`` (int or (T,))
         or a ``carry`` scale (T,) for truncated BPTT."""
-        p, H = self.params, self.hidden_size
+        (p, nonlinearity, slope), H = weights, self.hidden_size
         T, B = batch.T, batch.B
         grads = {}
         if self.output_size is None:
@@ -664,12 +736,12 @@ class RNN:
             # (T*B, H) = (T*B, O) (O, H)
             dh_out = (dz2 @ p["Why"]).reshape(T, B, H)
         k = self._kernels
-        common = dict(negative_slope=self.negative_slope, lengths=batch.lengths)
+        common = dict(negative_slope=slope, lengths=batch.lengths)
         if window is None:
-            da, dh0, grad_norms = k.rnn_backward(dh_out, hs, p["Whh"], self.nonlinearity,
+            da, dh0, grad_norms = k.rnn_backward(dh_out, hs, p["Whh"], nonlinearity,
                                                  carry=carry, **common)
         else:
-            da, dh0 = k.rnn_backward_window(dh_out, hs, p["Whh"], window, self.nonlinearity, **common)
+            da, dh0 = k.rnn_backward_window(dh_out, hs, p["Whh"], window, nonlinearity, **common)
             grad_norms = None
         da2 = da.reshape(-1, H)
         # dWhh (H, H) = da^T (H, T*B) h_{t-1} (T*B, H)
@@ -685,7 +757,7 @@ class RNN:
             if input_grad:
                 grads["x"] = self._to_user_layout((da2 @ p["Wxh"]).reshape(T, B, -1), batch)
         grads["h0"] = self._state_out(dh0, batch)
-        ordered = {name: grads[name] for name in (*self.params, "h0", "x") if name in grads}
+        ordered = {name: grads[name] for name in (*p, "h0", "x") if name in grads}
         return ordered, grad_norms
 
     def _to_user_layout(self, a, batch):
@@ -705,6 +777,8 @@ class RNN:
 def _describe(a):
     if isinstance(a, np.ndarray):
         layout = "C-contiguous" if a.flags.c_contiguous else "non-contiguous"
+        if not a.flags.aligned:
+            layout = "misaligned " + layout
         return f"a {layout} {a.dtype} array of shape {a.shape}"
     return type(a).__name__
 
