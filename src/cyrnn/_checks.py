@@ -29,6 +29,13 @@ def nonlinearity_code(nonlinearity, negative_slope):
     return code
 
 
+def aligned_array(a, dtype=None):
+    """``a`` as a C-contiguous array aligned for its dtype, copied only when it is not already
+    one (``np.ascontiguousarray`` keeps a view offset by one byte, which compiled code must not
+    read as if aligned)."""
+    return np.require(a, dtype, ("C_CONTIGUOUS", "ALIGNED"))
+
+
 def float_array(name, a, ndim, dtype=None):
     """Return ``a`` as a C-contiguous float32/float64 array of rank ``ndim``.
 
@@ -43,7 +50,7 @@ def float_array(name, a, ndim, dtype=None):
         raise TypeError(f"{name}: expected dtype {np.dtype(dtype)} like the other arrays, got {a.dtype}")
     if a.ndim != ndim:
         raise ValueError(f"{name}: expected {ndim} dimensions, got shape {a.shape}")
-    return np.ascontiguousarray(a)
+    return aligned_array(a)
 
 
 def id_range(name, ids, n, kind="id"):
@@ -70,7 +77,7 @@ def lengths_array(lengths, T, B):
         raise ValueError(f"lengths: expected shape ({B},), got {arr.shape}")
     if B and (arr.min() < 0 or arr.max() > T):
         raise ValueError(f"lengths: expected values in [0, {T}], got min {arr.min()} max {arr.max()}")
-    return np.ascontiguousarray(arr, dtype=np.intp)
+    return aligned_array(arr, dtype=np.intp)
 
 
 def _check_sizes(T, B, H):
@@ -131,7 +138,7 @@ def carry_array(carry, T, dtype):
         raise TypeError(f"carry: expected real numbers, got dtype {arr.dtype}")
     if arr.shape != (T,):
         raise ValueError(f"carry: expected shape ({T},), got {arr.shape}")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    arr = aligned_array(arr, dtype=dtype)
     if not np.isfinite(arr).all():
         raise ValueError("carry: expected finite values")
     return arr
@@ -160,20 +167,20 @@ def window_sizes(window, T):
         raise ValueError(f"window: expected an int or shape ({T},), got shape {arr.shape}")
     if arr.min() < 1:
         raise ValueError(f"window: expected values >= 1, got {arr.min()}")
-    return int(arr.max()), np.ascontiguousarray(arr, dtype=np.intp)
+    return int(arr.max()), aligned_array(arr, dtype=np.intp)
 
 
 def finite_array(name, a, dtype):
     """``a`` as a C-contiguous array of ``dtype``, rejecting NaN and Inf, including values that
     only overflow on the conversion (1e300 into float32)."""
-    if type(a) is np.ndarray and a.dtype == dtype and a.flags.c_contiguous:
+    if type(a) is np.ndarray and a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned:
         out = a  # already in shape: no conversion, so nothing can overflow (the common case)
     else:
         a = np.asarray(a)
         if a.dtype.kind not in "fiu":
             raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
         with np.errstate(over="ignore"):
-            out = np.ascontiguousarray(a, dtype=dtype)
+            out = aligned_array(a, dtype=dtype)
     # float32: a NaN or Inf anywhere makes the sum NaN or Inf, and summed in float64 it cannot
     # overflow (nor warn), so a finite sum clears the array without the elementwise test's mask
     if out.dtype == np.float32:
@@ -220,4 +227,4 @@ def embedding_grad_args(ids, grad, num_rows):
         raise ValueError(f"num_rows: expected an int >= 1, got {num_rows}")
     if ids.size and (ids.min() < 0 or ids.max() >= num_rows):
         raise ValueError(f"ids: expected values in [0, {num_rows}), got min {ids.min()} max {ids.max()}")
-    return np.ascontiguousarray(ids, dtype=np.intp), grad, num_rows
+    return aligned_array(ids, dtype=np.intp), grad, num_rows

@@ -41,8 +41,9 @@ first update) uses ``lr = base_lr * schedule(k)``.
 
 Every update is checked first: all gradients must be present, of the parameter's shape and finite,
 otherwise nothing is updated. The arithmetic runs in place in preallocated work arrays of the
-parameter dtype, so a step allocates no array the size of a parameter (apart from a boolean mask
-per gradient for the finiteness check).
+parameter dtype, so a step allocates no array the size of a parameter. A gradient is finite when
+its values are finite in the parameter dtype: a float64 gradient of 1e300 is refused for float32
+parameters, where it would become inf.
 """
 import math
 import numbers
@@ -101,6 +102,17 @@ def _integer(name, value, *, low):
     if value < low:
         raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
     return int(value)
+
+
+def _finite_in(g, dtype):
+    """Whether every value of ``g`` is finite once cast to ``dtype`` (the cast the update makes:
+    a finite float64 1e300 is inf in float32). NaN propagates through min and max and infinities
+    sit at the ends, so the two extremes decide, without an array the size of ``g``."""
+    if g.dtype.kind not in "fiu" or g.size == 0:
+        return True
+    with np.errstate(over="ignore", invalid="ignore"):
+        ends = np.array([g.min(), g.max()]).astype(dtype)
+    return bool(np.isfinite(ends).all())
 
 
 def _describe(a):
@@ -482,10 +494,11 @@ class Optimizer:
                     f"grads[{name!r}]: expected shape {p.shape} like the parameter, got {g.shape}"
                 )
             items.append((name, p, g))
-        for name, _, g in items:
-            if g.dtype.kind == "f" and not np.isfinite(g).all():
+        for name, p, g in items:
+            if not _finite_in(g, p.dtype):
                 raise FloatingPointError(
-                    f"grads[{name!r}]: non-finite values (nan or inf); no parameter was updated"
+                    f"grads[{name!r}]: non-finite values in {p.dtype} (nan, inf, or too large "
+                    f"for the parameter dtype); no parameter was updated"
                 )
         return items
 

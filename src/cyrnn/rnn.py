@@ -526,7 +526,7 @@ class RNN:
             if self.batch_first and batched:
                 ids = ids.T
             _checks.id_range("x", ids, I, "token id")
-            tokens = np.ascontiguousarray(ids, dtype=np.intp)
+            tokens = _checks.aligned_array(ids, dtype=np.intp)
         elif x.dtype.kind == "f":
             if x.ndim not in (2, 3) or x.shape[-1] != I:
                 expected = "(B, T, {0}) or (T, {0})" if self.batch_first else "(T, B, {0}) or (T, {0})"
@@ -618,7 +618,7 @@ class RNN:
             selected = target.reshape((B,) + target.shape[(1 if batch.batched else 0):])
         if classes:
             _checks.id_range("target", selected, O, "class id")
-            return np.ascontiguousarray(selected, dtype=np.intp)
+            return _checks.aligned_array(selected, dtype=np.intp)
         selected = _checks.finite_array("target", selected, self.dtype)
         if loss == "bce" and (selected.min() < 0 or selected.max() > 1):
             raise ValueError("target: bce needs values in [0, 1]")

@@ -36,7 +36,7 @@ def _model_args(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope)
         if inputs.ndim != 2:
             raise ValueError(f"inputs: token ids must have shape (T, B), got {inputs.shape}")
         _checks.id_range("inputs", inputs, I)
-        inputs = np.ascontiguousarray(inputs, dtype=np.intp)
+        inputs = _checks.aligned_array(inputs, dtype=np.intp)
     else:
         inputs = _checks.float_array("inputs", inputs, 3, dtype)
         _checks.expect_shape("inputs", inputs, inputs.shape[:2] + (I,))
@@ -67,7 +67,7 @@ def _step_args(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity, negativ
             raise TypeError(f"targets: cross_entropy needs integer class ids, got dtype {targets.dtype}")
         _checks.expect_shape("targets", targets, (T, B))
         _checks.id_range("targets", targets, O)
-        targets = np.ascontiguousarray(targets, dtype=np.intp)
+        targets = _checks.aligned_array(targets, dtype=np.intp)
     else:
         targets = _checks.float_array("targets", targets, 3, dtype)
         _checks.expect_shape("targets", targets, (T, B, O))

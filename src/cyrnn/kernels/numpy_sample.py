@@ -47,7 +47,7 @@ def _uniforms(uniforms):
         raise TypeError(f"uniforms: expected float64 values in [0, 1), got dtype {u.dtype}")
     if u.ndim != 1 or u.shape[0] < 1:
         raise ValueError(f"uniforms: expected a non-empty 1-D array, got shape {u.shape}")
-    u = np.ascontiguousarray(u, dtype=np.float64)
+    u = _checks.aligned_array(u, dtype=np.float64)
     # written so that NaN fails too
     if not ((u >= 0.0) & (u < 1.0)).all():
         raise ValueError(f"uniforms: expected values in [0, 1), got min {u.min()} max {u.max()}")
