@@ -851,10 +851,10 @@ def test_out_buffer_errors(backend):
         k.rnn_forward(**ok, out=np.empty((T + 1, B, H), np.float32))
     readonly = np.zeros((T + 1, B, H))
     readonly.setflags(write=False)
-    with pytest.raises(ValueError, match="out: expected a writeable C-contiguous array"):
+    with pytest.raises(ValueError, match="out: expected a writeable, aligned C-contiguous array"):
         k.rnn_forward(**ok, out=readonly)
     strided = np.zeros((T + 1, B, 2 * H))[:, :, ::2]
-    with pytest.raises(ValueError, match="out: expected a writeable C-contiguous array"):
+    with pytest.raises(ValueError, match="out: expected a writeable, aligned C-contiguous array"):
         k.rnn_forward(**ok, out=strided)
     buf = np.zeros((T + 1, B, H))
     with pytest.raises(ValueError, match="out: must not overlap the inputs"):

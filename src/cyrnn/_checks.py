@@ -106,10 +106,10 @@ def forward_args(xw, h0, Whh, nonlinearity, negative_slope, lengths, out):
         if not isinstance(out, np.ndarray) or out.dtype != xw.dtype:
             raise TypeError(f"out: expected a numpy.ndarray of dtype {xw.dtype}")
         expect_shape("out", out, (T + 1, B, H))
-        if not out.flags.c_contiguous or not out.flags.writeable:
-            raise ValueError("out: expected a writeable C-contiguous array")
-        if np.shares_memory(out, xw) or np.shares_memory(out, h0) or np.shares_memory(out, Whh):
-            raise ValueError("out: must not overlap the inputs")
+        if not (out.flags.c_contiguous and out.flags.writeable and out.flags.aligned):
+            raise ValueError("out: expected a writeable, aligned C-contiguous array")
+        if any(a is not None and np.shares_memory(out, a) for a in (xw, h0, Whh, lengths)):
+            raise ValueError("out: must not overlap the inputs (xw, h0, Whh, lengths)")
     return xw, h0, Whh, code, float(negative_slope), lengths, out
 
 
@@ -155,9 +155,13 @@ def positive_int(name, value):
 
 def window_sizes(window, T):
     """Look-back of every output: ``(longest, per_output)`` where ``per_output`` is None when
-    ``window`` is one int for all, else a C-contiguous intp array (T,) of values >= 1."""
+    ``window`` is one int for all, else a C-contiguous intp array (T,) of values >= 1.
+
+    A look-back of ``T + 1`` steps or more is full BPTT (every output reaches ``h0``), so larger
+    values are taken as ``T + 1``: any size of integer, up to ``2**64 - 1`` in a uint64 array,
+    gives that one result."""
     if isinstance(window, (int, np.integer)) and not isinstance(window, (bool, np.bool_)):
-        return positive_int("window", window), None
+        return min(positive_int("window", window), T + 1), None
     if not isinstance(window, (list, tuple, np.ndarray)):
         raise TypeError(f"window: expected an int >= 1 or an array of them (T,), got {window!r}")
     arr = np.asarray(window)
@@ -167,7 +171,10 @@ def window_sizes(window, T):
         raise ValueError(f"window: expected an int or shape ({T},), got shape {arr.shape}")
     if arr.min() < 1:
         raise ValueError(f"window: expected values >= 1, got {arr.min()}")
-    return int(arr.max()), aligned_array(arr, dtype=np.intp)
+    sizes = np.full(T, T + 1, dtype=np.intp)
+    inside = arr <= T + 1  # compared in the caller's integer type: no value wraps
+    sizes[inside] = arr[inside]
+    return int(sizes.max()), sizes
 
 
 def finite_array(name, a, dtype):

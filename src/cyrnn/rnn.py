@@ -305,8 +305,10 @@ class RNN:
         """Generate ``n`` tokens after ``prime``, feeding each draw back in.
 
         The per-step loop (recurrence, output layer, softmax, draw) is one kernel call; the draws
-        come from uniforms generated beforehand from ``seed``, so both backends produce the same
-        text for the same seed.
+        come from uniforms generated beforehand from ``seed``. The same seed gives the same text
+        on the same backend and build; across backends (or SIMD builds) the probabilities agree
+        only up to rounding, so the texts agree up to the rare draw that falls within rounding of
+        the boundary between two tokens, after which they diverge.
 
         Parameters
         ----------

@@ -27,6 +27,9 @@ def _model_args(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope)
     Why = _checks.float_array("Why", Why, 2, dtype)
     O = Why.shape[0]
     _checks.expect_shape("Why", Why, (O, H))
+    if min(H, I, O) < 1:
+        raise ValueError(f"expected hidden, input and output sizes >= 1, got H = {H}, I = {I}, "
+                         f"O = {O}")
     bh = _checks.float_array("bh", bh, 1, dtype)
     _checks.expect_shape("bh", bh, (H,))
     by = _checks.float_array("by", by, 1, dtype)

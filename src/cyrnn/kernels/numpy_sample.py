@@ -2,7 +2,9 @@
 
 ``sample_tokens`` generates a sequence of token ids from an Elman RNN language model, one step
 at a time, feeding each drawn id back in as the next input. The random numbers are drawn by the
-caller (``uniforms``), so both backends make the same choices for the same seed.
+caller (``uniforms``), so both backends make the same choices for the same seed, up to rounding:
+the two compute the probabilities to float tolerance, not bit for bit, and a uniform within
+rounding of a boundary between two tokens can pick either.
 
 ``_sample_args`` (the argument checks) and ``_nonfinite_logits`` (the error of a step whose
 logits are NaN or infinite) are shared with the compiled module, which imports them from here:
