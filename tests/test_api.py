@@ -1254,7 +1254,8 @@ def test_from_torch_accepts_lists(backend):
 
 def test_backend_info():
     info = cyrnn.backend_info()
-    assert set(info) == {"backend", "reason", "available", "blas", "simd", "version"}
+    assert set(info) == {"backend", "reason", "available", "blas", "simd", "threads", "version"}
+    assert info["threads"] == cyrnn.get_num_threads() >= 1
     assert info["backend"] == "cython"
     assert tuple(info["available"]) == ("cython", "numpy")
     assert info["version"] == cyrnn.__version__

@@ -67,7 +67,7 @@ def test_info_in_process(capsys):
     out, err = capsys.readouterr()
     lines = dict(line.split(": ", 1) for line in out.splitlines())
     assert lines["backend"] == cyrnn.backend_info()["backend"]
-    assert set(lines) == {"backend", "reason", "available", "blas", "simd", "version"}
+    assert set(lines) == {"backend", "reason", "available", "blas", "simd", "threads", "version"}
     assert err == ""
 
 

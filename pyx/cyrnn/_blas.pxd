@@ -6,7 +6,7 @@
 # column-major product C^T = op(B)^T op(A)^T: swap the operands and the sizes M and N, keep the
 # transpose flags.
 from cython cimport floating
-from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv, sdot, ddot
+from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 cdef extern from "_smallgemm.h" nogil:
     int sgemm_small "cyrnn_sgemm_small"(int trans_a, long M, long N, long K, float alpha,
@@ -25,15 +25,20 @@ cdef extern from "_smallgemm.h" nogil:
                                         const double* W, long ldw, int beta, double* C, long ldc)
 
 cdef enum:
-    # Where cyrnn's own product kernel (_smallgemm.h) runs rather than BLAS, by M*N*K, while
-    # BLAS runs on one thread (with more, OpenBLAS splits the larger products between threads);
-    # single rows always. Measured on one core, side by side on the same data:
-    # AVX-512 from 2^20 on: below, OpenBLAS's SkylakeX small-matrix kernels are as fast; above,
-    # 1.0-1.8x OpenBLAS in float32. float64 only up to 2^24: above, packed dgemm is 2-8% ahead.
-    OWN_KERNEL_MIN_WORK = 1 << 20
-    OWN_KERNEL_MAX_WORK_F64 = 1 << 24
-    # AVX2 up to 2^22: 1.1-3.7x OpenBLAS's Haswell kernels there (no small-matrix path), and
-    # 0.5-0.6x at (64, 1024) x (1024, 1024) and larger
+    # Which products run on cyrnn's own kernel (_smallgemm.h) and which on BLAS, by M*N*K.
+    # The rule never looks at BLAS's thread count: cyrnn runs its own threads (shards of the
+    # batch), a BLAS call inside a kernel must stay on the calling thread, and a product's
+    # result must not depend on any thread count. OpenBLAS runs a GEMM on one thread up to
+    # M*N*K = 65536 * GEMM_MULTITHREAD_THRESHOLD (4 by default), whatever its thread count, so:
+    # up to BLAS_SINGLE_THREAD_MAX_WORK, BLAS (its small-matrix kernels tie with cyrnn's on
+    # AVX-512, bench/RESULTS.md); above it, cyrnn's own kernel (1.0-1.8x OpenBLAS on one core in
+    # float32; float64 within 2-8% of packed dgemm above 2^24), except on AVX2 builds above
+    # OWN_KERNEL_MAX_WORK_AVX2 while BLAS runs on one thread, where OpenBLAS's Haswell kernels
+    # are 1.7-2x faster (the one case where a BLAS thread setting changes the last bits).
+    BLAS_SINGLE_THREAD_MAX_WORK = 1 << 18
+    # and a GEMV on one thread up to M*N = 2304 * GEMM_MULTITHREAD_THRESHOLD: above it, kernels
+    # multiply single rows by a transposed copy on cyrnn's own kernel instead
+    BLAS_GEMV_SINGLE_THREAD_MAX_WORK = 9216
     OWN_KERNEL_MAX_WORK_AVX2 = 1 << 22
 
 
@@ -44,17 +49,16 @@ cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
     """C (M, N) = alpha op(A) (M, K) op(B) (K, N) + beta C, all row-major, beta 0 or 1.
 
     Products with B untransposed run on cyrnn's own kernel where the CPU has a build of it: a
-    single row always, the sizes measured faster (see OWN_KERNEL_*) while BLAS runs on one
-    thread. Otherwise a single row (M = 1, e.g. a batch of one) goes to GEMV, which OpenBLAS
-    runs with less overhead, c (N,) = alpha op(B)^T a (K,) + beta c, and the rest to GEMM.
+    single row always, and every product above BLAS_SINGLE_THREAD_MAX_WORK (see there).
+    Otherwise a single row (M = 1, e.g. a batch of one) goes to GEMV, which OpenBLAS runs with
+    less overhead, c (N,) = alpha op(B)^T a (K,) + beta c, and the rest to GEMM.
     """
     cdef long long work = <long long> M * N * K
     cdef int build = own_kernel_available()  # 2 AVX-512, 1 AVX2, 0 none
     if build and not trans_b and (M == 1 or (
-            (work <= OWN_KERNEL_MAX_WORK_AVX2 if build == 1 else
-             work >= OWN_KERNEL_MIN_WORK and (floating is float
-                                             or work <= OWN_KERNEL_MAX_WORK_F64))
-            and blas_threads(<void*> sgemm) == 1)):
+            work > BLAS_SINGLE_THREAD_MAX_WORK
+            and not (build == 1 and work > OWN_KERNEL_MAX_WORK_AVX2
+                     and blas_threads(<void*> sgemm) == 1))):
         if floating is float:
             if sgemm_small(trans_a, M, N, K, alpha, A, lda, B, ldb, beta != 0, C, ldc):
                 return
@@ -85,10 +89,23 @@ cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
         dgemm(&tb, &ta, &N, &M, &K, &alpha, <double*> B, &ldb, <double*> A, &lda, &beta, C, &ldc)
 
 
-cdef inline floating dot(int n, const floating* x, const floating* y) noexcept nogil:
-    """sum_i x[i] y[i] for contiguous vectors."""
-    cdef int one = 1
-    if floating is float:
-        return sdot(&n, <float*> x, &one, <float*> y, &one)
-    else:
-        return ddot(&n, <double*> x, &one, <double*> y, &one)
+cdef inline double sum_of_squares(Py_ssize_t n, const floating* x) noexcept nogil:
+    """sum_i x[i]^2 of a contiguous vector, in double, in a fixed order (eight partial sums,
+    which the compiler vectorizes): the same on any thread count, for any 64-bit n."""
+    cdef double partial[8]
+    cdef Py_ssize_t i, j
+    cdef double v
+    for j in range(8):
+        partial[j] = 0
+    i = 0
+    while i + 8 <= n:
+        for j in range(8):
+            v = x[i + j]
+            partial[j] += v * v
+        i += 8
+    while i < n:
+        v = x[i]
+        partial[0] += v * v
+        i += 1
+    return (((partial[0] + partial[4]) + (partial[1] + partial[5]))
+            + ((partial[2] + partial[6]) + (partial[3] + partial[7])))

@@ -21,20 +21,26 @@ from libc.string cimport memcpy, memset
 from cyrnn._act cimport (SIGMOID, activate, add_row_sums, add_to_rows, elementwise_build,
                          elementwise_widest, exp_, exp_build, rows_build_f32, rows_build_f64,
                          times_derivative)
-from cyrnn._blas cimport (OWN_KERNEL_MIN_WORK, blas_threads, dgemm_build, dot, gemm,
-                          own_kernel_available, sgemm_build)
+from cyrnn._blas cimport (BLAS_GEMV_SINGLE_THREAD_MAX_WORK, BLAS_SINGLE_THREAD_MAX_WORK,
+                          blas_threads, dgemm_build, gemm, own_kernel_available, sgemm_build,
+                          sum_of_squares)
 from scipy.linalg.cython_blas cimport sgemm
 
 import numpy as np
 
-from cyrnn import _checks
+from cyrnn import _checks, _threads
 from cyrnn.kernels.numpy_fused import _model_args, _output_code, _step_args
 
 cnp.import_array()
 
 cdef enum:
-    # rows of a BPTT block in the fused step (see _elman_step)
+    # rows of a BPTT block in the fused step (see step_buffers)
     BLOCK_ROWS = 256
+    # the training step in shards of the batch (see shard_count): at most this many, and only
+    # from this much work, T*B*H*(H + I + O) multiply-adds of the forward pass, on (about 0.1 ms
+    # of arithmetic at one core's speed: starting a thread costs tens of microseconds)
+    MAX_SHARDS = 8
+    MIN_SHARDED_WORK = 1 << 23
     # from this batch size on, rnn_forward multiplies by a transposed copy of Whh (see there)
     TRANSPOSE_MIN_BATCH = 2
 
@@ -115,8 +121,9 @@ def rnn_forward(xw, h0, Whh, nonlinearity="tanh", *, negative_slope=0.01, length
     cdef const Py_ssize_t* p_len = <const Py_ssize_t*> data(lengths)
     # OpenBLAS's GEMM reads a transposed operand more slowly (measured: 106 ms vs 89 ms for the
     # whole forward at T=50, B=64, H=1024; 1.25 vs 0.74 ms at T=100, B=16, H=128); from B = 2 on,
-    # one transposed copy of Whh per call pays for itself. For B = 1 it does not (a GEMV either way).
-    cdef bint transposed = B >= TRANSPOSE_MIN_BATCH
+    # one transposed copy of Whh per call pays for itself. For B = 1 it does not (a GEMV either
+    # way), except where the GEMV is large enough for OpenBLAS to run it on several threads.
+    cdef bint transposed = B >= TRANSPOSE_MIN_BATCH or H * H > BLAS_GEMV_SINGLE_THREAD_MAX_WORK
     if transposed:
         WhhT = np.ascontiguousarray(Whh.T)
         p_Whh = data(WhhT)
@@ -149,7 +156,7 @@ cdef void backward_in_place(floating* g, const floating* hs, const floating* Whh
         add(g + (T - 1) * BH, dh_last, BH)
     for t in range(T - 1, -1, -1):
         g_t = g + t * BH
-        grad_norms[t] = sqrt(dot(<int> BH, g_t, g_t))
+        grad_norms[t] = sqrt(sum_of_squares(BH, g_t))
         # da_t = g_t * f'(h_t), in place
         times_derivative(g_t, g_t, hs + (t + 1) * BH, BH, code, slope)
         # g_{t-1} (B, H) += c_t da_t (B, H) Whh (H, H); from step 0, dh0 = c_0 da_0 Whh
@@ -196,7 +203,7 @@ cdef void backward(const floating* dh_out, const floating* hs, const floating* W
                                  code, slope)
             else:
                 memset(da + t * BH + row, 0, row_bytes)
-        grad_norms[t] = sqrt(dot(<int> BH, g, g))
+        grad_norms[t] = sqrt(sum_of_squares(BH, g))
 
         # g_t = carry_t da_t Whh, plus the unchanged g_{t+1} of sequences frozen at step t
         scale = 1 if carry == NULL else carry[t]
@@ -518,12 +525,14 @@ cdef tuple transposed_weights(Wxh, Whh, Why, Py_ssize_t T, Py_ssize_t B, bint to
     products may run on cyrnn's own kernel (which needs the untransposed operand); below it the
     copy costs more than it saves."""
     cdef Py_ssize_t H = Whh.shape[0], I = Wxh.shape[1], O = Why.shape[0]
-    WhhT = np.ascontiguousarray(Whh.T) if B >= TRANSPOSE_MIN_BATCH else None
+    # (for a batch of one only where a GEMV would be large enough for BLAS to thread it)
+    WhhT = (np.ascontiguousarray(Whh.T)
+            if B >= TRANSPOSE_MIN_BATCH or H * H > BLAS_GEMV_SINGLE_THREAD_MAX_WORK else None)
     if tokens:
         WxhT = np.ascontiguousarray(Wxh.T) if I <= T * B else None
     else:
-        WxhT = np.ascontiguousarray(Wxh.T) if T * B * I * H >= OWN_KERNEL_MIN_WORK else None
-    WhyT = np.ascontiguousarray(Why.T) if T * B * H * O >= OWN_KERNEL_MIN_WORK else None
+        WxhT = np.ascontiguousarray(Wxh.T) if T * B * I * H > BLAS_SINGLE_THREAD_MAX_WORK else None
+    WhyT = np.ascontiguousarray(Why.T) if T * B * H * O > BLAS_SINGLE_THREAD_MAX_WORK else None
     return WhhT, WxhT, WhyT
 
 
@@ -618,8 +627,8 @@ cdef double loss_and_grad_step(
 
 def elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *,
                         negative_slope=0.01, loss="cross_entropy", reduction="mean", carry=None,
-                        window=None, input_grad=True):
-    """elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, negative_slope=0.01, loss="cross_entropy", reduction="mean", carry=None, window=None, input_grad=True)
+                        window=None, input_grad=True, threads=None):
+    """elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, negative_slope=0.01, loss="cross_entropy", reduction="mean", carry=None, window=None, input_grad=True, threads=None)
 
     A whole training step in one ``nogil`` call: the projection written straight into the state
     buffer, the recurrence in place, the output layer and the loss (dL/dz in place of the
@@ -628,106 +637,254 @@ def elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity
     """
     return _elman_step(*_step_args(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity,
                                    negative_slope, loss, reduction, carry, window),
-                       loss == "cross_entropy", reduction == "sum", input_grad)
+                       loss == "cross_entropy", reduction == "sum", input_grad,
+                       None if threads is None else _checks.positive_int("threads", threads))
 
 
-def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slope, carry,
-                Py_ssize_t k, windows, bint cross_entropy, bint sum_reduction, bint input_grad):
-    """``elman_loss_and_grad`` on arguments already checked by ``_step_args`` (or by the model,
-    which checks the same things once for its own messages): the arrays must be C-contiguous,
-    of one float dtype, of consistent shapes, and the ids in range."""
-    cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], H = Whh.shape[0]
-    cdef Py_ssize_t I = Wxh.shape[1], O = Why.shape[0]
-    cdef bint tokens = inputs.dtype.kind in "iu"
-    dtype = Whh.dtype
-    hs = empty((T + 1, B, H), dtype)
-    z = empty((T * B, O), dtype)
+# ---------------------------------------------------------------------------------------------
+# the training step split by sequences: shards of the batch on threads of cyrnn's own
+# ---------------------------------------------------------------------------------------------
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    int pthread_create(pthread_t* thread, const void* attr, void* (*start)(void*) noexcept nogil,
+                       void* arg)
+    int pthread_join(pthread_t thread, void** result)
+
+
+ctypedef struct StepArgs:
+    # loss_and_grad_step's arguments for one shard of the batch (or all of it), filled once per
+    # call; the float arrays as void*, float32 or float64 as `single` says
+    bint single
+    const Py_ssize_t* tokens
+    const Py_ssize_t* target_ids
+    const Py_ssize_t* windows
+    void* x
+    void* target_values
+    void* h0
+    void* Wxh
+    void* WxhT
+    void* dWxhT
+    void* Whh
+    void* WhhT
+    void* bh
+    void* Why
+    void* WhyT
+    void* by
+    void* carry
+    void* hs
+    void* z
+    void* da
+    void* work
+    void* depth
+    void* depth_next
+    void* grad_norms
+    void* dWxh
+    void* dWhh
+    void* dbh
+    void* dWhy
+    void* dby
+    void* dh0
+    void* dx
+    Py_ssize_t longest, T, B, n_in, H, O, block  # n_in: I (complex.h defines a macro I)
+    int code
+    double slope, scale, loss
+
+
+ctypedef struct Worker:
+    # the shards first, first + stride, ... (below count) of `steps`, run by one thread
+    StepArgs* steps
+    Py_ssize_t first, count, stride
+
+
+cdef void run_step(StepArgs* a) noexcept nogil:
+    if a.single:
+        a.loss = loss_and_grad_step(
+            a.tokens, <float*> a.x, a.target_ids, <float*> a.target_values, <float*> a.h0,
+            <float*> a.Wxh, <float*> a.WxhT, <float*> a.dWxhT, <float*> a.Whh, <float*> a.WhhT,
+            <float*> a.bh, <float*> a.Why, <float*> a.WhyT, <float*> a.by, <float*> a.carry,
+            a.windows, a.longest, <float*> a.hs, <float*> a.z, <float*> a.da, <float*> a.work,
+            <float*> a.depth, <float*> a.depth_next, <float*> a.grad_norms, <float*> a.dWxh,
+            <float*> a.dWhh, <float*> a.dbh, <float*> a.dWhy, <float*> a.dby, <float*> a.dh0,
+            <float*> a.dx, a.T, a.B, a.n_in, a.H, a.O, a.block, a.code, <float> a.slope,
+            <float> a.scale)
+    else:
+        a.loss = loss_and_grad_step(
+            a.tokens, <double*> a.x, a.target_ids, <double*> a.target_values, <double*> a.h0,
+            <double*> a.Wxh, <double*> a.WxhT, <double*> a.dWxhT, <double*> a.Whh,
+            <double*> a.WhhT, <double*> a.bh, <double*> a.Why, <double*> a.WhyT, <double*> a.by,
+            <double*> a.carry, a.windows, a.longest, <double*> a.hs, <double*> a.z,
+            <double*> a.da, <double*> a.work, <double*> a.depth, <double*> a.depth_next,
+            <double*> a.grad_norms, <double*> a.dWxh, <double*> a.dWhh, <double*> a.dbh,
+            <double*> a.dWhy, <double*> a.dby, <double*> a.dh0, <double*> a.dx, a.T, a.B,
+            a.n_in, a.H, a.O, a.block, a.code, a.slope, a.scale)
+
+
+cdef void* run_worker(void* arg) noexcept nogil:
+    cdef Worker* w = <Worker*> arg
+    cdef Py_ssize_t i = w.first
+    while i < w.count:
+        run_step(&w.steps[i])
+        i += w.stride
+    return NULL
+
+
+cdef void run_shards(StepArgs* steps, Py_ssize_t count, Worker* workers,
+                     int threads) noexcept nogil:
+    """Run every shard: worker 0 on the calling thread, the others on threads started here and
+    joined before returning. A thread that cannot be started leaves its shards to the caller,
+    so the work is always done (and the results do not depend on how many threads ran it)."""
+    cdef pthread_t handles[MAX_SHARDS]
+    cdef bint started[MAX_SHARDS]
+    cdef int t
+    for t in range(threads):
+        workers[t].steps = steps
+        workers[t].first = t
+        workers[t].count = count
+        workers[t].stride = threads
+    for t in range(1, threads):
+        started[t] = pthread_create(&handles[t], NULL, run_worker, &workers[t]) == 0
+    run_worker(&workers[0])
+    for t in range(1, threads):
+        if started[t]:
+            pthread_join(handles[t], NULL)
+        else:
+            run_worker(&workers[t])
+
+
+def shard_count(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t O):
+    """How many shards of the batch the compiled training step runs: fixed by the problem's
+    sizes alone, never by the thread count, so that a step gives bit-identical results on any
+    number of threads. One shard for small steps (starting a thread costs more than it saves)
+    and for batches under 16; else a power of two, with at least 16 sequences per shard from a
+    batch of 32 on (8 below), and at most MAX_SHARDS."""
+    cdef Py_ssize_t shards = 1, low = 16 if B >= 32 else 8
+    if B < 16 or T * B * H * (H + I + O) < MIN_SHARDED_WORK:
+        return 1
+    while shards * 2 <= MAX_SHARDS and B // (shards * 2) >= low:
+        shards *= 2
+    return shards
+
+
+cdef dict step_buffers(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t O,
+                       Py_ssize_t k, bint tokens, bint need_dWxhT, bint input_grad, dtype):
+    """Results and workspaces of one shard's step."""
     # BPTT by blocks of about BLOCK_ROWS (step, sequence) rows: large enough for efficient
     # GEMMs, small enough that da is a fraction of the states (a window needs all T steps)
     cdef Py_ssize_t block = T if k else min(T, max(1, (BLOCK_ROWS + B - 1) // B))
-    da = empty((block, B, H), dtype)
-    work = empty((2, B, H), dtype)
-    grad_norms = empty((T,), dtype)
-    # the window's depth buffers (its dh0 accumulator uses `work`); none for full BPTT
-    depth = empty((T, B, H), dtype) if k else None
-    depth_next = empty((T, B, H), dtype) if k else None
-    dWxh = empty((H, I), dtype)
-    dWhh = empty((H, H), dtype)
-    dbh = empty((H,), dtype)
-    dWhy = empty((O, H), dtype)
-    dby = empty((O,), dtype)
-    dh0 = empty((B, H), dtype)
-    dx = empty((T, B, I), dtype) if (input_grad and not tokens) else None
-    WhhT, WxhT, WhyT = transposed_weights(Wxh, Whh, Why, T, B, tokens)
-    dWxhT = empty((I, H), dtype) if tokens and WxhT is not None else None
+    return {
+        "block": block,
+        "hs": empty((T + 1, B, H), dtype),
+        "z": empty((T * B, O), dtype),
+        "da": empty((block, B, H), dtype),
+        "work": empty((2, B, H), dtype),
+        "grad_norms": empty((T,), dtype),
+        # the window's depth buffers (its dh0 accumulator uses `work`); none for full BPTT
+        "depth": empty((T, B, H), dtype) if k else None,
+        "depth_next": empty((T, B, H), dtype) if k else None,
+        "dWxh": empty((H, I), dtype),
+        "dWxhT": empty((I, H), dtype) if need_dWxhT else None,
+        "dWhh": empty((H, H), dtype),
+        "dbh": empty((H,), dtype),
+        "dWhy": empty((O, H), dtype),
+        "dby": empty((O,), dtype),
+        "dh0": empty((B, H), dtype),
+        "dx": empty((T, B, I), dtype) if (input_grad and not tokens) else None,
+    }
+
+
+cdef void fill_step(StepArgs* a, dict buf, inputs, targets, h0, tuple weights, carry, windows,
+                    Py_ssize_t k, int code, double slope, double scale):
+    Wxh, WxhT, Whh, WhhT, bh, Why, WhyT, by = weights
+    cdef bint tokens = inputs.dtype.kind in "iu"
+    a.single = Whh.dtype == np.float32
+    a.tokens = <const Py_ssize_t*> data(inputs) if tokens else NULL
+    a.x = NULL if tokens else data(inputs)
+    a.target_ids = <const Py_ssize_t*> data(targets) if targets.dtype.kind in "iu" else NULL
+    a.target_values = NULL if targets.dtype.kind in "iu" else data(targets)
+    a.windows = <const Py_ssize_t*> data(windows)
+    a.h0, a.carry = data(h0), data(carry)
+    a.Wxh, a.WxhT, a.Whh, a.WhhT = data(Wxh), data(WxhT), data(Whh), data(WhhT)
+    a.bh, a.Why, a.WhyT, a.by = data(bh), data(Why), data(WhyT), data(by)
+    a.hs, a.z, a.da, a.work = data(buf["hs"]), data(buf["z"]), data(buf["da"]), data(buf["work"])
+    a.depth, a.depth_next = data(buf["depth"]), data(buf["depth_next"])
+    a.grad_norms, a.dWxh, a.dWxhT = data(buf["grad_norms"]), data(buf["dWxh"]), data(buf["dWxhT"])
+    a.dWhh, a.dbh, a.dWhy, a.dby = data(buf["dWhh"]), data(buf["dbh"]), data(buf["dWhy"]), data(buf["dby"])
+    a.dh0, a.dx = data(buf["dh0"]), data(buf["dx"])
+    a.T, a.B, a.n_in = inputs.shape[0], inputs.shape[1], Wxh.shape[1]
+    a.H, a.O = Whh.shape[0], Why.shape[0]
+    a.longest, a.block, a.code, a.slope, a.scale = k, buf["block"], code, slope, scale
+
+
+def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slope, carry,
+                Py_ssize_t k, windows, bint cross_entropy, bint sum_reduction, bint input_grad,
+                threads=None):
+    """``elman_loss_and_grad`` on arguments already checked by ``_step_args`` (or by the model,
+    which checks the same things once for its own messages): the arrays must be C-contiguous,
+    of one float dtype, of consistent shapes, and the ids in range. The batch runs in
+    ``shard_count(...)`` shards of consecutive sequences, on at most ``threads`` threads; the
+    shards' gradients are summed in shard order, so the result is the same on any number."""
+    cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], H = Whh.shape[0]
+    cdef Py_ssize_t I = Wxh.shape[1], O = Why.shape[0]
+    cdef bint tokens = inputs.dtype.kind in "iu"
+    cdef Py_ssize_t shards = shard_count(T, B, I, H, O)
+    cdef Py_ssize_t per = B // shards, extra = B % shards, s, b0, b1
+    # the thread count matters only when there are shards to share (and is looked up only then)
+    cdef int n_threads = 1 if shards == 1 else max(1, min(_threads.resolve(threads), shards))
+    dtype = Whh.dtype
+    WhhT, WxhT, WhyT = transposed_weights(Wxh, Whh, Why, T, B // shards, tokens)
+    weights = (Wxh, WxhT, Whh, WhhT, bh, Why, WhyT, by)
     cdef double count = T * B if cross_entropy else T * B * O
     cdef double scale = 1.0 if sum_reduction else 1.0 / count
-    cdef int c = code
-    cdef double s = slope
-    cdef double value
-    cdef const Py_ssize_t* p_tokens = <const Py_ssize_t*> data(inputs) if tokens else NULL
-    cdef void* p_x = NULL if tokens else data(inputs)
-    cdef const Py_ssize_t* p_tid = NULL
-    cdef void* p_tval = NULL
-    if cross_entropy:
-        p_tid = <const Py_ssize_t*> data(targets)
-    else:
-        p_tval = data(targets)
-    cdef void* p_h0 = data(h0)
-    cdef void* p_Wxh = data(Wxh)
-    cdef void* p_WxhT = data(WxhT)
-    cdef void* p_dWxhT = data(dWxhT)
-    cdef void* p_Whh = data(Whh)
-    cdef void* p_WhhT = data(WhhT)
-    cdef void* p_bh = data(bh)
-    cdef void* p_Why = data(Why)
-    cdef void* p_WhyT = data(WhyT)
-    cdef void* p_by = data(by)
-    cdef void* p_carry = data(carry)
-    cdef const Py_ssize_t* p_win = <const Py_ssize_t*> data(windows)
-    cdef void* p_depth = data(depth)
-    cdef void* p_next = data(depth_next)
-    cdef void* p_hs = data(hs)
-    cdef void* p_z = data(z)
-    cdef void* p_da = data(da)
-    cdef void* p_work = data(work)
-    cdef void* p_norms = data(grad_norms)
-    cdef void* p_dWxh = data(dWxh)
-    cdef void* p_dWhh = data(dWhh)
-    cdef void* p_dbh = data(dbh)
-    cdef void* p_dWhy = data(dWhy)
-    cdef void* p_dby = data(dby)
-    cdef void* p_dh0 = data(dh0)
-    cdef void* p_dx = data(dx)
-    if dtype == np.float32:
-        with nogil:
-            value = loss_and_grad_step(
-                p_tokens, <float*> p_x, p_tid, <float*> p_tval, <float*> p_h0, <float*> p_Wxh,
-                <float*> p_WxhT, <float*> p_dWxhT, <float*> p_Whh, <float*> p_WhhT,
-                <float*> p_bh, <float*> p_Why, <float*> p_WhyT, <float*> p_by,
-                <float*> p_carry, p_win, k, <float*> p_hs, <float*> p_z, <float*> p_da,
-                <float*> p_work, <float*> p_depth, <float*> p_next, <float*> p_norms,
-                <float*> p_dWxh, <float*> p_dWhh, <float*> p_dbh, <float*> p_dWhy,
-                <float*> p_dby, <float*> p_dh0, <float*> p_dx, T, B, I, H, O, block, c,
-                <float> s, <float> scale)
-    else:
-        with nogil:
-            value = loss_and_grad_step(
-                p_tokens, <double*> p_x, p_tid, <double*> p_tval, <double*> p_h0,
-                <double*> p_Wxh, <double*> p_WxhT, <double*> p_dWxhT, <double*> p_Whh,
-                <double*> p_WhhT, <double*> p_bh,
-                <double*> p_Why, <double*> p_WhyT, <double*> p_by, <double*> p_carry, p_win, k,
-                <double*> p_hs, <double*> p_z, <double*> p_da, <double*> p_work, <double*> p_depth,
-                <double*> p_next, <double*> p_norms,
-                <double*> p_dWxh, <double*> p_dWhh, <double*> p_dbh, <double*> p_dWhy,
-                <double*> p_dby, <double*> p_dh0, <double*> p_dx, T, B, I, H, O, block, c, s,
-                scale)
+    # the arguments of every shard: each a run of consecutive sequences, copied contiguous
+    step_args = np.zeros(shards * sizeof(StepArgs), dtype=np.uint8)
+    worker_args = np.zeros(MAX_SHARDS * sizeof(Worker), dtype=np.uint8)
+    cdef StepArgs* steps = <StepArgs*> data(step_args)
+    cdef Worker* workers = <Worker*> data(worker_args)
+    parts = []
+    for s in range(shards):
+        b0 = s * per + min(s, extra)
+        b1 = b0 + per + (1 if s < extra else 0)
+        if shards == 1:
+            part = (inputs, targets, h0)
+        else:
+            part = (np.ascontiguousarray(inputs[:, b0:b1]), np.ascontiguousarray(targets[:, b0:b1]),
+                    np.ascontiguousarray(h0[b0:b1]))
+        buf = step_buffers(T, b1 - b0, I, H, O, k, tokens, tokens and WxhT is not None,
+                           input_grad, dtype)
+        parts.append((b0, b1, part, buf))
+        fill_step(&steps[s], buf, part[0], part[1], part[2], weights, carry, windows, k, code,
+                  slope, scale)
+    with nogil:
+        run_shards(steps, shards, workers, n_threads)
+    cdef double value = 0
+    for s in range(shards):
+        value += steps[s].loss
     if not sum_reduction:
         value /= count
-    grads = {"Wxh": dWxh, "Whh": dWhh, "bh": dbh, "Why": dWhy, "by": dby, "h0": dh0}
+    first = parts[0][3]
+    if shards == 1:
+        grads = {name: first[name] for name in ("dWxh", "dWhh", "dbh", "dWhy", "dby", "dh0")}
+        h_last, grad_norms, dx = first["hs"][T].copy(), first["grad_norms"], first["dx"]
+    else:
+        # sums over the shards, in shard order
+        grads = {name: first[name] for name in ("dWxh", "dWhh", "dbh", "dWhy", "dby")}
+        squares = first["grad_norms"] * first["grad_norms"]
+        for b0, b1, part, buf in parts[1:]:
+            for name, g in grads.items():
+                g += buf[name]
+            squares += buf["grad_norms"] * buf["grad_norms"]
+        grad_norms = np.sqrt(squares)
+        h_last = np.concatenate([buf["hs"][T] for b0, b1, part, buf in parts])
+        grads["dh0"] = np.concatenate([buf["dh0"] for b0, b1, part, buf in parts])
+        dx = None
+        if first["dx"] is not None:
+            dx = np.concatenate([buf["dx"] for b0, b1, part, buf in parts], axis=1)
+    result = {"Wxh": grads["dWxh"], "Whh": grads["dWhh"], "bh": grads["dbh"],
+              "Why": grads["dWhy"], "by": grads["dby"], "h0": grads["dh0"]}
     if dx is not None:
-        grads["x"] = dx
-    return value, grads, hs[T].copy(), (None if k else grad_norms)
+        result["x"] = dx
+    return value, result, h_last, (None if k else grad_norms)
 
 
 def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, negative_slope=0.01,

@@ -13,7 +13,6 @@ cimport numpy as cnp
 from cython cimport floating
 from libc.math cimport isfinite
 from libc.string cimport memcpy
-from scipy.linalg.cython_blas cimport dgemv, sgemv
 
 from cyrnn._act cimport activate, exp_f64_inplace
 from cyrnn._blas cimport gemm
@@ -28,21 +27,6 @@ cnp.import_array()
 cdef inline void* data(object a):
     """Pointer to the first element of a checked C-contiguous ndarray."""
     return cnp.PyArray_DATA(<cnp.ndarray> a)
-
-
-cdef inline void gemv(int M, int N, floating alpha, const floating* A, int lda,
-                      const floating* x, floating beta, floating* y) noexcept nogil:
-    """y (M,) = alpha A (M, N) x (N,) + beta y, with A row-major.
-
-    To column-major BLAS the row-major A is A^T (N, M) with leading dimension lda, so the
-    product is the transposed GEMV of that matrix: trans = 'T', m = N, n = M.
-    """
-    cdef char trans = b'T'
-    cdef int one = 1
-    if floating is float:
-        sgemv(&trans, &N, &M, &alpha, <float*> A, &lda, <float*> x, &one, &beta, y, &one)
-    else:
-        dgemv(&trans, &N, &M, &alpha, <double*> A, &lda, <double*> x, &one, &beta, y, &one)
 
 
 cdef floating top_k_threshold(const floating* z, Py_ssize_t V, Py_ssize_t k, floating* best,
@@ -117,7 +101,7 @@ cdef Py_ssize_t choose(const floating* z, Py_ssize_t V, double u, double tempera
 
 
 cdef Py_ssize_t generate(const floating* WxhT, const floating* bh, const floating* WhhT,
-                         const floating* Why, const floating* by, floating* h, floating* a,
+                         const floating* WhyT, const floating* by, floating* h, floating* a,
                          floating* z, floating* best, double* cdf, Py_ssize_t token,
                          const double* uniforms, Py_ssize_t* ids, Py_ssize_t n, Py_ssize_t V,
                          Py_ssize_t H, int code, floating slope, double temperature,
@@ -138,9 +122,10 @@ cdef Py_ssize_t generate(const floating* WxhT, const floating* bh, const floatin
         swap = h
         h = a
         a = swap
-        # z (V,) = Why (V, H) h (H,) + by (V,)
+        # z (1, V) = h (1, H) Why^T (H, V) + by: a one-row product on cyrnn's own kernel (never
+        # a threaded GEMV), else a GEMV of Why (V, H)
         memcpy(z, by, V * sizeof(floating))
-        gemv(<int> V, <int> H, 1, Why, <int> H, h, 1, z)
+        gemm(False, False, 1, <int> V, <int> H, 1, h, <int> H, WhyT, <int> V, 1, z, <int> V)
         token = choose(z, V, uniforms[i], temperature, top_k, best, cdf)
         if token < 0:
             return i
@@ -180,7 +165,8 @@ def sample_tokens(WxhT, bh, Whh, Why, by, h0, first_id, uniforms, nonlinearity="
     # Whh^T, read row by row: one copy per call, amortized over the characters
     WhhT = np.ascontiguousarray(Whh.T)
     cdef void* p_WhhT = data(WhhT)
-    cdef void* p_Why = data(Why)
+    WhyT = np.ascontiguousarray(Why.T)
+    cdef void* p_Why = data(WhyT)
     cdef void* p_by = data(by)
     cdef void* p_h = data(h_last)
     cdef void* p_work = data(work)

@@ -7,6 +7,7 @@
 ((5, 3, 2), (3, 8))
 """
 from . import clip, data, diagnostics, kernels, optim
+from ._threads import get_num_threads, set_num_threads
 from .clip import clip_grad_norm, clip_grad_value
 from .data import Vocabulary
 from .io import load, load_checkpoint
@@ -31,6 +32,8 @@ __all__ = [
     "load",
     "load_checkpoint",
     "backend_info",
+    "set_num_threads",
+    "get_num_threads",
     "kernels",
     "optim",
     "data",
@@ -52,7 +55,9 @@ def backend_info():
         ``own_product_kernel``, whether products run on cyrnn's own AVX-512 kernel here while
         BLAS has one thread; ``elementwise``, the build of the elementwise loops in use,
         "avx512", "avx2" or "baseline"; ``blas_threads``, the thread count of the BLAS the
-        kernels call, -1 if unknown; None without the extension), ``version``.
+        kernels call, -1 if unknown; None without the extension), ``threads`` (what
+        ``cyrnn.get_num_threads()`` returns now: the threads a call may use, see there),
+        ``version``.
     """
     return {
         "backend": kernels.DEFAULT_BACKEND,
@@ -60,6 +65,7 @@ def backend_info():
         "available": kernels.available_backends(),
         "blas": _blas_info(),
         "simd": None if kernels.cython_backend is None else kernels.cython_backend._simd_info(),
+        "threads": get_num_threads(),
         "version": __version__,
     }
 

@@ -57,14 +57,16 @@ def _selected(grads, keys):
 def _sum_of_squares(g):
     """Sum of squares of ``g`` accumulated in float64, without a float64 copy of ``g``."""
     flat = g.reshape(-1)  # a view when g is contiguous
+    # einsum's own loops rather than BLAS's dot, which OpenBLAS splits between its threads for
+    # long vectors: the sum must not depend on a thread count
     if flat.dtype == np.float64:
-        return float(np.dot(flat, flat))
+        return float(np.einsum("i,i->", flat, flat))
     block = np.empty(min(flat.size, _CHUNK), np.float64)
     total = 0.0
     for start in range(0, flat.size, _CHUNK):
         part = block[: min(_CHUNK, flat.size - start)]
         np.copyto(part, flat[start : start + part.size])
-        total += float(np.dot(part, part))
+        total += float(np.einsum("i,i->", part, part))
     return total
 
 

@@ -62,6 +62,10 @@ class RNN:
         Kernel backend; ``None`` takes the process default (``cyrnn.backend_info()``).
     batch_first : bool
         Inputs and outputs are ``(B, T, ...)`` instead of ``(T, B, ...)``.
+    threads : int or None
+        Threads a call may use; ``None`` follows ``cyrnn.set_num_threads`` or the automatic
+        choice (the CPUs available). Only the speed depends on it, never the results: see
+        ``cyrnn.get_num_threads``. Settable later as ``model.threads``.
 
     Attributes
     ----------
@@ -84,17 +88,19 @@ class RNN:
         seed=None,
         backend=None,
         batch_first=False,
+        threads=None,
     ):
         self._configure(input_size, hidden_size, output_size, nonlinearity, negative_slope,
-                        output, init, dtype, backend, batch_first)
+                        output, init, dtype, backend, batch_first, threads)
         rng = np.random.default_rng(seed)
         drawn = init_params(init, self.input_size, self.hidden_size, self.output_size, rng)
         self.params = {name: np.ascontiguousarray(p, dtype=self.dtype) for name, p in drawn.items()}
         self.vocab = None  # a cyrnn.data.Vocabulary for character models: text in and out
 
     def _configure(self, input_size, hidden_size, output_size, nonlinearity, negative_slope,
-                   output, init, dtype, backend, batch_first):
+                   output, init, dtype, backend, batch_first, threads=None):
         """Check and set every attribute but the parameters."""
+        self.threads = None if threads is None else _checks.positive_int("threads", threads)
         self.input_size = _checks.positive_int("input_size", input_size)
         self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
         self.output_size = (
@@ -142,7 +148,8 @@ class RNN:
         H, I = arrays["Wxh"].shape
         O = arrays["Why"].shape[0] if "Why" in arrays else None
         options = {"nonlinearity": "tanh", "negative_slope": 0.01, "output": "linear",
-                   "init": "uniform", "dtype": "float32", "backend": None, "batch_first": False}
+                   "init": "uniform", "dtype": "float32", "backend": None, "batch_first": False,
+                   "threads": None}
         unknown = set(kwargs) - set(options)
         if unknown:
             raise TypeError(f"from_params: unexpected arguments {sorted(unknown)}")
@@ -280,6 +287,12 @@ class RNN:
 
         if need_grads and self._fusable(loss, batch, t_idx):
             return self._fused(batch, weights, target, loss, reduction, window, carry, input_grad)
+        return self._composed(batch, weights, target, loss, reduction, window, carry, t_idx,
+                              b_idx, need_grads, input_grad)
+
+    def _composed(self, batch, weights, target, loss, reduction, window, carry, t_idx, b_idx,
+                  need_grads, input_grad):
+        """``_evaluate`` from the separate kernels and NumPy's products (any case)."""
         hs = self._states(batch, weights)
         z = self._logits(hs, weights)
         # (N, O) logits of the positions that carry a loss -> loss and dL/dz there
@@ -650,7 +663,8 @@ class RNN:
         value, grads, h_last, grad_norms = self._kernels._elman_step(
             inputs, target, batch.h0, p["Wxh"], p["Whh"], p["bh"], p["Why"], p["by"],
             _checks.NONLINEARITIES.index(nonlinearity), slope, carry,
-            longest, windows, loss == "cross_entropy", reduction == "sum", input_grad)
+            longest, windows, loss == "cross_entropy", reduction == "sum", input_grad,
+            self.threads)
         if "x" in grads:
             grads["x"] = self._to_user_layout(grads["x"], batch)
         grads["h0"] = self._state_out(grads["h0"], batch)

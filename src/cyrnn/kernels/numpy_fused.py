@@ -118,7 +118,7 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
 
 def elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *,
                         negative_slope=0.01, loss="cross_entropy", reduction="mean", carry=None,
-                        window=None, input_grad=True):
+                        window=None, input_grad=True, threads=None):
     """Loss and every gradient of an Elman RNN with an output layer, in one call.
 
     ``h_t = f(x_t Wxh^T + bh + h_{t-1} Whh^T)``, ``z_t = h_t Why^T + by``; the loss sits on every
@@ -143,6 +143,11 @@ def elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity
         Look-back of ``rnn_backward_window`` instead (not with ``carry``).
     input_grad : bool
         Also return the gradient of dense inputs, ``grads["x"]``.
+    threads : int >= 1, optional
+        Threads the compiled step may use (None: ``cyrnn.get_num_threads()``). It splits a
+        large enough batch into shards of consecutive sequences, as many as the sizes alone
+        decide, and sums their gradients in shard order: the results are the same on any number
+        of threads. The NumPy twin runs on one thread and ignores it.
 
     Returns
     -------
@@ -155,11 +160,12 @@ def elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity
     """
     return _elman_step(*_step_args(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity,
                                    negative_slope, loss, reduction, carry, window),
-                       loss == "cross_entropy", reduction == "sum", input_grad)
+                       loss == "cross_entropy", reduction == "sum", input_grad,
+                       None if threads is None else _checks.positive_int("threads", threads))
 
 
 def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, code, slope, carry, longest,
-                windows, cross_entropy, sum_reduction, input_grad):
+                windows, cross_entropy, sum_reduction, input_grad, threads=None):
     """``elman_loss_and_grad`` on arguments already checked (see the compiled twin)."""
     nonlinearity = _checks.NONLINEARITIES[code]
     reduction = "sum" if sum_reduction else "mean"
