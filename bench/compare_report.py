@@ -56,8 +56,16 @@ is one NumPy float32 matmul `(T*B, H) x (H, H)` timed in the same run at the sam
 Threads: `threadpoolctl.threadpool_limits(n)` for NumPy's and SciPy's OpenBLAS (and torch's
 OpenMP), `torch.set_num_threads(n)`. XLA ignores both; for JAX at one thread the whole process is
 pinned to one CPU (`os.sched_setaffinity` on every thread) while JAX is timed; at two threads JAX
-runs with its default thread pool.
+runs with its default thread pool. cyrnn chooses its own thread count and follows a limit of one
+thread. **default** pins nothing: no threadpool limit, torch's and XLA's default pools, cyrnn's
+own choice; it is what a user who sets nothing runs.
 """
+THREAD_SETTINGS = (1, 2, "default")
+
+
+def thread_label(threads):
+    return "nothing pinned (default)" if threads == "default" else (
+        f"{threads} thread{'s' if threads != 1 else ''}")
 BEST_PEERS = ("torch", "jax")
 
 # the team's targets, forward+backward at one thread: cyrnn (cython) / best peer speed ratio
@@ -206,7 +214,7 @@ def targets(cells):
         if r is not None:
             add(f"{config}: >= {goal}x the NumPy twin (1 thread)", f"{r:.2f}x", r >= goal)
     slower = []
-    for threads in (1, 2):
+    for threads in THREAD_SETTINGS:
         for config in CONFIGS:
             for op in OPS:
                 r = ratio(cells.get((config, op, "cyrnn-cython", threads)),
@@ -224,6 +232,25 @@ def targets(cells):
             behind.append(f"{config} ({r:.2f}x vs {name})")
     add("no config slower than the best peer at 2 threads (forward+backward)",
         "slower in: " + ", ".join(behind) if behind else "none slower", not behind)
+    # fast by default: nothing pinned against pinned to one thread
+    worse, gains = [], []
+    for config in CONFIGS:
+        one = cells.get((config, fb, "cyrnn-cython", 1))
+        default = cells.get((config, fb, "cyrnn-cython", "default"))
+        r = ratio(default, one)  # speed-up of the default over one thread
+        if r is None:
+            continue
+        gains.append(f"{config} {r:.2f}x")
+        if 1 / r > 1.05:
+            worse.append(f"{config} ({1 / r:.2f}x the 1-thread time)")
+    if gains:
+        add("default (nothing pinned) within 1.05x of pinned 1-thread time, every config",
+            "speed-up over 1 thread: " + ", ".join(gains), not worse)
+    for config in ("charlm_batched", "medium", "large"):
+        r = ratio(cells.get((config, fb, "cyrnn-cython", "default")),
+                  cells.get((config, fb, "cyrnn-cython", 1)))
+        if r is not None:
+            add(f"{config}: default >= 1.5x faster than pinned 1-thread", f"{r:.2f}x", r >= 1.5)
     return lines
 
 
@@ -254,10 +281,10 @@ def main(argv=None):
         f"| {name} | {c.B} | {c.T} | {f'{c.I} tokens' if c.tokens else c.I} | {c.H} | {c.O} |"
         for name, c in CONFIGS.items())
     out = [INTRO.format(configs=configs), "## Results", ""]
-    for threads in (1, 2):
-        out += [f"### {threads} thread{'s' if threads > 1 else ''}: median time (ms) and cyrnn's ratios", ""]
+    for threads in THREAD_SETTINGS:
+        out += [f"### {thread_label(threads)}: median time (ms) and cyrnn's ratios", ""]
         out += main_table(cells, threads)
-        out += ["", f"### {threads} thread{'s' if threads > 1 else ''}: forward+backward GFLOP/s "
+        out += ["", f"### {thread_label(threads)}: forward+backward GFLOP/s "
                     "(and % of the machine limit)", ""]
         out += gflops_table(cells, threads)
         out.append("")
@@ -268,7 +295,7 @@ def main(argv=None):
             "row is against the naive loop. A peer outside loss 1e-4, gradients 1e-3 or outputs 1e-4 "
             "fails its test and is not timed.", ""]
     out += checks_table(meta)
-    loaded = sorted(k for k, c in cells.items() if c["loaded"])
+    loaded = sorted((k for k, c in cells.items() if c["loaded"]), key=lambda k: tuple(map(str, k)))
     foreign = sorted(meta["foreign"])
     dropped = sum(f >= args.max_foreign for f in foreign) - sum(c["all_runs"] for c in cells.values() if c["loaded"])
     runs = sorted({c["all_runs"] for c in cells.values()})
@@ -285,7 +312,7 @@ def main(argv=None):
         f"{dropped} measurements above {args.max_foreign} were set aside because cleaner runs of the "
         f"same benchmark exist. Cells measured only under more than "
         f"{args.max_foreign} (marked `*`): {len(loaded)} of {len(cells)}"
-        + ("" if not loaded or len(loaded) > 20 else ": " + ", ".join(f"{c} {o} {p} {t}t" for c, o, p, t in loaded))
+        + ("" if not loaded or len(loaded) > 20 else ": " + ", ".join(f"{c} {o} {p} {t}" for c, o, p, t in loaded))
         + ".",
         f"- Machine: {machine.get('cpu', {}).get('brand_raw', '?')}, "
         f"{versions.get('cpu_count', '?')} CPUs, {machine.get('system', '')} {machine.get('release', '')}; "
@@ -304,15 +331,16 @@ def main(argv=None):
             for b, p in meta["builds"].items()) + ".",
         f"- XLA_FLAGS: {versions.get('XLA_FLAGS')!r}.",
         "- Thread control per peer: " + "; ".join(
-            f"{peer} {threads}t: {note}" for (peer, threads), note in sorted(meta["threads_note"].items())
-            if peer in ("torch", "jax")) + "; NumPy/SciPy BLAS (and torch's OpenMP): threadpoolctl.",
+            f"{peer} {threads}: {note}" for (peer, threads), note in
+            sorted(meta["threads_note"].items(), key=lambda kv: (kv[0][0], str(kv[0][1])))
+            if peer in ("torch", "jax", "cyrnn-cython")) + "; NumPy/SciPy BLAS (and torch's OpenMP): threadpoolctl.",
         "",
         "BLAS and OpenMP libraries loaded (`threadpoolctl.threadpool_info()` inside the limit):",
         "",
         "| threads | library | version | threading | architecture | num_threads |",
         "|---|---|---|---|---|---|",
     ]
-    for threads, info in sorted(meta["threadpool_info"].items()):
+    for threads, info in sorted(meta["threadpool_info"].items(), key=lambda kv: str(kv[0])):
         for lib in info:
             out.append(f"| {threads} | {lib.get('filepath', '').rsplit('/', 1)[-1]} | {lib.get('version') or '-'} | "
                        f"{lib.get('threading_layer', '')} | {lib.get('architecture', '')} | "

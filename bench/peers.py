@@ -189,7 +189,7 @@ class CyrnnPeer(Peer):
         self.name = f"cyrnn-{backend}"
         self.model = make_model(config, backend)
         self.x, self.target = make_data(config)
-        self.threads_note = "BLAS via threadpoolctl"
+        self.threads_note = "its own choice (follows a threadpoolctl limit of 1)"
 
     def forward(self):
         return self.model.forward(self.x)
@@ -321,8 +321,14 @@ class TorchPeer(Peer):
         self.params = list(self.rnn.parameters()) + list(self.fc.parameters())
 
     def set_threads(self, threads):
-        self.torch.set_num_threads(threads)
-        self.threads_note = f"torch.set_num_threads({threads})"
+        if threads == "default":
+            # torch's own default: one intra-op thread per CPU it may use
+            default = len(os.sched_getaffinity(0))
+            self.torch.set_num_threads(default)
+            self.threads_note = f"torch's default ({default} threads)"
+        else:
+            self.torch.set_num_threads(threads)
+            self.threads_note = f"torch.set_num_threads({threads})"
 
     def _logits(self):
         inputs = self.embed(self.x) if self.embed is not None else self.x

@@ -2,7 +2,7 @@
 
 Peers (see bench/peers.py): cyrnn's compiled backend and its NumPy twin through the public API, a
 naive per-step NumPy loop in the style of min-char-rnn, PyTorch (nn.RNN) and JAX (lax.scan under
-jit), each at 1 and 2 threads, on the configurations of ``peers.CONFIGS``; plus one NumPy matmul
+jit), each at 1 and 2 threads and with nothing pinned ("default"), on the configurations of ``peers.CONFIGS``; plus one NumPy matmul
 per configuration as the machine limit. Every peer's outputs, loss and gradients are checked
 against cyrnn's (same weights) before it is timed.
 
@@ -25,7 +25,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import peers  # noqa: E402
 
-THREADS = (1, 2)
+# pinned to 1 and 2 threads, and nothing pinned: what a user who sets nothing runs
+THREADS = (1, 2, "default")
 # timing: each benchmark gets about BUDGET seconds, as rounds of at least MIN_ROUND seconds
 BUDGET = float(os.environ.get("CYRNN_COMPARE_BUDGET", "1.0"))
 MIN_ROUND = 2e-3
