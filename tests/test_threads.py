@@ -193,3 +193,26 @@ def test_models_train_in_parallel_threads_as_in_series():
         w.join()
     for a, b in zip(serial, out):
         _assert_same(a, b)
+
+
+@pytest.mark.parametrize("output", ["linear", "softmax", "sigmoid"])
+@pytest.mark.parametrize("tokens", [True, False], ids=["tokens", "dense"])
+def test_sharded_forward_equals_the_twin_and_ignores_threads(tokens, output, dtype):
+    T, B, I, H, O = 120, 33, 6, 64, 5
+    assert kernels.cython_backend.shard_count(T, B, I, H, O) > 1
+    rng = np.random.default_rng(3)
+    inputs = rng.integers(0, I, (T, B)) if tokens else rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = (rng.standard_normal((B, H)) * 0.3).astype(dtype)
+    params = [(rng.standard_normal(s) * 0.2).astype(dtype)
+              for s in [(H, I), (H, H), (H,), (O, H), (O,)]]
+    params[1] *= 0.4
+    compiled = kernels.get_backend("cython").elman_forward
+    runs = [compiled(inputs, h0, *params, output=output, threads=n) for n in (1, 2, 5)]
+    for y, h in runs[1:]:
+        np.testing.assert_array_equal(y, runs[0][0])
+        np.testing.assert_array_equal(h, runs[0][1])
+    y_ref, h_ref = kernels.get_backend("numpy").elman_forward(inputs, h0, *params, output=output)
+    tol = {np.float32: 2e-5, np.float64: 1e-12}[dtype]
+    np.testing.assert_allclose(runs[0][0], y_ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(runs[0][1], h_ref, rtol=tol, atol=tol)
+    assert runs[0][0].flags.c_contiguous and runs[0][0].shape == (T, B, O)

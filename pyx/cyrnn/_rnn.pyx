@@ -654,8 +654,12 @@ cdef extern from "<pthread.h>" nogil:
 
 ctypedef struct StepArgs:
     # loss_and_grad_step's arguments for one shard of the batch (or all of it), filled once per
-    # call; the float arrays as void*, float32 or float64 as `single` says
+    # call; the float arrays as void*, float32 or float64 as `single` says. With `forward_only`
+    # the shard runs forward_layers instead, z being the outputs y and `output` their function
+    # (0 linear, 1 softmax, 2 sigmoid).
     bint single
+    bint forward_only
+    int output
     const Py_ssize_t* tokens
     const Py_ssize_t* target_ids
     const Py_ssize_t* windows
@@ -697,8 +701,31 @@ ctypedef struct Worker:
     Py_ssize_t first, count, stride
 
 
-cdef void run_step(StepArgs* a) noexcept nogil:
+cdef void run_forward(StepArgs* a) noexcept nogil:
     if a.single:
+        forward_layers(a.tokens, <float*> a.x, <float*> a.h0, <float*> a.Wxh, <float*> a.WxhT,
+                       <float*> a.Whh, <float*> a.WhhT, <float*> a.bh, <float*> a.Why,
+                       <float*> a.WhyT, <float*> a.by, <float*> a.hs, <float*> a.z, a.T, a.B,
+                       a.n_in, a.H, a.O, a.code, <float> a.slope)
+        if a.output == 1:
+            softmax_rows(<float*> a.z, a.T * a.B, a.O)
+        elif a.output == 2:
+            activate(<float*> a.z, a.T * a.B * a.O, SIGMOID, <float> 0)
+    else:
+        forward_layers(a.tokens, <double*> a.x, <double*> a.h0, <double*> a.Wxh,
+                       <double*> a.WxhT, <double*> a.Whh, <double*> a.WhhT, <double*> a.bh,
+                       <double*> a.Why, <double*> a.WhyT, <double*> a.by, <double*> a.hs,
+                       <double*> a.z, a.T, a.B, a.n_in, a.H, a.O, a.code, a.slope)
+        if a.output == 1:
+            softmax_rows(<double*> a.z, a.T * a.B, a.O)
+        elif a.output == 2:
+            activate(<double*> a.z, a.T * a.B * a.O, SIGMOID, 0)
+
+
+cdef void run_step(StepArgs* a) noexcept nogil:
+    if a.forward_only:
+        run_forward(a)
+    elif a.single:
         a.loss = loss_and_grad_step(
             a.tokens, <float*> a.x, a.target_ids, <float*> a.target_values, <float*> a.h0,
             <float*> a.Wxh, <float*> a.WxhT, <float*> a.dWxhT, <float*> a.Whh, <float*> a.WhhT,
@@ -766,6 +793,14 @@ def shard_count(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize
     return shards
 
 
+cdef dict forward_buffers(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t O, dtype):
+    """Results of one shard's forward pass: states and outputs y (in `z`)."""
+    return {"block": 0, "hs": empty((T + 1, B, H), dtype), "z": empty((T, B, O), dtype),
+            "da": None, "work": None, "grad_norms": None, "depth": None, "depth_next": None,
+            "dWxh": None, "dWxhT": None, "dWhh": None, "dbh": None, "dWhy": None, "dby": None,
+            "dh0": None, "dx": None}
+
+
 cdef dict step_buffers(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t O,
                        Py_ssize_t k, bint tokens, bint need_dWxhT, bint input_grad, dtype):
     """Results and workspaces of one shard's step."""
@@ -798,10 +833,16 @@ cdef void fill_step(StepArgs* a, dict buf, inputs, targets, h0, tuple weights, c
     Wxh, WxhT, Whh, WhhT, bh, Why, WhyT, by = weights
     cdef bint tokens = inputs.dtype.kind in "iu"
     a.single = Whh.dtype == np.float32
+    a.forward_only = targets is None
+    a.output = 0
     a.tokens = <const Py_ssize_t*> data(inputs) if tokens else NULL
     a.x = NULL if tokens else data(inputs)
-    a.target_ids = <const Py_ssize_t*> data(targets) if targets.dtype.kind in "iu" else NULL
-    a.target_values = NULL if targets.dtype.kind in "iu" else data(targets)
+    a.target_ids = NULL
+    a.target_values = NULL
+    if targets is not None and targets.dtype.kind in "iu":
+        a.target_ids = <const Py_ssize_t*> data(targets)
+    elif targets is not None:
+        a.target_values = data(targets)
     a.windows = <const Py_ssize_t*> data(windows)
     a.h0, a.carry = data(h0), data(carry)
     a.Wxh, a.WxhT, a.Whh, a.WhhT = data(Wxh), data(WxhT), data(Whh), data(WhhT)
@@ -816,14 +857,12 @@ cdef void fill_step(StepArgs* a, dict buf, inputs, targets, h0, tuple weights, c
     a.longest, a.block, a.code, a.slope, a.scale = k, buf["block"], code, slope, scale
 
 
-def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slope, carry,
-                Py_ssize_t k, windows, bint cross_entropy, bint sum_reduction, bint input_grad,
-                threads=None):
-    """``elman_loss_and_grad`` on arguments already checked by ``_step_args`` (or by the model,
-    which checks the same things once for its own messages): the arrays must be C-contiguous,
-    of one float dtype, of consistent shapes, and the ids in range. The batch runs in
-    ``shard_count(...)`` shards of consecutive sequences, on at most ``threads`` threads; the
-    shards' gradients are summed in shard order, so the result is the same on any number."""
+cdef tuple run_sharded(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slope,
+                       carry, Py_ssize_t k, windows, double scale, bint input_grad, int output,
+                       threads):
+    """Run a training step (or, with ``targets`` None, a forward pass) over the batch in
+    ``shard_count(...)`` shards of consecutive sequences, on at most ``threads`` threads.
+    Returns ``(shards, losses)``: per shard ``(b0, b1, buffers)``, and the shards' losses."""
     cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], H = Whh.shape[0]
     cdef Py_ssize_t I = Wxh.shape[1], O = Why.shape[0]
     cdef bint tokens = inputs.dtype.kind in "iu"
@@ -834,9 +873,6 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slo
     dtype = Whh.dtype
     WhhT, WxhT, WhyT = transposed_weights(Wxh, Whh, Why, T, B // shards, tokens)
     weights = (Wxh, WxhT, Whh, WhhT, bh, Why, WhyT, by)
-    cdef double count = T * B if cross_entropy else T * B * O
-    cdef double scale = 1.0 if sum_reduction else 1.0 / count
-    # the arguments of every shard: each a run of consecutive sequences, copied contiguous
     step_args = np.zeros(shards * sizeof(StepArgs), dtype=np.uint8)
     worker_args = np.zeros(MAX_SHARDS * sizeof(Worker), dtype=np.uint8)
     cdef StepArgs* steps = <StepArgs*> data(step_args)
@@ -848,38 +884,60 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slo
         if shards == 1:
             part = (inputs, targets, h0)
         else:
-            part = (np.ascontiguousarray(inputs[:, b0:b1]), np.ascontiguousarray(targets[:, b0:b1]),
+            # each shard a run of consecutive sequences, copied contiguous
+            part = (np.ascontiguousarray(inputs[:, b0:b1]),
+                    None if targets is None else np.ascontiguousarray(targets[:, b0:b1]),
                     np.ascontiguousarray(h0[b0:b1]))
-        buf = step_buffers(T, b1 - b0, I, H, O, k, tokens, tokens and WxhT is not None,
-                           input_grad, dtype)
-        parts.append((b0, b1, part, buf))
+        if targets is None:
+            buf = forward_buffers(T, b1 - b0, H, O, dtype)
+        else:
+            buf = step_buffers(T, b1 - b0, I, H, O, k, tokens, tokens and WxhT is not None,
+                               input_grad, dtype)
+        parts.append((b0, b1, buf, part))
         fill_step(&steps[s], buf, part[0], part[1], part[2], weights, carry, windows, k, code,
                   slope, scale)
+        steps[s].output = output
     with nogil:
         run_shards(steps, shards, workers, n_threads)
+    return [(b0, b1, buf) for b0, b1, buf, part in parts], [steps[s].loss for s in range(shards)]
+
+
+def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slope, carry,
+                Py_ssize_t k, windows, bint cross_entropy, bint sum_reduction, bint input_grad,
+                threads=None):
+    """``elman_loss_and_grad`` on arguments already checked by ``_step_args`` (or by the model,
+    which checks the same things once for its own messages): the arrays must be C-contiguous,
+    of one float dtype, of consistent shapes, and the ids in range. The batch runs in
+    ``shard_count(...)`` shards of consecutive sequences, on at most ``threads`` threads; the
+    shards' gradients are summed in shard order, so the result is the same on any number."""
+    cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], O = Why.shape[0]
+    cdef double count = T * B if cross_entropy else T * B * O
+    cdef double scale = 1.0 if sum_reduction else 1.0 / count
+    parts, losses = run_sharded(inputs, targets, h0, Wxh, Whh, bh, Why, by, code, slope, carry,
+                                k, windows, scale, input_grad, 0, threads)
     cdef double value = 0
-    for s in range(shards):
-        value += steps[s].loss
+    for loss in losses:
+        value += loss
     if not sum_reduction:
         value /= count
-    first = parts[0][3]
-    if shards == 1:
+    first = parts[0][2]
+    if len(parts) == 1:
         grads = {name: first[name] for name in ("dWxh", "dWhh", "dbh", "dWhy", "dby", "dh0")}
         h_last, grad_norms, dx = first["hs"][T].copy(), first["grad_norms"], first["dx"]
     else:
         # sums over the shards, in shard order
         grads = {name: first[name] for name in ("dWxh", "dWhh", "dbh", "dWhy", "dby")}
         squares = first["grad_norms"] * first["grad_norms"]
-        for b0, b1, part, buf in parts[1:]:
+        for b0, b1, buf in parts[1:]:
             for name, g in grads.items():
                 g += buf[name]
             squares += buf["grad_norms"] * buf["grad_norms"]
         grad_norms = np.sqrt(squares)
-        h_last = np.concatenate([buf["hs"][T] for b0, b1, part, buf in parts])
-        grads["dh0"] = np.concatenate([buf["dh0"] for b0, b1, part, buf in parts])
+        h_last = np.concatenate([buf["hs"][T] for b0, b1, buf in parts])
+        grads["dh0"] = np.concatenate([buf["dh0"] for b0, b1, buf in parts])
         dx = None
         if first["dx"] is not None:
-            dx = np.concatenate([buf["dx"] for b0, b1, part, buf in parts], axis=1)
+            dx = np.concatenate([buf["dx"] for b0, b1, buf in parts], axis=1)
     result = {"Wxh": grads["dWxh"], "Whh": grads["dWhh"], "bh": grads["dbh"],
               "Why": grads["dWhy"], "by": grads["dby"], "h0": grads["dh0"]}
     if dx is not None:
@@ -888,58 +946,31 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slo
 
 
 def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, negative_slope=0.01,
-                  output="linear"):
-    """elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, negative_slope=0.01, output="linear")
+                  output="linear", threads=None):
+    """elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, negative_slope=0.01, output="linear", threads=None)
 
-    Projection, recurrence, output layer and output function in one ``nogil`` call. The full
-    contract is the docstring of the NumPy twin, copied here by ``cyrnn.kernels``.
+    Projection, recurrence, output layer and output function in one ``nogil`` call, in shards
+    of the batch on up to ``threads`` threads as the training step. The full contract is the
+    docstring of the NumPy twin, copied here by ``cyrnn.kernels``.
     """
     inputs, h0, Wxh, Whh, bh, Why, by, code, slope = _model_args(
         inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope)
-    cdef int out_code = _output_code(output)  # 0 linear, 1 softmax, 2 sigmoid
-    cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], H = Whh.shape[0]
-    cdef Py_ssize_t I = Wxh.shape[1], O = Why.shape[0]
-    cdef bint tokens = inputs.dtype.kind in "iu"
-    dtype = Whh.dtype
-    hs = empty((T + 1, B, H), dtype)
-    y = empty((T, B, O), dtype)
-    WhhT, WxhT, WhyT = transposed_weights(Wxh, Whh, Why, T, B, tokens)
-    cdef int c = code
-    cdef double s = slope
-    cdef const Py_ssize_t* p_tokens = <const Py_ssize_t*> data(inputs) if tokens else NULL
-    cdef void* p_x = NULL if tokens else data(inputs)
-    cdef void* p_h0 = data(h0)
-    cdef void* p_Wxh = data(Wxh)
-    cdef void* p_WxhT = data(WxhT)
-    cdef void* p_Whh = data(Whh)
-    cdef void* p_WhhT = data(WhhT)
-    cdef void* p_bh = data(bh)
-    cdef void* p_Why = data(Why)
-    cdef void* p_WhyT = data(WhyT)
-    cdef void* p_by = data(by)
-    cdef void* p_hs = data(hs)
-    cdef void* p_y = data(y)
-    if dtype == np.float32:
-        with nogil:
-            forward_layers(p_tokens, <float*> p_x, <float*> p_h0, <float*> p_Wxh,
-                           <float*> p_WxhT, <float*> p_Whh, <float*> p_WhhT, <float*> p_bh,
-                           <float*> p_Why, <float*> p_WhyT, <float*> p_by, <float*> p_hs,
-                           <float*> p_y, T, B, I, H, O, c, <float> s)
-            if out_code == 1:
-                softmax_rows(<float*> p_y, T * B, O)
-            elif out_code == 2:
-                activate(<float*> p_y, T * B * O, SIGMOID, <float> 0)
-    else:
-        with nogil:
-            forward_layers(p_tokens, <double*> p_x, <double*> p_h0, <double*> p_Wxh,
-                           <double*> p_WxhT, <double*> p_Whh, <double*> p_WhhT, <double*> p_bh,
-                           <double*> p_Why, <double*> p_WhyT, <double*> p_by, <double*> p_hs,
-                           <double*> p_y, T, B, I, H, O, c, s)
-            if out_code == 1:
-                softmax_rows(<double*> p_y, T * B, O)
-            elif out_code == 2:
-                activate(<double*> p_y, T * B * O, SIGMOID, 0)
-    return y, hs[T].copy()
+    out_code = _output_code(output)  # 0 linear, 1 softmax, 2 sigmoid
+    return _elman_outputs(inputs, h0, Wxh, Whh, bh, Why, by, code, slope, out_code,
+                          None if threads is None else _checks.positive_int("threads", threads))
+
+
+def _elman_outputs(inputs, h0, Wxh, Whh, bh, Why, by, int code, double slope, int out_code,
+                   threads=None):
+    """``elman_forward`` on checked arguments (see ``_elman_step``)."""
+    cdef Py_ssize_t T = inputs.shape[0]
+    parts, _ = run_sharded(inputs, None, h0, Wxh, Whh, bh, Why, by, code, slope, None, 0, None,
+                           1.0, False, out_code, threads)
+    if len(parts) == 1:
+        buf = parts[0][2]
+        return buf["z"], buf["hs"][T].copy()
+    return (np.concatenate([buf["z"] for b0, b1, buf in parts], axis=1),
+            np.concatenate([buf["hs"][T] for b0, b1, buf in parts]))
 
 
 # ---------------------------------------------------------------------------------------------

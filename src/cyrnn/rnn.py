@@ -201,7 +201,7 @@ class RNN:
             y, h_last = self._kernels.elman_forward(
                 batch.tokens if batch.tokens is not None else batch.x, batch.h0, p["Wxh"],
                 p["Whh"], p["bh"], p["Why"], p["by"], nonlinearity,
-                negative_slope=slope, output=self.output)
+                negative_slope=slope, output=self.output, threads=self.threads)
             return self._to_user_layout(y, batch), self._state_out(h_last, batch)
         hs = self._states(batch, weights)
         z = self._logits(hs, weights)

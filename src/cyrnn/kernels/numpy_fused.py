@@ -88,7 +88,7 @@ def _output_code(output):
 
 
 def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, negative_slope=0.01,
-                  output="linear"):
+                  output="linear", threads=None):
     """Outputs of an Elman RNN with an output layer, in one call.
 
     ``y_t = g(h_t Why^T + by)`` with ``h_t = f(x_t Wxh^T + bh + h_{t-1} Whh^T)`` for every step.
@@ -99,6 +99,9 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
         As in ``elman_loss_and_grad``.
     output : {"linear", "softmax", "sigmoid"}
         The output function ``g``.
+    threads : int >= 1, optional
+        As in ``elman_loss_and_grad``: the compiled pass runs a large enough batch in shards on
+        up to this many threads (same results on any number); the NumPy twin ignores it.
 
     Returns
     -------
@@ -108,6 +111,8 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
     inputs, h0, Wxh, Whh, bh, Why, by, code, slope = _model_args(
         inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope)
     _output_code(output)
+    if threads is not None:
+        _checks.positive_int("threads", threads)
     T, B = inputs.shape[:2]
     xw = Wxh.T[inputs] if inputs.dtype.kind in "iu" else inputs @ Wxh.T
     xw += bh
