@@ -530,6 +530,12 @@ class RNN:
         elif x.dtype.kind == "f":
             if x.ndim not in (2, 3) or x.shape[-1] != I:
                 expected = "(B, T, {0}) or (T, {0})" if self.batch_first else "(T, B, {0}) or (T, {0})"
+                # whole numbers in [0, I) without a feature axis: token ids cast to float
+                if (x.ndim in (1, 2) and x.size and np.isfinite(x).all()
+                        and (x == np.floor(x)).all() and x.min() >= 0 and x.max() < I):
+                    raise TypeError(
+                        f"x: token ids must be integers; got floats of shape {x.shape} (use "
+                        f"x.astype(int)); dense inputs need shape {expected.format(I)}")
                 raise ValueError(f"x: expected shape {expected.format(I)}, got {x.shape}")
             batched = x.ndim == 3
             values = x if batched else x[:, None, :]
@@ -602,6 +608,15 @@ class RNN:
         if not classes:
             shape = shape + (O,)
         if target.shape != shape:
+            if classes and target.shape == shape + (O,):
+                raise ValueError(
+                    f"target: cross_entropy takes class ids of shape {shape}, not one-hot vectors "
+                    f"(got shape {target.shape}); use target.argmax(-1)")
+            if not classes and O > 1 and target.shape == shape[:-1] and target.dtype.kind in "iu":
+                fix = " or loss='cross_entropy'" if self.output == "linear" else ""
+                raise ValueError(
+                    f"target: {loss} with output={self.output!r} expects values of shape {shape}, "
+                    f"got integers of shape {target.shape}; class ids need output='softmax'{fix}")
             raise ValueError(f"target: expected shape {shape}, got {target.shape}")
         if classes and target.dtype.kind not in "iu":
             raise TypeError(f"target: cross_entropy needs integer class ids, got dtype {target.dtype}")
