@@ -370,12 +370,20 @@ class RNN:
         return self.sample(prime, n, temperature=0.0, h0=h0)
 
     def forecast(self, context, n, h0=None):
-        """Autoregressive forecast: run over ``context``, then feed each prediction back in.
+        """Autoregressive forecast of real values: run over ``context``, then feed each
+        prediction back in as the next input.
+
+        For models whose outputs are values of the same kind as their inputs: ``output="linear"``
+        (regression), or ``"sigmoid"`` for values in [0, 1] (the outputs are fed back as they
+        are, not thresholded or drawn). A softmax output gives probabilities over tokens, which
+        are not inputs: generate tokens with ``sample`` or ``greedy``, which feed back a token
+        drawn from them.
 
         Parameters
         ----------
-        context : ndarray (T, I) or (T, B, I)
+        context : ndarray of float (T, I) or (T, B, I)
             Observed values (``(B, T, I)`` with ``batch_first``); needs ``output_size == input_size``.
+            Token ids are refused (``TypeError``): use ``sample`` or ``greedy``.
         n : int >= 1
             Future steps.
         h0 : ndarray, optional
@@ -385,6 +393,14 @@ class RNN:
         ndarray (n, I) or (n, B, I)
             The predictions ``y_{T+1} .. y_{T+n}`` (batch axis first with ``batch_first``).
         """
+        if isinstance(context, str) or np.asarray(context).dtype.kind in "iu":
+            raise TypeError(
+                "forecast: context holds token ids (or text); forecast feeds real-valued outputs "
+                "back as inputs. Generate tokens with sample (or greedy)")
+        if self.output == "softmax":
+            raise ValueError(
+                "forecast: output='softmax' gives probabilities over tokens, which are not inputs "
+                "to feed back; generate tokens from token ids with sample (or greedy)")
         if self.output_size != self.input_size:
             raise ValueError(
                 f"forecast: needs output_size == input_size, got {self.output_size} and {self.input_size}"
