@@ -701,6 +701,35 @@ def test_verbose_progress_lines_follow_the_clock(backend, capsys, monkeypatch):
         3, 6, 9, 12]
 
 
+def test_verbose_progress_bar_replaces_the_lines(backend, capsys, monkeypatch):
+    """With a bar (tqdm in a terminal) there are no plain lines: one bar per epoch, advanced
+    once per update and closed."""
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc):
+            self.total, self.desc, self.updates, self.closed = total, desc, 0, False
+            bars.append(self)
+
+        def update(self, n):
+            self.updates += n
+
+        def set_postfix(self, **kwargs):
+            self.postfix = kwargs
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(cyrnn.train, "_progress_bar", lambda: Bar)
+    fit(_lm(backend), PATTERN, epochs=2, batch_size=4, seq_len=10, seed=0, verbose=True,
+        log_every=0)
+    out, err = capsys.readouterr()
+    assert err == "" and len(out.splitlines()) == 2
+    assert [(b.desc, b.total, b.updates, b.closed) for b in bars] == [
+        ("epoch 1", 14, 14, True), ("epoch 2", 14, 14, True)]
+    assert set(bars[0].postfix) == {"loss"}
+
+
 def test_verbose_without_progress_lines_in_short_epochs(backend, capsys):
     fit(_lm(backend), PATTERN, epochs=2, batch_size=4, seq_len=10, seed=0, verbose=True,
         log_every=1e6)
