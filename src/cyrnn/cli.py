@@ -180,7 +180,8 @@ def _parser():
     p.add_argument("--optimizer", default="adam", choices=sorted(optim.OPTIMIZERS),
                    help="update rule (default adam)")
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate (default 2e-3)")
-    p.add_argument("--clip-norm", type=float, default=5.0, help="clip the gradients' global norm to this (default 5.0; 0 for none)")
+    p.add_argument("--clip-norm", type=float, default=5.0,
+                   help="clip the gradients' global norm to this (default 5.0; 0 for none)")
     p.add_argument("--val-fraction", type=float, default=0.05,
                    help="tail of the text held out for validation (default 0.05)")
     p.add_argument("--checkpoint", default=None,
