@@ -3,6 +3,7 @@
 Most tests call ``cyrnn.cli.main`` in-process (fast, output via capsys); a few run the real
 ``python -m cyrnn`` in a subprocess to check the entry point, exit codes and streams.
 """
+import argparse
 import os
 import re
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 import cyrnn
 from cyrnn import Vocabulary, kernels
+from cyrnn import cli
 from cyrnn.cli import main, zen_of_python
 
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(cyrnn.__file__)))
@@ -21,13 +23,33 @@ TEXT = ("the quick brown fox jumps over the lazy dog; "
         "pack my box with five dozen liquor jugs.\n") * 12
 
 
-def run_cli(*args, timeout=120):
-    """``python -m cyrnn ARGS`` with this checkout's cyrnn first on the path."""
+def _env():
+    """The environment of a subprocess that imports this process's cyrnn."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [PACKAGE_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return subprocess.run([sys.executable, "-m", "cyrnn", *map(str, args)], env=env,
+    return env
+
+
+def run_cli(*args, timeout=120):
+    """``python -m cyrnn ARGS`` with this checkout's cyrnn first on the path."""
+    return subprocess.run([sys.executable, "-m", "cyrnn", *map(str, args)], env=_env(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli_reader_leaves(*args, read=0, timeout=120):
+    """``python -m cyrnn ARGS`` whose standard output is a pipe that the reader closes after
+    reading ``read`` bytes (``cyrnn ... | head -c READ``); returns (exit status, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "cyrnn", *map(str, args)], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.stdout.read(read)
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        return proc.wait(timeout=timeout), err
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture
@@ -69,6 +91,42 @@ def test_info_in_process(capsys):
     assert lines["backend"] == cyrnn.backend_info()["backend"]
     assert set(lines) == {"backend", "reason", "available", "blas", "simd", "threads", "version"}
     assert err == ""
+
+
+@pytest.mark.parametrize("read", [0, 10], ids=["closed-at-once", "after-a-line"])
+def test_info_into_a_closed_pipe_is_quiet(read):
+    """``cyrnn info | head -1``: no broken-pipe message or traceback, exit status 1."""
+    code, err = run_cli_reader_leaves("info", read=read)
+    assert err == ""
+    assert code in ((0, 1) if read else (1,))  # with read > 0 all of it may fit the pipe
+
+
+def test_sample_into_a_pipe_closed_midway_is_quiet(trained):
+    """More output than a pipe holds, and the reader leaves after 100 bytes."""
+    code, err = run_cli_reader_leaves("sample", trained, "-n", 300_000, read=100)
+    assert code == 1
+    assert "Broken pipe" not in err and "Traceback" not in err and "Exception" not in err
+    assert err == ""
+
+
+def _commands():
+    parser = cli._parser()
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return subparsers.choices
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "sample", "info"])
+def test_every_option_is_described_in_help(command, capsys):
+    """``cyrnn COMMAND --help`` shows what the command does and a description of each option."""
+    parser = _commands()[command]
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert parser.description and " ".join(parser.description.split()) in text
+    for action in parser._actions:
+        assert action.help and action.help != argparse.SUPPRESS, action.option_strings
+        assert " ".join(action.help.split()) in text, action.option_strings
 
 
 def test_no_arguments_prints_help_and_exits_2():
@@ -175,6 +233,25 @@ def test_train_writes_a_loadable_model(tmp_path, corpus, capsys):
     # it learned something: better than the uniform guess on the text
     ids = vocab.encode(TEXT)
     assert cyrnn.evaluate(model, ids) < np.log(len(vocab))
+
+
+def test_train_progress_lines(tmp_path, corpus, capsys):
+    """``--log-every 0``: a plain progress line per update on standard error (no terminal)."""
+    code = main(["train", str(corpus), "--steps", "6", "--hidden", "8", "--batch-size", "2",
+                 "--seq-len", "8", "--log-every", "0", "--checkpoint", str(tmp_path / "m.npz")])
+    assert code == 0
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert len(lines) == 6
+    for n, line in enumerate(lines, start=1):
+        assert re.fullmatch(rf"epoch +1  step {n}/6  loss \d+\.\d{{4}}  [\d,]+ tok/s", line), line
+    assert "step 1/6" not in out and "done: 6 steps" in out
+
+
+def test_train_bad_log_every(tmp_path, corpus, capsys):
+    assert main(["train", str(corpus), "--steps", "2", "--log-every", "-1",
+                 "--checkpoint", str(tmp_path / "m.npz")]) == 1
+    assert "log_every" in capsys.readouterr().err
 
 
 def test_train_options(tmp_path, corpus, capsys, monkeypatch):

@@ -318,6 +318,38 @@ def test_forecast_errors(backend, rng, call, match):
         call(_regression_model(backend), rng.standard_normal((5, 3)))
 
 
+@pytest.mark.parametrize("context", [
+    np.array([0, 2, 1, 1]), np.array([[0, 1], [2, 2], [1, 0]], dtype=np.int32), [0, 1, 2], "ab",
+], ids=["ids", "batched-int32", "list", "text"])
+@pytest.mark.parametrize("output", ["linear", "softmax"])
+def test_forecast_refuses_token_ids(backend, context, output):
+    """Feeding probabilities (or logits) back as the next input is not generation: tokens
+    come from sample / greedy, which the error names."""
+    model = RNN(3, 4, 3, output=output, seed=0, backend=backend)
+    with pytest.raises(TypeError, match=r"forecast: context holds token ids.*sample \(or greedy\)"):
+        model.forecast(context, 2)
+
+
+def test_forecast_refuses_softmax_models(backend, rng):
+    model = RNN(3, 4, 3, output="softmax", seed=0, backend=backend)
+    with pytest.raises(ValueError, match=r"forecast: output='softmax' gives probabilities.*sample"):
+        model.forecast(rng.standard_normal((5, 3)), 2)
+
+
+def test_forecast_with_sigmoid_output_feeds_values_back(backend, rng):
+    """Values in [0, 1] (bce on real-valued targets): the outputs go back in as they are."""
+    model = RNN(3, 6, 3, output="sigmoid", seed=0, backend=backend, dtype=np.float64)
+    context = rng.uniform(0, 1, (5, 3))
+    got = model.forecast(context, 3)
+    y, h = model.forward(context)
+    last, expected = y[-1:], []
+    for _ in range(3):
+        expected.append(last)
+        last, h = model.forward(last, h0=h)
+    np.testing.assert_array_equal(got, np.concatenate(expected))
+    assert ((got > 0) & (got < 1)).all()
+
+
 # ---------------------------------------------------------------------------------------------
 # diagnostics
 # ---------------------------------------------------------------------------------------------

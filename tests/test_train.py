@@ -5,6 +5,7 @@ Every test trains a tiny model (H <= 16, a few dozen updates) so the file runs i
 ``clip_grad_norm``, an optimizer) it is compared bit for bit with the same loop written by hand.
 """
 import math
+import re
 
 import numpy as np
 import pytest
@@ -651,6 +652,97 @@ def test_quiet_by_default(backend, capsys):
     fit(_lm(backend), PATTERN, PATTERN[:100], epochs=2, batch_size=4, seq_len=10, seed=0)
     fit(_lm(backend), PATTERN, epochs=1, batch_size=4, seq_len=10, seed=0, verbose=False)
     assert capsys.readouterr() == ("", "")
+    # log_every alone does not make fit talk
+    fit(_lm(backend), PATTERN, epochs=1, batch_size=4, seq_len=10, seed=0, log_every=0)
+    assert capsys.readouterr() == ("", "")
+
+
+PROGRESS_LINE = re.compile(r"epoch +(\d+)  step (\d+)/(\d+)  loss (\d+\.\d{4}|nan)  [\d,]+ tok/s")
+
+
+@pytest.mark.parametrize("steps", [None, 7])
+def test_verbose_progress_lines_on_stderr(backend, capsys, steps):
+    """Without a progress bar (no terminal here), a plain line every ``log_every`` seconds on
+    standard error: 0 writes one per update. Standard output keeps the epoch lines only."""
+    # 600 tokens in 4 streams of 149 inputs: 14 batches of 10 steps per epoch
+    history = fit(_lm(backend), PATTERN, epochs=2, steps=steps, batch_size=4, seq_len=10,
+                  seed=0, verbose=True, log_every=0)
+    out, err = capsys.readouterr()
+    assert [line.split()[:2] for line in out.splitlines()] == [
+        ["epoch", str(e)] for e in range(1, len(history) + 1)]
+    lines = err.splitlines()
+    assert len(lines) == len(history.steps) == (steps or 28)
+    for n, (line, record) in enumerate(zip(lines, history.steps), start=1):
+        match = PROGRESS_LINE.fullmatch(line)
+        assert match, line
+        epoch, done, total = map(int, match.groups()[:3])
+        assert (epoch, done, total) == (record["epoch"], n, steps or 28)
+    # the loss shown is the mean over the epoch so far
+    first_epoch = [r["loss"] for r in history.steps if r["epoch"] == 1]
+    assert float(PROGRESS_LINE.fullmatch(lines[2]).group(4)) == pytest.approx(
+        np.mean(first_epoch[:3]), abs=1e-4)
+
+
+def test_verbose_progress_lines_follow_the_clock(backend, capsys, monkeypatch):
+    """A line once ``log_every`` seconds have passed since the last one (or the epoch start)."""
+    now = [0.0]
+    monkeypatch.setattr(cyrnn.train.time, "perf_counter", lambda: now[0])
+    model = _lm(backend)
+    original = model.loss_and_grad
+
+    def one_second_per_step(*args, **kwargs):
+        now[0] += 1.0
+        return original(*args, **kwargs)
+
+    model.loss_and_grad = one_second_per_step
+    fit(model, PATTERN, epochs=1, batch_size=4, seq_len=10, seed=0, verbose=True, log_every=3)
+    err = capsys.readouterr().err
+    assert [int(PROGRESS_LINE.fullmatch(line).group(2)) for line in err.splitlines()] == [
+        3, 6, 9, 12]
+
+
+def test_verbose_progress_bar_replaces_the_lines(backend, capsys, monkeypatch):
+    """With a bar (tqdm in a terminal) there are no plain lines: one bar per epoch, advanced
+    once per update and closed."""
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc):
+            self.total, self.desc, self.updates, self.closed = total, desc, 0, False
+            bars.append(self)
+
+        def update(self, n):
+            self.updates += n
+
+        def set_postfix(self, **kwargs):
+            self.postfix = kwargs
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(cyrnn.train, "_progress_bar", lambda: Bar)
+    fit(_lm(backend), PATTERN, epochs=2, batch_size=4, seq_len=10, seed=0, verbose=True,
+        log_every=0)
+    out, err = capsys.readouterr()
+    assert err == "" and len(out.splitlines()) == 2
+    assert [(b.desc, b.total, b.updates, b.closed) for b in bars] == [
+        ("epoch 1", 14, 14, True), ("epoch 2", 14, 14, True)]
+    assert set(bars[0].postfix) == {"loss"}
+
+
+def test_verbose_without_progress_lines_in_short_epochs(backend, capsys):
+    fit(_lm(backend), PATTERN, epochs=2, batch_size=4, seq_len=10, seed=0, verbose=True,
+        log_every=1e6)
+    out, err = capsys.readouterr()
+    assert err == "" and len(out.splitlines()) == 2
+
+
+@pytest.mark.parametrize("log_every, exc", [(-1, ValueError), (math.inf, ValueError),
+                                            (math.nan, ValueError), ("5", TypeError),
+                                            (True, TypeError)])
+def test_bad_log_every(backend, log_every, exc):
+    with pytest.raises(exc, match="log_every"):
+        fit(_lm(backend), PATTERN, batch_size=4, seq_len=10, verbose=True, log_every=log_every)
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [

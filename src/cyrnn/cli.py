@@ -9,6 +9,7 @@
 """
 import argparse
 import codecs
+import functools
 import importlib.util
 import os
 import sys
@@ -31,6 +32,33 @@ def zen_of_python():
     return codecs.decode(encoded, "rot13")
 
 
+def _stops_quietly_on_closed_output(command):
+    """Wrap a command so that it stops quietly, with exit status 1, when the reader of standard
+    output goes away early (``cyrnn info | head -1``) instead of ending in a broken-pipe error."""
+
+    @functools.wraps(command)
+    def run(args):
+        try:
+            code = command(args)
+            sys.stdout.flush()  # output still buffered is written (and may fail) here, not at exit
+            return code
+        except BrokenPipeError:
+            # Python flushes standard output once more at exit: point it at the null device so
+            # that this last flush cannot fail too
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                try:
+                    os.dup2(devnull, sys.stdout.fileno())
+                finally:
+                    os.close(devnull)
+            except (OSError, ValueError):  # standard output is not a file (embedded use)
+                pass
+            return 1
+
+    return run
+
+
+@_stops_quietly_on_closed_output
 def demo(args):
     text = zen_of_python()
     vocab = Vocabulary.from_text(text)
@@ -59,6 +87,7 @@ def demo(args):
     return 0
 
 
+@_stops_quietly_on_closed_output
 def train(args):
     with open(args.text_file, encoding="utf-8") as fh:
         text = fh.read()
@@ -78,13 +107,14 @@ def train(args):
     history = fit(model, train_ids, val_ids, epochs=args.epochs, steps=args.steps,
                   batch_size=args.batch_size, seq_len=args.seq_len, partition=args.partition,
                   optimizer=args.optimizer, lr=args.lr, clip_norm=args.clip_norm or None,
-                  callbacks=callbacks, seed=args.seed, verbose=True)
+                  callbacks=callbacks, seed=args.seed, verbose=True, log_every=args.log_every)
     if val_ids is None:
         model.save(checkpoint)
     print(f"done: {len(history.steps)} steps; model in {checkpoint}")
     return 0
 
 
+@_stops_quietly_on_closed_output
 def sample(args):
     model = load(args.model, backend=args.backend)
     if model.vocab is None:
@@ -100,6 +130,7 @@ def sample(args):
     return 0
 
 
+@_stops_quietly_on_closed_output
 def info(args):
     for key, value in backend_info().items():
         print(f"{key}: {value}")
@@ -109,14 +140,19 @@ def info(args):
 def _parser():
     parser = argparse.ArgumentParser(prog="cyrnn", description="Elman RNNs trained by BPTT.")
     parser.add_argument("--version", action="version", version=f"cyrnn {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                help="what to do; 'cyrnn COMMAND --help' describes its options")
+
+    def command(name, summary):
+        """A subcommand whose summary is also the description of its --help."""
+        return sub.add_parser(name, help=summary, description=summary)
 
     def common(p):
         p.add_argument("--backend", choices=("cython", "numpy"), default=None,
                        help="kernel backend (default: the compiled one)")
         p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
-    p = sub.add_parser("demo", help="train on the Zen of Python and print the loss and samples")
+    p = command("demo", "train on the Zen of Python and print the loss and samples")
     p.add_argument("--steps", type=int, default=1500, help="updates (default 1500)")
     p.add_argument("--hidden", type=int, default=128, help="hidden units (default 128)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per update (default 16)")
@@ -125,38 +161,51 @@ def _parser():
     common(p)
     p.set_defaults(run=demo)
 
-    p = sub.add_parser("train", help="train a character-level language model on a text file")
+    p = command("train", "train a character-level language model on a text file")
     p.add_argument("text_file", help="UTF-8 text to learn")
     p.add_argument("--hidden", type=int, default=256, help="hidden units (default 256)")
     p.add_argument("--nonlinearity", default="tanh",
-                   choices=("tanh", "relu", "sigmoid", "leaky_relu", "identity"))
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+                   choices=("tanh", "relu", "sigmoid", "leaky_relu", "identity"),
+                   help="hidden unit function (default tanh)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                   help="floating-point precision of the weights (default float32)")
     p.add_argument("--epochs", type=int, default=10, help="passes over the text (default 10)")
-    p.add_argument("--steps", type=int, default=None, help="stop after this many updates")
+    p.add_argument("--steps", type=int, default=None,
+                   help="stop after this many updates (default: when the epochs are done)")
     p.add_argument("--batch-size", type=int, default=32, help="streams per update (default 32)")
     p.add_argument("--seq-len", type=int, default=50, help="characters per update (default 50)")
-    p.add_argument("--partition", default="sequential", choices=("sequential", "random"))
-    p.add_argument("--optimizer", default="adam", choices=sorted(optim.OPTIMIZERS))
+    p.add_argument("--partition", default="sequential", choices=("sequential", "random"),
+                   help="sequential: carry the hidden state from batch to batch; random: "
+                        "shuffled independent sequences (default sequential)")
+    p.add_argument("--optimizer", default="adam", choices=sorted(optim.OPTIMIZERS),
+                   help="update rule (default adam)")
     p.add_argument("--lr", type=float, default=2e-3, help="learning rate (default 2e-3)")
-    p.add_argument("--clip-norm", type=float, default=5.0, help="gradient norm clip, 0 for none")
+    p.add_argument("--clip-norm", type=float, default=5.0,
+                   help="clip the gradients' global norm to this (default 5.0; 0 for none)")
     p.add_argument("--val-fraction", type=float, default=0.05,
                    help="tail of the text held out for validation (default 0.05)")
     p.add_argument("--checkpoint", default=None,
                    help="where to save the model (default: TEXT_FILE's name with .npz)")
+    p.add_argument("--log-every", type=float, default=5.0, metavar="SECONDS",
+                   help="seconds between progress lines on standard error when no progress "
+                        "bar is shown (default 5; 0 for every update)")
     common(p)
     p.set_defaults(run=train)
 
-    p = sub.add_parser("sample", help="generate text from a saved character model")
+    p = command("sample", "generate text from a saved character model")
     p.add_argument("model", help="a file written by 'cyrnn train' or model.save")
     p.add_argument("--prime", default="", help="text to start from")
     p.add_argument("-n", type=int, default=300, help="characters to generate (default 300)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="softmax temperature: lower is more conservative, 0 is greedy "
+                        "(default 1.0)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="draw from the K most likely characters only (default: all)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely character")
     common(p)
     p.set_defaults(run=sample)
 
-    p = sub.add_parser("info", help="backend, BLAS, SIMD code in use and version")
+    p = command("info", "backend, BLAS, SIMD code in use and version")
     p.set_defaults(run=info)
     return parser
 

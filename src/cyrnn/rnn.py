@@ -385,12 +385,20 @@ class RNN:
         return self.sample(prime, n, temperature=0.0, h0=h0)
 
     def forecast(self, context, n, h0=None):
-        """Autoregressive forecast: run over ``context``, then feed each prediction back in.
+        """Autoregressive forecast of real values: run over ``context``, then feed each
+        prediction back in as the next input.
+
+        For models whose outputs are values of the same kind as their inputs: ``output="linear"``
+        (regression), or ``"sigmoid"`` for values in [0, 1] (the outputs are fed back as they
+        are, not thresholded or drawn). A softmax output gives probabilities over tokens, which
+        are not inputs: generate tokens with ``sample`` or ``greedy``, which feed back a token
+        drawn from them.
 
         Parameters
         ----------
-        context : ndarray (T, I) or (T, B, I)
+        context : ndarray of float (T, I) or (T, B, I)
             Observed values (``(B, T, I)`` with ``batch_first``); needs ``output_size == input_size``.
+            Token ids are refused (``TypeError``): use ``sample`` or ``greedy``.
         n : int >= 1
             Future steps.
         h0 : ndarray, optional
@@ -400,6 +408,14 @@ class RNN:
         ndarray (n, I) or (n, B, I)
             The predictions ``y_{T+1} .. y_{T+n}`` (batch axis first with ``batch_first``).
         """
+        if isinstance(context, str) or np.asarray(context).dtype.kind in "iu":
+            raise TypeError(
+                "forecast: context holds token ids (or text); forecast feeds real-valued outputs "
+                "back as inputs. Generate tokens with sample (or greedy)")
+        if self.output == "softmax":
+            raise ValueError(
+                "forecast: output='softmax' gives probabilities over tokens, which are not inputs "
+                "to feed back; generate tokens from token ids with sample (or greedy)")
         if self.output_size != self.input_size:
             raise ValueError(
                 f"forecast: needs output_size == input_size, got {self.output_size} and {self.input_size}"
@@ -545,6 +561,12 @@ class RNN:
         elif x.dtype.kind == "f":
             if x.ndim not in (2, 3) or x.shape[-1] != I:
                 expected = "(B, T, {0}) or (T, {0})" if self.batch_first else "(T, B, {0}) or (T, {0})"
+                # whole numbers in [0, I) without a feature axis: token ids cast to float
+                if (x.ndim in (1, 2) and x.size and np.isfinite(x).all()
+                        and (x == np.floor(x)).all() and x.min() >= 0 and x.max() < I):
+                    raise TypeError(
+                        f"x: token ids must be integers; got floats of shape {x.shape} (use "
+                        f"x.astype(int)); dense inputs need shape {expected.format(I)}")
                 raise ValueError(f"x: expected shape {expected.format(I)}, got {x.shape}")
             batched = x.ndim == 3
             values = x if batched else x[:, None, :]
@@ -617,6 +639,15 @@ class RNN:
         if not classes:
             shape = shape + (O,)
         if target.shape != shape:
+            if classes and target.shape == shape + (O,):
+                raise ValueError(
+                    f"target: cross_entropy takes class ids of shape {shape}, not one-hot vectors "
+                    f"(got shape {target.shape}); use target.argmax(-1)")
+            if not classes and O > 1 and target.shape == shape[:-1] and target.dtype.kind in "iu":
+                fix = " or loss='cross_entropy'" if self.output == "linear" else ""
+                raise ValueError(
+                    f"target: {loss} with output={self.output!r} expects values of shape {shape}, "
+                    f"got integers of shape {target.shape}; class ids need output='softmax'{fix}")
             raise ValueError(f"target: expected shape {shape}, got {target.shape}")
         if classes and target.dtype.kind not in "iu":
             raise TypeError(f"target: cross_entropy needs integer class ids, got dtype {target.dtype}")

@@ -16,6 +16,7 @@ from .optim import Optimizer, make_optimizer
 
 PARTITIONS = ("sequential", "random")
 NONFINITE = ("raise", "skip")
+LOG_EVERY = 5.0  # seconds between plain progress lines, by default
 
 
 class History:
@@ -164,6 +165,7 @@ def fit(
     seed=None,
     on_nonfinite="raise",
     verbose=False,
+    log_every=None,
 ):
     """Train ``model`` in place; return the ``History``.
 
@@ -206,8 +208,14 @@ def fit(
         A non-finite loss or gradient norm raises ``FloatingPointError`` naming the step, or
         skips that update (counted in the history). NaN never reaches the weights.
     verbose : bool
-        Report progress: a tqdm bar per epoch when tqdm is installed, else one line per epoch
-        on standard output. Off by default: library code stays quiet.
+        Report progress: one summary line per epoch on standard output and, within each
+        epoch, progress on standard error: a tqdm bar when tqdm is installed
+        (``pip install "cyrnn[progress]"``) and standard error is a terminal, else a plain line
+        every ``log_every`` seconds (steps done / total, mean loss of the epoch so far,
+        tokens per second). Off by default: library code stays quiet.
+    log_every : float >= 0, optional
+        Seconds between the plain progress lines when ``verbose`` (default 5; 0 writes one
+        line per step). Ignored when ``verbose`` is False.
 
     Returns
     -------
@@ -221,6 +229,7 @@ def fit(
         raise ValueError(f"partition: expected one of {', '.join(PARTITIONS)}, got {partition!r}")
     if on_nonfinite not in NONFINITE:
         raise ValueError(f"on_nonfinite: expected 'raise' or 'skip', got {on_nonfinite!r}")
+    log_every = _seconds("log_every", LOG_EVERY if log_every is None else log_every)
     optimizer = _optimizer(model, optimizer, lr, weight_decay)
     rng = np.random.default_rng(seed)
     loss_name = model._loss_name(loss)
@@ -228,7 +237,7 @@ def fit(
     batches = _stream_batches(train, batch_size, seq_len, partition, rng) if stream else None
     history = History()
     state = _State(model, optimizer, history)
-    bar_factory = _progress_bar() if verbose else None
+    progress = None
     done = 0
     try:
         for epoch in range(1, epochs + 1):
@@ -238,7 +247,11 @@ def fit(
             started = time.perf_counter()
             losses, norms, tokens, skipped = [], [], 0, 0
             h = None
-            bar = bar_factory(total=len(epoch_batches), desc=f"epoch {epoch}") if bar_factory else None
+            if verbose:
+                if progress is None:
+                    total = epochs * len(epoch_batches)
+                    progress = _Progress(total if steps is None else min(steps, total), log_every)
+                progress.start_epoch(epoch, len(epoch_batches))
             for batch in epoch_batches:
                 x, target, lengths = batch if len(batch) == 3 else (*batch, None)
                 h0 = h if (stream and partition == "sequential") else None
@@ -269,13 +282,12 @@ def fit(
                     norms.append(norm)
                 history.steps.append(record)
                 tokens += np.asarray(x).shape[0] * (np.asarray(x).shape[1] if np.ndim(x) > 1 else 1)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{value:.4f}")
+                if progress is not None:
+                    progress.step(done, value, losses, tokens, started)
                 if steps is not None and done >= steps:
                     break
-            if bar is not None:
-                bar.close()
+            if progress is not None:
+                progress.end_epoch()
             seconds = time.perf_counter() - started
             summary = {
                 "epoch": epoch,
@@ -429,8 +441,57 @@ def _epoch_line(summary):
     return "  ".join(parts)
 
 
+def _seconds(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number of seconds, got {value!r}")
+    if not 0 <= value < math.inf:
+        raise ValueError(f"{name}: expected a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+class _Progress:
+    """Progress within the epochs of one ``fit``, on standard error: a tqdm bar per epoch when
+    tqdm is installed and standard error is a terminal, else a plain line every ``every``
+    seconds (and none for an epoch shorter than that: its summary line says it all)."""
+
+    def __init__(self, total, every):
+        self.total, self.every = total, every
+        self.bar_factory = _progress_bar()
+        self.bar = None
+        self.epoch = 0
+        self.last = 0.0
+
+    def start_epoch(self, epoch, batches):
+        self.epoch = epoch
+        self.last = time.perf_counter()
+        if self.bar_factory is not None:
+            self.bar = self.bar_factory(total=batches, desc=f"epoch {epoch}")
+
+    def step(self, done, value, losses, tokens, started):
+        """After update ``done``: ``value`` its loss, ``losses`` the epoch's finite losses so
+        far, ``tokens`` the epoch's tokens so far, since ``started`` (``time.perf_counter``)."""
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{value:.4f}")
+            return
+        now = time.perf_counter()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        seconds = now - started
+        loss = f"{np.mean(losses):.4f}" if losses else "nan"
+        speed = f"{tokens / seconds:,.0f}" if seconds > 0 else "-"
+        print(f"epoch {self.epoch:>3}  step {done}/{self.total}  loss {loss}  {speed} tok/s",
+              file=sys.stderr, flush=True)
+
+    def end_epoch(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def _progress_bar():
-    """tqdm's constructor when tqdm is installed and output is a terminal, else None."""
+    """tqdm's constructor when tqdm is installed and standard error is a terminal, else None."""
     if not sys.stderr.isatty():
         return None
     try:
