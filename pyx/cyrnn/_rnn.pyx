@@ -695,10 +695,23 @@ ctypedef struct StepArgs:
     double slope, scale, loss
 
 
+cdef extern from *:
+    """
+    /* the next shard to run: a counter the workers share (each shard runs once, on whichever
+       worker is free first; what a shard computes does not depend on which one) */
+    static inline Py_ssize_t cyrnn_next_shard(Py_ssize_t* counter)
+    {
+        return __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
+    }
+    """
+    Py_ssize_t next_shard "cyrnn_next_shard"(Py_ssize_t* counter) nogil
+
+
 ctypedef struct Worker:
-    # the shards first, first + stride, ... (below count) of `steps`, run by one thread
+    # one thread's view of the work: the shards of `steps`, taken in turn from `next`
     StepArgs* steps
-    Py_ssize_t first, count, stride
+    Py_ssize_t* next
+    Py_ssize_t count
 
 
 cdef void run_forward(StepArgs* a) noexcept nogil:
@@ -749,34 +762,33 @@ cdef void run_step(StepArgs* a) noexcept nogil:
 
 cdef void* run_worker(void* arg) noexcept nogil:
     cdef Worker* w = <Worker*> arg
-    cdef Py_ssize_t i = w.first
+    cdef Py_ssize_t i = next_shard(w.next)
     while i < w.count:
         run_step(&w.steps[i])
-        i += w.stride
+        i = next_shard(w.next)
     return NULL
 
 
 cdef void run_shards(StepArgs* steps, Py_ssize_t count, Worker* workers,
                      int threads) noexcept nogil:
-    """Run every shard: worker 0 on the calling thread, the others on threads started here and
-    joined before returning. A thread that cannot be started leaves its shards to the caller,
-    so the work is always done (and the results do not depend on how many threads ran it)."""
+    """Run every shard: on the calling thread and on threads - 1 threads started here and
+    joined before returning, each taking the next shard not yet taken (so a thread slowed down
+    by another process does less of the work). If no thread can be started, the caller runs
+    every shard; the results never depend on which thread ran which shard."""
     cdef pthread_t handles[MAX_SHARDS]
     cdef bint started[MAX_SHARDS]
+    cdef Py_ssize_t next = 0
     cdef int t
     for t in range(threads):
         workers[t].steps = steps
-        workers[t].first = t
+        workers[t].next = &next
         workers[t].count = count
-        workers[t].stride = threads
     for t in range(1, threads):
         started[t] = pthread_create(&handles[t], NULL, run_worker, &workers[t]) == 0
     run_worker(&workers[0])
     for t in range(1, threads):
         if started[t]:
             pthread_join(handles[t], NULL)
-        else:
-            run_worker(&workers[t])
 
 
 def shard_count(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t O):
