@@ -6,6 +6,10 @@
 >>> y.shape, h_last.shape
 ((5, 3, 2), (3, 8))
 """
+from __future__ import annotations
+
+from typing import Any
+
 from . import clip, data, diagnostics, kernels, optim
 from ._threads import get_num_threads, set_num_threads
 from .clip import clip_grad_norm, clip_grad_value
@@ -43,7 +47,7 @@ __all__ = [
 ]
 
 
-def backend_info():
+def backend_info() -> dict[str, Any]:
     """Which kernel backend is the process default, why, and which BLAS the kernels call.
 
     Returns

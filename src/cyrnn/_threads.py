@@ -15,8 +15,11 @@ else the CPUs this process may run on, but one when OpenBLAS is limited to one t
 (``OPENBLAS_NUM_THREADS=1``, or threadpoolctl's ``threadpool_limits(1)`` around the call), the
 usual way to ask a library for one thread per worker.
 """
+from __future__ import annotations
+
 import ctypes
 import os
+from typing import Optional
 
 from . import _checks
 
@@ -24,7 +27,7 @@ _setting = None  # set_num_threads; None: automatic
 _blas_threads = None  # SciPy's OpenBLAS thread-count function, looked up once (or False)
 
 
-def set_num_threads(n):
+def set_num_threads(n: Optional[int]) -> None:
     """Set the number of threads cyrnn's calls may use in this process (``None``: automatic).
 
     Models built with ``threads=`` keep their own. Results never depend on it, only speed.
@@ -33,12 +36,12 @@ def set_num_threads(n):
     _setting = None if n is None else _checks.positive_int("n", n)
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """The number of threads a cyrnn call made now would use (see ``cyrnn._threads``)."""
     return resolve(None)
 
 
-def resolve(threads):
+def resolve(threads: Optional[int]) -> int:
     """``threads`` (an int >= 1, or None for the process setting or the automatic choice)."""
     if threads is not None:
         return _checks.positive_int("threads", threads)

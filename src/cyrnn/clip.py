@@ -4,11 +4,16 @@ By default only parameter gradients are clipped: every key except ``"h0"`` and `
 gradients with respect to the inputs (initial state and dense inputs), not parameters. Pass
 ``keys`` to choose explicitly.
 """
+from __future__ import annotations
+
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Optional
 
 import numpy as np
+
+from ._typing import FloatArray
 
 __all__ = ["INPUT_GRAD_KEYS", "grad_norm", "clip_grad_norm", "clip_grad_value"]
 
@@ -70,7 +75,7 @@ def _sum_of_squares(g):
     return total
 
 
-def grad_norm(grads, keys=None):
+def grad_norm(grads: Mapping[str, FloatArray], keys: Optional[Iterable[str]] = None) -> float:
     """The joint L2 norm of the selected gradients (accumulated in float64), without clipping.
 
     ``keys=None`` selects every key except ``"h0"`` and ``"x"``, as ``clip_grad_norm`` does.
@@ -78,7 +83,8 @@ def grad_norm(grads, keys=None):
     return math.sqrt(sum(_sum_of_squares(g) for g in _selected(grads, keys)))
 
 
-def clip_grad_norm(grads, max_norm, keys=None):
+def clip_grad_norm(grads: Mapping[str, FloatArray], max_norm: float,
+                   keys: Optional[Iterable[str]] = None) -> float:
     """Scale gradients in place so that their joint L2 norm is at most about ``max_norm``.
 
     With ``norm = sqrt(sum of g**2 over all selected arrays)`` (accumulated in float64), every
@@ -122,7 +128,8 @@ def clip_grad_norm(grads, max_norm, keys=None):
     return norm
 
 
-def clip_grad_value(grads, limit, keys=None):
+def clip_grad_value(grads: Mapping[str, FloatArray], limit: float,
+                    keys: Optional[Iterable[str]] = None) -> None:
     """Clip every selected gradient elementwise to ``[-limit, limit]``, in place.
 
     Parameters

@@ -21,12 +21,19 @@ Randomness comes only from the ``rng`` arguments (a ``numpy.random.Generator`` o
 so results are reproducible; nothing here prints, and problems in the data are reported with
 ``warnings.warn`` or an exception naming the argument.
 """
+from __future__ import annotations
+
 import math
 import numbers
 import warnings
 from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
+import numpy.typing as npt
+
+from ._typing import FloatArray, IntArray, Seed
 
 __all__ = [
     "UnknownCharacterWarning",
@@ -146,7 +153,7 @@ class Vocabulary:
 
     __slots__ = ("_chars", "_unknown", "_unknown_id", "_sorted_codes", "_ids_of_sorted", "_codes")
 
-    def __init__(self, chars, *, unknown=None):
+    def __init__(self, chars: Iterable[str], *, unknown: Optional[str] = None) -> None:
         try:
             chars = tuple(chars)
         except TypeError:
@@ -175,7 +182,8 @@ class Vocabulary:
         self._ids_of_sorted = order.astype(np.intp)
 
     @classmethod
-    def from_text(cls, text, *, unknown=None, min_count=1):
+    def from_text(cls, text: str, *, unknown: Optional[str] = None,
+                  min_count: int = 1) -> Vocabulary:
         """The vocabulary of the characters of ``text``, sorted by code point.
 
         Parameters
@@ -219,35 +227,35 @@ class Vocabulary:
     # -- properties ----------------------------------------------------------------------------
 
     @property
-    def chars(self):
+    def chars(self) -> tuple[str, ...]:
         """The characters in id order (tuple of str)."""
         return self._chars
 
     @property
-    def unknown(self):
+    def unknown(self) -> Optional[str]:
         """The unknown-token character, or None."""
         return self._unknown
 
     @property
-    def unknown_id(self):
+    def unknown_id(self) -> Optional[int]:
         """The id of the unknown token, or None."""
         return self._unknown_id
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._chars)
 
-    def __contains__(self, char):
+    def __contains__(self, char: object) -> bool:
         return isinstance(char, str) and len(char) == 1 and char in self._chars
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if not isinstance(other, Vocabulary):
             return NotImplemented
         return self._chars == other._chars and self._unknown == other._unknown
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash((self._chars, self._unknown))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         shown = "".join(self._chars)
         if len(shown) > 40:
             shown = shown[:30] + "..." + shown[-7:]
@@ -255,7 +263,8 @@ class Vocabulary:
 
     # -- encoding ------------------------------------------------------------------------------
 
-    def encode(self, text, errors="strict"):
+    def encode(self, text: str,
+               errors: Literal["strict", "replace", "ignore"] = "strict") -> IntArray:
         """The ids of the characters of ``text``.
 
         Parameters
@@ -306,7 +315,7 @@ class Vocabulary:
         warnings.warn(f"text: {summary}; {action}", UnknownCharacterWarning, stacklevel=2)
         return ids
 
-    def decode(self, ids):
+    def decode(self, ids: npt.ArrayLike) -> str:
         """The text of a sequence of ids.
 
         Parameters
@@ -343,7 +352,7 @@ class Vocabulary:
 
     # -- serialization -------------------------------------------------------------------------
 
-    def to_json(self):
+    def to_json(self) -> dict[str, Any]:
         """A JSON-serializable dict of the vocabulary (for model files).
 
         Returns
@@ -360,7 +369,7 @@ class Vocabulary:
         }
 
     @classmethod
-    def from_json(cls, data):
+    def from_json(cls, data: dict[str, Any]) -> Vocabulary:
         """The vocabulary stored by ``to_json``.
 
         Parameters
@@ -429,23 +438,25 @@ def _unknown_summary(unknown_codes):
 class _LMBatches:
     """Shared part of the two partitionings: checked arguments, length, repr."""
 
+    _num_batches: int  # set by each subclass
+
     def __init__(self, ids, batch_size, seq_len):
         self._ids = _token_ids(ids)
         self._batch_size = _int_at_least("batch_size", batch_size, 1)
         self._seq_len = _int_at_least("seq_len", seq_len, 1)
 
     @property
-    def batch_size(self):
+    def batch_size(self) -> int:
         """Columns ``B`` of each batch."""
         return self._batch_size
 
     @property
-    def seq_len(self):
+    def seq_len(self) -> int:
         """Steps ``S`` of each batch."""
         return self._seq_len
 
     @property
-    def num_tokens(self):
+    def num_tokens(self) -> int:
         """Length ``N`` of the corpus."""
         return self._ids.size
 
@@ -460,10 +471,10 @@ class _LMBatches:
                 f"shifted target{offset_note})"
             )
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self._num_batches
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(num_tokens={self.num_tokens}, batch_size={self.batch_size}, "
             f"seq_len={self.seq_len}, batches={len(self)})"
@@ -474,7 +485,8 @@ class SequentialBatches(_LMBatches):
     """Sequential partitioning of a corpus into ``batch_size`` streams; see
     ``sequential_batches``, which makes these."""
 
-    def __init__(self, ids, batch_size, seq_len, *, offset=None, rng=None):
+    def __init__(self, ids: npt.ArrayLike, batch_size: int, seq_len: int, *,
+                 offset: Optional[int] = None, rng: Seed = None) -> None:
         super().__init__(ids, batch_size, seq_len)
         S = self.seq_len
         if offset is not None and rng is not None:
@@ -494,14 +506,14 @@ class SequentialBatches(_LMBatches):
         self._num_batches = self._stream_length(largest) // S
 
     @property
-    def offset(self):
+    def offset(self) -> Optional[int]:
         """The fixed offset, or None when each epoch draws one from ``rng``."""
         return self._offset
 
     def _stream_length(self, offset):
         return (self.num_tokens - offset - 1) // self.batch_size
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[IntArray, IntArray]]:
         offset = self._offset if self._rng is None else int(self._rng.integers(0, self.seq_len))
         B, S = self.batch_size, self.seq_len
         L = self._stream_length(offset)
@@ -521,7 +533,8 @@ class RandomBatches(_LMBatches):
     """Random partitioning of a corpus into shuffled subsequences; see ``random_batches``,
     which makes these."""
 
-    def __init__(self, ids, batch_size, seq_len, *, rng):
+    def __init__(self, ids: npt.ArrayLike, batch_size: int, seq_len: int, *,
+                 rng: Union[np.random.Generator, int]) -> None:
         super().__init__(ids, batch_size, seq_len)
         self._rng = _generator(rng)
         largest = self.seq_len - 1
@@ -532,7 +545,7 @@ class RandomBatches(_LMBatches):
     def _num_subsequences(self, offset):
         return (self.num_tokens - offset - 1) // self.seq_len
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[IntArray, IntArray]]:
         S, B = self.seq_len, self.batch_size
         offset = int(self._rng.integers(0, S))
         starts = offset + S * np.arange(self._num_subsequences(offset))
@@ -547,7 +560,8 @@ class RandomBatches(_LMBatches):
             yield self._ids[positions], self._ids[positions + 1]
 
 
-def sequential_batches(ids, batch_size, seq_len, *, offset=None, rng=None):
+def sequential_batches(ids: npt.ArrayLike, batch_size: int, seq_len: int, *,
+                       offset: Optional[int] = None, rng: Seed = None) -> SequentialBatches:
     """Language-model batches from sequential partitioning: the state carries across batches.
 
     After skipping ``offset`` tokens, the corpus is cut into ``batch_size`` contiguous streams
@@ -595,7 +609,8 @@ def sequential_batches(ids, batch_size, seq_len, *, offset=None, rng=None):
     return SequentialBatches(ids, batch_size, seq_len, offset=offset, rng=rng)
 
 
-def random_batches(ids, batch_size, seq_len, *, rng):
+def random_batches(ids: npt.ArrayLike, batch_size: int, seq_len: int, *,
+                   rng: Union[np.random.Generator, int]) -> RandomBatches:
     """Language-model batches from random partitioning: independent, shuffled subsequences.
 
     Every epoch (every iteration over the result) draws an offset uniformly from
@@ -640,7 +655,8 @@ def random_batches(ids, batch_size, seq_len, *, rng):
 # ---------------------------------------------------------------------------------------------
 
 
-def sliding_windows(series, window, *, horizon=1, stride=1):
+def sliding_windows(series: npt.ArrayLike, window: int, *, horizon: int = 1,
+                    stride: int = 1) -> tuple[FloatArray, FloatArray]:
     """Windows of a time series and, at every step, the value ``horizon`` steps later.
 
     Window ``m`` covers steps ``s = m * stride .. s + window - 1``; its target is the same
@@ -701,7 +717,8 @@ def sliding_windows(series, window, *, horizon=1, stride=1):
     return values[positions], values[positions + horizon]
 
 
-def train_val_split(data, val_fraction=0.1):
+def train_val_split(data: npt.ArrayLike,
+                    val_fraction: float = 0.1) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     """Split along the first axis: the head for training, the tail for validation.
 
     There is no shuffling: for a corpus or a time series the order is the data, and a tail kept

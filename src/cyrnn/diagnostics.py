@@ -3,13 +3,23 @@
 The compiled backward kernel records the norm of the total gradient reaching every state as it
 runs, at no extra cost; these helpers return it for a batch.
 """
+from __future__ import annotations
+
+from typing import Optional
+
 import numpy as np
+import numpy.typing as npt
 
 from . import _checks
+from ._typing import FloatArray, LossName, Reduction, Seed, TargetSteps
+from .rnn import RNN
+from .truncation import Truncate
 
 
-def gradient_norms(model, x, target, h0=None, lengths=None, loss=None, reduction="mean",
-                   target_steps="all", truncate=None):
+def gradient_norms(model: RNN, x: npt.ArrayLike, target: npt.ArrayLike,
+                   h0: Optional[npt.ArrayLike] = None, lengths: Optional[npt.ArrayLike] = None,
+                   loss: Optional[LossName] = None, reduction: Reduction = "mean",
+                   target_steps: TargetSteps = "all", truncate: Truncate = None) -> FloatArray:
     """Per-step norms ``||dL/dh_t||`` (Frobenius over the batch) of one batch, by full BPTT (or a
     carry-based truncation).
 
@@ -30,7 +40,7 @@ def gradient_norms(model, x, target, h0=None, lengths=None, loss=None, reduction
     return result.grad_norms
 
 
-def gradient_decay(model, T, *, batch_size=16, seed=None):
+def gradient_decay(model: RNN, T: int, *, batch_size: int = 16, seed: Seed = None) -> FloatArray:
     """``||dL/dh_t||`` for a loss on the last state only, over random dense inputs of ``T`` steps.
 
     A loss ``L = sum(h_T * r)`` with a fixed random unit direction ``r`` makes ``dL/dh_T = r``;

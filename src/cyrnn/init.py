@@ -3,7 +3,14 @@
 Each scheme returns a dict ``Wxh (H, I), Whh (H, H), bh (H,), Why (O, H), by (O,)`` (the last two
 only when there is an output layer), drawn from a ``numpy.random.Generator``.
 """
+from __future__ import annotations
+
+from typing import Optional
+
 import numpy as np
+import numpy.typing as npt
+
+from ._typing import InitScheme
 
 INITS = ("uniform", "xavier", "orthogonal", "identity", "normal")
 
@@ -21,7 +28,8 @@ def _orthogonal(rng, n):
     return q * np.sign(np.diag(r))
 
 
-def init_params(scheme, input_size, hidden_size, output_size, rng):
+def init_params(scheme: InitScheme, input_size: int, hidden_size: int, output_size: Optional[int],
+                rng: np.random.Generator) -> dict[str, npt.NDArray[np.float64]]:
     """Return freshly drawn float64 parameters for ``scheme``.
 
     - ``uniform``: PyTorch's default, every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H)) for the

@@ -5,7 +5,14 @@ and returns ``(loss, dz)`` with the loss as a Python float (accumulated in float
 the dtype of ``z``. ``reduction="mean"`` follows PyTorch's defaults: cross-entropy averages over
 positions, MSE and BCE over elements (positions times outputs); ``"sum"`` sums.
 """
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
+
+from ._typing import FloatArray, IntArray, LossName, OutputName, Reduction
 
 LOSSES = ("cross_entropy", "mse", "bce")
 REDUCTIONS = ("mean", "sum")
@@ -22,18 +29,18 @@ COMPATIBLE_OUTPUTS = {
 }
 
 
-def softmax(z):
+def softmax(z: FloatArray) -> FloatArray:
     """Softmax over the last axis, shifted by the maximum for stability."""
     e = np.exp(z - z.max(axis=-1, keepdims=True))
     e /= e.sum(axis=-1, keepdims=True)
     return e
 
 
-def sigmoid(z):
+def sigmoid(z: FloatArray) -> FloatArray:
     return 0.5 + 0.5 * np.tanh(0.5 * z)
 
 
-def apply_output(output, z):
+def apply_output(output: OutputName, z: FloatArray) -> FloatArray:
     """The output function g of ``y = g(z)``."""
     if output == "softmax":
         return softmax(z)
@@ -42,7 +49,8 @@ def apply_output(output, z):
     return z
 
 
-def cross_entropy(z, target, reduction):
+def cross_entropy(z: FloatArray, target: IntArray,
+                  reduction: Reduction) -> tuple[float, FloatArray]:
     """Softmax cross-entropy with integer class targets ``(N,)``; ``dz = softmax(z) - onehot``."""
     N = z.shape[0]
     shifted = z - z.max(axis=1, keepdims=True)
@@ -59,7 +67,8 @@ def cross_entropy(z, target, reduction):
     return loss, dz
 
 
-def mse(z, target, reduction, output="linear"):
+def mse(z: FloatArray, target: FloatArray, reduction: Reduction,
+        output: OutputName = "linear") -> tuple[float, FloatArray]:
     """Squared error between ``y = g(z)`` and ``target`` ``(N, O)``."""
     y = apply_output(output, z)
     diff = y - target
@@ -73,7 +82,7 @@ def mse(z, target, reduction, output="linear"):
     return loss, dz
 
 
-def bce(z, target, reduction):
+def bce(z: FloatArray, target: FloatArray, reduction: Reduction) -> tuple[float, FloatArray]:
     """Binary cross-entropy of ``sigmoid(z)`` against targets in [0, 1], in the stable
     logits form ``max(z, 0) - z t + log(1 + exp(-|z|))``; ``dz = sigmoid(z) - t``."""
     z64 = z.astype(np.float64)
@@ -85,7 +94,8 @@ def bce(z, target, reduction):
     return loss, dz
 
 
-def loss_and_dz(loss, output, z, target, reduction):
+def loss_and_dz(loss: LossName, output: OutputName, z: FloatArray, target: npt.NDArray[Any],
+                reduction: Reduction) -> tuple[float, FloatArray]:
     """Dispatch to the named loss; ``z`` (N, O) logits, ``target`` checked by the caller."""
     if loss == "cross_entropy":
         return cross_entropy(z, target, reduction)

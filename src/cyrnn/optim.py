@@ -45,11 +45,17 @@ parameter dtype, so a step allocates no array the size of a parameter. A gradien
 its values are finite in the parameter dtype: a float64 gradient of 1e300 is refused for float32
 parameters, where it would become inf.
 """
+from __future__ import annotations
+
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional
 
 import numpy as np
+import numpy.typing as npt
+
+from ._typing import FloatArray
 
 __all__ = [
     "Optimizer",
@@ -147,11 +153,15 @@ def _check_params(params):
 class _Schedule:
     """Base of the schedules: ``schedule(step) -> factor`` with ``step >= 0`` an integer."""
 
-    def __call__(self, step):
+    def __call__(self, step: int) -> float:
         return self._factor(_integer("step", step, low=0))
 
     def _factor(self, step):
         raise NotImplementedError
+
+
+#: ``schedule(step) -> factor``, e.g. ``StepLR``, ``ExponentialLR``, ``CosineLR``.
+Schedule = Callable[[int], float]
 
 
 class StepLR(_Schedule):
@@ -167,7 +177,10 @@ class StepLR(_Schedule):
         Factor per stage, finite and ``> 0``.
     """
 
-    def __init__(self, step_size, gamma=0.1):
+    step_size: int
+    gamma: float
+
+    def __init__(self, step_size: int, gamma: float = 0.1) -> None:
         self.step_size = _integer("step_size", step_size, low=1)
         self.gamma = _number("gamma", gamma, low=0.0, low_open=True)
 
@@ -187,7 +200,9 @@ class ExponentialLR(_Schedule):
         Factor per update, finite and ``> 0``.
     """
 
-    def __init__(self, gamma):
+    gamma: float
+
+    def __init__(self, gamma: float) -> None:
         self.gamma = _number("gamma", gamma, low=0.0, low_open=True)
 
     def _factor(self, step):
@@ -213,7 +228,10 @@ class CosineLR(_Schedule):
         Final factor, in ``[0, 1]``.
     """
 
-    def __init__(self, total_steps, min_factor=0.0):
+    total_steps: int
+    min_factor: float
+
+    def __init__(self, total_steps: int, min_factor: float = 0.0) -> None:
         self.total_steps = _integer("total_steps", total_steps, low=1)
         self.min_factor = _number("min_factor", min_factor, low=0.0, high=1.0)
 
@@ -267,7 +285,13 @@ class Optimizer:
     #: Weight decay is decoupled from the gradient (AdamW) rather than an L2 term.
     _decoupled_weight_decay = False
 
-    def __init__(self, params, lr, *, weight_decay=0.0, schedule=None):
+    params: Mapping[str, FloatArray]
+    base_lr: float
+    weight_decay: float
+    schedule: Optional[Schedule]
+
+    def __init__(self, params: Mapping[str, FloatArray], lr: float, *, weight_decay: float = 0.0,
+                 schedule: Optional[Schedule] = None) -> None:
         _check_params(params)
         if schedule is not None and not callable(schedule):
             raise TypeError(
@@ -314,12 +338,12 @@ class Optimizer:
     # --- public API ------------------------------------------------------------------------
 
     @property
-    def steps(self):
+    def steps(self) -> int:
         """Number of updates made so far (restored by ``load_state_dict``)."""
         return self._steps
 
     @property
-    def lr(self):
+    def lr(self) -> float:
         """Learning rate of the next update: ``base_lr * schedule(steps)``."""
         if self.schedule is None:
             return self.base_lr
@@ -336,7 +360,7 @@ class Optimizer:
             )
         return self.base_lr * factor
 
-    def step(self, grads):
+    def step(self, grads: Mapping[str, npt.ArrayLike]) -> None:
         """Update every parameter in place from its gradient.
 
         Parameters
@@ -368,7 +392,7 @@ class Optimizer:
             self._update(name, p, g, lr, w1)
         self._steps += 1
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """The optimizer's state, to save and restore with ``load_state_dict``.
 
         Returns
@@ -389,7 +413,7 @@ class Optimizer:
             },
         }
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a state made by ``state_dict`` (possibly through JSON and ``np.savez``).
 
         The hyperparameters of ``state["config"]``, the step count and the buffers replace this
@@ -462,7 +486,7 @@ class Optimizer:
         fresh._steps = steps
         self.__dict__.update(fresh.__dict__)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         config = ", ".join(f"{k}={v!r}" for k, v in self._config().items())
         schedule = f", schedule={self.schedule!r}" if self.schedule is not None else ""
         return f"{type(self).__name__}({config}{schedule})"
@@ -544,8 +568,13 @@ class SGD(Optimizer):
     Buffer (with ``momentum > 0``): ``momentum_buffer`` (parameter shape).
     """
 
-    def __init__(self, params, lr, *, momentum=0.0, nesterov=False, weight_decay=0.0,
-                 dampening=0.0, schedule=None):
+    momentum: float
+    dampening: float
+    nesterov: bool
+
+    def __init__(self, params: Mapping[str, FloatArray], lr: float, *, momentum: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0, dampening: float = 0.0,
+                 schedule: Optional[Schedule] = None) -> None:
         self.momentum = _number("momentum", momentum, low=0.0, high=1.0, high_open=True)
         self.dampening = _number("dampening", dampening, low=0.0, high=1.0)
         if not isinstance(nesterov, (bool, np.bool_)):
@@ -622,8 +651,12 @@ class Adagrad(Optimizer):
     Buffer: ``sum`` (parameter shape).
     """
 
-    def __init__(self, params, lr=0.01, *, eps=1e-8, initial_accumulator=0.0, weight_decay=0.0,
-                 schedule=None):
+    eps: float
+    initial_accumulator: float
+
+    def __init__(self, params: Mapping[str, FloatArray], lr: float = 0.01, *, eps: float = 1e-8,
+                 initial_accumulator: float = 0.0, weight_decay: float = 0.0,
+                 schedule: Optional[Schedule] = None) -> None:
         self.eps = _number("eps", eps, low=0.0)
         self.initial_accumulator = _number("initial_accumulator", initial_accumulator, low=0.0)
         if self.eps == 0.0 and self.initial_accumulator == 0.0:
@@ -681,8 +714,13 @@ class RMSprop(Optimizer):
     Buffers: ``square_avg`` and, with ``momentum > 0``, ``momentum_buffer``.
     """
 
-    def __init__(self, params, lr=0.01, *, alpha=0.99, eps=1e-8, momentum=0.0, weight_decay=0.0,
-                 schedule=None):
+    alpha: float
+    eps: float
+    momentum: float
+
+    def __init__(self, params: Mapping[str, FloatArray], lr: float = 0.01, *, alpha: float = 0.99,
+                 eps: float = 1e-8, momentum: float = 0.0, weight_decay: float = 0.0,
+                 schedule: Optional[Schedule] = None) -> None:
         self.alpha = _number("alpha", alpha, low=0.0, high=1.0, high_open=True)
         self.eps = _number("eps", eps, low=0.0)
         self.momentum = _number("momentum", momentum, low=0.0, high=1.0, high_open=True)
@@ -751,8 +789,13 @@ class Adam(Optimizer):
     Buffers: ``exp_avg`` (``m``) and ``exp_avg_sq`` (``v``).
     """
 
-    def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 schedule=None):
+    beta1: float
+    beta2: float
+    eps: float
+
+    def __init__(self, params: Mapping[str, FloatArray], lr: float = 1e-3, *,
+                 betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, schedule: Optional[Schedule] = None) -> None:
         if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
             raise TypeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
         self.beta1 = _number("betas[0]", betas[0], low=0.0, high=1.0, high_open=True)
@@ -819,8 +862,9 @@ class AdamW(Adam):
 
     _decoupled_weight_decay = True
 
-    def __init__(self, params, lr=1e-3, *, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
-                 schedule=None):
+    def __init__(self, params: Mapping[str, FloatArray], lr: float = 1e-3, *,
+                 betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01, schedule: Optional[Schedule] = None) -> None:
         super().__init__(
             params, lr, betas=betas, eps=eps, weight_decay=weight_decay, schedule=schedule
         )
@@ -830,7 +874,7 @@ class AdamW(Adam):
 OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "rmsprop": RMSprop, "adam": Adam, "adamw": AdamW}
 
 
-def make_optimizer(name, params, **kwargs):
+def make_optimizer(name: str, params: Mapping[str, FloatArray], **kwargs: Any) -> Optimizer:
     """Build an optimizer by name.
 
     Parameters

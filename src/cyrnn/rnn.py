@@ -11,12 +11,24 @@ loss; the weight gradients) and hands the kernels only the recurrences::
     dWhh = sum_t da_t^T h_{t-1}   dWxh = sum_t da_t^T x_t   dbh = sum_t da_t
     dWhy = sum_t dz_t^T h_t       dby = sum_t dz_t          dx_t = da_t Wxh
 """
+from __future__ import annotations
+
 import types
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, TypeVar, Union, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _checks, kernels, losses, truncation
+from ._typing import (ArrayDict, BackendName, FloatArray, InitScheme, IntArray, LossName,
+                      Nonlinearity, OutputName, Reduction, Seed, StrPath, TargetSteps)
+from .data import Vocabulary
 from .init import INITS, init_params
+from .optim import Optimizer
+from .truncation import Truncate
+
+_RNNType = TypeVar("_RNNType", bound="RNN")
 
 PARAM_NAMES = ("Wxh", "Whh", "bh", "Why", "by")
 TARGET_STEPS = ("all", "last")
@@ -74,22 +86,36 @@ class RNN:
         in the model dtype. Update them in place (optimizers do).
     """
 
+    params: ArrayDict
+    vocab: Optional[Vocabulary]
+    input_size: int
+    hidden_size: int
+    output_size: Optional[int]
+    nonlinearity: Nonlinearity
+    negative_slope: float
+    output: OutputName
+    init: InitScheme
+    dtype: np.dtype[Any]
+    batch_first: bool
+    backend: BackendName
+    threads: Optional[int]
+
     def __init__(
         self,
-        input_size,
-        hidden_size,
-        output_size=None,
+        input_size: int,
+        hidden_size: int,
+        output_size: Optional[int] = None,
         *,
-        nonlinearity="tanh",
-        negative_slope=0.01,
-        output="linear",
-        init="uniform",
-        dtype="float32",
-        seed=None,
-        backend=None,
-        batch_first=False,
-        threads=None,
-    ):
+        nonlinearity: Nonlinearity = "tanh",
+        negative_slope: float = 0.01,
+        output: OutputName = "linear",
+        init: InitScheme = "uniform",
+        dtype: npt.DTypeLike = "float32",
+        seed: Seed = None,
+        backend: Optional[BackendName] = None,
+        batch_first: bool = False,
+        threads: Optional[int] = None,
+    ) -> None:
         self._configure(input_size, hidden_size, output_size, nonlinearity, negative_slope,
                         output, init, dtype, backend, batch_first, threads)
         rng = np.random.default_rng(seed)
@@ -123,7 +149,8 @@ class RNN:
         self.backend = self._kernels.name
 
     @classmethod
-    def from_params(cls, params, **kwargs):
+    def from_params(cls: type[_RNNType], params: Mapping[str, npt.ArrayLike],
+                    **kwargs: Any) -> _RNNType:
         """A model with the given parameters and no random initialisation.
 
         Parameters
@@ -162,7 +189,7 @@ class RNN:
         model.set_params(arrays)
         return model
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"RNN(input_size={self.input_size}, hidden_size={self.hidden_size}, "
             f"output_size={self.output_size}, nonlinearity={self.nonlinearity!r}, "
@@ -173,7 +200,8 @@ class RNN:
     # public API
     # -----------------------------------------------------------------------------------------
 
-    def forward(self, x, h0=None, lengths=None):
+    def forward(self, x: npt.ArrayLike, h0: Optional[npt.ArrayLike] = None,
+                lengths: Optional[npt.ArrayLike] = None) -> tuple[FloatArray, FloatArray]:
         """Run the network over a batch of sequences.
 
         Parameters
@@ -210,16 +238,16 @@ class RNN:
 
     def loss_and_grad(
         self,
-        x,
-        target,
-        h0=None,
-        lengths=None,
-        loss=None,
-        reduction="mean",
-        target_steps="all",
-        truncate=None,
-        input_grad=True,
-    ):
+        x: npt.ArrayLike,
+        target: npt.ArrayLike,
+        h0: Optional[npt.ArrayLike] = None,
+        lengths: Optional[npt.ArrayLike] = None,
+        loss: Optional[LossName] = None,
+        reduction: Reduction = "mean",
+        target_steps: TargetSteps = "all",
+        truncate: Truncate = None,
+        input_grad: bool = True,
+    ) -> tuple[float, ArrayDict, FloatArray]:
         """Loss of one batch and its gradient with respect to every parameter, by BPTT.
 
         Parameters
@@ -260,8 +288,10 @@ class RNN:
                                 input_grad=input_grad)
         return result.loss, result.grads, result.h_last
 
-    def evaluate(self, x, target, h0=None, lengths=None, loss=None, reduction="mean",
-                 target_steps="all"):
+    def evaluate(self, x: npt.ArrayLike, target: npt.ArrayLike,
+                 h0: Optional[npt.ArrayLike] = None, lengths: Optional[npt.ArrayLike] = None,
+                 loss: Optional[LossName] = None, reduction: Reduction = "mean",
+                 target_steps: TargetSteps = "all") -> tuple[float, FloatArray]:
         """The loss of one batch without gradients (validation).
 
         Arguments as in ``loss_and_grad``. Returns ``(loss, h_last)``.
@@ -314,7 +344,18 @@ class RNN:
     # generation
     # -----------------------------------------------------------------------------------------
 
-    def sample(self, prime, n, temperature=1.0, top_k=None, seed=None, h0=None):
+    @overload
+    def sample(self, prime: str, n: int, temperature: float = ..., top_k: Optional[int] = ...,
+               seed: Seed = ..., h0: Optional[npt.ArrayLike] = ...) -> str: ...
+
+    @overload
+    def sample(self, prime: Union[Sequence[int], IntArray], n: int, temperature: float = ...,
+               top_k: Optional[int] = ..., seed: Seed = ...,
+               h0: Optional[npt.ArrayLike] = ...) -> IntArray: ...
+
+    def sample(self, prime: Union[str, Sequence[int], IntArray], n: int,
+               temperature: float = 1.0, top_k: Optional[int] = None, seed: Seed = None,
+               h0: Optional[npt.ArrayLike] = None) -> Union[str, IntArray]:
         """Generate ``n`` tokens after ``prime``, feeding each draw back in.
 
         The per-step loop (recurrence, output layer, softmax, draw) is one kernel call; the draws
@@ -380,11 +421,20 @@ class RNN:
         )
         return self.vocab.decode(out) if as_text else out
 
-    def greedy(self, prime, n, h0=None):
+    @overload
+    def greedy(self, prime: str, n: int, h0: Optional[npt.ArrayLike] = ...) -> str: ...
+
+    @overload
+    def greedy(self, prime: Union[Sequence[int], IntArray], n: int,
+               h0: Optional[npt.ArrayLike] = ...) -> IntArray: ...
+
+    def greedy(self, prime: Union[str, Sequence[int], IntArray], n: int,
+               h0: Optional[npt.ArrayLike] = None) -> Union[str, IntArray]:
         """The ``n`` most likely tokens after ``prime``, one at a time (``sample`` at temperature 0)."""
         return self.sample(prime, n, temperature=0.0, h0=h0)
 
-    def forecast(self, context, n, h0=None):
+    def forecast(self, context: npt.ArrayLike, n: int,
+                 h0: Optional[npt.ArrayLike] = None) -> FloatArray:
         """Autoregressive forecast of real values: run over ``context``, then feed each
         prediction back in as the next input.
 
@@ -434,14 +484,16 @@ class RNN:
     # persistence and weight exchange
     # -----------------------------------------------------------------------------------------
 
-    def save(self, path, *, optimizer=None, extra=None):
+    def save(self, path: StrPath, *, optimizer: Optional[Optimizer] = None,
+             extra: Optional[dict[str, Any]] = None) -> None:
         """Write the model (and optimizer state) to a versioned ``.npz``; see ``cyrnn.io.save``."""
         from . import io
 
         io.save(self, path, optimizer=optimizer, extra=extra)
 
     @classmethod
-    def from_torch(cls, state_dict, *, output_prefix=None, **kwargs):
+    def from_torch(cls: type[_RNNType], state_dict: Mapping[str, npt.ArrayLike], *,
+                   output_prefix: Optional[str] = None, **kwargs: Any) -> _RNNType:
         """Build a model from the weights of ``torch.nn.RNN`` (one layer) and ``nn.Linear``.
 
         Parameters
@@ -502,7 +554,7 @@ class RNN:
         model.set_params(params)  # checks the remaining shapes and finiteness
         return model
 
-    def to_torch_state(self, rnn_prefix="rnn.", output_prefix="fc."):
+    def to_torch_state(self, rnn_prefix: str = "rnn.", output_prefix: str = "fc.") -> ArrayDict:
         """Weights as a ``torch.nn.RNN`` + ``nn.Linear`` state dict of NumPy arrays.
 
         ``bias_ih_l0`` carries ``bh`` and ``bias_hh_l0`` is zero (PyTorch adds the two). Wrap the
@@ -520,7 +572,7 @@ class RNN:
             state[output_prefix + "bias"] = p["by"].copy()
         return state
 
-    def set_params(self, params):
+    def set_params(self, params: Mapping[str, npt.ArrayLike]) -> None:
         """Copy ``params`` (same keys and shapes as ``self.params``) into the model's arrays, cast
         to its dtype; checks everything first, so a failed call changes nothing. The arrays are
         updated in place: references held elsewhere (an optimizer's) stay valid."""

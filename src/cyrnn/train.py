@@ -4,15 +4,22 @@
 from ``cyrnn.optim``, clipping from ``cyrnn.clip``, batches from ``cyrnn.data``), so anything it
 does can be done by hand in a few lines when a project needs a different loop.
 """
+from __future__ import annotations
+
 import math
 import sys
 import time
+from collections.abc import Sequence
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 
 from . import _checks, data as data_mod
+from ._typing import ArrayDict, Dataset, LossName, Reduction, Seed, StrPath, TargetSteps
 from .clip import clip_grad_norm, clip_grad_value, grad_norm
 from .optim import Optimizer, make_optimizer
+from .rnn import RNN
+from .truncation import Truncate
 
 PARTITIONS = ("sequential", "random")
 NONFINITE = ("raise", "skip")
@@ -35,17 +42,20 @@ class History:
     ``history["val_loss"]`` is the list of that key over the epochs.
     """
 
-    def __init__(self):
+    steps: list[dict[str, Any]]
+    epochs: list[dict[str, Any]]
+
+    def __init__(self) -> None:
         self.steps = []
         self.epochs = []
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str) -> list[Any]:
         return [record.get(key) for record in self.epochs]
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.epochs)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         last = self.epochs[-1] if self.epochs else {}
         return f"History({len(self.epochs)} epochs, {len(self.steps)} steps, last={last})"
 
@@ -55,10 +65,10 @@ class Callback:
     returning True stops training. ``state`` has ``model``, ``optimizer``, ``history`` and
     ``epoch``."""
 
-    def on_epoch_end(self, state):
+    def on_epoch_end(self, state: _State) -> bool:
         return False
 
-    def on_train_end(self, state):
+    def on_train_end(self, state: _State) -> None:
         pass
 
 
@@ -75,7 +85,16 @@ class EarlyStopping(Callback):
         At the end of training, copy the best epoch's parameters back into the model.
     """
 
-    def __init__(self, monitor="val_loss", patience=3, min_delta=0.0, restore_best=True):
+    monitor: str
+    patience: int
+    min_delta: float
+    restore_best: bool
+    best: float
+    best_epoch: Optional[int]
+    _best_params: Optional[ArrayDict]
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 3, min_delta: float = 0.0,
+                 restore_best: bool = True) -> None:
         self.monitor = monitor
         self.patience = _checks.positive_int("patience", patience)
         self.min_delta = float(min_delta)
@@ -87,7 +106,7 @@ class EarlyStopping(Callback):
         self._best_params = None
         self._waited = 0
 
-    def on_epoch_end(self, state):
+    def on_epoch_end(self, state: _State) -> bool:
         value = state.history.epochs[-1].get(self.monitor)
         if value is None:
             raise KeyError(f"EarlyStopping: no {self.monitor!r} in the history (validation data?)")
@@ -99,7 +118,7 @@ class EarlyStopping(Callback):
         self._waited += 1
         return self._waited >= self.patience
 
-    def on_train_end(self, state):
+    def on_train_end(self, state: _State) -> None:
         if self.restore_best and self._best_params is not None:
             state.model.set_params(self._best_params)
 
@@ -117,13 +136,19 @@ class Checkpoint(Callback):
         Save only when ``monitor`` improved.
     """
 
-    def __init__(self, path, monitor="val_loss", best_only=False):
+    path: StrPath
+    monitor: Optional[str]
+    best_only: bool
+    best: float
+
+    def __init__(self, path: StrPath, monitor: Optional[str] = "val_loss",
+                 best_only: bool = False) -> None:
         self.path = path
         self.monitor = monitor
         self.best_only = best_only
         self.best = math.inf
 
-    def on_epoch_end(self, state):
+    def on_epoch_end(self, state: _State) -> bool:
         if self.best_only:
             value = state.history.epochs[-1].get(self.monitor)
             if value is None:
@@ -138,35 +163,40 @@ class Checkpoint(Callback):
 class _State:
     __slots__ = ("model", "optimizer", "history", "epoch")
 
+    model: RNN
+    optimizer: Optimizer
+    history: History
+    epoch: int
+
     def __init__(self, model, optimizer, history):
         self.model, self.optimizer, self.history, self.epoch = model, optimizer, history, 0
 
 
 def fit(
-    model,
-    train,
-    val=None,
+    model: RNN,
+    train: Dataset,
+    val: Optional[Dataset] = None,
     *,
-    epochs=1,
-    steps=None,
-    batch_size=32,
-    seq_len=35,
-    partition="sequential",
-    optimizer="adam",
-    lr=None,
-    weight_decay=0.0,
-    clip_norm=None,
-    clip_value=None,
-    truncate=None,
-    loss=None,
-    reduction="mean",
-    target_steps="all",
-    callbacks=(),
-    seed=None,
-    on_nonfinite="raise",
-    verbose=False,
-    log_every=None,
-):
+    epochs: int = 1,
+    steps: Optional[int] = None,
+    batch_size: int = 32,
+    seq_len: int = 35,
+    partition: Literal["sequential", "random"] = "sequential",
+    optimizer: Union[str, Optimizer] = "adam",
+    lr: Optional[float] = None,
+    weight_decay: float = 0.0,
+    clip_norm: Optional[float] = None,
+    clip_value: Optional[float] = None,
+    truncate: Truncate = None,
+    loss: Optional[LossName] = None,
+    reduction: Reduction = "mean",
+    target_steps: TargetSteps = "all",
+    callbacks: Sequence[Callback] = (),
+    seed: Seed = None,
+    on_nonfinite: Literal["raise", "skip"] = "raise",
+    verbose: bool = False,
+    log_every: Optional[float] = None,
+) -> History:
     """Train ``model`` in place; return the ``History``.
 
     Parameters
@@ -316,7 +346,8 @@ def fit(
     return history
 
 
-def evaluate(model, data, *, batch_size=32, loss=None, reduction="mean", target_steps="all"):
+def evaluate(model: RNN, data: Dataset, *, batch_size: int = 32, loss: Optional[LossName] = None,
+             reduction: Reduction = "mean", target_steps: TargetSteps = "all") -> float:
     """Mean loss of ``model`` on ``data`` (a token stream or a dataset tuple, as in ``fit``),
     forward only.
 

@@ -16,9 +16,14 @@ Full BPTT sums one term per step back: ``dx_t/dw = sum_{j<t} w^j x_{t-1-j}``, so
 the first ``k`` terms (``k = 1``: 0.9, 0.18, 0.036; ``k = 2``: 0.9, 0.36, 0.072);
 ``TBPTT(2, 2)`` cuts at the chunk start, step 3: 0.9, 0.36, 0.036.
 """
+from __future__ import annotations
+
+from typing import Optional, Union
+
 import numpy as np
 
 from . import _checks
+from ._typing import FloatArray, IntArray, Seed
 
 
 class TBPTT:
@@ -45,22 +50,25 @@ class TBPTT:
         Steps to backpropagate from each block's end; defaults to ``k1``.
     """
 
-    def __init__(self, k1, k2=None):
+    k1: int
+    k2: int
+
+    def __init__(self, k1: int, k2: Optional[int] = None) -> None:
         self.k1 = _checks.positive_int("k1", k1)
         self.k2 = self.k1 if k2 is None else _checks.positive_int("k2", k2)
         if self.k2 < self.k1:
             raise ValueError(f"k2: expected k2 >= k1 = {self.k1}, got {self.k2}")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"TBPTT(k1={self.k1}, k2={self.k2})"
 
-    def windows(self, T):
+    def windows(self, T: int) -> IntArray:
         """Look-back of each output, (T,) ints: ``k2 - (e - t)`` with ``e`` the end of t's block."""
         t = np.arange(T)
         block_end = (t // self.k1) * self.k1 + self.k1 - 1
         return self.k2 - (block_end - t)
 
-    def carry(self, T):
+    def carry(self, T: int) -> FloatArray:
         """Carry scale (T,) for ``k1 == k2``: 0 at the start of every chunk, 1 elsewhere."""
         if self.k1 != self.k2:
             raise ValueError("carry: only TBPTT(k, k) is a carry scale; use windows()")
@@ -83,22 +91,30 @@ class RandomizedTruncation:
         Source of the draws; the object keeps its own generator (no global state).
     """
 
-    def __init__(self, p, seed=None):
+    p: float
+    rng: np.random.Generator
+
+    def __init__(self, p: float, seed: Seed = None) -> None:
         p = float(p)
         if not 0.0 < p <= 1.0:
             raise ValueError(f"p: expected a probability in (0, 1], got {p}")
         self.p = p
         self.rng = np.random.default_rng(seed)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"RandomizedTruncation(p={self.p})"
 
-    def carry(self, T):
+    def carry(self, T: int) -> FloatArray:
         """Draw a fresh carry scale (T,): ``xi_t / p``."""
         return (self.rng.random(T) < self.p) / self.p
 
 
-def resolve(truncate, T):
+#: What ``truncate=`` accepts: full BPTT (None), a look-back, or one of the classes above.
+Truncate = Union[int, TBPTT, RandomizedTruncation, None]
+
+
+def resolve(truncate: Truncate,
+            T: int) -> tuple[Union[int, IntArray, None], Optional[FloatArray]]:
     """``truncate`` as the kernels' arguments: ``(window, carry)``, at most one not None.
 
     ``None``: full BPTT. An int ``k``: a look-back of ``k`` for every output. A ``TBPTT`` or a

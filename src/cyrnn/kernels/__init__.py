@@ -13,14 +13,18 @@ compiled backend when it cannot be imported is an error, never a silent slow fal
 The module-level ``rnn_forward``, ``rnn_backward``, ``rnn_backward_window``, ``embedding_grad``
 and ``sample_tokens`` are those of the default backend; ``get_backend(name)`` returns either one.
 """
+from __future__ import annotations
+
 import importlib
 import os
 import types
 import warnings
+from typing import Optional
 
+from .._typing import BackendName
 from . import numpy_backend
 
-BACKENDS = ("cython", "numpy")
+BACKENDS: tuple[BackendName, ...] = ("cython", "numpy")
 KERNEL_NAMES = ("rnn_forward", "rnn_backward", "rnn_backward_window", "embedding_grad",
                 "sample_tokens", "elman_loss_and_grad", "elman_forward")
 # where each backend's kernels live: compiled extension modules, and their NumPy twins
@@ -88,7 +92,7 @@ def _choose_default():
 DEFAULT_BACKEND, DEFAULT_REASON = _choose_default()
 
 
-def get_backend(name=None):
+def get_backend(name: Optional[BackendName] = None) -> types.SimpleNamespace:
     """Return the kernels of backend ``name`` (``None``: the process default) as a namespace
     with one attribute per kernel and ``name``."""
     if name is None:
@@ -102,7 +106,7 @@ def get_backend(name=None):
     raise ValueError(f"backend: expected one of {', '.join(BACKENDS)} or None, got {name!r}")
 
 
-def available_backends():
+def available_backends() -> tuple[BackendName, ...]:
     """Names of the backends that can be used in this process."""
     return tuple(name for name in BACKENDS if name == "numpy" or cython_kernels is not None)
 

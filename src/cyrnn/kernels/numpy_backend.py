@@ -10,9 +10,15 @@ Conventions (time-major, states stored with the initial one):
 - With ``lengths``, steps ``t >= lengths[b]`` are padding: sequence ``b`` keeps its state
   (``hs[t + 1, b] = hs[t, b]``), its ``dh_out`` there is ignored and its ``da`` there is zero.
 """
+from __future__ import annotations
+
+from typing import Optional, Union
+
 import numpy as np
+import numpy.typing as npt
 
 from .. import _checks
+from .._typing import FloatArray, Nonlinearity
 
 TANH, RELU, SIGMOID, LEAKY_RELU, IDENTITY = range(len(_checks.NONLINEARITIES))
 
@@ -51,7 +57,10 @@ def _active_steps(lengths, T, B):
     return (np.arange(T)[:, None] < lengths[None, :])[:, :, None]
 
 
-def rnn_forward(xw, h0, Whh, nonlinearity="tanh", *, negative_slope=0.01, lengths=None, out=None):
+def rnn_forward(xw: FloatArray, h0: FloatArray, Whh: FloatArray,
+                nonlinearity: Nonlinearity = "tanh", *, negative_slope: float = 0.01,
+                lengths: Optional[npt.ArrayLike] = None,
+                out: Optional[FloatArray] = None) -> FloatArray:
     """Run the Elman recurrence over all time steps.
 
     Parameters
@@ -89,8 +98,10 @@ def rnn_forward(xw, h0, Whh, nonlinearity="tanh", *, negative_slope=0.01, length
 
 
 def rnn_backward(
-    dh_out, hs, Whh, nonlinearity="tanh", *, negative_slope=0.01, dh_last=None, carry=None, lengths=None
-):
+    dh_out: FloatArray, hs: FloatArray, Whh: FloatArray, nonlinearity: Nonlinearity = "tanh", *,
+    negative_slope: float = 0.01, dh_last: Optional[FloatArray] = None,
+    carry: Optional[npt.ArrayLike] = None, lengths: Optional[npt.ArrayLike] = None
+) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Backpropagate through time over the whole sequence.
 
     With ``g_t = dL/dh_t`` (the total gradient reaching state ``hs[t]``) the recursion is::
@@ -152,8 +163,10 @@ def rnn_backward(
 
 
 def rnn_backward_window(
-    dh_out, hs, Whh, window, nonlinearity="tanh", *, negative_slope=0.01, dh_last=None, lengths=None
-):
+    dh_out: FloatArray, hs: FloatArray, Whh: FloatArray, window: Union[int, npt.ArrayLike],
+    nonlinearity: Nonlinearity = "tanh", *, negative_slope: float = 0.01,
+    dh_last: Optional[FloatArray] = None, lengths: Optional[npt.ArrayLike] = None
+) -> tuple[FloatArray, FloatArray]:
     """Backpropagate each output's error at most ``window`` steps back.
 
     The error of the output at step ``t`` reaches the pre-activations of steps
@@ -209,7 +222,7 @@ def rnn_backward_window(
     return da, dh0
 
 
-def embedding_grad(ids, grad, num_rows):
+def embedding_grad(ids: npt.ArrayLike, grad: FloatArray, num_rows: int) -> FloatArray:
     """Gradient of a row gather ``out[n] = W[ids[n]]``: ``dW[i] = sum of grad[n] with ids[n] == i``.
 
     Parameters

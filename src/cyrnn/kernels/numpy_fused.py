@@ -6,9 +6,15 @@ BPTT and every weight gradient. At small sizes the compiled version saves the do
 NumPy calls that otherwise cost more than the arithmetic. The checks of the arguments live here
 and are shared by both backends.
 """
+from __future__ import annotations
+
+from typing import Optional, Union
+
 import numpy as np
+import numpy.typing as npt
 
 from .. import _checks, losses
+from .._typing import ArrayDict, FloatArray, Nonlinearity, OutputName, Reduction, StepLossName
 from . import numpy_backend
 
 STEP_LOSSES = ("cross_entropy", "mse")
@@ -87,8 +93,11 @@ def _output_code(output):
     return losses.OUTPUTS.index(output)
 
 
-def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, negative_slope=0.01,
-                  output="linear", threads=None):
+def elman_forward(inputs: npt.ArrayLike, h0: FloatArray, Wxh: FloatArray, Whh: FloatArray,
+                  bh: FloatArray, Why: FloatArray, by: FloatArray,
+                  nonlinearity: Nonlinearity = "tanh", *, negative_slope: float = 0.01,
+                  output: OutputName = "linear",
+                  threads: Optional[int] = None) -> tuple[FloatArray, FloatArray]:
     """Outputs of an Elman RNN with an output layer, in one call.
 
     ``y_t = g(h_t Why^T + by)`` with ``h_t = f(x_t Wxh^T + bh + h_{t-1} Whh^T)`` for every step.
@@ -121,9 +130,14 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
     return losses.apply_output(output, z), hs[-1].copy()
 
 
-def elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *,
-                        negative_slope=0.01, loss="cross_entropy", reduction="mean", carry=None,
-                        window=None, input_grad=True, threads=None):
+def elman_loss_and_grad(
+    inputs: npt.ArrayLike, targets: npt.ArrayLike, h0: FloatArray, Wxh: FloatArray,
+    Whh: FloatArray, bh: FloatArray, Why: FloatArray, by: FloatArray,
+    nonlinearity: Nonlinearity = "tanh", *, negative_slope: float = 0.01,
+    loss: StepLossName = "cross_entropy", reduction: Reduction = "mean",
+    carry: Optional[npt.ArrayLike] = None, window: Union[int, npt.ArrayLike, None] = None,
+    input_grad: bool = True, threads: Optional[int] = None,
+) -> tuple[float, ArrayDict, FloatArray, Optional[FloatArray]]:
     """Loss and every gradient of an Elman RNN with an output layer, in one call.
 
     ``h_t = f(x_t Wxh^T + bh + h_{t-1} Whh^T)``, ``z_t = h_t Why^T + by``; the loss sits on every

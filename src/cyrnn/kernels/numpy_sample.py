@@ -10,11 +10,15 @@ rounding of a boundary between two tokens can pick either.
 logits are NaN or infinite) are shared with the compiled module, which imports them from here:
 a bad argument raises the same exception with the same message on either backend.
 """
+from __future__ import annotations
+
 import numbers
 
 import numpy as np
+import numpy.typing as npt
 
 from .. import _checks
+from .._typing import FloatArray, IntArray, Nonlinearity
 from .numpy_backend import _activate
 
 _INT32_MAX = 2**31 - 1  # BLAS (LP64) takes sizes as 32-bit ints
@@ -114,8 +118,10 @@ def _choose(z, u, temperature, top_k):
     return int(np.searchsorted(cdf, u * cdf[-1], side="right"))
 
 
-def sample_tokens(WxhT, bh, Whh, Why, by, h0, first_id, uniforms, nonlinearity="tanh", *,
-                  negative_slope=0.01, temperature=1.0, top_k=0):
+def sample_tokens(WxhT: FloatArray, bh: FloatArray, Whh: FloatArray, Why: FloatArray,
+                  by: FloatArray, h0: FloatArray, first_id: int, uniforms: npt.ArrayLike,
+                  nonlinearity: Nonlinearity = "tanh", *, negative_slope: float = 0.01,
+                  temperature: float = 1.0, top_k: int = 0) -> tuple[IntArray, FloatArray]:
     """Generate ``n = len(uniforms)`` token ids, feeding each one back as the next input.
 
     For step ``i = 0 .. n-1``, starting from ``h = h0`` and ``id = first_id``::

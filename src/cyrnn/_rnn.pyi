@@ -1,0 +1,41 @@
+# The compiled Elman kernels (pyx/cyrnn/_rnn.pyx): the same signatures as their NumPy twins in
+# cyrnn.kernels.numpy_backend and numpy_fused, which document them.
+from typing import Any, Optional, Union
+
+import numpy.typing as npt
+
+from cyrnn._typing import (ArrayDict, FloatArray, Nonlinearity, OutputName, Reduction,
+                           StepLossName)
+
+def rnn_forward(xw: FloatArray, h0: FloatArray, Whh: FloatArray,
+                nonlinearity: Nonlinearity = "tanh", *, negative_slope: float = 0.01,
+                lengths: Optional[npt.ArrayLike] = None,
+                out: Optional[FloatArray] = None) -> FloatArray: ...
+def rnn_backward(
+    dh_out: FloatArray, hs: FloatArray, Whh: FloatArray, nonlinearity: Nonlinearity = "tanh", *,
+    negative_slope: float = 0.01, dh_last: Optional[FloatArray] = None,
+    carry: Optional[npt.ArrayLike] = None, lengths: Optional[npt.ArrayLike] = None
+) -> tuple[FloatArray, FloatArray, FloatArray]: ...
+def rnn_backward_window(
+    dh_out: FloatArray, hs: FloatArray, Whh: FloatArray, window: Union[int, npt.ArrayLike],
+    nonlinearity: Nonlinearity = "tanh", *, negative_slope: float = 0.01,
+    dh_last: Optional[FloatArray] = None, lengths: Optional[npt.ArrayLike] = None
+) -> tuple[FloatArray, FloatArray]: ...
+def embedding_grad(ids: npt.ArrayLike, grad: FloatArray, num_rows: int) -> FloatArray: ...
+def elman_forward(inputs: npt.ArrayLike, h0: FloatArray, Wxh: FloatArray, Whh: FloatArray,
+                  bh: FloatArray, Why: FloatArray, by: FloatArray,
+                  nonlinearity: Nonlinearity = "tanh", *, negative_slope: float = 0.01,
+                  output: OutputName = "linear",
+                  threads: Optional[int] = None) -> tuple[FloatArray, FloatArray]: ...
+def elman_loss_and_grad(
+    inputs: npt.ArrayLike, targets: npt.ArrayLike, h0: FloatArray, Wxh: FloatArray,
+    Whh: FloatArray, bh: FloatArray, Why: FloatArray, by: FloatArray,
+    nonlinearity: Nonlinearity = "tanh", *, negative_slope: float = 0.01,
+    loss: StepLossName = "cross_entropy", reduction: Reduction = "mean",
+    carry: Optional[npt.ArrayLike] = None, window: Union[int, npt.ArrayLike, None] = None,
+    input_grad: bool = True, threads: Optional[int] = None,
+) -> tuple[float, ArrayDict, FloatArray, Optional[FloatArray]]: ...
+def shard_count(T: int, B: int, I: int, H: int, O: int) -> int: ...
+
+# the private entry points and test hooks
+def __getattr__(name: str) -> Any: ...
