@@ -19,8 +19,8 @@ from libc.math cimport log, sqrt
 from libc.string cimport memcpy, memset
 
 from cyrnn._act cimport (SIGMOID, activate, add_row_sums, add_to_rows, elementwise_build,
-                         elementwise_widest, exp_, exp_build, rows_build_f32, rows_build_f64,
-                         times_derivative)
+                         elementwise_widest, exp_build, exp_f32_build, exp_inplace,
+                         rows_build_f32, rows_build_f64, times_derivative)
 from cyrnn._blas cimport (OWN_KERNEL_MIN_WORK, blas_threads, dgemm_build, dot, gemm,
                           own_kernel_available, sgemm_build)
 from scipy.linalg.cython_blas cimport sgemm
@@ -416,7 +416,8 @@ cdef double softmax_cross_entropy(floating* z, const Py_ssize_t* target, Py_ssiz
             m = row[o] if row[o] > m else m
         loss -= row[target[n]] - m
         for o in range(O):
-            row[o] = exp_(row[o] - m)
+            row[o] = row[o] - m
+        exp_inplace(row, O)
         total_exp = 0
         for o in range(O):
             total_exp += row[o]
@@ -501,7 +502,8 @@ cdef void softmax_rows(floating* z, Py_ssize_t N, Py_ssize_t O) noexcept nogil:
         for o in range(1, O):
             m = row[o] if row[o] > m else m
         for o in range(O):
-            row[o] = exp_(row[o] - m)
+            row[o] = row[o] - m
+        exp_inplace(row, O)
         total = 0
         for o in range(O):
             total += row[o]
@@ -852,14 +854,19 @@ def _elementwise_build(int which, x, h=None, int code=0, double slope=0.01):
 
 
 def _exp_build(int which, x):
-    """exp(x) as a new float64 array through one build of the float64 exp (0 the baseline,
-    1 AVX2, 2 AVX-512) that the sampler uses; None where this CPU cannot run that build."""
-    out = np.array(x, dtype=np.float64, order="C", copy=True)
-    cdef double* p_out = <double*> data(out)
+    """exp(x) as a new array through one build (0 the baseline, 1 AVX2, 2 AVX-512) of the
+    float32 exp of the softmax, for a float32 x, else of the float64 exp that the sampler uses;
+    None where this CPU cannot run that build."""
+    cdef bint single = isinstance(x, np.ndarray) and x.dtype == np.float32
+    out = np.array(x, dtype=np.float32 if single else np.float64, order="C", copy=True)
+    cdef void* p_out = data(out)
     cdef long n = out.size
     cdef int ran
     with nogil:
-        ran = exp_build(which, p_out, n)
+        if single:
+            ran = exp_f32_build(which, <float*> p_out, n)
+        else:
+            ran = exp_build(which, <double*> p_out, n)
     return out if ran else None
 
 
