@@ -1,6 +1,6 @@
 """The compiled kernels at the limits of their number types: exps of infinities, NaN and
-huge arguments (softmax of logits that overflowed). Each case is checked against the NumPy twin,
-which defines what the kernels return."""
+huge arguments (softmax of logits that overflowed), and squared errors beyond the float32 range.
+Each case is checked against the NumPy twin, which defines what the kernels return."""
 import numpy as np
 import pytest
 
@@ -136,3 +136,54 @@ def test_cross_entropy_step_of_extreme_logits(backend, dtype, case):
     assert (np.isnan(loss) and np.isnan(loss_np)) or loss == pytest.approx(loss_np, rel=1e-6)
     for name in ("Why", "by"):
         _same(grads[name].ravel(), grads_np[name].ravel(), dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# the squared error of the compiled fused step, beyond the float32 range of its square
+# ---------------------------------------------------------------------------------------------
+
+
+def _mse_case(dtype, scale, T=3, B=2, I=4, H=5, O=3):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(T, B, I)).astype(dtype)
+    h0 = rng.normal(size=(B, H)).astype(dtype)
+    Wxh = (rng.normal(size=(H, I)) * 0.3).astype(dtype)
+    Whh = (rng.normal(size=(H, H)) * 0.3).astype(dtype)
+    bh = rng.normal(size=H).astype(dtype)
+    Why = (rng.normal(size=(O, H)) * 0.3).astype(dtype)
+    by = rng.normal(size=O).astype(dtype)
+    # differences of about `scale` between the logits and the targets, of both signs
+    targets = (rng.choice([-1.0, 1.0], size=(T, B, O)) * scale
+               * rng.uniform(0.5, 1.5, size=(T, B, O))).astype(dtype)
+    return x, targets, h0, Wxh, Whh, bh, Why, by
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("scale", [1e20, 1e30])
+def test_mse_step_with_differences_beyond_the_float32_square(dtype, reduction, scale):
+    # (1e20)^2 overflows float32 but not float64, in which the NumPy twin sums the squares
+    args = _mse_case(dtype, scale)
+    with np.errstate(over="ignore"):  # the gradient norms may overflow (not compared here)
+        compiled = kernels.get_backend("cython").elman_loss_and_grad(
+            *args, loss="mse", reduction=reduction)
+        twin = kernels.get_backend("numpy").elman_loss_and_grad(
+            *args, loss="mse", reduction=reduction)
+    assert np.isfinite(compiled[0])
+    assert compiled[0] == pytest.approx(twin[0], rel=1e-6)
+    for name, g in twin[1].items():
+        # the gradients 2 scale (z - target) are finite in both, in the model dtype
+        assert np.isfinite(g).all(), name
+        scale_g = np.abs(g).max()
+        np.testing.assert_allclose(compiled[1][name], g, rtol=0, atol=TOL[dtype] * scale_g,
+                                   err_msg=name)
+
+
+def test_mse_step_with_differences_beyond_float32():
+    # a difference that itself overflows float32 (3e38 - -3e38) is inf in both backends
+    args = list(_mse_case(np.float32, 1.0))
+    args[1] = np.full_like(args[1], -3e38)
+    args[7] = np.full_like(args[7], 3e38)  # by: every logit about 3e38
+    with np.errstate(all="ignore"):
+        compiled = kernels.get_backend("cython").elman_loss_and_grad(*args, loss="mse")
+        twin = kernels.get_backend("numpy").elman_loss_and_grad(*args, loss="mse")
+    assert compiled[0] == twin[0] == np.inf

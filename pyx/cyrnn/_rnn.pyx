@@ -431,14 +431,17 @@ cdef double softmax_cross_entropy(floating* z, const Py_ssize_t* target, Py_ssiz
 
 cdef double squared_error(floating* z, const floating* target, Py_ssize_t n,
                           floating scale) noexcept nogil:
-    """z (n,) -> 2 scale (z - target) in place; returns sum (z - target)^2 (in double)."""
+    """z (n,) -> 2 scale (z - target) in place; returns sum (z - target)^2. As in the NumPy twin,
+    the difference is taken in the dtype of z and squared and summed in double: in float32 a
+    difference above 1.8e19 would square to inf."""
     cdef Py_ssize_t i
-    cdef double loss = 0
-    cdef floating d
+    cdef double loss = 0, d
+    cdef floating diff
     for i in range(n):
-        d = z[i] - target[i]
+        diff = z[i] - target[i]
+        d = diff
         loss += d * d
-        z[i] = 2 * scale * d
+        z[i] = 2 * scale * diff
     return loss
 
 
