@@ -1,6 +1,7 @@
 """The compiled kernels at the limits of their number types: exps of infinities, NaN and
-huge arguments (softmax of logits that overflowed), and squared errors beyond the float32 range.
-Each case is checked against the NumPy twin, which defines what the kernels return."""
+huge arguments (softmax of logits that overflowed), squared errors beyond the float32 range, and
+dot products longer than a 32-bit BLAS count. Each case is checked against the NumPy twin, which
+defines what the kernels return."""
 import numpy as np
 import pytest
 
@@ -187,3 +188,63 @@ def test_mse_step_with_differences_beyond_float32():
         compiled = kernels.get_backend("cython").elman_loss_and_grad(*args, loss="mse")
         twin = kernels.get_backend("numpy").elman_loss_and_grad(*args, loss="mse")
     assert compiled[0] == twin[0] == np.inf
+
+
+# ---------------------------------------------------------------------------------------------
+# the gradient norms' dot products, split into 32-bit BLAS counts
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dot_chunk():
+    """Set the size of the parts of the gradient norms' dot products; restored afterwards."""
+    if _rnn is None:
+        pytest.fail("the compiled extension cyrnn._rnn is not built")
+    previous = _rnn._set_dot_chunk(2**30)
+    assert previous == 2**30  # the default: blocks of B*H > 2^30 values are split
+    yield _rnn._set_dot_chunk
+    _rnn._set_dot_chunk(previous)
+
+
+def _backward_case(rng, dtype, T, B, H):
+    hs = np.tanh(rng.normal(size=(T + 1, B, H))).astype(dtype)
+    dh_out = rng.normal(size=(T, B, H)).astype(dtype)
+    Whh = (rng.normal(size=(H, H)) / np.sqrt(H)).astype(dtype)
+    return dh_out, hs, Whh
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 20, 21, 22])
+@pytest.mark.parametrize("padded", [False, True], ids=["full", "lengths"])
+def test_gradient_norms_in_parts(dot_chunk, rng, dtype, chunk, padded):
+    # B*H = 21 values per step: parts of 1, 2, 3, 7, 20 (and a rest of 1), 21 (one part), 22
+    T, B, H = 4, 3, 7
+    dh_out, hs, Whh = _backward_case(rng, dtype, T, B, H)
+    lengths = np.array([4, 2, 0]) if padded else None
+    whole = kernels.get_backend("cython").rnn_backward(dh_out, hs, Whh, lengths=lengths)
+    dot_chunk(chunk)
+    parts = kernels.get_backend("cython").rnn_backward(dh_out, hs, Whh, lengths=lengths)
+    twin = kernels.get_backend("numpy").rnn_backward(dh_out, hs, Whh, lengths=lengths)
+    np.testing.assert_allclose(parts[2], twin[2], rtol=TOL[dtype], atol=0)
+    np.testing.assert_allclose(parts[2], whole[2], rtol=TOL[dtype], atol=0)
+    for a, b in zip(parts[:2], whole[:2]):
+        np.testing.assert_array_equal(a, b)  # only the norms are touched
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+def test_fused_step_gradient_norms_in_parts(dot_chunk, rng, dtype, chunk):
+    T, B, I, H, O = 6, 4, 3, 9, 5  # B*H = 36
+    x = rng.normal(size=(T, B, I)).astype(dtype)
+    y = rng.integers(0, O, (T, B))
+    h0 = rng.normal(size=(B, H)).astype(dtype)
+    weights = [rng.normal(size=s).astype(dtype) * 0.3 for s in ((H, I), (H, H), (H,), (O, H), (O,))]
+    dot_chunk(chunk)
+    norms = kernels.get_backend("cython").elman_loss_and_grad(x, y, h0, *weights)[3]
+    twin = kernels.get_backend("numpy").elman_loss_and_grad(x, y, h0, *weights)[3]
+    np.testing.assert_allclose(norms, twin, rtol=TOL[dtype], atol=0)
+
+
+@needs_build
+@pytest.mark.parametrize("bad", [0, -1, 2**30 + 1])
+def test_dot_chunk_hook_rejects_bad_sizes(bad):
+    with pytest.raises(ValueError, match=r"n: expected 1 <= n <= 1073741824"):
+        _rnn._set_dot_chunk(bad)

@@ -35,6 +35,8 @@ cdef enum:
     # AVX2 up to 2^22: 1.1-3.7x OpenBLAS's Haswell kernels there (no small-matrix path), and
     # 0.5-0.6x at (64, 1024) x (1024, 1024) and larger
     OWN_KERNEL_MAX_WORK_AVX2 = 1 << 22
+    # the parts of a long dot product (see dot): the largest power of two a 32-bit count holds
+    DOT_CHUNK = 1 << 30
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
@@ -85,10 +87,20 @@ cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
         dgemm(&tb, &ta, &N, &M, &K, &alpha, <double*> B, &ldb, <double*> A, &lda, &beta, C, &ldc)
 
 
-cdef inline floating dot(int n, const floating* x, const floating* y) noexcept nogil:
-    """sum_i x[i] y[i] for contiguous vectors."""
-    cdef int one = 1
-    if floating is float:
-        return sdot(&n, <float*> x, &one, <float*> y, &one)
-    else:
-        return ddot(&n, <double*> x, &one, <double*> y, &one)
+cdef inline floating dot(Py_ssize_t n, const floating* x, const floating* y,
+                         Py_ssize_t chunk) noexcept nogil:
+    """sum_i x[i] y[i] for contiguous vectors of any length n. BLAS counts are 32-bit ints, and
+    n (a B*H block, say) is not bounded by the argument checks: one call per part of at most
+    `chunk` values (1 <= chunk <= 2^31 - 1; DOT_CHUNK but in tests), the parts summed in double.
+    A vector of one part gives exactly the single call's result."""
+    cdef int part, one = 1
+    cdef Py_ssize_t start = 0
+    cdef double total = 0
+    while start < n:
+        part = <int> (chunk if n - start > chunk else n - start)
+        if floating is float:
+            total += sdot(&part, <float*> x + start, &one, <float*> y + start, &one)
+        else:
+            total += ddot(&part, <double*> x + start, &one, <double*> y + start, &one)
+        start += part
+    return <floating> total

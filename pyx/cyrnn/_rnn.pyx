@@ -21,7 +21,7 @@ from libc.string cimport memcpy, memset
 from cyrnn._act cimport (SIGMOID, activate, add_row_sums, add_to_rows, elementwise_build,
                          elementwise_widest, exp_build, exp_f32_build, exp_inplace,
                          rows_build_f32, rows_build_f64, times_derivative)
-from cyrnn._blas cimport (OWN_KERNEL_MIN_WORK, blas_threads, dgemm_build, dot, gemm,
+from cyrnn._blas cimport (DOT_CHUNK, OWN_KERNEL_MIN_WORK, blas_threads, dgemm_build, dot, gemm,
                           own_kernel_available, sgemm_build)
 from scipy.linalg.cython_blas cimport sgemm
 
@@ -37,6 +37,11 @@ cdef enum:
     BLOCK_ROWS = 256
     # from this batch size on, rnn_forward multiplies by a transposed copy of Whh (see there)
     TRANSPOSE_MIN_BATCH = 2
+
+
+# the parts of the gradient norms' dot products (B*H values per step may exceed a 32-bit BLAS
+# count); only the tests change it, through _set_dot_chunk, to check the splitting at small sizes
+cdef Py_ssize_t dot_chunk = DOT_CHUNK
 
 
 cdef inline void* data(object a):
@@ -149,7 +154,7 @@ cdef void backward_in_place(floating* g, const floating* hs, const floating* Whh
         add(g + (T - 1) * BH, dh_last, BH)
     for t in range(T - 1, -1, -1):
         g_t = g + t * BH
-        grad_norms[t] = sqrt(dot(<int> BH, g_t, g_t))
+        grad_norms[t] = sqrt(dot(BH, g_t, g_t, dot_chunk))
         # da_t = g_t * f'(h_t), in place
         times_derivative(g_t, g_t, hs + (t + 1) * BH, BH, code, slope)
         # g_{t-1} (B, H) += c_t da_t (B, H) Whh (H, H); from step 0, dh0 = c_0 da_0 Whh
@@ -196,7 +201,7 @@ cdef void backward(const floating* dh_out, const floating* hs, const floating* W
                                  code, slope)
             else:
                 memset(da + t * BH + row, 0, row_bytes)
-        grad_norms[t] = sqrt(dot(<int> BH, g, g))
+        grad_norms[t] = sqrt(dot(BH, g, g, dot_chunk))
 
         # g_t = carry_t da_t Whh, plus the unchanged g_{t+1} of sequences frozen at step t
         scale = 1 if carry == NULL else carry[t]
@@ -871,6 +876,18 @@ def _exp_build(int which, x):
         else:
             ran = exp_build(which, <double*> p_out, n)
     return out if ran else None
+
+
+def _set_dot_chunk(Py_ssize_t n):
+    """Split the gradient norms' dot products into parts of at most n values (a test hook: by
+    default 2^30, so that only blocks of more than 2^30 values are split); returns the previous
+    value."""
+    global dot_chunk
+    if not 1 <= n <= DOT_CHUNK:
+        raise ValueError(f"n: expected 1 <= n <= {DOT_CHUNK}, got {n}")
+    previous = dot_chunk
+    dot_chunk = n
+    return previous
 
 
 def _rows_build(int which, y, x, bint sum_rows):
