@@ -37,6 +37,9 @@ cdef enum:
     BLOCK_ROWS = 256
     # from this batch size on, rnn_forward multiplies by a transposed copy of Whh (see there)
     TRANSPOSE_MIN_BATCH = 2
+    # values per exp call of a softmax: rows of logits are shifted by their maximum, then
+    # exponentiated together, in blocks of about this many values (short rows, one call for many)
+    EXP_BLOCK = 1024
 
 
 # the parts of the gradient norms' dot products (B*H values per step may exceed a 32-bit BLAS
@@ -410,27 +413,33 @@ cdef double softmax_cross_entropy(floating* z, const Py_ssize_t* target, Py_ssiz
                                   Py_ssize_t O, floating scale) noexcept nogil:
     """Rows of logits z (N, O) -> scale * (softmax(z) - onehot(target)) in place; returns the
     summed loss sum_n log(sum_o exp z_no) - z_n,target (accumulated in double)."""
-    cdef Py_ssize_t n, o
+    cdef Py_ssize_t n, o, first = 0, last, rows = max(1, EXP_BLOCK // O)
     cdef floating m, total_exp, inv
     cdef floating* row
     cdef double loss = 0
-    for n in range(N):
-        row = z + n * O
-        m = row[0]
-        for o in range(1, O):
-            m = row[o] if row[o] > m else m
-        loss -= row[target[n]] - m
-        for o in range(O):
-            row[o] = row[o] - m
-        exp_inplace(row, O)
-        total_exp = 0
-        for o in range(O):
-            total_exp += row[o]
-        loss += log(total_exp)
-        inv = scale / total_exp
-        for o in range(O):
-            row[o] *= inv
-        row[target[n]] -= scale
+    while first < N:
+        last = min(N, first + rows)
+        # z_n - max_n z_n for a block of rows, then their exps in one call
+        for n in range(first, last):
+            row = z + n * O
+            m = row[0]
+            for o in range(1, O):
+                m = row[o] if row[o] > m else m
+            loss -= row[target[n]] - m
+            for o in range(O):
+                row[o] = row[o] - m
+        exp_inplace(z + first * O, (last - first) * O)
+        for n in range(first, last):
+            row = z + n * O
+            total_exp = 0
+            for o in range(O):
+                total_exp += row[o]
+            loss += log(total_exp)
+            inv = scale / total_exp
+            for o in range(O):
+                row[o] *= inv
+            row[target[n]] -= scale
+        first = last
     return loss
 
 
@@ -501,23 +510,29 @@ cdef void forward_layers(
 
 cdef void softmax_rows(floating* z, Py_ssize_t N, Py_ssize_t O) noexcept nogil:
     """Each row of z (N, O) replaced by its softmax (shifted by the row maximum)."""
-    cdef Py_ssize_t n, o
+    cdef Py_ssize_t n, o, first = 0, last, rows = max(1, EXP_BLOCK // O)
     cdef floating m, total
     cdef floating* row
-    for n in range(N):
-        row = z + n * O
-        m = row[0]
-        for o in range(1, O):
-            m = row[o] if row[o] > m else m
-        for o in range(O):
-            row[o] = row[o] - m
-        exp_inplace(row, O)
-        total = 0
-        for o in range(O):
-            total += row[o]
-        total = 1 / total
-        for o in range(O):
-            row[o] *= total
+    while first < N:
+        last = min(N, first + rows)
+        # z_n - max_n z_n for a block of rows, then their exps in one call
+        for n in range(first, last):
+            row = z + n * O
+            m = row[0]
+            for o in range(1, O):
+                m = row[o] if row[o] > m else m
+            for o in range(O):
+                row[o] = row[o] - m
+        exp_inplace(z + first * O, (last - first) * O)
+        for n in range(first, last):
+            row = z + n * O
+            total = 0
+            for o in range(O):
+                total += row[o]
+            total = 1 / total
+            for o in range(O):
+                row[o] *= total
+        first = last
 
 
 cdef tuple transposed_weights(Wxh, Whh, Why, Py_ssize_t T, Py_ssize_t B, bint tokens):
