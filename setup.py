@@ -1,8 +1,10 @@
 """Build the Cython kernels in ``pyx/`` as extension modules of the ``cyrnn`` package.
 
 Set ``CYRNN_CYTHON_DEBUG=1`` to compile with bounds, wraparound and initialisation checks
-switched back on (slow; for hunting memory errors), and ``CYRNN_SIMD=avx2`` (or ``baseline``) to
-cap the SIMD builds chosen at run time.
+switched back on (slow; for hunting memory errors), ``CYRNN_SANITIZE=1`` to compile and link with
+AddressSanitizer and UndefinedBehaviorSanitizer (see ``.ci/sanitize``, which also says how to run
+Python on such a build), and ``CYRNN_SIMD=avx2`` (or ``baseline``) to cap the SIMD builds chosen
+at run time.
 """
 import os
 import sys
@@ -12,6 +14,9 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("CYRNN_CYTHON_DEBUG", "") not in ("", "0")
+SANITIZE = os.environ.get("CYRNN_SANITIZE", "") not in ("", "0")
+if SANITIZE and sys.platform == "win32":
+    sys.exit("CYRNN_SANITIZE: needs gcc or clang")
 
 # The widest SIMD build of the C helpers chosen at run time (pyx/cyrnn/_cpu.h): all of them by
 # default; CYRNN_SIMD=avx2 or =baseline caps it, to measure what other CPUs would run.
@@ -34,6 +39,16 @@ directives = {
 extra_compile_args = [] if sys.platform == "win32" else ["-O3", "-fno-trapping-math"]
 if DEBUG and sys.platform != "win32":
     extra_compile_args = ["-O0", "-g"]
+# AddressSanitizer and UndefinedBehaviorSanitizer, stopping at the first undefined behaviour
+# (float-cast-overflow, a float to integer conversion out of range or of NaN, is not part of
+# gcc's "undefined" group); -O1 keeps the reports readable and the tests fast enough
+extra_link_args = []
+if SANITIZE:
+    sanitizers = ["-fsanitize=address,undefined,float-cast-overflow", "-fno-omit-frame-pointer",
+                  "-fno-sanitize-recover=undefined,float-cast-overflow"]
+    optimization = ["-O0", "-g"] if DEBUG else ["-O1", "-g", "-fno-trapping-math"]
+    extra_compile_args = optimization + sanitizers
+    extra_link_args = sanitizers
 
 # one extension per module, all built with the same options: cyrnn._x from pyx/cyrnn/_x.pyx
 MODULES = ("cyrnn._rnn", "cyrnn._sample")
@@ -47,6 +62,7 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION"),
                        ("CYRNN_MAX_BUILD", str(SIMD_BUILDS[SIMD]))],
         extra_compile_args=extra_compile_args,
+        extra_link_args=extra_link_args,
     )
     for name in MODULES
 ]

@@ -8,17 +8,6 @@
 from libc.math cimport exp as libm_exp, tanh as libm_tanh
 from cython cimport floating
 
-cdef extern from *:
-    """
-    /* 2^n for an integer n in [-126, 127], built from the bits of an IEEE float */
-    static inline float cyrnn_pow2i(int n) {
-        union { int i; float f; } u;
-        u.i = (n + 127) << 23;
-        return u.f;
-    }
-    """
-    float pow2i "cyrnn_pow2i"(int n) noexcept nogil
-
 cdef extern from "_elementwise.h" nogil:
     float tanh_f32 "cyrnn_tanh_f32"(float x)
     void activate_f32 "cyrnn_activate_f32"(float* a, long n, int code, float slope)
@@ -26,6 +15,7 @@ cdef extern from "_elementwise.h" nogil:
                                                            const float* h, long n, int code,
                                                            float slope)
     void exp_f64_inplace "cyrnn_exp_f64_inplace"(double* x, long n)
+    void exp_f32_inplace "cyrnn_exp_f32_inplace"(float* x, long n)
     int elementwise_widest "cyrnn_elementwise_widest"()
     void rows_f32 "cyrnn_rows_f32"(float* y, const float* x, long rows, long n, int sum)
     void rows_f64 "cyrnn_rows_f64"(double* y, const double* x, long rows, long n, int sum)
@@ -34,6 +24,7 @@ cdef extern from "_elementwise.h" nogil:
     int rows_build_f64 "cyrnn_rows_build_f64"(int which, double* y, const double* x, long rows,
                                               long n, int sum)
     int exp_build "cyrnn_exp_build"(int which, double* x, long n)
+    int exp_f32_build "cyrnn_exp_f32_build"(int which, float* x, long n)
     int elementwise_build "cyrnn_elementwise_build"(int which, int derivative, float* out,
                                                     const float* g, const float* h, long n,
                                                     int code, float slope)
@@ -47,34 +38,15 @@ cdef enum:
     IDENTITY = 4
 
 
-cdef inline float exp_f32(float x) noexcept nogil:
-    # exp(x) = 2^n e^r with n = round(x / ln 2) and |r| <= ln(2) / 2; e^r = 1 + r + r^2 P(r)
-    # with the degree-5 minimax P of the Cephes library (relative error ~1e-7). The input is
-    # clamped to [-87.3, 88.7] (the finite, normal range of the result); NaN stays NaN.
-    cdef float hi = 88.7228317, lo = -87.3365479
-    cdef float log2e = 1.44269504088896341, round_magic = 12582912.0  # 1.5 * 2^23
-    cdef float ln2_hi = 0.693359375, ln2_lo = -2.12194440e-4
-    cdef float p0 = 1.9875691500e-4, p1 = 1.3981999507e-3, p2 = 8.3334519073e-3
-    cdef float p3 = 4.1665795894e-2, p4 = 1.6666665459e-1, p5 = 5.0000001201e-1
-    cdef float n, r, r2, p
-    x = hi if x > hi else x
-    x = lo if x < lo else x
-    n = (x * log2e + round_magic) - round_magic  # round to nearest, vectorizable
-    r = (x - n * ln2_hi) - n * ln2_lo
-    r2 = r * r
-    p = r * p0 + p1
-    p = r * p + p2
-    p = r * p + p3
-    p = r * p + p4
-    p = r * p + p5
-    return (r2 * p + r + 1) * pow2i(<int> n)
-
-
-cdef inline floating exp_(floating x) noexcept nogil:
+cdef inline void exp_inplace(floating* x, Py_ssize_t n) noexcept nogil:
+    """x[i] <- exp(x[i]) for i < n, in place: float32 by _elementwise.h (0 below its normal range,
+    inf above, NaN for NaN), float64 by libm."""
+    cdef Py_ssize_t i
     if floating is float:
-        return exp_f32(x)
+        exp_f32_inplace(x, n)
     else:
-        return libm_exp(x)
+        for i in range(n):
+            x[i] = libm_exp(x[i])
 
 
 cdef inline floating tanh_(floating x) noexcept nogil:

@@ -1,5 +1,5 @@
-/* float32 activations and their derivatives, a float64 exp, and row sums (a bias and its
- * gradient) over contiguous blocks, compiled three times: for AVX-512, for AVX2 with FMA, and for
+/* float32 activations and their derivatives, exps in float32 and float64, and row sums (a bias
+ * and its gradient) over contiguous blocks, compiled three times: for AVX-512, for AVX2 with FMA, and for
  * the baseline the extension is built for (SSE2 on x86-64), the widest one this CPU runs chosen
  * at each call. The loops are plain C that the compiler vectorizes; each build is the same
  * source, so all three give the same results up to the rounding of fused multiply-adds.
@@ -19,6 +19,7 @@
 #include "_cpu.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -91,6 +92,51 @@ CYRNN_INLINE double cyrnn_exp_f64(double x)
     bits = (bits + 1022ULL) << 52;
     memcpy(&scale, &bits, sizeof scale);
     return inf != 0.0 ? HUGE_VAL : p * scale * 2.0 * keep;
+}
+
+/* exp(x) in float32, relative error about 1e-7, finite and normal from x = -87.3365 (FLT_MIN) to
+ * the overflow threshold 88.7228; 0 below (and for -inf), +inf above, NaN for NaN. exp(x) =
+ * 2^n e^r with n = round(x / ln 2) in [-126, 128] (by the 1.5 * 2^23 shifter), r = x - n ln 2 in
+ * two parts, |r| <= ln(2) / 2, and e^r = 1 + r + r^2 P(r) with the degree-5 minimax P of the
+ * Cephes library. 2^n is built from the low bits of the shifted sum in unsigned arithmetic, as
+ * 2^(n-1) * 2 for n > 0 so that n = 128 stays finite: no float is converted to an integer, so
+ * that NaN and infinities (softmax of logits that overflowed, inf - inf) are well defined. */
+CYRNN_INLINE float cyrnn_exp_f32(float x)
+{
+    const float hi = 88.7228317f, lo = -87.3365479f;
+    const float log2e = 1.44269504088896341f, shifter = 12582912.0f;
+    const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+    const float p0 = 1.9875691500e-4f, p1 = 1.3981999507e-3f, p2 = 8.3334519073e-3f;
+    const float p3 = 4.1665795894e-2f, p4 = 1.6666665459e-1f, p5 = 5.0000001201e-1f;
+    float n, r, p, kd, j, scale, keep = x >= lo ? 1.0f : 0.0f, inf = x > hi ? 1.0f : 0.0f;
+    uint32_t bits;
+    x = x < lo ? lo : x;
+    x = x > hi ? hi : x;
+    kd = x * log2e + shifter;
+    n = kd - shifter;
+    r = (x - n * ln2_hi) - n * ln2_lo;
+    p = r * p0 + p1;
+    p = r * p + p2;
+    p = r * p + p3;
+    p = r * p + p4;
+    p = r * p + p5;
+    p = (r * r) * p + r + 1.0f;
+    /* kd's low mantissa bits hold n + 2^22: with 127 added, the low 9 bits are the exponent
+     * field of 2^n; j = 1 takes 2^(n-1) instead */
+    j = n > 0.0f ? 1.0f : 0.0f;
+    kd = kd - j;
+    memcpy(&bits, &kd, sizeof bits);
+    bits = (bits + 127u) << 23;
+    memcpy(&scale, &bits, sizeof scale);
+    return inf != 0.0f ? HUGE_VALF : p * scale * (1.0f + j) * keep;
+}
+
+/* x[i] <- exp(x[i]) for i < n, in place (float32) */
+CYRNN_INLINE void cyrnn_exp_f32_body(float* x, long n)
+{
+    long i;
+    for (i = 0; i < n; i++)
+        x[i] = cyrnn_exp_f32(x[i]);
 }
 
 /* x[i] <- exp(x[i]) for i < n, in place (float64) */
@@ -189,6 +235,16 @@ CYRNN_AVX2 void cyrnn_exp_avx2(double* x, long n)
     cyrnn_exp_body(x, n);
 }
 
+CYRNN_AVX512 void cyrnn_exp_f32_avx512(float* x, long n)
+{
+    cyrnn_exp_f32_body(x, n);
+}
+
+CYRNN_AVX2 void cyrnn_exp_f32_avx2(float* x, long n)
+{
+    cyrnn_exp_f32_body(x, n);
+}
+
 CYRNN_AVX512 void cyrnn_times_derivative_avx512(float* out, const float* g, const float* h,
                                                 long n, int code, float slope)
 {
@@ -210,6 +266,11 @@ static void cyrnn_activate_base(float* a, long n, int code, float slope)
 static void cyrnn_exp_base(double* x, long n)
 {
     cyrnn_exp_body(x, n);
+}
+
+static void cyrnn_exp_f32_base(float* x, long n)
+{
+    cyrnn_exp_f32_body(x, n);
 }
 
 static void cyrnn_times_derivative_base(float* out, const float* g, const float* h, long n,
@@ -240,6 +301,18 @@ static inline void cyrnn_exp_f64_inplace(double* x, long n)
     else
 #endif
         cyrnn_exp_base(x, n);
+}
+
+static inline void cyrnn_exp_f32_inplace(float* x, long n)
+{
+#ifdef CYRNN_ELEMENTWISE_DISPATCH
+    if (cyrnn_cpu_build() >= 2)
+        cyrnn_exp_f32_avx512(x, n);
+    else if (cyrnn_cpu_build() >= 1)
+        cyrnn_exp_f32_avx2(x, n);
+    else
+#endif
+        cyrnn_exp_f32_base(x, n);
 }
 
 static inline void cyrnn_times_derivative_f32(float* out, const float* g, const float* h, long n,
@@ -358,7 +431,7 @@ static inline int cyrnn_elementwise_widest(void)
 
 /* For the tests: run one build, 0 the baseline, 1 AVX2, 2 AVX-512, of activate (in place on
  * out) or, with `derivative`, of times_derivative. Returns 0 where this CPU cannot run it. The
- * float64 exp likewise, in place on x. */
+ * float64 and float32 exps likewise, in place on x. */
 static inline int cyrnn_exp_build(int which, double* x, long n)
 {
     if (which == 0) {
@@ -372,6 +445,25 @@ static inline int cyrnn_exp_build(int which, double* x, long n)
     }
     if (which == 2 && cyrnn_cpu_build() >= 2) {
         cyrnn_exp_avx512(x, n);
+        return 1;
+    }
+#endif
+    return 0;
+}
+
+static inline int cyrnn_exp_f32_build(int which, float* x, long n)
+{
+    if (which == 0) {
+        cyrnn_exp_f32_base(x, n);
+        return 1;
+    }
+#ifdef CYRNN_ELEMENTWISE_DISPATCH
+    if (which == 1 && cyrnn_cpu_build() >= 1) {
+        cyrnn_exp_f32_avx2(x, n);
+        return 1;
+    }
+    if (which == 2 && cyrnn_cpu_build() >= 2) {
+        cyrnn_exp_f32_avx512(x, n);
         return 1;
     }
 #endif

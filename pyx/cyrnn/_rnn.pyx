@@ -19,8 +19,8 @@ from libc.math cimport log, sqrt
 from libc.string cimport memcpy, memset
 
 from cyrnn._act cimport (SIGMOID, activate, add_row_sums, add_to_rows, elementwise_build,
-                         elementwise_widest, exp_, exp_build, rows_build_f32, rows_build_f64,
-                         times_derivative)
+                         elementwise_widest, exp_build, exp_f32_build, exp_inplace,
+                         rows_build_f32, rows_build_f64, times_derivative)
 from cyrnn._blas cimport (BLAS_GEMV_SINGLE_THREAD_MAX_WORK, BLAS_SINGLE_THREAD_MAX_WORK,
                           blas_threads, dgemm_build, gemm, own_kernel_available, sgemm_build,
                           sum_of_squares)
@@ -43,6 +43,9 @@ cdef enum:
     MIN_SHARDED_WORK = 1 << 23
     # from this batch size on, rnn_forward multiplies by a transposed copy of Whh (see there)
     TRANSPOSE_MIN_BATCH = 2
+    # values per exp call of a softmax: rows of logits are shifted by their maximum, then
+    # exponentiated together, in blocks of about this many values (short rows, one call for many)
+    EXP_BLOCK = 1024
 
 
 cdef inline void* data(object a):
@@ -412,39 +415,49 @@ cdef double softmax_cross_entropy(floating* z, const Py_ssize_t* target, Py_ssiz
                                   Py_ssize_t O, floating scale) noexcept nogil:
     """Rows of logits z (N, O) -> scale * (softmax(z) - onehot(target)) in place; returns the
     summed loss sum_n log(sum_o exp z_no) - z_n,target (accumulated in double)."""
-    cdef Py_ssize_t n, o
+    cdef Py_ssize_t n, o, first = 0, last, rows = max(1, EXP_BLOCK // O)
     cdef floating m, total_exp, inv
     cdef floating* row
     cdef double loss = 0
-    for n in range(N):
-        row = z + n * O
-        m = row[0]
-        for o in range(1, O):
-            m = row[o] if row[o] > m else m
-        loss -= row[target[n]] - m
-        for o in range(O):
-            row[o] = exp_(row[o] - m)
-        total_exp = 0
-        for o in range(O):
-            total_exp += row[o]
-        loss += log(total_exp)
-        inv = scale / total_exp
-        for o in range(O):
-            row[o] *= inv
-        row[target[n]] -= scale
+    while first < N:
+        last = min(N, first + rows)
+        # z_n - max_n z_n for a block of rows, then their exps in one call
+        for n in range(first, last):
+            row = z + n * O
+            m = row[0]
+            for o in range(1, O):
+                m = row[o] if row[o] > m else m
+            loss -= row[target[n]] - m
+            for o in range(O):
+                row[o] = row[o] - m
+        exp_inplace(z + first * O, (last - first) * O)
+        for n in range(first, last):
+            row = z + n * O
+            total_exp = 0
+            for o in range(O):
+                total_exp += row[o]
+            loss += log(total_exp)
+            inv = scale / total_exp
+            for o in range(O):
+                row[o] *= inv
+            row[target[n]] -= scale
+        first = last
     return loss
 
 
 cdef double squared_error(floating* z, const floating* target, Py_ssize_t n,
                           floating scale) noexcept nogil:
-    """z (n,) -> 2 scale (z - target) in place; returns sum (z - target)^2 (in double)."""
+    """z (n,) -> 2 scale (z - target) in place; returns sum (z - target)^2. As in the NumPy twin,
+    the difference is taken in the dtype of z and squared and summed in double: in float32 a
+    difference above 1.8e19 would square to inf."""
     cdef Py_ssize_t i
-    cdef double loss = 0
-    cdef floating d
+    cdef double loss = 0, d
+    cdef floating diff
     for i in range(n):
-        d = z[i] - target[i]
+        diff = z[i] - target[i]
+        d = diff
         loss += d * d
-        z[i] = 2 * scale * d
+        z[i] = 2 * scale * diff
     return loss
 
 
@@ -499,22 +512,29 @@ cdef void forward_layers(
 
 cdef void softmax_rows(floating* z, Py_ssize_t N, Py_ssize_t O) noexcept nogil:
     """Each row of z (N, O) replaced by its softmax (shifted by the row maximum)."""
-    cdef Py_ssize_t n, o
+    cdef Py_ssize_t n, o, first = 0, last, rows = max(1, EXP_BLOCK // O)
     cdef floating m, total
     cdef floating* row
-    for n in range(N):
-        row = z + n * O
-        m = row[0]
-        for o in range(1, O):
-            m = row[o] if row[o] > m else m
-        for o in range(O):
-            row[o] = exp_(row[o] - m)
-        total = 0
-        for o in range(O):
-            total += row[o]
-        total = 1 / total
-        for o in range(O):
-            row[o] *= total
+    while first < N:
+        last = min(N, first + rows)
+        # z_n - max_n z_n for a block of rows, then their exps in one call
+        for n in range(first, last):
+            row = z + n * O
+            m = row[0]
+            for o in range(1, O):
+                m = row[o] if row[o] > m else m
+            for o in range(O):
+                row[o] = row[o] - m
+        exp_inplace(z + first * O, (last - first) * O)
+        for n in range(first, last):
+            row = z + n * O
+            total = 0
+            for o in range(O):
+                total += row[o]
+            total = 1 / total
+            for o in range(O):
+                row[o] *= total
+        first = last
 
 
 cdef tuple transposed_weights(Wxh, Whh, Why, Py_ssize_t T, Py_ssize_t B, bint tokens):
@@ -1052,15 +1072,31 @@ def _elementwise_build(int which, x, h=None, int code=0, double slope=0.01):
 
 
 def _exp_build(int which, x):
-    """exp(x) as a new float64 array through one build of the float64 exp (0 the baseline,
-    1 AVX2, 2 AVX-512) that the sampler uses; None where this CPU cannot run that build."""
-    out = np.array(x, dtype=np.float64, order="C", copy=True)
-    cdef double* p_out = <double*> data(out)
+    """exp(x) as a new array through one build (0 the baseline, 1 AVX2, 2 AVX-512) of the
+    float32 exp of the softmax, for a float32 x, else of the float64 exp that the sampler uses;
+    None where this CPU cannot run that build."""
+    cdef bint single = isinstance(x, np.ndarray) and x.dtype == np.float32
+    out = np.array(x, dtype=np.float32 if single else np.float64, order="C", copy=True)
+    cdef void* p_out = data(out)
     cdef long n = out.size
     cdef int ran
     with nogil:
-        ran = exp_build(which, p_out, n)
+        if single:
+            ran = exp_f32_build(which, <float*> p_out, n)
+        else:
+            ran = exp_build(which, <double*> p_out, n)
     return out if ran else None
+
+
+def _sum_of_squares(x):
+    """The gradient norms' sum of squares (a 64-bit loop in a fixed order; B*H values per step
+    may exceed a 32-bit BLAS count) of a contiguous float32 or float64 vector (a test hook)."""
+    x = np.ascontiguousarray(x)
+    cdef Py_ssize_t n = x.size
+    cdef void* p = data(x)
+    if x.dtype == np.float32:
+        return sum_of_squares(n, <float*> p)
+    return sum_of_squares(n, <double*> p)
 
 
 def _rows_build(int which, y, x, bint sum_rows):
