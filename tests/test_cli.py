@@ -4,6 +4,7 @@ Most tests call ``cyrnn.cli.main`` in-process (fast, output via capsys); a few r
 ``python -m cyrnn`` in a subprocess to check the entry point, exit codes and streams.
 """
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -390,7 +391,62 @@ def test_sample_non_model_file(tmp_path, capsys, content):
     assert main(["sample", str(path), "-n", "5"]) == 1
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.startswith("cyrnn sample:") and "notes.npz" in err
+    assert err.startswith(f"cyrnn: error: {path}: ") and err.count("\n") == 1
+
+
+def _bad_model(path, kind):
+    """A character model file at ``path`` whose metadata is damaged as ``kind`` says."""
+    model = cyrnn.RNN(4, 8, 4, output="softmax", seed=0)
+    model.vocab = Vocabulary(list("abcd"))
+    model.save(path)
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    meta = json.loads(arrays["metadata.json"].tobytes())
+    if kind == "nested_json":
+        text = "[" * 100_000 + "]" * 100_000
+    else:
+        if kind == "config_list":
+            meta["config"] = []
+        elif kind == "vocab_int":
+            meta["vocab"] = 5
+        elif kind == "optimizer_list":
+            meta["optimizer"] = []
+        elif kind == "hidden_huge":
+            meta["config"]["hidden_size"] = 10**6
+        else:
+            raise AssertionError(kind)
+        text = json.dumps(meta)
+    arrays["metadata.json"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["nested_json", "config_list", "vocab_int", "optimizer_list",
+                                  "hidden_huge"])
+def test_sample_bad_model_file_one_line(tmp_path, capsys, kind):
+    """A damaged model file is reported in one line naming it, whatever the damage."""
+    path = _bad_model(tmp_path / "bad.npz", kind)
+    assert main(["sample", str(path), "-n", "5"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"cyrnn: error: {path}: ") and err.count("\n") == 1
+
+
+def test_sample_bad_model_file_name_with_newline(tmp_path, capsys):
+    path = _bad_model(tmp_path / "two\nlines.npz", "config_list")
+    assert main(["sample", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cyrnn: error: ") and err.count("\n") == 1 and "lines.npz" in err
+
+
+def test_sample_bad_model_file_subprocess(tmp_path):
+    path = _bad_model(tmp_path / "bad.npz", "nested_json")
+    result = run_cli("sample", path, "-n", 5)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"cyrnn: error: {path}: ")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
 def test_sample_npy_file(tmp_path, capsys):

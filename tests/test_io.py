@@ -1,20 +1,28 @@
 """Saving and loading: ``cyrnn.io.save`` / ``load`` / ``load_checkpoint`` and ``RNN.save``.
 
 A round trip is bit-exact; an optimizer restored from a checkpoint continues exactly as the one
-that was saved; a damaged or foreign file raises ``ValueError`` naming the file and never runs
-anything stored in it.
+that was saved; a damaged, foreign or hostile file raises ``ModelFileError`` (a ``ValueError``)
+naming the file, never runs anything stored in it, and costs bounded time and memory whatever it
+claims.
 """
+import io
 import json
 import os
 import pathlib
 import pickle
+import struct
+import subprocess
+import sys
+import threading
+import zipfile
+import zlib
 
 import numpy as np
 import pytest
 
 import cyrnn
 from cyrnn import RNN, Vocabulary, kernels, optim
-from cyrnn.io import load, load_checkpoint, save
+from cyrnn.io import ModelFileError, load, load_checkpoint, save
 
 
 def _trained_model(backend, dtype, **kwargs):
@@ -253,7 +261,7 @@ def test_load_never_unpickles(tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "load", no_pickle)
     monkeypatch.setattr(pickle, "Unpickler", no_pickle)
     loaded, state, _ = load_checkpoint(tmp_path / "m.npz")
-    assert calls and not any(calls)  # np.load called, never with allow_pickle=True
+    assert calls == []  # the archive is read member by member, never through np.load
     _assert_same_model(model, loaded)
     assert state["type"] == "Adam"
 
@@ -285,7 +293,7 @@ def test_pickled_object_array_is_refused_without_running_it(tmp_path, where):
         data[where]
     assert marker.exists()
     marker.unlink()
-    with pytest.raises(ValueError, match=str(path)):
+    with pytest.raises(ModelFileError, match=str(path)):
         load(path)
     assert not marker.exists()
 
@@ -387,13 +395,13 @@ CORRUPTIONS = [
 
 
 @pytest.mark.parametrize("kind", CORRUPTIONS)
-def test_damaged_file_raises_value_error_naming_it(tmp_path, kind):
+def test_damaged_file_raises_model_file_error_naming_it(tmp_path, kind):
     good = _good_file(tmp_path)
     load(good)  # the original is fine
     path = tmp_path / f"bad-{kind}.npz"
     _corrupt(kind, good, path)
     for reader in (load, load_checkpoint):
-        with pytest.raises(ValueError) as info:
+        with pytest.raises(ModelFileError) as info:
             reader(path)
         assert str(path) in str(info.value)
 
@@ -409,7 +417,7 @@ def test_damaged_file_message_says_what(tmp_path, kind, match):
     good = _good_file(tmp_path)
     path = tmp_path / "bad.npz"
     _corrupt(kind, good, path)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ModelFileError, match=match):
         load(path)
 
 
@@ -434,7 +442,7 @@ def test_failed_load_does_not_touch_other_models(tmp_path):
     before = {k: v.copy() for k, v in a.params.items()}
     bad = tmp_path / "bad.npz"
     _corrupt("param_wrong_shape", good, bad)
-    with pytest.raises(ValueError):
+    with pytest.raises(ModelFileError):
         load(bad)
     for k in before:
         np.testing.assert_array_equal(a.params[k], before[k])
@@ -442,3 +450,633 @@ def test_failed_load_does_not_touch_other_models(tmp_path):
 
 def test_package_level_aliases():
     assert cyrnn.load is load and cyrnn.load_checkpoint is load_checkpoint
+
+
+def test_model_file_error_type(tmp_path):
+    assert cyrnn.ModelFileError is ModelFileError
+    assert issubclass(ModelFileError, ValueError)
+    error = ModelFileError(tmp_path / "m.npz", "parameter Whh missing")
+    assert str(error) == f"{tmp_path / 'm.npz'}: parameter Whh missing"
+    assert error.path == tmp_path / "m.npz" and error.problem == "parameter Whh missing"
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is ModelFileError and str(copy) == str(error)
+
+
+# ---------------------------------------------------------------------------------------------
+# files written by hand: older writers, compression, Fortran order
+# ---------------------------------------------------------------------------------------------
+
+
+def test_file_written_by_np_savez_loads(backend, tmp_path):
+    """What ``save`` has always written (``np.savez``, stored members) stays readable."""
+    good = _good_file(tmp_path)
+    arrays = _read_npz(good)
+    path = tmp_path / "savez.npz"
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    model, state, extra = load_checkpoint(path, backend=backend)
+    _assert_same_model(load(good), model)
+    assert state["type"] == "Adam" and extra == {}
+
+
+def test_compressed_file_loads_bit_exact(backend, dtype, tmp_path):
+    model = _trained_model(backend, dtype)
+    model.vocab = Vocabulary(list("abcde"))
+    opt = optim.RMSprop(model.params, lr=0.01, momentum=0.5)
+    opt.step(model.loss_and_grad(np.array([[0], [1]]), np.array([[1], [2]]))[1])
+    model.save(tmp_path / "m.npz", optimizer=opt)
+    path = tmp_path / "compressed.npz"
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, **_read_npz(tmp_path / "m.npz"))
+    with zipfile.ZipFile(path) as archive:
+        assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_DEFLATED}
+    loaded, state, _ = load_checkpoint(path, backend=backend)
+    _assert_same_model(model, loaded)
+    assert loaded.vocab == model.vocab
+    for key, buf in opt.state_dict()["buffers"].items():
+        assert state["buffers"][key].tobytes() == buf.tobytes(), key
+
+
+def test_fortran_order_array_loads_bit_exact(backend, tmp_path):
+    good = _good_file(tmp_path)
+    arrays = _read_npz(good)
+    arrays["param/Wxh"] = np.asfortranarray(arrays["param/Wxh"])
+    arrays["optim/exp_avg/Whh"] = np.asfortranarray(arrays["optim/exp_avg/Whh"] + 1)
+    path = tmp_path / "fortran.npz"
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    assert _npy_info(path, "param/Wxh")[1] is True  # the file does hold Fortran order
+    model, state, _ = load_checkpoint(path, backend=backend)
+    np.testing.assert_array_equal(model.params["Wxh"], arrays["param/Wxh"])
+    np.testing.assert_array_equal(state["buffers"]["exp_avg/Whh"], arrays["optim/exp_avg/Whh"])
+    opt = optim.make_optimizer(state["type"], model.params, **state["config"])
+    opt.load_state_dict(state)
+
+
+def _npy_info(path, name):
+    with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as stream:
+        np.lib.format.read_magic(stream)
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+    return shape, fortran_order, dtype
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile files: one error type, bounded time and memory whatever the file claims
+# ---------------------------------------------------------------------------------------------
+
+GiB = 1 << 30
+MAX_FILE = 2_000_000  # the files below are all at most this big ...
+MAX_MEMORY = 200 << 20  # ... and may cost at most this much memory ...
+MAX_SECONDS = 5.0  # ... and this much time to load or refuse
+
+
+def _npy(array):
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.asanyarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _npy_header(descr, shape, fortran_order=False):
+    """A version 1.0 ``.npy`` header claiming anything."""
+    header = repr({"descr": descr, "fortran_order": fortran_order, "shape": tuple(shape)})
+    header = header.encode("latin1")
+    header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header
+
+
+def _meta_npy(meta):
+    text = meta if isinstance(meta, (str, bytes)) else json.dumps(meta)
+    raw = text.encode("utf-8") if isinstance(text, str) else text
+    return _npy(np.frombuffer(raw, dtype=np.uint8))
+
+
+def _deflate(payload):
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return compressor.compress(payload) + compressor.flush()
+
+
+def _entry(name, payload, *, deflate=False, **declared):
+    """A zip member: ``payload`` stored or deflated, with honest sizes and CRC unless
+    ``declared`` overrides ``size``, ``csize``, ``crc``, ``method`` or ``flags``."""
+    data = _deflate(payload) if deflate else payload
+    entry = {"name": name, "data": data, "method": zipfile.ZIP_DEFLATED if deflate else 0,
+             "crc": zlib.crc32(payload), "size": len(payload), "csize": len(data), "flags": 0}
+    entry.update(declared)
+    return entry
+
+
+_BOMBS = {}
+
+
+def _bomb(name, prefix, count, fill=b"\0"):
+    """A deflated member of ``prefix`` and then ``count`` bytes ``fill`` (a gigabyte of them packs
+    into about a megabyte), with its true size and CRC, built without compressing it all: after a
+    full flush the compressor emits the same bytes for every further chunk of the same bytes."""
+    key = (prefix, count, fill)
+    if key not in _BOMBS:
+        chunk = 1 << 20
+        assert count % chunk == 0
+        filled = fill * chunk
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+        head = compressor.compress(prefix + filled) + compressor.flush(zlib.Z_FULL_FLUSH)
+        block = compressor.compress(filled) + compressor.flush(zlib.Z_FULL_FLUSH)
+        assert compressor.compress(filled) + compressor.flush(zlib.Z_FULL_FLUSH) == block
+        data = head + block * (count // chunk - 1) + compressor.flush()
+        crc = zlib.crc32(prefix + filled)
+        for _ in range(count // chunk - 1):
+            crc = zlib.crc32(filled, crc)
+        _BOMBS[key] = (data, crc)
+    data, crc = _BOMBS[key]
+    return {"name": name, "data": data, "method": zipfile.ZIP_DEFLATED, "crc": crc,
+            "size": len(prefix) + count, "csize": len(data), "flags": 0}
+
+
+def _write_zip(path, entries):
+    """A zip archive written field by field, so that it can lie (sizes, CRC, duplicate names)."""
+    body, directory = bytearray(), bytearray()
+    for e in entries:
+        name = e["name"].encode("utf-8")
+        fields = (e["flags"], e["method"], 0, 0x21, e["crc"], e["csize"], e["size"], len(name))
+        directory += struct.pack("<IHH", 0x02014B50, 20, 20)
+        directory += struct.pack("<HHHHIIIHHHHHII", *fields, 0, 0, 0, 0, 0, len(body)) + name
+        body += struct.pack("<IH", 0x04034B50, 20)
+        body += struct.pack("<HHHHIIIHH", *fields, 0) + name + e["data"]
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(entries), len(entries), len(directory),
+                      len(body), 0)
+    path.write_bytes(bytes(body + directory + end))
+
+
+def _good_members(tmp_path):
+    """Name -> ``.npy`` bytes of a good file (4 -> 5 -> 4, vocabulary, Adam state)."""
+    with zipfile.ZipFile(_good_file(tmp_path)) as archive:
+        return {info.filename: archive.read(info) for info in archive.infolist()}
+
+
+def _with_meta(members, change):
+    """``members`` with the metadata changed by ``change(meta)`` (which may return a new one)."""
+    meta = json.loads(np.lib.format.read_array(io.BytesIO(members["metadata.json.npy"])).tobytes())
+    meta = change(meta) or meta
+    return {**members, "metadata.json.npy": _meta_npy(meta)}
+
+
+def _zeros_model(hidden, fill, input_size=4):
+    """Members of a valid-looking float32 model input_size -> hidden -> 4, ``fill(name, shape)``
+    giving each parameter's member (sizes honest)."""
+    config = {"input_size": input_size, "hidden_size": hidden, "output_size": 4, "nonlinearity": "tanh",
+              "negative_slope": 0.01, "output": "softmax", "init": "uniform",
+              "dtype": "float32", "batch_first": False}
+    meta = {"format": "cyrnn-model", "version": 1, "config": config, "vocab": None,
+            "optimizer": None, "extra": {}}
+    shapes = {"Wxh": (hidden, input_size), "Whh": (hidden, hidden), "bh": (hidden,), "Why": (4, hidden),
+              "by": (4,)}
+    entries = [fill(f"param/{name}.npy", shape) for name, shape in shapes.items()]
+    return entries + [_entry("metadata.json.npy", _meta_npy(meta))]
+
+
+def _deflated_zeros(name, shape):
+    return _entry(name, _npy(np.zeros(shape, np.float32)), deflate=True)
+
+
+def _hostile(kind, tmp_path):
+    """Write the hostile file ``kind`` and return its path."""
+    path = tmp_path / f"hostile-{kind}.npz"
+    members = _good_members(tmp_path)
+
+    def entries(mapping, deflate=False):
+        return [_entry(name, payload, deflate=deflate) for name, payload in mapping.items()]
+
+    if kind == "bomb_unreferenced":  # F2: 1 GiB of zeros that nothing refers to
+        _write_zip(path, entries(members) + [
+            _bomb("junk.npy", _npy_header("<f4", (GiB // 4,)), GiB)])
+    elif kind == "bomb_as_param":  # 1 GiB declared honestly as param/Whh
+        others = {k: v for k, v in members.items() if k != "param/Whh.npy"}
+        _write_zip(path, entries(others) + [
+            _bomb("param/Whh.npy", _npy_header("<f4", (GiB // 4,)), GiB)])
+    elif kind == "bomb_as_param_lying":  # 1 GiB behind a declared size of the right one
+        others = {k: v for k, v in members.items() if k != "param/Whh.npy"}
+        bomb = _bomb("param/Whh.npy", _npy_header("<f4", (GiB // 4,)), GiB)
+        bomb["size"] = len(members["param/Whh.npy"])
+        _write_zip(path, entries(others) + [bomb])
+    elif kind == "bomb_consistent_model":  # a valid model of zeros, hidden 16384: 1 GiB Whh
+        hidden = 16384
+
+        def fill(name, shape):
+            if name == "param/Whh.npy":
+                return _bomb(name, _npy_header("<f4", shape), hidden * hidden * 4)
+            return _deflated_zeros(name, shape)
+
+        _write_zip(path, _zeros_model(hidden, fill))
+    elif kind == "zeros_model_compressed":  # a deflated model of zeros, hidden 3000: 36 MB
+        _write_zip(path, _zeros_model(3000, _deflated_zeros))
+    elif kind == "largest_accepted":  # valid: 1.8 MB of random Wxh, 49 MiB of zeros in Whh
+
+        def fill(name, shape):
+            if name == "param/Wxh.npy":
+                values = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+                return _entry(name, _npy(values))
+            if name == "param/Whh.npy":
+                return _bomb(name, _npy_header("<f4", shape), 3584 * 3584 * 4)
+            return _deflated_zeros(name, shape)
+
+        _write_zip(path, _zeros_model(3584, fill, input_size=128))
+    elif kind == "header_huge_shape":  # param/Whh claims (10**6, 10**6)
+        _write_zip(path, entries({**members, "param/Whh.npy":
+                                  _npy_header("<f4", (10**6, 10**6)) + bytes(100)}))
+    elif kind in ("config_huge", "config_large"):  # F3: sizes of the configuration, tiny arrays
+        hidden = 10**6 if kind == "config_huge" else 20000
+
+        def change(meta):
+            meta["config"]["hidden_size"] = hidden
+            meta["optimizer"] = meta["vocab"] = None
+
+        _write_zip(path, entries({k: v for k, v in _with_meta(members, change).items()
+                                  if not k.startswith("optim/")}, deflate=True))
+    elif kind in ("size_smaller", "size_larger", "size_huge", "csize_smaller"):
+        whh = members["param/Whh.npy"]
+        changed = {"size_smaller": {"size": len(whh) - 1, "crc": zlib.crc32(whh[:-1])},
+                   "size_larger": {"size": len(members["param/Whh.npy"]) + 1},
+                   "size_huge": {"size": 2**32 - 1},
+                   "csize_smaller": {"csize": 40}}[kind]
+        others = {k: v for k, v in members.items() if k != "param/Whh.npy"}
+        _write_zip(path, entries(others) + [
+            _entry("param/Whh.npy", members["param/Whh.npy"], deflate=True, **changed)])
+    elif kind == "nested_json":  # F4: RecursionError in the JSON parser
+        _write_zip(path, entries({**members, "metadata.json.npy":
+                                  _meta_npy("[" * 400_000 + "]" * 400_000)}, deflate=True))
+    elif kind == "metadata_huge":  # 256 MiB of JSON (whitespace) in a deflated member
+        others = {k: v for k, v in members.items() if k != "metadata.json.npy"}
+        header = _npy_header("|u1", (2 + (256 << 20),))
+        _write_zip(path, entries(others, deflate=True) + [
+            _bomb("metadata.json.npy", header + b"{}", 256 << 20, fill=b" ")])
+    elif kind == "duplicate_members":
+        _write_zip(path, entries(members) + [
+            _entry("param/Whh.npy", _npy(np.ones((5, 5), np.float32)))])
+    elif kind == "many_members":
+        _write_zip(path, entries(members) + [_entry(f"j{i}", b"") for i in range(20000)])
+    elif kind == "not_npy_member":
+        _write_zip(path, entries({**members, "param/Whh.npy": b"just some text" * 20}))
+    elif kind == "metadata_not_npy":
+        meta = np.lib.format.read_array(io.BytesIO(members["metadata.json.npy"])).tobytes()
+        _write_zip(path, entries({**members, "metadata.json.npy": meta}))
+    elif kind == "metadata_float":
+        meta = np.lib.format.read_array(io.BytesIO(members["metadata.json.npy"]))
+        _write_zip(path, entries({**members, "metadata.json.npy": _npy(meta.astype(np.float32))}))
+    elif kind == "object_header":  # a pickle behind the header is never reached
+        _write_zip(path, entries({**members, "param/Whh.npy":
+                                  _npy_header("|O", (5, 5)) + pickle.dumps([0.0] * 25)}))
+    elif kind == "big_endian":
+        whh = np.lib.format.read_array(io.BytesIO(members["param/Whh.npy"]))
+        _write_zip(path, entries({**members, "param/Whh.npy": _npy(whh.astype(">f4"))}))
+    elif kind == "structured_dtype":
+        _write_zip(path, entries({**members, "param/Whh.npy":
+                                  _npy(np.zeros(25, dtype=[("a", "<f4")]).reshape(5, 5))}))
+    elif kind == "npy_version_3":
+        whh = bytearray(members["param/Whh.npy"])
+        whh[6] = 3
+        _write_zip(path, entries({**members, "param/Whh.npy": bytes(whh)}))
+    elif kind == "header_garbage":  # a header that is not a Python literal
+        whh = members["param/Whh.npy"]
+        header = b"{'descr': '<f4', 'fortran_order': False, 'shape': ((((((((((5, 5)" + b"(" * 60
+        header += b" " * (len(whh) - 200 - 10 - len(header) - 1) + b"\n"
+        _write_zip(path, entries({**members, "param/Whh.npy": b"\x93NUMPY\x01\x00"
+                                  + struct.pack("<H", len(header)) + header + bytes(100)}))
+    elif kind == "bz2_member":
+        others = {k: v for k, v in members.items() if k != "param/by.npy"}
+        _write_zip(path, entries(others) + [
+            _entry("param/by.npy", members["param/by.npy"], method=zipfile.ZIP_BZIP2)])
+    elif kind == "encrypted_member":
+        _write_zip(path, [_entry(name, payload, flags=1) for name, payload in members.items()])
+    elif kind == "bad_crc":
+        others = {k: v for k, v in members.items() if k != "param/by.npy"}
+        _write_zip(path, entries(others) + [
+            _entry("param/by.npy", members["param/by.npy"], crc=12345)])
+    elif kind == "bad_deflate":
+        _write_zip(path, entries({k: v for k, v in members.items() if k != "param/Whh.npy"})
+                   + [_entry("param/Whh.npy", b"", data=b"\xff" * 150, method=8, csize=150,
+                             size=len(members["param/Whh.npy"]))])
+    elif kind.startswith("truncated_"):
+        good = tmp_path / "whole.npz"
+        _write_zip(good, entries(members))
+        data = good.read_bytes()
+        path.write_bytes(data[: len(data) * int(kind.split("_")[1]) // 100])
+    else:
+        raise AssertionError(kind)
+    return path
+
+
+HOSTILE = [
+    "bomb_unreferenced", "bomb_as_param", "bomb_as_param_lying", "bomb_consistent_model",
+    "zeros_model_compressed", "header_huge_shape", "config_huge", "config_large", "size_smaller",
+    "size_larger", "size_huge", "csize_smaller", "nested_json", "metadata_huge",
+    "duplicate_members", "many_members", "not_npy_member", "metadata_not_npy", "metadata_float",
+    "object_header", "big_endian", "structured_dtype", "npy_version_3", "header_garbage",
+    "bz2_member", "encrypted_member", "bad_crc", "bad_deflate", "truncated_10", "truncated_50",
+    "truncated_90", "truncated_99",
+]
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_hostile_file_raises_model_file_error(tmp_path, kind):
+    path = _hostile(kind, tmp_path)
+    assert path.stat().st_size <= MAX_FILE
+    for reader in (load, load_checkpoint):
+        with pytest.raises(ModelFileError) as info:
+            reader(path)
+        assert str(info.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize("kind, match", [
+    ("bomb_unreferenced", "unexpected members 'junk.npy'"),
+    ("bomb_as_param", "parameter Whh: the archive declares 1073741952 bytes"),
+    ("bomb_as_param_lying", "parameter Whh: corrupted"),
+    ("bomb_consistent_model", r"implies 1074331664 bytes of arrays, more than a file of \d+ bytes"),
+    ("zeros_model_compressed", r"implies 36108016 bytes of arrays, more than a file of \d+ bytes"),
+    ("header_huge_shape", r"parameter Whh: expected shape \(5, 5\), got \(1000000, 1000000\)"),
+    ("config_huge", "implies"),
+    ("size_smaller", r"parameter Whh: the archive declares 227 bytes, the .npy header 128 and 100"),
+    ("nested_json", "nested too deeply"),
+    ("metadata_huge", "metadata.json: the archive declares"),
+    ("duplicate_members", "duplicate members 'param/Whh.npy'"),
+    ("many_members", r"unexpected members 'j0', 'j1', 'j10', 'j100', 'j1000', ... \(20000 in all\)"),
+    ("not_npy_member", "parameter Whh: not a .npy array"),
+    ("metadata_float", "metadata.json: expected dtype uint8, got float32"),
+    ("object_header", "parameter Whh: expected dtype float32, got object"),
+    ("big_endian", "parameter Whh: expected dtype float32, got >f4"),
+    ("npy_version_3", r"unsupported .npy format version \(3, 0\)"),
+    ("bz2_member", "compression method 12"),
+    ("encrypted_member", "encrypted"),
+])
+def test_hostile_file_message_says_what(tmp_path, kind, match):
+    with pytest.raises(ModelFileError, match=match):
+        load(_hostile(kind, tmp_path))
+
+
+def test_header_shape_checked_before_data(tmp_path):
+    """A member whose header disagrees is refused before its data is read."""
+    members = _good_members(tmp_path)
+    whh = _npy_header("<f4", (4, 5)) + bytes(80) + bytes(20)  # the size of a (5, 5) member
+    path = tmp_path / "m.npz"
+    _write_zip(path, [_entry(n, whh if n == "param/Whh.npy" else p) for n, p in members.items()])
+    with pytest.raises(ModelFileError, match=r"parameter Whh: expected shape \(5, 5\), got \(4, 5\)"):
+        load(path)
+
+
+def _meta_change(kind):
+    """A change to a good file's metadata, for the metadata tests."""
+    def set_path(*keys, value):
+        def change(meta):
+            target = meta
+            for key in keys[:-1]:
+                target = target[key]
+            target[keys[-1]] = value
+        return change
+
+    changes = {
+        "config_list": set_path("config", value=[]),
+        "config_null": set_path("config", value=None),
+        "vocab_int": set_path("vocab", value=5),
+        "vocab_list": set_path("vocab", value=["a", "b", "c", "d"]),
+        "vocab_chars_nested": set_path("vocab", "chars", value=[["a"], "b", "c", "d"]),
+        "vocab_unknown_int": set_path("vocab", "unknown", value=5),
+        "vocab_chars_int": set_path("vocab", "chars", value=5),
+        "vocab_version_list": set_path("vocab", "version", value=[1]),
+        "vocab_duplicates": set_path("vocab", "chars", value=["a", "a", "c", "d"]),
+        "optimizer_list": set_path("optimizer", value=[]),
+        "optimizer_type_int": set_path("optimizer", "type", value=5),
+        "optimizer_type_unknown": set_path("optimizer", "type", value="Lion"),
+        "optimizer_type_lower": set_path("optimizer", "type", value="adam"),
+        "optimizer_config_list": set_path("optimizer", "config", value=[]),
+        "optimizer_config_lr_str": set_path("optimizer", "config", "lr", value="fast"),
+        "optimizer_config_betas_str": set_path("optimizer", "config", "betas", value="ab"),
+        "optimizer_config_betas_nested": set_path("optimizer", "config", "betas", value=[[0.9], 0.9]),
+        "optimizer_config_params": set_path("optimizer", "config", "params", value=1),
+        "optimizer_config_schedule": set_path("optimizer", "config", "schedule", value=None),
+        "optimizer_config_unknown": set_path("optimizer", "config", "momentum", value=0.9),
+        "optimizer_steps_negative": set_path("optimizer", "steps", value=-1),
+        "optimizer_steps_bool": set_path("optimizer", "steps", value=True),
+        "optimizer_steps_float": set_path("optimizer", "steps", value=1.5),
+        "optimizer_extra_key": set_path("optimizer", "buffers", value={}),
+        "version_true": set_path("version", value=True),
+        "version_float": set_path("version", value=1.0),
+        "format_list": set_path("format", value=["cyrnn-model"]),
+        "unknown_key": set_path("layers", value=2),
+        "hidden_zero": set_path("config", "hidden_size", value=0),
+        "hidden_negative": set_path("config", "hidden_size", value=-5),
+        "hidden_float": set_path("config", "hidden_size", value=5.0),
+        "hidden_bool": set_path("config", "hidden_size", value=True),
+        "hidden_list": set_path("config", "hidden_size", value=[5]),
+        "hidden_huge": set_path("config", "hidden_size", value=10**400),
+        "output_size_zero": set_path("config", "output_size", value=0),
+        "output_size_null": set_path("config", "output_size", value=None),
+        "nonlinearity_list": set_path("config", "nonlinearity", value=["tanh"]),
+        "nonlinearity_dict": set_path("config", "nonlinearity", value={"tanh": 1}),
+        "output_unknown": set_path("config", "output", value="relu"),
+        "init_int": set_path("config", "init", value=0),
+        "dtype_float16": set_path("config", "dtype", value="float16"),
+        "dtype_object": set_path("config", "dtype", value="object"),
+        "dtype_list": set_path("config", "dtype", value=["float32"]),
+        "slope_str": set_path("config", "negative_slope", value="0.1"),
+        "slope_nan": set_path("config", "negative_slope", value=float("nan")),
+        "slope_inf": set_path("config", "negative_slope", value=float("inf")),
+        "slope_huge_int": set_path("config", "negative_slope", value=10**400),
+        "slope_negative": set_path("config", "negative_slope", value=-1.0),
+        "batch_first_str": set_path("config", "batch_first", value="yes"),
+        "batch_first_int": set_path("config", "batch_first", value=1),
+        "hidden_long_list": set_path("config", "hidden_size", value=[7] * 100_000),
+        "version_long_string": set_path("version", value="9" * 100_000),
+        "lr_long_list": set_path("optimizer", "config", "lr", value=[0.5] * 100_000),
+        "vocab_long_chars": set_path("vocab", "chars", value=["ab" * 50_000]),
+        "vocab_format_long": set_path("vocab", "format", value="x" * 100_000),
+    }
+    return changes[kind]
+
+
+META_KINDS = [
+    "config_list", "config_null", "vocab_int", "vocab_list", "vocab_chars_nested",
+    "vocab_unknown_int", "vocab_chars_int", "vocab_version_list", "vocab_duplicates",
+    "optimizer_list", "optimizer_type_int", "optimizer_type_unknown", "optimizer_type_lower",
+    "optimizer_config_list", "optimizer_config_lr_str", "optimizer_config_betas_str",
+    "optimizer_config_betas_nested", "optimizer_config_params", "optimizer_config_schedule",
+    "optimizer_config_unknown", "optimizer_steps_negative", "optimizer_steps_bool",
+    "optimizer_steps_float", "optimizer_extra_key", "version_true", "version_float",
+    "format_list", "unknown_key", "hidden_zero", "hidden_negative", "hidden_float",
+    "hidden_bool", "hidden_list", "hidden_huge", "output_size_zero", "output_size_null",
+    "nonlinearity_list", "nonlinearity_dict", "output_unknown", "init_int", "dtype_float16",
+    "dtype_object", "dtype_list", "slope_str", "slope_nan", "slope_inf", "slope_huge_int",
+    "slope_negative", "batch_first_str", "batch_first_int",
+]
+
+
+@pytest.mark.parametrize("kind", META_KINDS)
+def test_metadata_of_wrong_type_raises_model_file_error(tmp_path, kind):
+    """F4: any wrong value in the metadata is a ModelFileError, never AttributeError & co."""
+    path = tmp_path / f"meta-{kind}.npz"
+    _write_zip(path, [_entry(n, p) for n, p in
+                      _with_meta(_good_members(tmp_path), _meta_change(kind)).items()])
+    for reader in (load, load_checkpoint):
+        with pytest.raises(ModelFileError) as info:
+            reader(path)
+        assert str(info.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize("kind", ["hidden_long_list", "version_long_string", "lr_long_list",
+                                  "vocab_long_chars", "vocab_format_long", "long_member_name"])
+def test_messages_stay_short(tmp_path, kind):
+    """Values from the file are shown cut short: a message is one readable line."""
+    path = tmp_path / "m.npz"
+    members = _good_members(tmp_path)
+    if kind == "long_member_name":
+        members["x" * 60_000] = b""
+    else:
+        members = _with_meta(members, _meta_change(kind))
+    _write_zip(path, [_entry(n, p) for n, p in members.items()])
+    with pytest.raises(ModelFileError) as info:
+        load(path)
+    assert len(info.value.problem) < 500, info.value.problem[:1000]
+
+
+@pytest.mark.parametrize("kind, match", [
+    ("config_list", "model configuration: expected a JSON object, got an array"),
+    ("vocab_int", "invalid vocabulary"),
+    ("optimizer_config_lr_str", "optimizer state: lr: expected a number, got 'fast'"),
+    ("optimizer_type_unknown", "optimizer state: type: expected one of"),
+    ("hidden_float", r"hidden_size: expected an int >= 1, got 5\.0"),
+    ("slope_huge_int", "negative_slope: expected a finite number >= 0"),
+    ("unknown_key", "unexpected keys 'layers'"),
+])
+def test_metadata_message_says_what(tmp_path, kind, match):
+    path = tmp_path / "m.npz"
+    _write_zip(path, [_entry(n, p) for n, p in
+                      _with_meta(_good_members(tmp_path), _meta_change(kind)).items()])
+    with pytest.raises(ModelFileError, match=match):
+        load(path)
+
+
+@pytest.mark.parametrize("kind", ["buffer_shape", "buffer_dtype", "buffer_missing",
+                                  "buffer_unexpected", "buffer_without_optimizer", "buffer_nan"])
+def test_optimizer_buffers_checked(tmp_path, kind):
+    members = _good_members(tmp_path)
+    name = "optim/exp_avg/Whh.npy"
+    if kind == "buffer_shape":
+        members[name] = _npy(np.zeros((5, 4), np.float32))
+    elif kind == "buffer_dtype":
+        members[name] = _npy(np.zeros((5, 5), np.float64))
+    elif kind == "buffer_missing":
+        del members[name]
+    elif kind == "buffer_unexpected":
+        members["optim/momentum_buffer/Whh.npy"] = members[name]
+    elif kind == "buffer_without_optimizer":
+        members = _with_meta(members, lambda meta: meta.update(optimizer=None))
+    else:
+        members[name] = _npy(np.full((5, 5), np.nan, np.float32))
+    path = tmp_path / "m.npz"
+    _write_zip(path, [_entry(n, p) for n, p in members.items()])
+    if kind == "buffer_nan":  # a buffer's values are the optimizer's business, as before
+        state = load_checkpoint(path)[1]
+        assert np.isnan(state["buffers"]["exp_avg/Whh"]).all()
+        return
+    with pytest.raises(ModelFileError, match="exp_avg/Whh|momentum_buffer/Whh"):
+        load_checkpoint(path)
+
+
+def test_extra_may_be_any_json(tmp_path):
+    path = tmp_path / "m.npz"
+    members = _with_meta(_good_members(tmp_path), lambda meta: meta.update(extra=[1, "two"]))
+    _write_zip(path, [_entry(n, p) for n, p in members.items()])
+    assert load_checkpoint(path)[2] == [1, "two"]
+
+
+def test_not_a_regular_file(tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes here")
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # a writer, so that opening does not block
+    outcome = []
+
+    def read():
+        try:
+            load(fifo)
+        except Exception as exc:
+            outcome.append(exc)
+
+    try:
+        reader = threading.Thread(target=read, daemon=True)  # reading a pipe would block
+        reader.start()
+        reader.join(timeout=10)
+        assert not reader.is_alive(), "load blocked reading a named pipe"
+    finally:
+        os.close(fd)
+    assert isinstance(outcome[0], ModelFileError) and "not a regular file" in str(outcome[0])
+
+
+_MEASURE = r"""
+import json, resource, sys, time, tracemalloc
+import cyrnn
+
+cyrnn.load(sys.argv[1])  # imports and first-use allocations belong to the baseline
+baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+results = {}
+for path in sys.argv[2:]:
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        cyrnn.load(path)
+        outcome = "loaded"
+    except Exception as exc:
+        outcome = type(exc).__name__
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    results[path] = {"outcome": outcome, "seconds": seconds, "peak": peak}
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+print(json.dumps({"files": results, "rss_growth": rss}))
+"""
+
+MEASURED = [
+    "bomb_unreferenced", "bomb_as_param", "bomb_as_param_lying", "bomb_consistent_model",
+    "zeros_model_compressed", "header_huge_shape", "config_huge", "config_large", "size_huge",
+    "nested_json", "metadata_huge", "duplicate_members", "many_members", "truncated_90",
+    "largest_accepted",  # the most a file of 2 MB may legitimately make load hold
+]
+
+
+def test_largest_accepted_file_loads(tmp_path):
+    """A file of at most 2 MB whose arrays fill the bound (32 times its size) is valid."""
+    path = _hostile("largest_accepted", tmp_path)
+    assert path.stat().st_size <= MAX_FILE
+    with zipfile.ZipFile(path) as archive:
+        implied = sum(info.file_size for info in archive.infolist())
+    assert implied > 25 * path.stat().st_size
+    model = load(path)
+    assert (model.input_size, model.hidden_size) == (128, 3584)
+    assert not model.params["Whh"].any() and model.params["Wxh"].std() > 0.9
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="resource.getrusage is POSIX")
+def test_hostile_files_cost_bounded_memory_and_time(tmp_path):
+    """F2, F3: whatever a file of at most 2 MB claims, ``load`` refuses it within 200 MB and
+    5 s (the old reader took gigabytes and tens of seconds on some of these), measured in a
+    fresh process: the growth of its peak resident size over all files, and per file the time
+    and the peak of the memory traced by Python and NumPy."""
+    paths = []
+    for kind in MEASURED:
+        (tmp_path / kind).mkdir()
+        paths.append(_hostile(kind, tmp_path / kind))
+        assert paths[-1].stat().st_size <= MAX_FILE, kind
+    env = dict(os.environ)
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(cyrnn.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([parent] + [p for p in env.get("PYTHONPATH", "").split(
+        os.pathsep) if p])
+    result = subprocess.run([sys.executable, "-c", _MEASURE, str(_good_file(tmp_path)),
+                             *map(str, paths)], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout)
+    for kind, path in zip(MEASURED, paths):
+        figures = measured["files"][str(path)]
+        expected = "loaded" if kind == "largest_accepted" else "ModelFileError"
+        assert figures["outcome"] == expected, (kind, figures)
+        assert figures["seconds"] < MAX_SECONDS, (kind, figures)
+        assert figures["peak"] < MAX_MEMORY, (kind, figures)
+    assert measured["rss_growth"] < MAX_MEMORY, measured

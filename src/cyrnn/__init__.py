@@ -14,7 +14,7 @@ from . import clip, data, diagnostics, kernels, optim
 from ._threads import get_num_threads, set_num_threads
 from .clip import clip_grad_norm, clip_grad_value
 from .data import Vocabulary
-from .io import load, load_checkpoint
+from .io import ModelFileError, load, load_checkpoint
 from .rnn import RNN
 from .train import Checkpoint, EarlyStopping, History, evaluate, fit
 from .truncation import TBPTT, RandomizedTruncation
@@ -35,6 +35,7 @@ __all__ = [
     "clip_grad_value",
     "load",
     "load_checkpoint",
+    "ModelFileError",
     "backend_info",
     "set_num_threads",
     "get_num_threads",

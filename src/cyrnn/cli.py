@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__, backend_info, optim
 from .data import Vocabulary, train_val_split
-from .io import load, load_checkpoint
+from .io import ModelFileError, load, load_checkpoint
 from .rnn import RNN
 from .train import Checkpoint, fit
 
@@ -218,6 +218,10 @@ def main(argv=None):
         return 2
     try:
         return args.run(args)
+    except ModelFileError as exc:  # a bad model file: one line, no traceback
+        message = " ".join(str(exc).splitlines())
+        print(f"cyrnn: error: {message}", file=sys.stderr)
+        return 1
     except (OSError, ValueError) as exc:
         print(f"cyrnn {args.command}: {exc}", file=sys.stderr)
         return 1
