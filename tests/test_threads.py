@@ -216,3 +216,28 @@ def test_sharded_forward_equals_the_twin_and_ignores_threads(tokens, output, dty
     np.testing.assert_allclose(runs[0][0], y_ref, rtol=tol, atol=tol)
     np.testing.assert_allclose(runs[0][1], h_ref, rtol=tol, atol=tol)
     assert runs[0][0].flags.c_contiguous and runs[0][0].shape == (T, B, O)
+
+
+@pytest.mark.parametrize("B", [4, 33], ids=["one shard", "shards"])
+def test_kept_workspaces_never_leak_into_results(B):
+    """The compiled step and forward keep their buffers for the next call of the same sizes:
+    what a call returned must not change when the next call runs."""
+    T, I, H, O = 120, 6, 64, 5
+    k = kernels.get_backend("cython")
+    rng = np.random.default_rng(5)
+    params = [rng.standard_normal(s) * 0.2 for s in [(H, I), (H, H), (H,), (O, H), (O,)]]
+    calls = []
+    for seed in (1, 2):
+        r = np.random.default_rng(seed)
+        x, y = r.standard_normal((T, B, I)), r.standard_normal((T, B, O))
+        h0 = r.standard_normal((B, H)) * 0.1
+        step = k.elman_loss_and_grad(x, y, h0, *params, loss="mse")
+        forward = k.elman_forward(x, h0, *params)
+        calls.append((step, forward, [a.copy() for a in (*step[1].values(), step[2], step[3])],
+                      [a.copy() for a in forward]))
+    for step, forward, step_copy, forward_copy in calls:
+        for a, b in zip((*step[1].values(), step[2], step[3]), step_copy):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(forward, forward_copy):
+            np.testing.assert_array_equal(a, b)
+    assert calls[0][0][0] != calls[1][0][0]

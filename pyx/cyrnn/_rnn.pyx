@@ -26,6 +26,8 @@ from cyrnn._blas cimport (BLAS_GEMV_SINGLE_THREAD_MAX_WORK, BLAS_SINGLE_THREAD_M
                           sum_of_squares)
 from scipy.linalg.cython_blas cimport sgemm
 
+import threading
+
 import numpy as np
 
 from cyrnn import _checks, _threads
@@ -41,6 +43,8 @@ cdef enum:
     # of arithmetic at one core's speed: starting a thread costs tens of microseconds)
     MAX_SHARDS = 8
     MIN_SHARDED_WORK = 1 << 23
+    # workspaces kept between calls, per thread (see Workspace)
+    MAX_KEPT_BYTES = 256 << 20
     # from this batch size on, rnn_forward multiplies by a transposed copy of Whh (see there)
     TRANSPOSE_MIN_BATCH = 2
     # values per exp call of a softmax: rows of logits are shifted by their maximum, then
@@ -909,6 +913,13 @@ cdef tuple run_sharded(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, dou
     worker_args = np.zeros(MAX_SHARDS * sizeof(Worker), dtype=np.uint8)
     cdef StepArgs* steps = <StepArgs*> data(step_args)
     cdef Worker* workers = <Worker*> data(worker_args)
+    # every shard's results and workspaces, kept for this thread's next call of the same sizes
+    key = (targets is None, T, B, I, H, O, k, tokens, tokens and WxhT is not None, input_grad,
+           dtype, shards)
+    buffers = _workspace.get(key)
+    fresh = buffers is None
+    if fresh:
+        buffers = []
     parts = []
     for s in range(shards):
         b0 = s * per + min(s, extra)
@@ -920,18 +931,48 @@ cdef tuple run_sharded(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, dou
             part = (np.ascontiguousarray(inputs[:, b0:b1]),
                     None if targets is None else np.ascontiguousarray(targets[:, b0:b1]),
                     np.ascontiguousarray(h0[b0:b1]))
-        if targets is None:
+        if not fresh:
+            buf = buffers[s]
+        elif targets is None:
             buf = forward_buffers(T, b1 - b0, H, O, dtype)
+            buffers.append(buf)
         else:
             buf = step_buffers(T, b1 - b0, I, H, O, k, tokens, tokens and WxhT is not None,
                                input_grad, dtype)
+            buffers.append(buf)
         parts.append((b0, b1, buf, part))
         fill_step(&steps[s], buf, part[0], part[1], part[2], weights, carry, windows, k, code,
                   slope, scale)
         steps[s].output = output
     with nogil:
         run_shards(steps, shards, workers, n_threads)
+    if fresh:
+        _workspace.keep(key, buffers)
     return [(b0, b1, buf) for b0, b1, buf, part in parts], [steps[s].loss for s in range(shards)]
+
+
+class Workspace(threading.local):
+    """The buffers of each thread's last training step and last forward pass, reused by its next
+    call of the same sizes: fresh buffers cost page faults on every call (a tenth of a char-LM
+    step), and the allocator hands large ones back to the system each time. At most
+    MAX_KEPT_BYTES per thread is kept; results handed to the caller are always copies."""
+
+    def __init__(self):
+        self.kept = {}
+
+    def get(self, key):
+        found = self.kept.get(key[0])
+        return found[1] if found is not None and found[0] == key else None
+
+    def keep(self, key, buffers):
+        size = sum(a.nbytes for buf in buffers for a in buf.values() if isinstance(a, np.ndarray))
+        if size <= MAX_KEPT_BYTES:
+            self.kept[key[0]] = (key, buffers)  # one per kind (step, forward): the last one
+        else:
+            self.kept.pop(key[0], None)
+
+
+_workspace = Workspace()
 
 
 def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slope, carry,
@@ -953,12 +994,15 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slo
     if not sum_reduction:
         value /= count
     first = parts[0][2]
+    # the buffers are kept for the next call: the caller gets copies
     if len(parts) == 1:
-        grads = {name: first[name] for name in ("dWxh", "dWhh", "dbh", "dWhy", "dby", "dh0")}
-        h_last, grad_norms, dx = first["hs"][T].copy(), first["grad_norms"], first["dx"]
+        grads = {name: first[name].copy()
+                 for name in ("dWxh", "dWhh", "dbh", "dWhy", "dby", "dh0")}
+        h_last, grad_norms = first["hs"][T].copy(), first["grad_norms"].copy()
+        dx = None if first["dx"] is None else first["dx"].copy()
     else:
         # sums over the shards, in shard order
-        grads = {name: first[name] for name in ("dWxh", "dWhh", "dbh", "dWhy", "dby")}
+        grads = {name: first[name].copy() for name in ("dWxh", "dWhh", "dbh", "dWhy", "dby")}
         squares = first["grad_norms"] * first["grad_norms"]
         for b0, b1, buf in parts[1:]:
             for name, g in grads.items():
@@ -1000,7 +1044,7 @@ def _elman_outputs(inputs, h0, Wxh, Whh, bh, Why, by, int code, double slope, in
                            1.0, False, out_code, threads)
     if len(parts) == 1:
         buf = parts[0][2]
-        return buf["z"], buf["hs"][T].copy()
+        return buf["z"].copy(), buf["hs"][T].copy()
     return (np.concatenate([buf["z"] for b0, b1, buf in parts], axis=1),
             np.concatenate([buf["hs"][T] for b0, b1, buf in parts]))
 
