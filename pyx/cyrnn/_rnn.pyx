@@ -415,25 +415,34 @@ def embedding_grad(ids, grad, num_rows):
 # a whole training step in one call: projection, recurrence, output layer, loss, BPTT, gradients
 # ---------------------------------------------------------------------------------------------
 
+cdef void shift_by_row_max(floating* z, Py_ssize_t N, Py_ssize_t O) noexcept nogil:
+    """Each row of z (N, O) minus its maximum, in place (the softmax's shift: exps <= 1)."""
+    cdef Py_ssize_t n, o
+    cdef floating m
+    cdef floating* row
+    for n in range(N):
+        row = z + n * O
+        m = row[0]
+        for o in range(1, O):
+            m = row[o] if row[o] > m else m
+        for o in range(O):
+            row[o] = row[o] - m
+
+
 cdef double softmax_cross_entropy(floating* z, const Py_ssize_t* target, Py_ssize_t N,
                                   Py_ssize_t O, floating scale) noexcept nogil:
     """Rows of logits z (N, O) -> scale * (softmax(z) - onehot(target)) in place; returns the
     summed loss sum_n log(sum_o exp z_no) - z_n,target (accumulated in double)."""
     cdef Py_ssize_t n, o, first = 0, last, rows = max(1, EXP_BLOCK // O)
-    cdef floating m, total_exp, inv
+    cdef floating total_exp, inv
     cdef floating* row
     cdef double loss = 0
     while first < N:
         last = min(N, first + rows)
         # z_n - max_n z_n for a block of rows, then their exps in one call
+        shift_by_row_max(z + first * O, last - first, O)
         for n in range(first, last):
-            row = z + n * O
-            m = row[0]
-            for o in range(1, O):
-                m = row[o] if row[o] > m else m
-            loss -= row[target[n]] - m
-            for o in range(O):
-                row[o] = row[o] - m
+            loss -= z[n * O + target[n]]
         exp_inplace(z + first * O, (last - first) * O)
         for n in range(first, last):
             row = z + n * O
@@ -517,18 +526,12 @@ cdef void forward_layers(
 cdef void softmax_rows(floating* z, Py_ssize_t N, Py_ssize_t O) noexcept nogil:
     """Each row of z (N, O) replaced by its softmax (shifted by the row maximum)."""
     cdef Py_ssize_t n, o, first = 0, last, rows = max(1, EXP_BLOCK // O)
-    cdef floating m, total
+    cdef floating total
     cdef floating* row
     while first < N:
         last = min(N, first + rows)
         # z_n - max_n z_n for a block of rows, then their exps in one call
-        for n in range(first, last):
-            row = z + n * O
-            m = row[0]
-            for o in range(1, O):
-                m = row[o] if row[o] > m else m
-            for o in range(O):
-                row[o] = row[o] - m
+        shift_by_row_max(z + first * O, last - first, O)
         exp_inplace(z + first * O, (last - first) * O)
         for n in range(first, last):
             row = z + n * O
@@ -662,7 +665,7 @@ def elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity
     return _elman_step(*_step_args(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity,
                                    negative_slope, loss, reduction, carry, window),
                        loss == "cross_entropy", reduction == "sum", input_grad,
-                       None if threads is None else _checks.positive_int("threads", threads))
+                       _checks.optional_positive_int("threads", threads))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -738,25 +741,27 @@ ctypedef struct Worker:
     Py_ssize_t count
 
 
+cdef void output_function(floating* y, Py_ssize_t N, Py_ssize_t O, int output) noexcept nogil:
+    """y (N, O) = g(z) in place of the logits z: 0 linear (unchanged), 1 softmax, 2 sigmoid."""
+    if output == 1:
+        softmax_rows(y, N, O)
+    elif output == 2:
+        activate(y, N * O, SIGMOID, 0)
+
+
 cdef void run_forward(StepArgs* a) noexcept nogil:
     if a.single:
         forward_layers(a.tokens, <float*> a.x, <float*> a.h0, <float*> a.Wxh, <float*> a.WxhT,
                        <float*> a.Whh, <float*> a.WhhT, <float*> a.bh, <float*> a.Why,
                        <float*> a.WhyT, <float*> a.by, <float*> a.hs, <float*> a.z, a.T, a.B,
                        a.n_in, a.H, a.O, a.code, <float> a.slope)
-        if a.output == 1:
-            softmax_rows(<float*> a.z, a.T * a.B, a.O)
-        elif a.output == 2:
-            activate(<float*> a.z, a.T * a.B * a.O, SIGMOID, <float> 0)
+        output_function(<float*> a.z, a.T * a.B, a.O, a.output)
     else:
         forward_layers(a.tokens, <double*> a.x, <double*> a.h0, <double*> a.Wxh,
                        <double*> a.WxhT, <double*> a.Whh, <double*> a.WhhT, <double*> a.bh,
                        <double*> a.Why, <double*> a.WhyT, <double*> a.by, <double*> a.hs,
                        <double*> a.z, a.T, a.B, a.n_in, a.H, a.O, a.code, a.slope)
-        if a.output == 1:
-            softmax_rows(<double*> a.z, a.T * a.B, a.O)
-        elif a.output == 2:
-            activate(<double*> a.z, a.T * a.B * a.O, SIGMOID, 0)
+        output_function(<double*> a.z, a.T * a.B, a.O, a.output)
 
 
 cdef void run_step(StepArgs* a) noexcept nogil:
@@ -831,10 +836,7 @@ def shard_count(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize
 
 cdef dict forward_buffers(Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t O, dtype):
     """Results of one shard's forward pass: states and outputs y (in `z`)."""
-    return {"block": 0, "hs": empty((T + 1, B, H), dtype), "z": empty((T, B, O), dtype),
-            "da": None, "work": None, "grad_norms": None, "depth": None, "depth_next": None,
-            "dWxh": None, "dWxhT": None, "dWhh": None, "dbh": None, "dWhy": None, "dby": None,
-            "dh0": None, "dx": None}
+    return {"hs": empty((T + 1, B, H), dtype), "z": empty((T, B, O), dtype)}
 
 
 cdef dict step_buffers(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t O,
@@ -883,14 +885,17 @@ cdef void fill_step(StepArgs* a, dict buf, inputs, targets, h0, tuple weights, c
     a.h0, a.carry = data(h0), data(carry)
     a.Wxh, a.WxhT, a.Whh, a.WhhT = data(Wxh), data(WxhT), data(Whh), data(WhhT)
     a.bh, a.Why, a.WhyT, a.by = data(bh), data(Why), data(WhyT), data(by)
-    a.hs, a.z, a.da, a.work = data(buf["hs"]), data(buf["z"]), data(buf["da"]), data(buf["work"])
-    a.depth, a.depth_next = data(buf["depth"]), data(buf["depth_next"])
-    a.grad_norms, a.dWxh, a.dWxhT = data(buf["grad_norms"]), data(buf["dWxh"]), data(buf["dWxhT"])
-    a.dWhh, a.dbh, a.dWhy, a.dby = data(buf["dWhh"]), data(buf["dbh"]), data(buf["dWhy"]), data(buf["dby"])
-    a.dh0, a.dx = data(buf["dh0"]), data(buf["dx"])
+    # a forward pass has states and outputs only: the step's other buffers are NULL for it
+    a.hs, a.z = data(buf["hs"]), data(buf["z"])
+    a.da, a.work = data(buf.get("da")), data(buf.get("work"))
+    a.depth, a.depth_next = data(buf.get("depth")), data(buf.get("depth_next"))
+    a.grad_norms, a.dWxh = data(buf.get("grad_norms")), data(buf.get("dWxh"))
+    a.dWxhT, a.dWhh, a.dbh = data(buf.get("dWxhT")), data(buf.get("dWhh")), data(buf.get("dbh"))
+    a.dWhy, a.dby = data(buf.get("dWhy")), data(buf.get("dby"))
+    a.dh0, a.dx = data(buf.get("dh0")), data(buf.get("dx"))
     a.T, a.B, a.n_in = inputs.shape[0], inputs.shape[1], Wxh.shape[1]
     a.H, a.O = Whh.shape[0], Why.shape[0]
-    a.longest, a.block, a.code, a.slope, a.scale = k, buf["block"], code, slope, scale
+    a.longest, a.block, a.code, a.slope, a.scale = k, buf.get("block", 0), code, slope, scale
 
 
 cdef tuple run_sharded(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slope,
@@ -913,9 +918,9 @@ cdef tuple run_sharded(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, dou
     worker_args = np.zeros(MAX_SHARDS * sizeof(Worker), dtype=np.uint8)
     cdef StepArgs* steps = <StepArgs*> data(step_args)
     cdef Worker* workers = <Worker*> data(worker_args)
+    cdef bint need_dWxhT = tokens and WxhT is not None
     # every shard's results and workspaces, kept for this thread's next call of the same sizes
-    key = (targets is None, T, B, I, H, O, k, tokens, tokens and WxhT is not None, input_grad,
-           dtype, shards)
+    key = (targets is None, T, B, I, H, O, k, tokens, need_dWxhT, input_grad, dtype, shards)
     buffers = _workspace.get(key)
     fresh = buffers is None
     if fresh:
@@ -937,8 +942,7 @@ cdef tuple run_sharded(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, dou
             buf = forward_buffers(T, b1 - b0, H, O, dtype)
             buffers.append(buf)
         else:
-            buf = step_buffers(T, b1 - b0, I, H, O, k, tokens, tokens and WxhT is not None,
-                               input_grad, dtype)
+            buf = step_buffers(T, b1 - b0, I, H, O, k, tokens, need_dWxhT, input_grad, dtype)
             buffers.append(buf)
         parts.append((b0, b1, buf, part))
         fill_step(&steps[s], buf, part[0], part[1], part[2], weights, carry, windows, k, code,
@@ -993,27 +997,24 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slo
         value += loss
     if not sum_reduction:
         value /= count
-    first = parts[0][2]
-    # the buffers are kept for the next call: the caller gets copies
-    if len(parts) == 1:
-        grads = {name: first[name].copy()
-                 for name in ("dWxh", "dWhh", "dbh", "dWhy", "dby", "dh0")}
-        h_last, grad_norms = first["hs"][T].copy(), first["grad_norms"].copy()
-        dx = None if first["dx"] is None else first["dx"].copy()
+    # the buffers are kept for the next call, so the caller gets new arrays: sums over the
+    # shards in shard order, the per-sequence results joined along the batch axis
+    bufs = [buf for b0, b1, buf in parts]
+    first = bufs[0]
+    grads = {name: first[name].copy() for name in ("dWxh", "dWhh", "dbh", "dWhy", "dby")}
+    for buf in bufs[1:]:
+        for name, g in grads.items():
+            g += buf[name]
+    if len(bufs) == 1:
+        grad_norms = first["grad_norms"].copy()
     else:
-        # sums over the shards, in shard order
-        grads = {name: first[name].copy() for name in ("dWxh", "dWhh", "dbh", "dWhy", "dby")}
         squares = first["grad_norms"] * first["grad_norms"]
-        for b0, b1, buf in parts[1:]:
-            for name, g in grads.items():
-                g += buf[name]
+        for buf in bufs[1:]:
             squares += buf["grad_norms"] * buf["grad_norms"]
         grad_norms = np.sqrt(squares)
-        h_last = np.concatenate([buf["hs"][T] for b0, b1, buf in parts])
-        grads["dh0"] = np.concatenate([buf["dh0"] for b0, b1, buf in parts])
-        dx = None
-        if first["dx"] is not None:
-            dx = np.concatenate([buf["dx"] for b0, b1, buf in parts], axis=1)
+    h_last = np.concatenate([buf["hs"][T] for buf in bufs])
+    grads["dh0"] = np.concatenate([buf["dh0"] for buf in bufs])
+    dx = None if first["dx"] is None else np.concatenate([buf["dx"] for buf in bufs], axis=1)
     result = {"Wxh": grads["dWxh"], "Whh": grads["dWhh"], "bh": grads["dbh"],
               "Why": grads["dWhy"], "by": grads["dby"], "h0": grads["dh0"]}
     if dx is not None:
@@ -1033,7 +1034,7 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
         inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope)
     out_code = _output_code(output)  # 0 linear, 1 softmax, 2 sigmoid
     return _elman_outputs(inputs, h0, Wxh, Whh, bh, Why, by, code, slope, out_code,
-                          None if threads is None else _checks.positive_int("threads", threads))
+                          _checks.optional_positive_int("threads", threads))
 
 
 def _elman_outputs(inputs, h0, Wxh, Whh, bh, Why, by, int code, double slope, int out_code,
@@ -1042,9 +1043,7 @@ def _elman_outputs(inputs, h0, Wxh, Whh, bh, Why, by, int code, double slope, in
     cdef Py_ssize_t T = inputs.shape[0]
     parts, _ = run_sharded(inputs, None, h0, Wxh, Whh, bh, Why, by, code, slope, None, 0, None,
                            1.0, False, out_code, threads)
-    if len(parts) == 1:
-        buf = parts[0][2]
-        return buf["z"].copy(), buf["hs"][T].copy()
+    # new arrays for the caller (the buffers are kept), the shards joined along the batch axis
     return (np.concatenate([buf["z"] for b0, b1, buf in parts], axis=1),
             np.concatenate([buf["hs"][T] for b0, b1, buf in parts]))
 

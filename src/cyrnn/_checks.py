@@ -153,6 +153,11 @@ def positive_int(name, value):
     return int(value)
 
 
+def optional_positive_int(name, value):
+    """``None``, or ``value`` as an int >= 1 (see ``positive_int``)."""
+    return None if value is None else positive_int(name, value)
+
+
 def window_sizes(window, T):
     """Look-back of every output: ``(longest, per_output)`` where ``per_output`` is None when
     ``window`` is one int for all, else a C-contiguous intp array (T,) of values >= 1.

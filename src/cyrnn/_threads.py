@@ -33,7 +33,7 @@ def set_num_threads(n: Optional[int]) -> None:
     Models built with ``threads=`` keep their own. Results never depend on it, only speed.
     """
     global _setting
-    _setting = None if n is None else _checks.positive_int("n", n)
+    _setting = _checks.optional_positive_int("n", n)
 
 
 def get_num_threads() -> int:

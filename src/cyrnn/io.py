@@ -52,7 +52,7 @@ from . import kernels, losses, optim
 from ._checks import NONLINEARITIES
 from .data import Vocabulary
 from .init import INITS
-from .rnn import RNN
+from .rnn import RNN, param_shapes
 
 __all__ = ["ModelFileError", "save", "load", "load_checkpoint"]
 
@@ -226,7 +226,7 @@ def _load(fh, path, backend):
         meta = _parse_metadata(raw, path)
         config = _check_config(meta["config"], path)
         dtype = np.dtype(config["dtype"])
-        shapes = _param_shapes(config)
+        shapes = param_shapes(config["input_size"], config["hidden_size"], config["output_size"])
         vocab = _check_vocabulary(meta["vocab"], config, path)
         optimizer_state, buffer_shapes = _check_optimizer(meta["optimizer"], shapes, dtype, path)
 
@@ -407,15 +407,6 @@ def _check_config(config, path):
     if not isinstance(config["batch_first"], bool):
         fail(f"batch_first: expected true or false, got {_shown(config['batch_first'])}")
     return config
-
-
-def _param_shapes(config):
-    """Name and shape of each parameter (as ``RNN`` lays them out) of a checked configuration."""
-    H, I, O = config["hidden_size"], config["input_size"], config["output_size"]
-    shapes = {"Wxh": (H, I), "Whh": (H, H), "bh": (H,)}
-    if O is not None:
-        shapes.update(Why=(O, H), by=(O,))
-    return shapes
 
 
 def _check_vocabulary(data, config, path):

@@ -13,6 +13,7 @@ loss; the weight gradients) and hands the kernels only the recurrences::
 """
 from __future__ import annotations
 
+import inspect
 import types
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, TypeVar, Union, overload
@@ -126,7 +127,7 @@ class RNN:
     def _configure(self, input_size, hidden_size, output_size, nonlinearity, negative_slope,
                    output, init, dtype, backend, batch_first, threads=None):
         """Check and set every attribute but the parameters."""
-        self.threads = None if threads is None else _checks.positive_int("threads", threads)
+        self.threads = _checks.optional_positive_int("threads", threads)
         self.input_size = _checks.positive_int("input_size", input_size)
         self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
         self.output_size = (
@@ -174,9 +175,9 @@ class RNN:
             raise KeyError("params: missing ['Wxh']")
         H, I = arrays["Wxh"].shape
         O = arrays["Why"].shape[0] if "Why" in arrays else None
-        options = {"nonlinearity": "tanh", "negative_slope": 0.01, "output": "linear",
-                   "init": "uniform", "dtype": "float32", "backend": None, "batch_first": False,
-                   "threads": None}
+        # the keyword arguments of __init__ but the seed, with its defaults
+        options = {name: p.default for name, p in inspect.signature(RNN.__init__).parameters.items()
+                   if p.kind is p.KEYWORD_ONLY and name != "seed"}
         unknown = set(kwargs) - set(options)
         if unknown:
             raise TypeError(f"from_params: unexpected arguments {sorted(unknown)}")
@@ -736,7 +737,7 @@ class RNN:
 
     def _fused(self, batch, weights, target, loss, reduction, window, carry, input_grad=True):
         """``_evaluate`` for the common case, in one kernel call (same results). The inputs and
-        targets were checked by ``_batch`` and ``_target``; the parameters are checked here, so
+        targets were checked by ``_batch`` and ``_target``, the parameters by ``_weights``, so
         the kernel's own checks (a tenth of the time of a char-LM step) are skipped."""
         (p, nonlinearity, slope), T, B = weights, batch.T, batch.B
         inputs = batch.tokens if batch.tokens is not None else batch.x
@@ -755,11 +756,7 @@ class RNN:
                                      grads=grads, grad_norms=grad_norms)
 
     def _param_shapes(self):
-        H, I, O = self.hidden_size, self.input_size, self.output_size
-        shapes = {"Wxh": (H, I), "Whh": (H, H), "bh": (H,)}
-        if O is not None:
-            shapes.update(Why=(O, H), by=(O,))
-        return shapes
+        return param_shapes(self.input_size, self.hidden_size, self.output_size)
 
     def _weights(self):
         """One checked snapshot of what a computation reads from the model: ``(params,
@@ -871,6 +868,16 @@ class RNN:
     def _state_out(h, batch):
         """A (B, H) state as the caller passed states: (H,) when unbatched; always a copy."""
         return h[0].copy() if not batch.batched else h.copy()
+
+
+def param_shapes(input_size: int, hidden_size: int,
+                 output_size: Optional[int]) -> dict[str, tuple[int, ...]]:
+    """Name and shape of each parameter of a model of these sizes, in ``params`` order."""
+    H, I, O = hidden_size, input_size, output_size
+    shapes = {"Wxh": (H, I), "Whh": (H, H), "bh": (H,)}
+    if O is not None:
+        shapes.update(Why=(O, H), by=(O,))
+    return shapes
 
 
 def _describe(a):

@@ -120,8 +120,7 @@ def elman_forward(inputs: npt.ArrayLike, h0: FloatArray, Wxh: FloatArray, Whh: F
     inputs, h0, Wxh, Whh, bh, Why, by, code, slope = _model_args(
         inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope)
     _output_code(output)
-    if threads is not None:
-        _checks.positive_int("threads", threads)
+    _checks.optional_positive_int("threads", threads)
     T, B = inputs.shape[:2]
     xw = Wxh.T[inputs] if inputs.dtype.kind in "iu" else inputs @ Wxh.T
     xw += bh
@@ -180,7 +179,7 @@ def elman_loss_and_grad(
     return _elman_step(*_step_args(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity,
                                    negative_slope, loss, reduction, carry, window),
                        loss == "cross_entropy", reduction == "sum", input_grad,
-                       None if threads is None else _checks.positive_int("threads", threads))
+                       _checks.optional_positive_int("threads", threads))
 
 
 def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, code, slope, carry, longest,
