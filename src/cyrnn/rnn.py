@@ -37,23 +37,6 @@ _RNNType = TypeVar("_RNNType", bound="RNN")
 TARGET_STEPS = ("all", "last")
 
 
-class _Batch:
-    """Validated inputs of one call, time-major: ``x`` (T, B, I) floats or (T, B) token ids."""
-
-    __slots__ = ("x", "tokens", "h0", "lengths", "T", "B", "batched", "stacked")
-
-    def __init__(self, x, tokens, h0, lengths, batched, stacked):
-        # h0 (L*D, B, H); `stacked`: the caller's states have the leading L*D axis
-        self.x, self.tokens, self.h0, self.lengths, self.batched = x, tokens, h0, lengths, batched
-        self.stacked = stacked
-        self.T, self.B = (tokens if tokens is not None else x).shape[:2]
-
-    @property
-    def inputs(self):
-        """Token ids (T, B) or dense inputs (T, B, I)."""
-        return self.tokens if self.tokens is not None else self.x
-
-
 class RNN:
     """Elman RNN, one layer or a stack, with an optional linear output layer, trained by BPTT.
 
@@ -307,7 +290,7 @@ class RNN:
             direction's after step 0), in the layout of ``h0``.
         """
         weights = self.weights()
-        batch = self._batch(x, h0, lengths)
+        batch = self._inputs(x, h0, lengths)
         if self.output_size is not None and batch.lengths is None:
             # the common case in one kernel call
             y, h_last = self._fused_outputs(batch, weights)
@@ -415,10 +398,12 @@ class RNN:
         if target_steps not in TARGET_STEPS:
             raise ValueError(f"target_steps: expected 'all' or 'last', got {target_steps!r}")
         weights = self.weights()
-        batch = self._batch(x, h0, lengths)
+        batch = self._inputs(x, h0, lengths)
         window, carry = truncation.resolve(truncate, batch.T)
-        t_idx, b_idx = self._loss_positions(batch, target_steps)
-        target = self._target(target, loss, batch, target_steps, t_idx, b_idx)
+        t_idx, b_idx = _checks.loss_positions(batch, target_steps)
+        width = self.output_size if self.output_size is not None else self.architecture.top_size
+        target = _checks.loss_targets(target, loss, self.output, width, batch, target_steps,
+                                      (t_idx, b_idx), self.dtype, self.batch_first)
         masks = self._dropout_masks(batch, dropout_seed) if need_grads else None
 
         if need_grads and self._fusable(loss, batch, t_idx):
@@ -518,7 +503,7 @@ class RNN:
             raise ValueError("sample: a bidirectional model reads each sequence backwards too, "
                              "which generation cannot; use a unidirectional model")
         weights = self.weights()
-        batch = self._batch(ids, h0, None)  # unbatched: ids (T,), h0 (L, H) or (H,)
+        batch = self._inputs(ids, h0, None)  # unbatched: ids (T,), h0 (L, H) or (H,)
         state = batch.h0  # (L, 1, H)
         if ids.size > 1:
             # the prime but its last token, on the same snapshot of the weights
@@ -686,67 +671,9 @@ class RNN:
     # validation
     # -----------------------------------------------------------------------------------------
 
-    def _batch(self, x, h0, lengths):
-        """Check and cast ``x``, ``h0`` and ``lengths`` into a time-major ``_Batch``."""
-        if not isinstance(x, np.ndarray):
-            x = np.asarray(x)
-        I, H = self.input_size, self.hidden_size
-        tokens = dense = None
-        if x.dtype.kind in "iu":
-            if x.ndim not in (1, 2):
-                raise ValueError(f"x: token ids must have shape (T, B) or (T,), got {x.shape}")
-            batched = x.ndim == 2
-            ids = x if batched else x[:, None]
-            if self.batch_first and batched:
-                ids = ids.T
-            _checks.id_range("x", ids, I, "token id")
-            tokens = _checks.aligned_array(ids, dtype=np.intp)
-        elif x.dtype.kind == "f":
-            if x.ndim not in (2, 3) or x.shape[-1] != I:
-                expected = "(B, T, {0}) or (T, {0})" if self.batch_first else "(T, B, {0}) or (T, {0})"
-                # whole numbers in [0, I) without a feature axis: token ids cast to float
-                if (x.ndim in (1, 2) and x.size and np.isfinite(x).all()
-                        and (x == np.floor(x)).all() and x.min() >= 0 and x.max() < I):
-                    raise TypeError(
-                        f"x: token ids must be integers; got floats of shape {x.shape} (use "
-                        f"x.astype(int)); dense inputs need shape {expected.format(I)}")
-                raise ValueError(f"x: expected shape {expected.format(I)}, got {x.shape}")
-            batched = x.ndim == 3
-            values = x if batched else x[:, None, :]
-            if self.batch_first and batched:
-                values = values.transpose(1, 0, 2)
-            dense = _checks.finite_array("x", values, self.dtype)
-        else:
-            raise TypeError(f"x: expected floats (dense inputs) or integers (token ids), got dtype {x.dtype}")
-        T, B = (tokens if tokens is not None else dense).shape[:2]
-        if T == 0:
-            raise ValueError("x: expected at least one time step, got T = 0")
-        if B == 0:
-            raise ValueError("x: expected at least one sequence, got B = 0")
-
-        S = self.architecture.num_states
-        stacked_shape = (S, B, H) if batched else (S, H)
-        flat_shape = (B, H) if batched else (H,)
-        if h0 is None:
-            stacked = S > 1
-            h0 = np.zeros((S, B, H), dtype=self.dtype)
-        else:
-            h0 = np.asarray(h0)
-            stacked = h0.shape == stacked_shape
-            if not stacked and not (S == 1 and h0.shape == flat_shape):
-                expected = (f"{flat_shape} or {stacked_shape}" if S == 1 else
-                            f"{stacked_shape} (num_layers * num_directions = {S}"
-                            f"{', batch' if batched else ''}, hidden_size)")
-                raise ValueError(f"h0: expected shape {expected}, got {h0.shape}")
-            h0 = _checks.finite_array("h0", h0.reshape(S, B, H), self.dtype)
-
-        if lengths is not None:
-            if not batched:
-                lengths = np.asarray(lengths).reshape(-1)
-            lengths = _checks.lengths_array(lengths, T, B)
-            if (lengths == T).all():
-                lengths = None  # nothing is padded
-        return _Batch(dense, tokens, h0, lengths, batched, stacked)
+    def _inputs(self, x, h0, lengths):
+        """Check and cast ``x``, ``h0`` and ``lengths`` into a time-major ``_checks.Batch``."""
+        return _checks.batch(x, h0, lengths, self.architecture, self.dtype, self.batch_first)
 
     def _loss_name(self, loss):
         if loss is None:
@@ -756,69 +683,6 @@ class RNN:
         if self.output not in losses.COMPATIBLE_OUTPUTS[loss]:
             raise ValueError(f"loss: {loss!r} does not apply to output={self.output!r}")
         return loss
-
-    @staticmethod
-    def _loss_positions(batch, target_steps):
-        """Time and batch indices of the positions with a loss, or (None, None) for all."""
-        T, B, lengths = batch.T, batch.B, batch.lengths
-        if target_steps == "last":
-            last = np.full(B, T - 1) if lengths is None else lengths - 1
-            if (last < 0).any():
-                raise ValueError("lengths: target_steps='last' needs every sequence to have a step")
-            return last, np.arange(B)
-        if lengths is None:
-            return None, None
-        t_idx, b_idx = np.nonzero(np.arange(T)[:, None] < lengths[None, :])
-        if t_idx.size == 0:
-            raise ValueError("lengths: every sequence is empty, there is nothing to compute a loss on")
-        return t_idx, b_idx
-
-    def _target(self, target, loss, batch, target_steps, t_idx, b_idx):
-        """The targets of the loss positions: (N,) class ids or (N, O) values."""
-        target = np.asarray(target)
-        O = self.output_size if self.output_size is not None else self.hidden_size
-        T, B = batch.T, batch.B
-        per_step = target_steps == "all"
-        classes = loss == "cross_entropy"
-        if per_step:
-            shape = (T, B) if batch.batched else (T,)
-            if self.batch_first and batch.batched:
-                shape = (B, T)
-        else:
-            shape = (B,) if batch.batched else ()
-        if not classes:
-            shape = shape + (O,)
-        if target.shape != shape:
-            if classes and target.shape == shape + (O,):
-                raise ValueError(
-                    f"target: cross_entropy takes class ids of shape {shape}, not one-hot vectors "
-                    f"(got shape {target.shape}); use target.argmax(-1)")
-            if not classes and O > 1 and target.shape == shape[:-1] and target.dtype.kind in "iu":
-                fix = " or loss='cross_entropy'" if self.output == "linear" else ""
-                raise ValueError(
-                    f"target: {loss} with output={self.output!r} expects values of shape {shape}, "
-                    f"got integers of shape {target.shape}; class ids need output='softmax'{fix}")
-            raise ValueError(f"target: expected shape {shape}, got {target.shape}")
-        if classes and target.dtype.kind not in "iu":
-            raise TypeError(f"target: cross_entropy needs integer class ids, got dtype {target.dtype}")
-        if not classes and target.dtype.kind not in "fiu":
-            raise TypeError(f"target: expected real numbers, got dtype {target.dtype}")
-        # time-major with a batch axis
-        if per_step:
-            if not batch.batched:
-                target = target[:, None]
-            elif self.batch_first:
-                target = np.swapaxes(target, 0, 1)
-            selected = target.reshape((T * B,) + target.shape[2:]) if t_idx is None else target[t_idx, b_idx]
-        else:
-            selected = target.reshape((B,) + target.shape[(1 if batch.batched else 0):])
-        if classes:
-            _checks.id_range("target", selected, O, "class id")
-            return _checks.aligned_array(selected, dtype=np.intp)
-        selected = _checks.finite_array("target", selected, self.dtype)
-        if loss == "bce" and (selected.min() < 0 or selected.max() > 1):
-            raise ValueError("target: bce needs values in [0, 1]")
-        return selected
 
     # -----------------------------------------------------------------------------------------
     # computation
@@ -839,7 +703,7 @@ class RNN:
 
     def _fused(self, batch, weights, target, loss, reduction, window, carry, input_grad, masks):
         """The training step for the common case, in one kernel call (same results as the
-        composition). The inputs and targets were checked by ``_batch`` and ``_target``, the
+        composition). The inputs and targets were checked by ``_checks.batch`` and ``loss_targets``, the
         parameters by ``_weights``, so the kernel's own checks (a tenth of the time of a char-LM
         step) are skipped."""
         (p, nonlinearity, slope), T, B = weights, batch.T, batch.B
