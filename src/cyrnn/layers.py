@@ -15,6 +15,9 @@ Parameter names: the first layer's forward direction keeps the names of a single
 """
 from __future__ import annotations
 
+import functools
+import types
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Optional
 
@@ -71,9 +74,15 @@ class Architecture:
         s = self.suffix(j // self.num_directions, j % self.num_directions)
         return tuple(name + s for name in CELL_PARAMS)  # type: ignore[return-value]
 
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+    def param_shapes(self) -> Mapping[str, tuple[int, ...]]:
         """Name and shape of every parameter, in ``params`` order: each layer-direction's
-        ``Wxh (H, in), Whh (H, H), bh (H,)``, then the output layer ``Why (O, D*H), by (O,)``."""
+        ``Wxh (H, in), Whh (H, H), bh (H,)``, then the output layer ``Why (O, D*H), by (O,)``
+        (a read-only mapping)."""
+        return types.MappingProxyType(self._shapes)
+
+    @functools.cached_property
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        # worked out once per architecture (every call of the model checks its parameters)
         H = self.hidden_size
         shapes: dict[str, tuple[int, ...]] = {}
         for j, layer, _ in self.layer_directions():

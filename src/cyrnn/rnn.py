@@ -415,13 +415,17 @@ class RNN:
                 loss=loss, output=self.output, reduction=reduction, lengths=batch.lengths,
                 positions=(t_idx, b_idx), window=window, carry=carry, masks=masks,
                 need_grads=need_grads, input_grad=input_grad)
+            if need_grads:  # in params order (BPTT found them from the top layer down)
+                grads = result.grads
+                result.grads = {name: grads[name] for name in (*weights[0], "h0", "x")
+                                if name in grads}
+        # states and input gradients in the caller's layout
         result.h_last = self._state_out(result.h_last, batch)
         if result.grads is not None:
             grads = result.grads
+            grads["h0"] = self._state_out(grads["h0"], batch)
             if "x" in grads:
                 grads["x"] = self._to_user_layout(grads["x"], batch)
-            grads["h0"] = self._state_out(grads["h0"], batch)
-            result.grads = {name: grads[name] for name in (*weights[0], "h0", "x") if name in grads}
         return result
 
     def _dropout_masks(self, batch, seed):
@@ -722,11 +726,12 @@ class RNN:
                 batch.inputs, target, batch.h0, self._cells(weights),
                 self.architecture.num_directions, p["Why"], p["by"], code, slope, carry,
                 longest, windows, *flags, masks, self.threads)
-            grads = {"Why": found["Why"], "by": found["by"], "h0": found["h0"]}
+            grads = {}
             for j, cell in enumerate(found["layers"]):
                 grads.update(zip(self.architecture.cell_names(j), cell))
-            if "x" in found:
-                grads["x"] = found["x"]
+            for name in ("Why", "by", "h0", "x"):
+                if name in found:
+                    grads[name] = found[name]
         return types.SimpleNamespace(loss=value, h_last=h_last, grads=grads,
                                      grad_norms=grad_norms)
 
