@@ -74,4 +74,5 @@ def gradient_decay(model: RNN, T: int, *, batch_size: int = 16, seed: Seed = Non
     d_top[-1] = r
     _, norms = stack.backward(model.kernels, dataclasses.replace(arch, output_size=None), weights,
                               fwd, d_top)
+    assert norms is not None  # full BPTT, no lengths: every step has its norm
     return norms

@@ -33,6 +33,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import losses
+from ._typing import LossName, OutputName, Reduction
 from .layers import Architecture
 
 
@@ -148,13 +149,13 @@ def backward(kern: Any, arch: Architecture, weights: tuple, fwd: types.SimpleNam
         # dX_L (T*B, D*H) = dz (T*B, O) Why (O, D*H)
         dtop = (dz2 @ p["Why"]).reshape(T, B, -1)
     dh0 = np.empty((arch.num_states, B, H), dtype=dz.dtype)
-    squares = None if window is not None else np.zeros(T, dtype=np.float64)
+    squares: Optional[np.ndarray] = None if window is not None else np.zeros(T, dtype=np.float64)
     dout = dtop
     for layer in range(arch.num_layers - 1, -1, -1):
         X = fwd.inputs[layer]
         tokens = X.dtype.kind in "iu"
         need_dX = layer > 0 or (input_grad and not tokens)
-        dX = None
+        dX: Optional[np.ndarray] = None
         for d in range(D):
             j = layer * D + d
             names = arch.cell_names(j)
@@ -194,6 +195,7 @@ def backward(kern: Any, arch: Architecture, weights: tuple, fwd: types.SimpleNam
                 part = (da2 @ Wxh).reshape(T, B, -1)
                 dX = part if dX is None else dX + part
         if layer > 0:
+            assert dX is not None
             dout = dX if masks is None else dX * masks[layer - 1]
         elif need_dX:
             grads["x"] = dX
@@ -202,8 +204,8 @@ def backward(kern: Any, arch: Architecture, weights: tuple, fwd: types.SimpleNam
 
 
 def loss_and_grad(kern: Any, arch: Architecture, weights: tuple, inputs: np.ndarray,
-                  h0: np.ndarray, target: np.ndarray, *, loss: str, output: str,
-                  reduction: str, lengths: Optional[np.ndarray] = None,
+                  h0: np.ndarray, target: np.ndarray, *, loss: LossName, output: OutputName,
+                  reduction: Reduction, lengths: Optional[np.ndarray] = None,
                   positions: tuple = (None, None), window: Any = None,
                   carry: Optional[np.ndarray] = None, masks: Optional[np.ndarray] = None,
                   need_grads: bool = True, input_grad: bool = True) -> types.SimpleNamespace:
@@ -233,7 +235,7 @@ def loss_and_grad(kern: Any, arch: Architecture, weights: tuple, inputs: np.ndar
 
 
 def outputs(kern: Any, arch: Architecture, weights: tuple, inputs: np.ndarray, h0: np.ndarray,
-            output: str, lengths: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+            output: OutputName, lengths: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """``(y, h_last)``: ``y = g(z)`` (T, B, O) (the top states without an output layer)."""
     fwd = forward(kern, arch, weights, inputs, h0, lengths)
     z = logits(arch, weights, fwd.top)

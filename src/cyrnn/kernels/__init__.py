@@ -34,7 +34,9 @@ _NUMPY_MODULES = ("cyrnn.kernels.numpy_backend", "cyrnn.kernels.numpy_sample",
                   "cyrnn.kernels.numpy_fused")
 
 
-# entry points on pre-checked arguments, for the model class, which checks them itself
+# entry points on pre-checked arguments, for the model class, which checks them itself: the
+# fused training step of one layer and of a stack, and a stack's forward pass (the NumPy twins
+# of the stack kernels are cyrnn.stack's composition over the NumPy layer kernels)
 _PRIVATE_NAMES = ("_elman_step", "_stack_step", "_stack_outputs")
 
 
