@@ -357,6 +357,38 @@ def test_masks_zero_with_p_and_scale_by_inverse_keep(backend, L):
     assert len({tuple(row) for row in m.reshape(-1, Hn)}) > 2
 
 
+@pytest.mark.parametrize("L, bi", [(2, True), (3, False)], ids=["L2-bi", "L3-uni"])
+def test_padding_is_invisible(backend, L, bi):
+    """With ``lengths``, each sequence gets exactly what it gets alone, cut to its length (the
+    reverse direction starts at its own last step): outputs at valid steps, ``h_last``, the
+    summed loss and every gradient; padded inputs get a zero gradient."""
+    rng = np.random.default_rng(6)
+    S = num_states(L, bi)
+    model = cyrnn.RNN(I, H, O, num_layers=L, bidirectional=bi, output="softmax",
+                      dtype="float64", seed=1, backend=backend)
+    x, h0 = rng.normal(size=(T, B, I)), rng.normal(size=(S, B, H))
+    target = rng.integers(0, O, size=(T, B))
+    lengths = np.array([2, 4])
+    y, h_last = model.forward(x, h0, lengths)
+    value, grads, _ = model.loss_and_grad(x, target, h0, lengths, reduction="sum")
+    total, summed = 0.0, {name: np.zeros_like(p) for name, p in model.params.items()}
+    for b, n in enumerate(lengths):
+        y_b, h_b = model.forward(x[:n, b], h0[:, b])
+        np.testing.assert_allclose(y[:n, b], y_b, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(h_last[:, b], h_b, rtol=1e-12, atol=1e-14)
+        v_b, g_b, _ = model.loss_and_grad(x[:n, b], target[:n, b], h0[:, b], reduction="sum")
+        total += v_b
+        for name in summed:
+            summed[name] += g_b[name]
+        np.testing.assert_allclose(grads["x"][:n, b], g_b["x"], rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(grads["x"][n:, b], 0.0)
+        np.testing.assert_allclose(grads["h0"][:, b], g_b["h0"], rtol=1e-12, atol=1e-14)
+    assert value == pytest.approx(total, rel=1e-12)
+    for name in summed:
+        np.testing.assert_allclose(grads[name], summed[name], rtol=1e-11, atol=1e-13,
+                                   err_msg=name)
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. API and shapes
 # ---------------------------------------------------------------------------------------------

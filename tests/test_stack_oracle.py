@@ -337,13 +337,15 @@ def activation(nonlinearity, slope=0.01):
     }[nonlinearity]
 
 
-def hand_stack(P, X, h0, L, D, act, lengths=None, window=None, carry=None, masks=None):
+def hand_stack(P, X, h0, L, D, act, lengths=None, window=None, carry=None, masks=None,
+               keep=None):
     """The stack written out in torch ops, time-major.
 
     ``P``: cyrnn parameter name -> torch leaf; ``X`` (T, B, I) inputs (one-hot rows for tokens);
     ``h0`` (L*D, B, H). ``window``: int or (T,) look-backs; ``carry``: (T,) carry scales; both
     per layer-direction in its processing order (see the module docstring). ``masks``: dropout
-    multipliers (L-1, T, B, D*H). Returns ``(top (T, B, D*H), h_last (L*D, B, H))``; the values
+    multipliers (L-1, T, B, D*H). ``keep``: a dict that receives each layer-direction's states
+    ``hs[1:]`` (processing order), with ``retain_grad``. Returns ``(top (T, B, D*H), h_last (L*D, B, H))``; the values
     never depend on the truncation, only the gradients do.
     """
     Tn, Bn = X.shape[:2]
@@ -374,6 +376,10 @@ def hand_stack(P, X, h0, L, D, act, lengths=None, window=None, carry=None, masks
                 h_in = None if carry is None else h.detach() + float(carry[t]) * (h - h.detach())
                 hs.append(step(t, h, h_in))
             h_last.append(hs[-1])
+            if keep is not None:
+                for h in hs[1:]:
+                    h.retain_grad()
+                keep[j] = hs[1:]
             if windows is None:
                 seq = torch.stack(hs[1:])
             else:
@@ -393,7 +399,7 @@ def hand_stack(P, X, h0, L, D, act, lengths=None, window=None, carry=None, masks
 
 
 def hand_case(model, x_tm, h0, target, *, lengths, target_steps, loss, reduction,
-              window=None, carry=None, masks=None):
+              window=None, carry=None, masks=None, keep=None):
     """Loss and gradients (cyrnn names, plus h0 and x) of the hand stack on the model's weights."""
     D = 2 if model.bidirectional else 1
     P = {name: leaf(p) for name, p in model.params.items()}
@@ -406,7 +412,7 @@ def hand_case(model, x_tm, h0, target, *, lengths, target_steps, loss, reduction
     h0_t = leaf(h0)
     top, h_last = hand_stack(P, X, h0_t, model.num_layers, D,
                              activation(model.nonlinearity, model.negative_slope),
-                             lengths, window, carry, masks)
+                             lengths, window, carry, masks, keep)
     z = top if model.output_size is None else top @ P["Why"].T + P["by"]
     z_sel, t_sel = select(z, target, target_steps, lengths, False, loss)
     value = torch_loss(z_sel, t_sel, loss, model.output, reduction)
@@ -570,6 +576,46 @@ def test_other_nonlinearities_on_a_bidirectional_stack(backend, nonlinearity):
     compare_dicts(grads, want)
 
 
+@pytest.mark.parametrize("L, bi, use_lengths, trunc", [
+    (2, True, False, None), (3, False, True, None), (2, False, True, "tbptt(2,2)"),
+    (2, True, False, "randomized(0.5)"),
+], ids=["L2-bi", "L3-len", "L2-len-tbptt(2,2)", "L2-bi-randomized"])
+def test_grad_norms_against_torch(backend, L, bi, use_lengths, trunc):
+    """``backprop().grad_norms[t]``: the norm of dL/dh_t over every layer-direction's state at
+    natural step t (torch: ``retain_grad`` on each state), for full BPTT and carries."""
+    rng = np.random.default_rng(4)
+    D, S = (2 if bi else 1), L * (2 if bi else 1)
+    model = cyrnn.RNN(I, H, O, num_layers=L, bidirectional=bi, output="softmax", dtype="float64",
+                      seed=5, backend=backend)
+    x, h0 = rng.normal(size=(T, B, I)), rng.normal(size=(S, B, H))
+    target = rng.integers(0, O, size=(T, B))
+    lengths = LENGTHS if use_lengths else None
+    truncate, carry = None, None
+    if trunc is not None:
+        truncate, _, carry = truncation_args(trunc, T)
+    result = model.backprop(x, target, h0, lengths, truncate=truncate)
+    keep = {}
+    hand_case(model, x, h0, target, lengths=lengths, target_steps="all", loss="cross_entropy",
+              reduction="mean", carry=carry, keep=keep)
+    squares = np.zeros(T)
+    for j, hs in keep.items():
+        for t in range(T):
+            # natural step t of the reverse direction is its processing step T - 1 - t
+            g = np_grad(hs[T - 1 - t] if j % D else hs[t])
+            squares[t] += np.sum(g ** 2)
+    assert result.grad_norms is not None and result.grad_norms.shape == (T,)
+    assert_close("grad_norms", result.grad_norms, np.sqrt(squares))
+
+
+def test_grad_norms_are_none_where_documented():
+    rng = np.random.default_rng(0)
+    model = cyrnn.RNN(I, H, O, num_layers=2, bidirectional=True, output="softmax", seed=0)
+    x, target = rng.normal(size=(T, B, I)).astype(np.float32), rng.integers(0, O, size=(T, B))
+    assert model.backprop(x, target, truncate=2).grad_norms is None  # a look-back window
+    assert model.backprop(x, target, lengths=LENGTHS).grad_norms is None  # reverse + lengths
+    assert model.backprop(x, target, lengths=np.full(B, T)).grad_norms is not None  # no padding
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. weight exchange with real torch modules
 # ---------------------------------------------------------------------------------------------
@@ -585,8 +631,9 @@ def test_from_torch_equals_torch_forward(backend, L, bi, nonlinearity):
     fc = torch.nn.Linear(D * H, O, dtype=torch.float64)
     state = {"rnn." + k: v for k, v in rnn.state_dict().items()}
     state.update({"fc." + k: v for k, v in fc.state_dict().items()})
-    model = cyrnn.RNN.from_torch({k: v.numpy() for k, v in state.items()}, dtype="float64",
-                                 nonlinearity=nonlinearity, backend=backend)
+    # the torch state dict itself (tensors; np.asarray reads them)
+    model = cyrnn.RNN.from_torch(state, dtype="float64", nonlinearity=nonlinearity,
+                                 backend=backend)
     assert (model.num_layers, model.bidirectional) == (L, bi)
     assert model.params["Why"].shape == (O, D * H)
     rng = np.random.default_rng(0)
