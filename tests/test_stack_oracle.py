@@ -61,6 +61,17 @@ PAIRS = [("softmax", "cross_entropy"), ("linear", "mse"), ("sigmoid", "bce")]
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny tensors: torch's thread pool only adds spin-waits (several times slower on a busy
+    machine); restored for the modules after this one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
 def assert_close(name, got, want, context=""):
     got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
     assert got.shape == want.shape, f"{name}: cyrnn shape {got.shape}, torch {want.shape} {context}"
