@@ -169,7 +169,8 @@ def agree_case(backend, dtype, L, bi, mode, seed=0):
     Tn, Bn = 6, 3
     S = num_states(L, bi)
     model = cyrnn.RNN(I, H, output_size, num_layers=L, bidirectional=bi,
-                      dropout=opts.get("dropout", 0.0), nonlinearity=opts.get("nonlinearity", "tanh"),
+                      dropout=opts.get("dropout", 0.0),
+                      nonlinearity=opts.get("nonlinearity", "tanh"),
                       output=output if output_size else "linear", dtype=dtype, seed=seed,
                       backend=backend, batch_first=bf)
     width = output_size if output_size else (2 if bi else 1) * H
@@ -338,7 +339,8 @@ def test_masks_zero_with_p_and_scale_by_inverse_keep(backend, L):
     params = {}
     for layer in range(L):
         s = "" if layer == 0 else f"_l{layer}"
-        params.update({"Wxh" + s: np.eye(Hn), "Whh" + s: np.zeros((Hn, Hn)), "bh" + s: np.zeros(Hn)})
+        params.update({"Wxh" + s: np.eye(Hn), "Whh" + s: np.zeros((Hn, Hn)),
+                       "bh" + s: np.zeros(Hn)})
     model = cyrnn.RNN.from_params(params, nonlinearity="identity", dropout=p, dtype="float64",
                                   backend=backend)
     assert model.num_layers == L and model.output_size is None

@@ -356,7 +356,8 @@ def hand_stack(P, X, h0, L, D, act, lengths=None, window=None, carry=None, masks
     ``h0`` (L*D, B, H). ``window``: int or (T,) look-backs; ``carry``: (T,) carry scales; both
     per layer-direction in its processing order (see the module docstring). ``masks``: dropout
     multipliers (L-1, T, B, D*H). ``keep``: a dict that receives each layer-direction's states
-    ``hs[1:]`` (processing order), with ``retain_grad``. Returns ``(top (T, B, D*H), h_last (L*D, B, H))``; the values
+    ``hs[1:]`` (processing order), with ``retain_grad``. Returns
+    ``(top (T, B, D*H), h_last (L*D, B, H))``; the values
     never depend on the truncation, only the gradients do.
     """
     Tn, Bn = X.shape[:2]
