@@ -18,12 +18,6 @@ LENGTHS = np.array([5, 3])
 EPS = 1e-6
 STATE_TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
-NO_HEAD_TARGET_BUG = (
-    "bug: without an output layer a bidirectional model's output is (T, B, 2H), but "
-    "RNN._target checks mse targets against hidden_size H (O = self.hidden_size instead of "
-    "D * H): ValueError 'target: expected shape (T, B, H)'")
-
-
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
@@ -205,10 +199,7 @@ def agree_case(backend, dtype, L, bi, mode, seed=0):
 def _agree_params():
     out = []
     for (L, bi), mode in itertools.product(AGREE_ARCHS, MODES):
-        marks = ()
-        if bi and mode.startswith("no-output-layer"):
-            marks = pytest.mark.xfail(strict=True, reason=NO_HEAD_TARGET_BUG)
-        out.append(pytest.param(L, bi, mode, marks=marks,
+        out.append(pytest.param(L, bi, mode,
                                 id=f"L{L}-{'bi' if bi else 'uni'}-{mode}"))
     return out
 
@@ -641,10 +632,6 @@ def test_from_params_refuses_shape_arguments():
             cyrnn.RNN.from_params(params, **{name: value})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "doubtful: from_params counts layers by consecutive 'Wxh_l{n}' keys, so a stack missing "
-    "'Wxh_l1' is read as one layer and the error reads \"params: missing [], unexpected "
-    "['Whh_l1', ..., 'bh_l2_reverse']\" without naming the missing key"))
 def test_from_params_names_a_missing_middle_layer_key():
     params = dict(cyrnn.RNN(I, H, O, num_layers=3, bidirectional=True, seed=0).params)
     del params["Wxh_l1"]

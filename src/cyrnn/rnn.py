@@ -8,14 +8,14 @@ computation to one of two paths that give the same results:
   every step carries a loss on a plain output (cross-entropy on logits or mse) and no sequence
   is padded;
 - the Python composition ``cyrnn.stack`` over the backend's layer kernels, for every other case
-  (``lengths``, a loss on the last step only, bce, sigmoid/softmax outputs with mse, no output
-  layer).
+  (``lengths``, a loss on the last step only, bce, a sigmoid output, no output layer).
 
 Its shape (sizes, layers, directions) is one ``cyrnn.layers.Architecture``.
 """
 from __future__ import annotations
 
 import inspect
+import re
 import types
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, TypeVar, Union, overload
@@ -35,6 +35,8 @@ from .truncation import Truncate
 _RNNType = TypeVar("_RNNType", bound="RNN")
 
 TARGET_STEPS = ("all", "last")
+# the layer of a parameter name: Wxh_l2, bh_l1_reverse
+_LAYER_SUFFIX = re.compile(r"_l(\d+)(?:_reverse)?$")
 
 
 class RNN:
@@ -227,9 +229,9 @@ class RNN:
             raise KeyError("params: missing ['Wxh']")
         H, I = arrays["Wxh"].shape
         O = arrays["Why"].shape[0] if "Why" in arrays else None
-        num_layers = 1
-        while f"Wxh_l{num_layers}" in arrays:
-            num_layers += 1
+        # the deepest layer any parameter names: a missing one in between is then named missing
+        num_layers = 1 + max((int(m.group(1)) for m in map(_LAYER_SUFFIX.search, arrays) if m),
+                             default=0)
         # the keyword arguments of __init__ but the seed and the shape, with their defaults
         options = {name: p.default for name, p in inspect.signature(RNN.__init__).parameters.items()
                    if p.kind is p.KEYWORD_ONLY and name not in ("seed", "num_layers", "bidirectional")}
