@@ -369,7 +369,7 @@ def evaluate(model: RNN, data: Dataset, *, batch_size: int = 32, loss: Optional[
     # sums per batch, divided at the end by the count the mean runs over (positions for
     # cross-entropy, elements for mse/bce): batching must not reweight anything
     loss = model.resolve_loss(loss)
-    width = 1 if loss == "cross_entropy" else (model.output_size or model.hidden_size)
+    width = 1 if loss == "cross_entropy" else (model.output_size or model.architecture.top_size)
     total, count = 0.0, 0
     for batch in _dataset_batches(data, batch_size, None, model, target_steps):
         x, target, lengths = batch if len(batch) == 3 else (*batch, None)
