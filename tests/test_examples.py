@@ -28,6 +28,17 @@ def test_min_char_rnn_example_runs_and_learns():
     assert len(losses) == 10 and losses[-1] < losses[0]
 
 
+def test_min_char_rnn_example_with_a_stack():
+    """Runs; a stack of the example's tiny normal init starts slower, so 200 iterations only
+    bring the smoothed loss down from its peak."""
+    result = _run("min_char_rnn.py", "--num-layers", "2", "--dropout", "0.1")
+    assert result.returncode == 0, result.stderr
+    losses = [float(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines()
+              if line.startswith("iter")]
+    assert len(losses) == 10 and losses[-1] < max(losses)
+    assert result.stdout.count("----") == 2
+
+
 def test_sine_wave_example_runs():
     result = _run("sine_wave.py")
     assert result.returncode == 0, result.stderr
