@@ -635,9 +635,13 @@ class RNN:
     def save(self, path: StrPath, *, optimizer: Optional[Optimizer] = None,
              extra: Optional[dict[str, Any]] = None) -> None:
         """Write the model (and optimizer state) to a versioned ``.npz``; see ``cyrnn.io.save``."""
-        from . import io
+        # the file format knows nothing of the model class (cyrnn.io, which builds models from
+        # files, imports this module; this module never imports cyrnn.io)
+        from . import _modelfile
 
-        io.save(self, path, optimizer=optimizer, extra=extra)
+        _modelfile.write(path, self.config(), self.params, vocab=self.vocab,
+                         optimizer_state=None if optimizer is None else optimizer.state_dict(),
+                         extra=extra)
 
     @classmethod
     def from_torch(cls: type[_RNNType], state_dict: Mapping[str, npt.ArrayLike], *,
