@@ -418,7 +418,7 @@ class RNN:
         width = self.output_size if self.output_size is not None else self.architecture.top_size
         target = _checks.loss_targets(target, loss, self.output, width, batch, target_steps,
                                       (t_idx, b_idx), self.dtype, self.batch_first)
-        masks = self._dropout_masks(batch, dropout_seed) if need_grads else None
+        masks = self.dropout_masks(batch.T, batch.B, dropout_seed) if need_grads else None
 
         if need_grads and self._fusable(loss, batch, t_idx):
             result = self._fused(batch, weights, target, loss, reduction, window, carry,
@@ -445,15 +445,17 @@ class RNN:
                 grads["x"] = self._to_user_layout(grads["x"], batch)
         return result
 
-    def _dropout_masks(self, batch, seed):
-        """The dropout multipliers (L-1, T, B, D*H) of this training call, or None: each layer
-        output but the last's zeroed with probability ``dropout``, the rest scaled by
-        ``1 / (1 - dropout)``, drawn from ``seed`` or ``self.generator``."""
+    def dropout_masks(self, steps: int, batch_size: int,
+                      seed: Seed = None) -> Optional[FloatArray]:
+        """The dropout multipliers (L-1, T, B, D*H) that a training call on ``batch_size``
+        sequences of ``steps`` steps applies, or None (no dropout, or a single layer): each
+        layer output but the last's zeroed with probability ``dropout``, the rest scaled by
+        ``1 / (1 - dropout)``, drawn from ``seed`` or else from ``self.generator``."""
         arch, p = self.architecture, self.dropout
         if p == 0 or arch.num_layers == 1:
             return None
         rng = self.generator if seed is None else np.random.default_rng(seed)
-        keep = rng.random((arch.num_layers - 1, batch.T, batch.B, arch.top_size)) >= p
+        keep = rng.random((arch.num_layers - 1, steps, batch_size, arch.top_size)) >= p
         return keep.astype(self.dtype) * self.dtype.type(1 / (1 - p))
 
     # -----------------------------------------------------------------------------------------
