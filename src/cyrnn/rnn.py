@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import re
 import types
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, TypeVar, Union, overload
 
@@ -169,6 +170,9 @@ class RNN:
             raise TypeError(f"bidirectional: expected True or False, got {bidirectional!r}")
         self.bidirectional = bool(bidirectional)
         self.dropout = _checks.probability("dropout", dropout)
+        if self.dropout and self.num_layers == 1:
+            warnings.warn("dropout acts between stacked layers; with num_layers=1 it does nothing",
+                          UserWarning, stacklevel=3)
         _checks.nonlinearity_code(nonlinearity, negative_slope)
         self.nonlinearity = nonlinearity
         self.negative_slope = float(negative_slope)
