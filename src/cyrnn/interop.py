@@ -24,8 +24,10 @@ _CELL_NAMES = {"weight_ih": "Wxh", "weight_hh": "Whh"}
 
 
 def params_from_torch(state_dict: Mapping[str, npt.ArrayLike], *,
-                      output_prefix: Optional[str] = None) -> dict[str, np.ndarray]:
-    """cyrnn ``params`` (float64 copies) from a ``torch.nn.RNN`` (+ ``nn.Linear``) state dict.
+                      output_prefix: Optional[str] = None,
+                      cell: str = "elman") -> dict[str, np.ndarray]:
+    """cyrnn ``params`` from a ``torch.nn.RNN`` (``cell="elman"``), ``nn.LSTM`` (``"lstm"``) or
+    ``nn.GRU`` (``"gru"``) state dict, with an optional ``nn.Linear`` head.
 
     The number of layers and directions comes from the keys (``..._l{l}`` and ``..._reverse``);
     every layer-direction must have its two weights (biases are optional and sum into ``bh``),
@@ -60,27 +62,32 @@ def params_from_torch(state_dict: Mapping[str, npt.ArrayLike], *,
                     what = "direction" if d and any(k[0] == layer for k in found) else "layer"
                     raise KeyError(f"state_dict: missing {kind}_{name} (a {what} of a "
                                    f"{num_layers}-layer, {num_directions}-direction RNN)")
-    Wxh = found[(0, 0)]["weight_ih"]
-    if Wxh.ndim != 2:
-        raise ValueError(f"weight_ih_l0: expected 2 dimensions, got shape {Wxh.shape}")
-    H = Wxh.shape[0]
-    arch = Architecture(Wxh.shape[1], H, None, num_layers, num_directions)
+    Wxh, Whh = found[(0, 0)]["weight_ih"], found[(0, 0)]["weight_hh"]
+    for name, a in (("weight_ih_l0", Wxh), ("weight_hh_l0", Whh)):
+        if a.ndim != 2:
+            raise ValueError(f"{name}: expected 2 dimensions, got shape {a.shape}")
+    H = Whh.shape[1]
+    arch = Architecture(Wxh.shape[1], H, None, num_layers, num_directions, cell)
+    G = arch.gate_size
     params: dict[str, np.ndarray] = {}
     for j, layer, d in arch.layer_directions():
-        cell = found[(layer, d)]
+        arrays_j = found[(layer, d)]
         names = arch.cell_names(j)
         tail = f"_l{layer}" + ("_reverse" if d else "")
-        for kind, shape in (("weight_ih", (H, arch.layer_input_size(layer))), ("weight_hh", (H, H))):
-            if cell[kind].shape != shape:
-                raise ValueError(f"{kind}{tail}: expected shape {shape}, got {cell[kind].shape}")
-            params[names[0 if kind == "weight_ih" else 1]] = cell[kind]
-        bias = np.zeros(H)
+        for kind, shape in (("weight_ih", (G, arch.layer_input_size(layer))), ("weight_hh", (G, H))):
+            if arrays_j[kind].shape != shape:
+                raise ValueError(f"{kind}{tail}: expected shape {shape}, got {arrays_j[kind].shape}")
+            params[names[0 if kind == "weight_ih" else 1]] = arrays_j[kind]
+        biases = {}
         for kind in ("bias_ih", "bias_hh"):
-            if kind in cell:
-                if cell[kind].shape != (H,):
-                    raise ValueError(f"{kind}{tail}: expected shape ({H},), got {cell[kind].shape}")
-                bias = bias + cell[kind]
-        params[names[2]] = bias
+            biases[kind] = np.asarray(arrays_j.get(kind, np.zeros(G)), dtype=np.float64)
+            if biases[kind].shape != (G,):
+                raise ValueError(f"{kind}{tail}: expected shape ({G},), got {biases[kind].shape}")
+        params[names[2]] = biases["bias_ih"] + biases["bias_hh"]
+        if cell == "gru":
+            # the n-gate's bias_hh sits inside the reset product: a parameter of its own
+            params[names[2]][2 * H:] = biases["bias_ih"][2 * H:]
+            params[names[3]] = biases["bias_hh"][2 * H:].copy()
 
     if output_prefix is None:
         weights = [k for k in arrays if k.endswith("weight")]
@@ -102,14 +109,16 @@ def params_from_torch(state_dict: Mapping[str, npt.ArrayLike], *,
 def torch_names(arch: Architecture, *, rnn_prefix: str = "rnn.",
                 output_prefix: str = "fc.") -> dict[str, tuple[str, ...]]:
     """For each cyrnn parameter name, its torch key(s): ``bh`` maps to ``(bias_ih, bias_hh)``,
-    every other name to one key."""
+    every other name to one key (GRU's ``bhn`` to the ``bias_hh`` whose n-part it is)."""
     names: dict[str, tuple[str, ...]] = {}
     for j, layer, d in arch.layer_directions():
         tail = f"_l{layer}" + ("_reverse" if d else "")
-        Wxh, Whh, bh = arch.cell_names(j)
+        Wxh, Whh, bh, *extra = arch.cell_names(j)
         names[Wxh] = (f"{rnn_prefix}weight_ih{tail}",)
         names[Whh] = (f"{rnn_prefix}weight_hh{tail}",)
         names[bh] = (f"{rnn_prefix}bias_ih{tail}", f"{rnn_prefix}bias_hh{tail}")
+        for name in extra:  # GRU's bhn: the n-part of bias_hh
+            names[name] = (f"{rnn_prefix}bias_hh{tail}",)
     if arch.output_size is not None:
         names["Why"] = (output_prefix + "weight",)
         names["by"] = (output_prefix + "bias",)
@@ -119,17 +128,24 @@ def torch_names(arch: Architecture, *, rnn_prefix: str = "rnn.",
 def to_torch_state(arch: Architecture, arrays: Mapping[str, Any], *, rnn_prefix: str = "rnn.",
                    output_prefix: str = "fc.") -> dict[str, np.ndarray]:
     """``arrays`` keyed like ``params`` (the parameters, or their gradients) under torch's
-    names, as copies. A merged bias ``bh`` goes to ``bias_ih`` and ``bias_hh`` is zero, so a
-    torch-side comparison of gradients reads ``bias_ih``. Keys that are not parameters (a
-    gradient dict's ``h0`` and ``x``) are left out."""
+    names, as copies. A merged bias ``bh`` goes to ``bias_ih`` and ``bias_hh`` is zero (GRU: but
+    its n-part, ``bhn``), so a torch-side comparison of gradients reads ``bias_ih`` (and GRU's
+    n-part of ``bias_hh``). Keys that are not parameters (a gradient dict's ``h0``, ``c0`` and
+    ``x``) are left out."""
     names = torch_names(arch, rnn_prefix=rnn_prefix, output_prefix=output_prefix)
     missing = [name for name in names if name not in arrays]
     if missing:
         raise KeyError(f"arrays: missing {missing}")
     state: dict[str, np.ndarray] = {}
     for name, keys in names.items():
+        if keys[0] in state:
+            continue  # GRU's bhn, written with its bh
         value = np.array(arrays[name], copy=True)
         state[keys[0]] = value
         if len(keys) == 2:
-            state[keys[1]] = np.zeros_like(value)
+            # bias_hh: zero, but for GRU's n-part, bhn
+            hh = state[keys[1]] = np.zeros_like(value)
+            if arch.cell == "gru":
+                H = arch.hidden_size
+                hh[2 * H:] = arrays[name[:2] + "n" + name[2:]]
     return state

@@ -667,7 +667,8 @@ class RNN:
         **kwargs
             Other ``RNN`` arguments (``nonlinearity``, ``output``, ``dtype``, ``dropout``, ...).
         """
-        return cls.from_params(interop.params_from_torch(state_dict, output_prefix=output_prefix),
+        return cls.from_params(interop.params_from_torch(state_dict, output_prefix=output_prefix,
+                                                         cell=cls._CELL),
                                **kwargs)
 
     def to_torch_state(self, arrays: Optional[Mapping[str, npt.ArrayLike]] = None,
@@ -828,6 +829,74 @@ class RNN:
             return h[0].copy() if not batch.batched else h.copy()
         return h[:, 0].copy() if not batch.batched else h.copy()
 
+
+
+class _GatedRNN(RNN):
+    """What LSTM and GRU share: the constructor of ``RNN`` without an Elman nonlinearity (their
+    gates' sigmoid and tanh are part of the cell)."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        output_size: Optional[int] = None,
+        *,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        output: OutputName = "linear",
+        init: InitScheme = "uniform",
+        dtype: npt.DTypeLike = "float32",
+        seed: Seed = None,
+        backend: Optional[BackendName] = None,
+        batch_first: bool = False,
+        threads: Optional[int] = None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, output_size, num_layers=num_layers,
+                         bidirectional=bidirectional, dropout=dropout, output=output, init=init,
+                         dtype=dtype, seed=seed, backend=backend, batch_first=batch_first,
+                         threads=threads)
+
+
+class LSTM(_GatedRNN):
+    """Long short-term memory network (Hochreiter & Schmidhuber), one layer or a stack, with an
+    optional linear output layer, trained by BPTT; ``torch.nn.LSTM``'s equations and layout.
+
+    Per layer and step, with the gates stacked in PyTorch's order ``i, f, g, o``::
+
+        [a_i a_f a_g a_o] = x_t Wxh^T + bh + h_{t-1} Whh^T      Wxh (4H, in), Whh (4H, H), bh (4H,)
+        i, f, o = sigmoid(a_i), sigmoid(a_f), sigmoid(a_o);   g = tanh(a_g)
+        c_t = f * c_{t-1} + i * g;   h_t = o * tanh(c_t)
+
+    ``bh`` is PyTorch's ``bias_ih + bias_hh``. The arguments are ``RNN``'s but the
+    nonlinearity; ``init="identity"`` (IRNN) is for Elman cells and is refused.
+
+    The state is the pair ``(h, c)``: ``h0`` is ``(h0, c0)`` (each ``(L*D, B, H)``, or ``(B, H)``
+    for one unidirectional layer, as ``RNN``'s), the last states come back as the pair
+    ``(h_last, c_last)``, and ``grads`` holds ``h0`` and ``c0``. Truncated BPTT (``truncate``)
+    cuts the gradient through ``h`` and ``c`` alike.
+    """
+
+    _CELL = "lstm"
+
+
+class GRU(_GatedRNN):
+    """Gated recurrent unit network (Cho et al.), one layer or a stack, with an optional linear
+    output layer, trained by BPTT; ``torch.nn.GRU``'s equations and layout.
+
+    Per layer and step, with the gates stacked in PyTorch's order ``r, z, n`` and one recurrent
+    product (the reset gate scales its n-part, as PyTorch and cuDNN do)::
+
+        R_t = h_{t-1} Whh^T                                       Wxh (3H, in), Whh (3H, H)
+        r = sigmoid(x_t W_ir^T + b_r + R_r);  z = sigmoid(x_t W_iz^T + b_z + R_z)
+        n = tanh(x_t W_in^T + b_in + r * (R_n + bhn));  h_t = (1 - z) * n + z * h_{t-1}
+
+    ``bh (3H,)`` is PyTorch's ``bias_ih + bias_hh`` for r and z and ``bias_ih`` alone for n;
+    ``bhn (H,)`` is the n-part of ``bias_hh``. The arguments are ``RNN``'s but the
+    nonlinearity; ``init="identity"`` (IRNN) is for Elman cells and is refused.
+    """
+
+    _CELL = "gru"
 
 def _config_names(cls):
     """The constructor's keyword arguments but ``seed``, and the sizes: what ``config()`` holds."""
