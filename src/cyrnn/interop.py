@@ -16,6 +16,7 @@ from typing import Any, Optional
 import numpy as np
 import numpy.typing as npt
 
+from . import cells
 from .layers import Architecture
 
 # torch's key of one layer-direction's parameter: weight_ih_l0, bias_hh_l2_reverse, ...
@@ -43,10 +44,10 @@ def params_from_torch(state_dict: Mapping[str, npt.ArrayLike], *,
             continue
         kind, layer, reverse = match.group(1), int(match.group(2)), match.group(3) is not None
         prefixes.add(key[:match.start()])
-        cell = found.setdefault((layer, int(reverse)), {})
-        if kind in cell:
+        entry = found.setdefault((layer, int(reverse)), {})
+        if kind in entry:
             raise ValueError(f"state_dict: several keys for {match.group(0)!r}")
-        cell[kind] = arrays.pop(key)
+        entry[kind] = arrays.pop(key)
     if not found:
         raise KeyError("state_dict: no key ending in 'weight_ih_l0'")
     if len(prefixes) > 1:
@@ -56,9 +57,9 @@ def params_from_torch(state_dict: Mapping[str, npt.ArrayLike], *,
     for layer in range(num_layers):
         for d in range(num_directions):
             name = f"l{layer}" + ("_reverse" if d else "")
-            cell = found.get((layer, d), {})
+            entry = found.get((layer, d), {})
             for kind in ("weight_ih", "weight_hh"):
-                if kind not in cell:
+                if kind not in entry:
                     what = "direction" if d and any(k[0] == layer for k in found) else "layer"
                     raise KeyError(f"state_dict: missing {kind}_{name} (a {what} of a "
                                    f"{num_layers}-layer, {num_directions}-direction RNN)")
@@ -66,7 +67,11 @@ def params_from_torch(state_dict: Mapping[str, npt.ArrayLike], *,
     for name, a in (("weight_ih_l0", Wxh), ("weight_hh_l0", Whh)):
         if a.ndim != 2:
             raise ValueError(f"{name}: expected 2 dimensions, got shape {a.shape}")
-    H = Whh.shape[1]
+    gates = cells.get(cell).gates
+    if Whh.shape[0] % gates:
+        raise ValueError(f"weight_hh_l0: a {cell} layer has {gates} gates, so rows a multiple of "
+                         f"{gates}; got shape {Whh.shape}")
+    H = Whh.shape[0] // gates
     arch = Architecture(Wxh.shape[1], H, None, num_layers, num_directions, cell)
     G = arch.gate_size
     params: dict[str, np.ndarray] = {}
