@@ -1,5 +1,8 @@
-"""Weight exchange with PyTorch: the names and layout of ``torch.nn.RNN`` (+ ``nn.Linear``)
-state dicts, as plain NumPy arrays (torch is not needed).
+"""Weight exchange with PyTorch and Keras, as plain NumPy arrays (neither framework is needed).
+
+PyTorch: the names and layout of ``torch.nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` (+ ``nn.Linear``)
+state dicts. Keras 3: the ``get_weights()`` lists of ``SimpleRNN`` / ``LSTM`` /
+``GRU(reset_after=True)`` layers (+ ``Dense``), see ``params_from_keras``.
 
 PyTorch's ``nn.RNN`` keeps, per layer ``l`` and direction, ``weight_ih_l{l}[_reverse]`` (H, in),
 ``weight_hh_l{l}[_reverse]`` (H, H) and the two biases ``bias_ih``/``bias_hh`` (H,), which it
@@ -154,3 +157,114 @@ def to_torch_state(arch: Architecture, arrays: Mapping[str, Any], *, rnn_prefix:
                 H = arch.hidden_size
                 hh[2 * H:] = arrays[name[:2] + "n" + name[2:]]
     return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras 3 (as plain arrays: keras is not needed)
+# ---------------------------------------------------------------------------------------------
+
+# where each of cyrnn's (PyTorch's) gate blocks sits in Keras's kernels: LSTM i, f, c, o is
+# PyTorch's i, f, g, o; GRU z, r, h against PyTorch's r, z, n
+_KERAS_GATES = {"elman": (0,), "lstm": (0, 1, 2, 3), "gru": (1, 0, 2)}
+
+
+def params_from_keras(layers: Any, dense: Any = None, *, cell: str = "elman") -> dict[str, np.ndarray]:
+    """cyrnn ``params`` from Keras 3 weights: ``layers`` holds, per stacked layer, the arrays of
+    ``SimpleRNN`` / ``LSTM`` / ``GRU(reset_after=True)`` ``.get_weights()`` (``kernel (in, G)``,
+    ``recurrent_kernel (H, G)``, ``bias``), or the six of a ``Bidirectional`` wrapper (forward
+    layer, then backward); ``dense`` the optional ``Dense`` head's ``[kernel (D*H, O), bias]``.
+
+    Keras keeps the LSTM gates as ``i, f, c, o`` (PyTorch's ``i, f, g, o``) and the GRU gates as
+    ``z, r, h`` with a bias ``(2, 3H)`` (input, recurrent); a GRU with ``reset_after=False``
+    (bias ``(3H,)``) resets before the product, which neither cyrnn nor PyTorch computes, and is
+    refused.
+    """
+    gates = _KERAS_GATES[cells.get(cell).name]
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise TypeError("layers: expected a list with the weights of each layer")
+    if all(isinstance(a, np.ndarray) for a in layers) and len(layers) in (3, 6):
+        layers = [layers]  # the weights of one layer
+    widths = {len(w) for w in layers}
+    if widths - {3, 6} or len(widths) != 1:
+        raise ValueError(f"layers: expected 3 arrays per layer (6 for a Bidirectional one), got "
+                         f"{[len(w) for w in layers]}")
+    D = 2 if widths == {6} else 1
+    params: dict[str, np.ndarray] = {}
+    arch = None
+    for layer, arrays in enumerate(layers):
+        for d in range(D):
+            kernel, recurrent, bias = (np.asarray(a, dtype=np.float64) for a in arrays[3 * d:3 * d + 3])
+            where = f"layers[{layer}]" + ("[backward]" if d else "")
+            if recurrent.ndim != 2 or kernel.ndim != 2:
+                raise ValueError(f"{where}: expected 2-D kernel and recurrent_kernel, got shapes "
+                                 f"{kernel.shape} and {recurrent.shape}")
+            H = recurrent.shape[0]
+            G = len(gates) * H
+            if arch is None:
+                arch = Architecture(kernel.shape[0], H, None, len(layers), D, cell)
+            n_in = arch.layer_input_size(layer)
+            for name, a, shape in (("kernel", kernel, (n_in, G)), ("recurrent_kernel", recurrent, (H, G))):
+                if a.shape != shape:
+                    raise ValueError(f"{where}: {name} expected shape {shape}, got {a.shape}")
+            if cell == "gru":
+                if bias.shape == (G,):
+                    raise ValueError(f"{where}: a GRU with reset_after=False (bias of shape {bias.shape}) "
+                                     "resets before the recurrent product, which PyTorch's and "
+                                     "cyrnn's GRU cannot represent; use reset_after=True")
+                if bias.shape != (2, G):
+                    raise ValueError(f"{where}: bias expected shape {(2, G)}, got {bias.shape}")
+            elif bias.shape != (G,):
+                raise ValueError(f"{where}: bias expected shape {(G,)}, got {bias.shape}")
+
+            def blocks(a):  # Keras's gate blocks along the last axis, in PyTorch's order
+                return np.concatenate([a[..., g * H:(g + 1) * H] for g in gates], axis=-1)
+
+            names = arch.cell_names(layer * D + d)
+            params[names[0]] = blocks(kernel).T.copy()
+            params[names[1]] = blocks(recurrent).T.copy()
+            if cell == "gru":
+                b_in, b_rec = blocks(bias[0]), blocks(bias[1])
+                bh = b_in + b_rec
+                bh[2 * H:] = b_in[2 * H:]
+                params[names[2]], params[names[3]] = bh, b_rec[2 * H:].copy()
+            else:
+                params[names[2]] = blocks(bias).copy()
+    if dense is not None:
+        if not isinstance(dense, (list, tuple)) or len(dense) != 2:
+            raise ValueError("dense: expected [kernel, bias] of a Dense layer")
+        kernel, bias = (np.asarray(a, dtype=np.float64) for a in dense)
+        if kernel.ndim != 2:
+            raise ValueError(f"dense: kernel expected 2 dimensions, got shape {kernel.shape}")
+        params["Why"], params["by"] = kernel.T.copy(), bias
+    return params
+
+
+def keras_weights(arch: Architecture, params: Mapping[str, Any]) -> tuple[list, Optional[list]]:
+    """``(layers, dense)``: the inverse of ``params_from_keras``, as lists of new arrays
+    (``Bidirectional`` layers' six arrays for a bidirectional model; GRU with
+    ``reset_after=True``)."""
+    gates = _KERAS_GATES[arch.cell]
+    H = arch.hidden_size
+    inverse = np.argsort(gates)
+
+    def blocks(a):  # PyTorch's gate blocks along the last axis, in Keras's order
+        return np.concatenate([a[..., g * H:(g + 1) * H] for g in inverse], axis=-1)
+
+    layers = []
+    for layer in range(arch.num_layers):
+        arrays: list = []
+        for d in range(arch.num_directions):
+            names = arch.cell_names(layer * arch.num_directions + d)
+            Wxh, Whh, bh = (np.asarray(params[n]) for n in names[:3])
+            arrays += [blocks(Wxh.T).copy(), blocks(Whh.T).copy()]
+            if arch.cell == "gru":
+                b_in, b_rec = bh.copy(), np.zeros_like(bh)
+                b_rec[2 * H:] = params[names[3]]
+                arrays.append(np.stack([blocks(b_in), blocks(b_rec)]))
+            else:
+                arrays.append(blocks(bh).copy())
+        layers.append(arrays)
+    dense = None
+    if arch.output_size is not None:
+        dense = [np.asarray(params["Why"]).T.copy(), np.array(params["by"], copy=True)]
+    return layers, dense

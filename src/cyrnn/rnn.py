@@ -682,6 +682,22 @@ class RNN:
         return interop.to_torch_state(self.architecture, self.params if arrays is None else arrays,
                                       rnn_prefix=rnn_prefix, output_prefix=output_prefix)
 
+    @classmethod
+    def from_keras(cls: type[_RNNType], layers: Sequence[Any], dense: Optional[Sequence[Any]] = None,
+                   **kwargs: Any) -> _RNNType:
+        """A model with the weights of Keras 3 recurrent layers (``SimpleRNN`` for ``RNN``,
+        ``LSTM``, ``GRU(reset_after=True)``; ``Bidirectional`` wrappers for a bidirectional
+        model), as the arrays of their ``get_weights()``, one list per stacked layer, and an
+        optional ``Dense`` head ``[kernel, bias]``; see ``cyrnn.interop.params_from_keras``.
+        Keras is not needed. Other ``RNN`` arguments as in ``from_params``."""
+        return cls.from_params(interop.params_from_keras(layers, dense, cell=cls._CELL), **kwargs)
+
+    def to_keras_weights(self) -> tuple[list[list[FloatArray]], Optional[list[FloatArray]]]:
+        """``(layers, dense)``: the arrays of each stacked Keras layer's ``set_weights`` (six for a
+        ``Bidirectional`` one; GRU with ``reset_after=True``) and of the ``Dense`` head (None
+        without an output layer), as copies in Keras's gate orders and orientations."""
+        return interop.keras_weights(self.architecture, self.params)
+
     def set_params(self, params: Mapping[str, npt.ArrayLike]) -> None:
         """Copy ``params`` (same keys and shapes as ``self.params``) into the model's arrays, cast
         to its dtype; checks everything first, so a failed call changes nothing. The arrays are
