@@ -94,25 +94,42 @@ def fit_many(
     if not models:
         return []
     datasets = _datasets(data, len(models))
+    kind = _executor_kind(executor)
+    if kind == "processes":
+        _check_picklable(fit_kwargs, per_model, "a joblib process pool", cloud=True)
+    elif kind == "dask":
+        _check_picklable(fit_kwargs, per_model, "Dask workers", cloud=True)
+    elif kind == "submit":
+        _check_picklable(fit_kwargs, per_model, f"a {type(executor).__name__}", cloud=False)
     jobs = _jobs(models, data, datasets, per_model, fit_kwargs)
-    n_jobs = _n_jobs(n_jobs, len(models))
-    if executor is None or executor == "threads":
-        return _run_threads(jobs, n_jobs)
-    if executor == "processes":
-        _check_picklable(jobs, "a joblib process pool", cloud=True)
-        return _run_joblib(jobs, n_jobs)
+    if kind == "threads":
+        return _run_threads(jobs, _n_jobs(n_jobs, len(models)))
+    if kind == "processes":
+        return _run_joblib(jobs, _n_jobs(n_jobs, len(models)))
+    if kind == "dask":
+        return _run_dask(executor, jobs, data if datasets is None else None)
+    if kind == "thread pool":
+        with _blas_pinned():
+            return _gather([executor.submit(_train, *job, pin=False) for job in jobs])
+    return _gather([executor.submit(_train, *job) for job in jobs])
+
+
+def _executor_kind(executor):
+    """"threads", "processes", "dask", "thread pool" (a ThreadPoolExecutor passed in) or
+    "submit" (any other Executor)."""
+    if executor is None or (isinstance(executor, str) and executor == "threads"):
+        return "threads"
     if isinstance(executor, str):
+        if executor == "processes":
+            return "processes"
         raise ValueError(f"executor: expected one of {', '.join(EXECUTORS)}, an Executor or a "
                          f"dask Client, got {executor!r}")
     if _is_dask_client(executor):
-        _check_picklable(jobs, "Dask workers", cloud=True)
-        return _run_dask(executor, jobs, data if datasets is None else None)
+        return "dask"
     if isinstance(executor, ThreadPoolExecutor):
-        with _blas_pinned():
-            return _gather([executor.submit(_train, *job, pin=False) for job in jobs])
-    if hasattr(executor, "submit"):
-        _check_picklable(jobs, f"a {type(executor).__name__}", cloud=False)
-        return _gather([executor.submit(_train, *job) for job in jobs])
+        return "thread pool"
+    if isinstance(executor, Executor) or callable(getattr(executor, "submit", None)):
+        return "submit"
     raise TypeError(f"executor: expected one of {', '.join(EXECUTORS)}, a "
                     f"concurrent.futures.Executor or a dask Client, got {type(executor).__name__}")
 
@@ -277,23 +294,25 @@ def _n_jobs(n_jobs, n_models):
     return max(1, min(n_jobs, n_models))
 
 
-def _check_picklable(jobs, where, cloud):
-    """Fail before anything starts when a job cannot travel to another process, naming what."""
+def _check_picklable(fit_kwargs, per_model, where, cloud):
+    """Fail before anything starts when a fit argument cannot travel to another process,
+    naming it."""
+    dumps = pickle.dumps
     if cloud:
         try:
             import cloudpickle
             dumps = cloudpickle.dumps
         except ImportError:
-            dumps = pickle.dumps
-    else:
-        dumps = pickle.dumps
-    for i, (_, _, kwargs) in enumerate(jobs):
+            pass
+    sources = [("", fit_kwargs)] + [(f" of model {i}", kw) for i, kw in enumerate(per_model or ())
+                                    if isinstance(kw, Mapping)]
+    for owner, kwargs in sources:
         for name, value in kwargs.items():
             try:
                 dumps(value)
             except Exception as exc:
                 what = "callbacks" if name == "callbacks" else f"fit argument {name!r}"
                 raise TypeError(
-                    f"{what} of model {i} cannot be sent to {where}: it does not pickle "
+                    f"{what}{owner} cannot be sent to {where}: it does not pickle "
                     f"({type(exc).__name__}: {exc}). Use executor='threads', or callbacks "
                     f"defined at module level without open files, locks or sockets") from exc
