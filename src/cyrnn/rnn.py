@@ -717,6 +717,31 @@ class RNN:
         for name, value in new.items():
             np.copyto(live[name], value)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickle (and so joblib, Dask, ``copy.deepcopy``) stores: the constructor
+        arguments (``config()``), the parameter arrays, the vocabulary and the dropout
+        generator; never the backend object, which the receiving process looks up by name.
+
+        The ``params`` dict itself is stored (not a copy), so an optimizer pickled alongside
+        the model keeps updating the same arrays after unpickling. The ``.npz`` format
+        (``save``/``cyrnn.load``) stays free of pickle; this is for shipping a live model
+        between processes."""
+        return {"config": self.config(), "params": self.params, "vocab": self.vocab,
+                "generator": self.generator}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        config = dict(state["config"])
+        self._configure(config.pop("input_size"), config.pop("hidden_size"),
+                        config.pop("output_size"), **config)
+        params = self.params = state["params"]
+        for name, a in params.items():  # a memory map or a read-only buffer becomes an array
+            if type(a) is not np.ndarray or not (a.flags.writeable and a.flags.c_contiguous
+                                                 and a.flags.aligned):
+                params[name] = np.array(a, dtype=self.dtype, order="C")
+        self.generator = state["generator"]
+        self.vocab = state["vocab"]
+        self.weights()  # every array of the expected shape, dtype and layout, or a clear error
+
     # -----------------------------------------------------------------------------------------
     # validation
     # -----------------------------------------------------------------------------------------
