@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import clip, data, diagnostics, interop, kernels, layers, optim, stack
+from . import clip, data, diagnostics, interop, kernels, layers, optim, parallel, stack
 from ._threads import get_num_threads, set_num_threads
 from .clip import clip_grad_norm, clip_grad_value
 from .data import Vocabulary
 from .io import ModelFileError, load, load_checkpoint
+from .parallel import fit_many
 from .rnn import RNN
 from .train import Checkpoint, EarlyStopping, History, evaluate, fit
 from .truncation import TBPTT, RandomizedTruncation
@@ -27,6 +28,7 @@ __all__ = [
     "RandomizedTruncation",
     "Vocabulary",
     "fit",
+    "fit_many",
     "evaluate",
     "History",
     "EarlyStopping",
