@@ -16,121 +16,150 @@
 
 #include "_elementwise.h"
 
+/* The row functions take restrict pointers: the blocks a row reads and writes never overlap (an
+ * in/out block, gc of the LSTM's backward pass, goes through one pointer). Without them the
+ * compiler must assume any store may change any load and does not vectorize the loops (nor
+ * with restrict pointers declared inside the loop over rows, in GCC 12). */
+#if defined(__GNUC__) || defined(__clang__)
+#define CYRNN_RESTRICT __restrict__
+#else
+#define CYRNN_RESTRICT
+#endif
+
 #define CYRNN_SIGMOID(REAL, TANH, x) ((REAL)0.5 + (REAL)0.5 * TANH((REAL)0.5 * (x)))
 
-#define CYRNN_GATED_BODIES(REAL, T, TANH)                                                       \
-/* LSTM forward: a (rows, 4H) pre-activations [i f g o], replaced by the gates after          \
- * activation; c = f c_prev + i g, h = o tanh(c) (rows, H) */                                  \
-CYRNN_INLINE void cyrnn_lstm_forward_body_##T(REAL* a, const REAL* c_prev, REAL* c, REAL* h,   \
-                                              long rows, long H)                               \
-{                                                                                              \
-    long r, j;                                                                                 \
-    for (r = 0; r < rows; r++) {                                                               \
-        REAL* ai = a + r * 4 * H;                                                              \
-        REAL* af = ai + H;                                                                     \
-        REAL* ag = ai + 2 * H;                                                                 \
-        REAL* ao = ai + 3 * H;                                                                 \
-        const REAL* cp = c_prev + r * H;                                                       \
-        REAL* cr = c + r * H;                                                                  \
-        REAL* hr = h + r * H;                                                                  \
-        for (j = 0; j < H; j++) {                                                              \
-            REAL i = CYRNN_SIGMOID(REAL, TANH, ai[j]);                                         \
-            REAL f = CYRNN_SIGMOID(REAL, TANH, af[j]);                                         \
-            REAL g = TANH(ag[j]);                                                              \
-            REAL o = CYRNN_SIGMOID(REAL, TANH, ao[j]);                                         \
-            REAL cc = f * cp[j] + i * g;                                                       \
-            ai[j] = i;                                                                         \
-            af[j] = f;                                                                         \
-            ag[j] = g;                                                                         \
-            ao[j] = o;                                                                         \
-            cr[j] = cc;                                                                        \
-            hr[j] = o * TANH(cc);                                                              \
-        }                                                                                      \
-    }                                                                                          \
-}                                                                                              \
-/* LSTM backward: from gh = dL/dh_t and gc = dL/dc_t (rows, H), the gates (rows, 4H) and the   \
- * cell states before and after the step: da (rows, 4H), and gc <- scale * dc * f in place    \
- * (the gradient that crosses to c_{t-1}) */                                                   \
-CYRNN_INLINE void cyrnn_lstm_backward_body_##T(const REAL* gh, REAL* gc, const REAL* gates,    \
-                                               const REAL* c_prev, const REAL* c, REAL* da,    \
-                                               REAL scale, long rows, long H)                  \
-{                                                                                              \
-    long r, j;                                                                                 \
-    for (r = 0; r < rows; r++) {                                                               \
-        const REAL* gi = gates + r * 4 * H;                                                    \
-        const REAL* ghr = gh + r * H;                                                          \
-        const REAL* cp = c_prev + r * H;                                                       \
-        const REAL* cr = c + r * H;                                                            \
-        REAL* gcr = gc + r * H;                                                                \
-        REAL* di = da + r * 4 * H;                                                             \
-        for (j = 0; j < H; j++) {                                                              \
-            REAL i = gi[j], f = gi[H + j], g = gi[2 * H + j], o = gi[3 * H + j];               \
-            REAL tc = TANH(cr[j]);                                                             \
-            REAL dc = gcr[j] + ghr[j] * o * ((REAL)1 - tc * tc);                               \
-            di[j] = dc * g * (i * ((REAL)1 - i));                                              \
-            di[H + j] = dc * cp[j] * (f * ((REAL)1 - f));                                      \
-            di[2 * H + j] = dc * i * ((REAL)1 - g * g);                                        \
-            di[3 * H + j] = ghr[j] * tc * (o * ((REAL)1 - o));                                 \
-            gcr[j] = scale != 0 ? scale * (dc * f) : (REAL)0;                                  \
-        }                                                                                      \
-    }                                                                                          \
-}                                                                                              \
-/* GRU forward: from xw (rows, 3H), R = h_prev Whh^T (rows, 3H), bhn (H,) and h_prev: the      \
- * gates [r z n] (rows, 3H), hn = R_n + bhn and h (rows, H) */                                 \
-CYRNN_INLINE void cyrnn_gru_forward_body_##T(const REAL* xw, const REAL* R, const REAL* bhn,   \
-                                             const REAL* h_prev, REAL* gates, REAL* hn,        \
-                                             REAL* h, long rows, long H)                       \
-{                                                                                              \
-    long r, j;                                                                                 \
-    for (r = 0; r < rows; r++) {                                                               \
-        const REAL* x = xw + r * 3 * H;                                                        \
-        const REAL* Rr = R + r * 3 * H;                                                        \
-        const REAL* hp = h_prev + r * H;                                                       \
-        REAL* gr = gates + r * 3 * H;                                                          \
-        REAL* hnr = hn + r * H;                                                                \
-        REAL* hr = h + r * H;                                                                  \
-        for (j = 0; j < H; j++) {                                                              \
-            REAL rg = CYRNN_SIGMOID(REAL, TANH, x[j] + Rr[j]);                                 \
-            REAL z = CYRNN_SIGMOID(REAL, TANH, x[H + j] + Rr[H + j]);                          \
-            REAL hnj = Rr[2 * H + j] + bhn[j];                                                 \
-            REAL n = TANH(x[2 * H + j] + rg * hnj);                                            \
-            gr[j] = rg;                                                                        \
-            gr[H + j] = z;                                                                     \
-            gr[2 * H + j] = n;                                                                 \
-            hnr[j] = hnj;                                                                      \
-            hr[j] = ((REAL)1 - z) * n + z * hp[j];                                             \
-        }                                                                                      \
-    }                                                                                          \
-}                                                                                              \
-/* GRU backward: from g = dL/dh_t (rows, H), the gates (rows, 3H), hn and h_prev: dxw and dR   \
- * (rows, 3H), and gz = scale * g * z (rows, H), the part of dL/dh_{t-1} that bypasses Whh */  \
-CYRNN_INLINE void cyrnn_gru_backward_body_##T(const REAL* g, const REAL* gates, const REAL* hn, \
-                                              const REAL* h_prev, REAL* dxw, REAL* dR,         \
-                                              REAL* gz, REAL scale, long rows, long H)         \
-{                                                                                              \
-    long r, j;                                                                                 \
-    for (r = 0; r < rows; r++) {                                                               \
-        const REAL* gr = g + r * H;                                                            \
-        const REAL* gt = gates + r * 3 * H;                                                    \
-        const REAL* hnr = hn + r * H;                                                          \
-        const REAL* hp = h_prev + r * H;                                                       \
-        REAL* dx = dxw + r * 3 * H;                                                            \
-        REAL* dr = dR + r * 3 * H;                                                             \
-        REAL* gzr = gz + r * H;                                                                \
-        for (j = 0; j < H; j++) {                                                              \
-            REAL rg = gt[j], z = gt[H + j], n = gt[2 * H + j];                                 \
-            REAL dan = gr[j] * ((REAL)1 - z) * ((REAL)1 - n * n);                              \
-            REAL dar = dan * hnr[j] * (rg * ((REAL)1 - rg));                                   \
-            REAL daz = gr[j] * (hp[j] - n) * (z * ((REAL)1 - z));                              \
-            dx[j] = dar;                                                                       \
-            dx[H + j] = daz;                                                                   \
-            dx[2 * H + j] = dan;                                                               \
-            dr[j] = dar;                                                                       \
-            dr[H + j] = daz;                                                                   \
-            dr[2 * H + j] = dan * rg;                                                          \
-            gzr[j] = scale != 0 ? scale * (gr[j] * z) : (REAL)0;                               \
-        }                                                                                      \
-    }                                                                                          \
+#define CYRNN_GATED_BODIES(REAL, T, TANH)                                                          \
+/* LSTM forward, one row: the pre-activations ai, af, ag, ao (H each) replaced by the gates        \
+ * after activation; c = f c_prev + i g, h = o tanh(c) */                                          \
+CYRNN_INLINE void cyrnn_lstm_forward_row_##T(REAL* CYRNN_RESTRICT ai, REAL* CYRNN_RESTRICT af,     \
+                                             REAL* CYRNN_RESTRICT ag, REAL* CYRNN_RESTRICT ao,     \
+                                             const REAL* CYRNN_RESTRICT c_prev,                    \
+                                             REAL* CYRNN_RESTRICT c, REAL* CYRNN_RESTRICT h,       \
+                                             long H)                                               \
+{                                                                                                  \
+    long j;                                                                                        \
+    for (j = 0; j < H; j++) {                                                                      \
+        REAL i = CYRNN_SIGMOID(REAL, TANH, ai[j]);                                                 \
+        REAL f = CYRNN_SIGMOID(REAL, TANH, af[j]);                                                 \
+        REAL g = TANH(ag[j]);                                                                      \
+        REAL o = CYRNN_SIGMOID(REAL, TANH, ao[j]);                                                 \
+        REAL cc = f * c_prev[j] + i * g;                                                           \
+        ai[j] = i;                                                                                 \
+        af[j] = f;                                                                                 \
+        ag[j] = g;                                                                                 \
+        ao[j] = o;                                                                                 \
+        c[j] = cc;                                                                                 \
+        h[j] = o * TANH(cc);                                                                       \
+    }                                                                                              \
+}                                                                                                  \
+/* over `rows` rows: a (rows, 4H) [i f g o], c_prev, c, h (rows, H) */                             \
+CYRNN_INLINE void cyrnn_lstm_forward_body_##T(REAL* a, const REAL* c_prev, REAL* c, REAL* h,       \
+                                              long rows, long H)                                   \
+{                                                                                                  \
+    long r;                                                                                        \
+    for (r = 0; r < rows; r++) {                                                                   \
+        REAL* ar = a + r * 4 * H;                                                                  \
+        cyrnn_lstm_forward_row_##T(ar, ar + H, ar + 2 * H, ar + 3 * H, c_prev + r * H,             \
+                                   c + r * H, h + r * H, H);                                       \
+    }                                                                                              \
+}                                                                                                  \
+/* LSTM backward, one row: from gh = dL/dh_t and gc = dL/dc_t, the gates and the cell states       \
+ * before and after the step: da (4 blocks of H), and gc <- scale * dc * f in place (the           \
+ * gradient that crosses to c_{t-1}) */                                                            \
+CYRNN_INLINE void cyrnn_lstm_backward_row_##T(const REAL* CYRNN_RESTRICT gh,                       \
+                                              REAL* CYRNN_RESTRICT gc,                             \
+                                              const REAL* CYRNN_RESTRICT gates,                    \
+                                              const REAL* CYRNN_RESTRICT c_prev,                   \
+                                              const REAL* CYRNN_RESTRICT c,                        \
+                                              REAL* CYRNN_RESTRICT da, REAL scale, long H)         \
+{                                                                                                  \
+    long j;                                                                                        \
+    for (j = 0; j < H; j++) {                                                                      \
+        REAL i = gates[j], f = gates[H + j], g = gates[2 * H + j], o = gates[3 * H + j];           \
+        REAL tc = TANH(c[j]);                                                                      \
+        REAL dc = gc[j] + gh[j] * o * ((REAL)1 - tc * tc);                                         \
+        da[j] = dc * g * (i * ((REAL)1 - i));                                                      \
+        da[H + j] = dc * c_prev[j] * (f * ((REAL)1 - f));                                          \
+        da[2 * H + j] = dc * i * ((REAL)1 - g * g);                                                \
+        da[3 * H + j] = gh[j] * tc * (o * ((REAL)1 - o));                                          \
+        gc[j] = scale != 0 ? scale * (dc * f) : (REAL)0;                                           \
+    }                                                                                              \
+}                                                                                                  \
+/* over `rows` rows: gh, gc, c_prev, c (rows, H), gates and da (rows, 4H) */                       \
+CYRNN_INLINE void cyrnn_lstm_backward_body_##T(const REAL* gh, REAL* gc, const REAL* gates,        \
+                                               const REAL* c_prev, const REAL* c, REAL* da,        \
+                                               REAL scale, long rows, long H)                      \
+{                                                                                                  \
+    long r;                                                                                        \
+    for (r = 0; r < rows; r++)                                                                     \
+        cyrnn_lstm_backward_row_##T(gh + r * H, gc + r * H, gates + r * 4 * H, c_prev + r * H,     \
+                                    c + r * H, da + r * 4 * H, scale, H);                          \
+}                                                                                                  \
+/* GRU forward, one row: from xw and R = h_prev Whh^T (3 blocks of H), bhn and h_prev: the         \
+ * gates [r z n], hn = R_n + bhn and h */                                                          \
+CYRNN_INLINE void cyrnn_gru_forward_row_##T(const REAL* CYRNN_RESTRICT xw,                         \
+                                            const REAL* CYRNN_RESTRICT R,                          \
+                                            const REAL* CYRNN_RESTRICT bhn,                        \
+                                            const REAL* CYRNN_RESTRICT h_prev,                     \
+                                            REAL* CYRNN_RESTRICT gates, REAL* CYRNN_RESTRICT hn,   \
+                                            REAL* CYRNN_RESTRICT h, long H)                        \
+{                                                                                                  \
+    long j;                                                                                        \
+    for (j = 0; j < H; j++) {                                                                      \
+        REAL r = CYRNN_SIGMOID(REAL, TANH, xw[j] + R[j]);                                          \
+        REAL z = CYRNN_SIGMOID(REAL, TANH, xw[H + j] + R[H + j]);                                  \
+        REAL hnj = R[2 * H + j] + bhn[j];                                                          \
+        REAL n = TANH(xw[2 * H + j] + r * hnj);                                                    \
+        gates[j] = r;                                                                              \
+        gates[H + j] = z;                                                                          \
+        gates[2 * H + j] = n;                                                                      \
+        hn[j] = hnj;                                                                               \
+        h[j] = ((REAL)1 - z) * n + z * h_prev[j];                                                  \
+    }                                                                                              \
+}                                                                                                  \
+/* over `rows` rows: xw, R, gates (rows, 3H), h_prev, hn, h (rows, H) */                           \
+CYRNN_INLINE void cyrnn_gru_forward_body_##T(const REAL* xw, const REAL* R, const REAL* bhn,       \
+                                             const REAL* h_prev, REAL* gates, REAL* hn,            \
+                                             REAL* h, long rows, long H)                           \
+{                                                                                                  \
+    long r;                                                                                        \
+    for (r = 0; r < rows; r++)                                                                     \
+        cyrnn_gru_forward_row_##T(xw + r * 3 * H, R + r * 3 * H, bhn, h_prev + r * H,              \
+                                  gates + r * 3 * H, hn + r * H, h + r * H, H);                    \
+}                                                                                                  \
+/* GRU backward, one row: from g = dL/dh_t, the gates, hn and h_prev: dxw and dR (3 blocks of      \
+ * H), and gz = scale * g * z, the part of dL/dh_{t-1} that bypasses Whh */                        \
+CYRNN_INLINE void cyrnn_gru_backward_row_##T(const REAL* CYRNN_RESTRICT g,                         \
+                                             const REAL* CYRNN_RESTRICT gates,                     \
+                                             const REAL* CYRNN_RESTRICT hn,                        \
+                                             const REAL* CYRNN_RESTRICT h_prev,                    \
+                                             REAL* CYRNN_RESTRICT dxw, REAL* CYRNN_RESTRICT dR,    \
+                                             REAL* CYRNN_RESTRICT gz, REAL scale, long H)          \
+{                                                                                                  \
+    long j;                                                                                        \
+    for (j = 0; j < H; j++) {                                                                      \
+        REAL r = gates[j], z = gates[H + j], n = gates[2 * H + j];                                 \
+        REAL dan = g[j] * ((REAL)1 - z) * ((REAL)1 - n * n);                                       \
+        REAL dar = dan * hn[j] * (r * ((REAL)1 - r));                                              \
+        REAL daz = g[j] * (h_prev[j] - n) * (z * ((REAL)1 - z));                                   \
+        dxw[j] = dar;                                                                              \
+        dxw[H + j] = daz;                                                                          \
+        dxw[2 * H + j] = dan;                                                                      \
+        dR[j] = dar;                                                                               \
+        dR[H + j] = daz;                                                                           \
+        dR[2 * H + j] = dan * r;                                                                   \
+        gz[j] = scale != 0 ? scale * (g[j] * z) : (REAL)0;                                         \
+    }                                                                                              \
+}                                                                                                  \
+/* over `rows` rows: g, hn, h_prev, gz (rows, H), gates, dxw, dR (rows, 3H) */                     \
+CYRNN_INLINE void cyrnn_gru_backward_body_##T(const REAL* g, const REAL* gates, const REAL* hn,    \
+                                              const REAL* h_prev, REAL* dxw, REAL* dR,             \
+                                              REAL* gz, REAL scale, long rows, long H)             \
+{                                                                                                  \
+    long r;                                                                                        \
+    for (r = 0; r < rows; r++)                                                                     \
+        cyrnn_gru_backward_row_##T(g + r * H, gates + r * 3 * H, hn + r * H, h_prev + r * H,       \
+                                   dxw + r * 3 * H, dR + r * 3 * H, gz + r * H, scale, H);         \
 }
 
 CYRNN_GATED_BODIES(float, f32, cyrnn_tanh_f32)
@@ -139,17 +168,17 @@ CYRNN_GATED_BODIES(double, f64, tanh)
 /* each float32 epilogue in its three builds and its dispatch; float64 calls its body */
 #ifdef CYRNN_ELEMENTWISE_DISPATCH
 #define CYRNN_GATED_DISPATCH(NAME, PARAMS, ARGS)                                                \
-CYRNN_AVX512 void NAME##_avx512 PARAMS { NAME##_body_f32 ARGS; }                               \
-CYRNN_AVX2 void NAME##_avx2 PARAMS { NAME##_body_f32 ARGS; }                                   \
-static void NAME##_base PARAMS { NAME##_body_f32 ARGS; }                                       \
-static inline void NAME##_f32 PARAMS                                                           \
-{                                                                                              \
-    if (cyrnn_cpu_build() >= 2)                                                                \
-        NAME##_avx512 ARGS;                                                                    \
-    else if (cyrnn_cpu_build() >= 1)                                                           \
-        NAME##_avx2 ARGS;                                                                      \
-    else                                                                                       \
-        NAME##_base ARGS;                                                                      \
+CYRNN_AVX512 void NAME##_avx512 PARAMS { NAME##_body_f32 ARGS; }                                \
+CYRNN_AVX2 void NAME##_avx2 PARAMS { NAME##_body_f32 ARGS; }                                    \
+static void NAME##_base PARAMS { NAME##_body_f32 ARGS; }                                        \
+static inline void NAME##_f32 PARAMS                                                            \
+{                                                                                               \
+    if (cyrnn_cpu_build() >= 2)                                                                 \
+        NAME##_avx512 ARGS;                                                                     \
+    else if (cyrnn_cpu_build() >= 1)                                                            \
+        NAME##_avx2 ARGS;                                                                       \
+    else                                                                                        \
+        NAME##_base ARGS;                                                                       \
 }
 #else
 #define CYRNN_GATED_DISPATCH(NAME, PARAMS, ARGS)                                                \

@@ -92,7 +92,7 @@ cdef inline void gru_cell_backward(const floating* g, const floating* gates, con
                                    const floating* h_prev, floating* dxw, floating* dR,
                                    floating* gz, floating scale, Py_ssize_t rows,
                                    Py_ssize_t H) noexcept nogil:
-    """dxw, dR (rows, 3H) from g (rows, H); gz = scale * g * z (0 for scale 0); gz may be g."""
+    """dxw, dR (rows, 3H) from g (rows, H); gz = scale * g * z (0 for scale 0)."""
     if floating is float:
         gru_backward_f32(g, gates, hn, h_prev, dxw, dR, gz, scale, rows, H)
     else:
@@ -538,50 +538,56 @@ def gru_backward(dh_out, hs, gates, hn, Whh, *, dh_last=None, carry=None, length
 
 
 cdef void gru_backward_window_loop(const floating* hs, const floating* gates, const floating* hn,
-                              const floating* Whh, const Py_ssize_t* lengths,
-                              const Py_ssize_t* windows, Py_ssize_t longest, floating* Gh,
-                              floating* dX, floating* dRj, floating* dxw, floating* dR,
-                              floating* reach_R, floating* dh0, Py_ssize_t T, Py_ssize_t B,
-                              Py_ssize_t H) noexcept nogil:
-    # As lstm_backward_window: Gh (T, B, H) indexed by output t (on entry dh_out), dX and dRj
-    # (T, B, 3H) by step s = t - j. On entry dxw, dR, reach_R and dh0 are zero.
+                                   const floating* Whh, const Py_ssize_t* lengths,
+                                   const Py_ssize_t* windows, Py_ssize_t longest, floating* Gh,
+                                   floating* Gnext, floating* dX, floating* dRj, floating* dxw,
+                                   floating* dR, floating* reach_R, floating* dh0, Py_ssize_t T,
+                                   Py_ssize_t B, Py_ssize_t H) noexcept nogil:
+    # As lstm_backward_window_loop: Gh and Gnext (T, B, H) indexed by output t (on entry Gh =
+    # dh_out), swapped each depth; dX and dRj (T, B, 3H) by step s = t - j. On entry dxw, dR,
+    # reach_R and dh0 are zero.
     cdef Py_ssize_t BH = B * H, G = 3 * H, BG = B * G, j, S, s, t, b, row
+    cdef floating* swap
     for j in range(min(longest, T)):
         S = T - j
-        # the epilogue of step s = t - j for the outputs t = j .. T-1; Gh[t] <- Gh[t] z in place
+        # the epilogue of step s = t - j for the outputs t = j .. T-1; Gnext[t] = Gh[t] z
         if windows == NULL and lengths == NULL:
-            gru_cell_backward(Gh + j * BH, gates, hn, hs, dX, dRj, Gh + j * BH, 1, S * B, H)
+            gru_cell_backward(Gh + j * BH, gates, hn, hs, dX, dRj, Gnext + j * BH, 1, S * B, H)
         else:
             for s in range(S):
                 t = s + j
                 if windows != NULL and j >= windows[t]:
                     memset(dX + s * BG, 0, BG * sizeof(floating))
                     memset(dRj + s * BG, 0, BG * sizeof(floating))
-                    memset(Gh + t * BH, 0, BH * sizeof(floating))
+                    memset(Gnext + t * BH, 0, BH * sizeof(floating))
                 elif lengths == NULL:
                     gru_cell_backward(Gh + t * BH, gates + s * BG, hn + s * BH, hs + s * BH,
-                                      dX + s * BG, dRj + s * BG, Gh + t * BH, 1, B, H)
+                                      dX + s * BG, dRj + s * BG, Gnext + t * BH, 1, B, H)
                 else:
                     for b in range(B):
                         row = s * BH + b * H
                         if s < lengths[b]:
                             gru_cell_backward(Gh + j * BH + row, gates + s * BG + b * G,
                                               hn + row, hs + row, dX + s * BG + b * G,
-                                              dRj + s * BG + b * G, Gh + j * BH + row, 1, 1, H)
+                                              dRj + s * BG + b * G, Gnext + j * BH + row, 1, 1,
+                                              H)
                         else:
                             memset(dX + s * BG + b * G, 0, G * sizeof(floating))
                             memset(dRj + s * BG + b * G, 0, G * sizeof(floating))
-                            memset(Gh + j * BH + row, 0, H * sizeof(floating))
+                            memset(Gnext + j * BH + row, 0, H * sizeof(floating))
         add(dxw, dX, S * BG)
         add(dR, dRj, S * BG)
         if j <= (longest if windows == NULL else windows[j]) - 2:
             # output j's window includes step -1: what it sends through step 0 goes on to h0
             add(reach_R, dRj, BG)
-            add(dh0, Gh + j * BH, BH)
+            add(dh0, Gnext + j * BH, BH)
         if S > 1:
             # Gh_{j+1}[t] ((S-1)*B, H) = dR_j[t - j] ((S-1)*B, 3H) Whh (3H, H) + Gh_j[t] z
             gemm(False, False, <int> ((S - 1) * B), <int> H, <int> G, 1, dRj + BG, <int> G, Whh,
-                 <int> H, 1, Gh + (j + 1) * BH, <int> H)
+                 <int> H, 1, Gnext + (j + 1) * BH, <int> H)
+        swap = Gh
+        Gh = Gnext
+        Gnext = swap
     # dh0 (B, H) += reach_R (B, 3H) Whh (3H, H)
     gemm(False, False, <int> B, <int> H, <int> G, 1, reach_R, <int> G, Whh, <int> H, 1, dh0,
          <int> H)
@@ -590,7 +596,8 @@ cdef void gru_backward_window_loop(const floating* hs, const floating* gates, co
 def _gru_backward_window(const floating[:, :, ::1] hs, const floating[:, :, ::1] gates,
                          const floating[:, :, ::1] hn, const floating[:, ::1] Whh,
                          const Py_ssize_t[::1] lengths, const Py_ssize_t[::1] windows,
-                         Py_ssize_t longest, floating[:, :, ::1] Gh, floating[:, :, ::1] dX,
+                         Py_ssize_t longest, floating[:, :, ::1] Gh,
+                         floating[:, :, ::1] Gnext, floating[:, :, ::1] dX,
                          floating[:, :, ::1] dRj, floating[:, :, ::1] dxw,
                          floating[:, :, ::1] dR, floating[:, ::1] reach_R,
                          floating[:, ::1] dh0):
@@ -603,7 +610,8 @@ def _gru_backward_window(const floating[:, :, ::1] hs, const floating[:, :, ::1]
         p_win = &windows[0]
     with nogil:
         gru_backward_window_loop(&hs[0, 0, 0], &gates[0, 0, 0], &hn[0, 0, 0], &Whh[0, 0], p_len,
-                            p_win, longest, &Gh[0, 0, 0], &dX[0, 0, 0], &dRj[0, 0, 0],
+                                 p_win, longest, &Gh[0, 0, 0], &Gnext[0, 0, 0], &dX[0, 0, 0],
+                                 &dRj[0, 0, 0],
                             &dxw[0, 0, 0], &dR[0, 0, 0], &reach_R[0, 0], &dh0[0, 0], T, B, H)
 
 
@@ -624,6 +632,6 @@ def gru_backward_window(dh_out, hs, gates, hn, Whh, window, *, lengths=None):
     dR = zeros((T, B, 3 * H), dtype)
     dh0 = zeros((B, H), dtype)
     _gru_backward_window(hs, gates, hn, Whh, lengths, windows, longest, dh_out.copy(),
-                         empty((T, B, 3 * H), dtype), empty((T, B, 3 * H), dtype), dxw, dR,
-                         zeros((B, 3 * H), dtype), dh0)
+                         empty((T, B, H), dtype), empty((T, B, 3 * H), dtype),
+                         empty((T, B, 3 * H), dtype), dxw, dR, zeros((B, 3 * H), dtype), dh0)
     return dxw, dR, dh0
