@@ -51,13 +51,14 @@ if SANITIZE:
     extra_link_args = sanitizers
 
 # one extension per module, all built with the same options: cyrnn._x from pyx/cyrnn/_x.pyx
-MODULES = ("cyrnn._rnn", "cyrnn._sample")
+MODULES = ("cyrnn._rnn", "cyrnn._sample", "cyrnn._gated")
 
 extensions = [
     Extension(
         name,
         ["pyx/" + name.replace(".", "/") + ".pyx"],
-        depends=["pyx/cyrnn/_cpu.h", "pyx/cyrnn/_smallgemm.h", "pyx/cyrnn/_elementwise.h"],
+        depends=["pyx/cyrnn/_cpu.h", "pyx/cyrnn/_smallgemm.h", "pyx/cyrnn/_elementwise.h"]
+        + (["pyx/cyrnn/_gated.h"] if name == "cyrnn._gated" else []),
         include_dirs=[np.get_include(), "pyx/cyrnn"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION"),
                        ("CYRNN_MAX_BUILD", str(SIMD_BUILDS[SIMD]))],

@@ -436,3 +436,103 @@ def loss_targets(target, loss, output, width, batch, target_steps, positions, dt
     if loss == "bce" and (selected.min() < 0 or selected.max() > 1):
         raise ValueError("target: bce needs values in [0, 1]")
     return selected
+
+
+# ---------------------------------------------------------------------------------------------
+# the gated cells' layer kernels (cyrnn.kernels.numpy_gated and cyrnn._gated)
+# ---------------------------------------------------------------------------------------------
+
+#: gate blocks of each gated cell, in PyTorch's order
+GATE_BLOCKS = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
+
+
+def _gate_sizes(name, a, cell):
+    """``(T, B, H)`` of a (T, B, n*H) array of gate blocks (n = 4 for LSTM, 3 for GRU), checked
+    as ``_check_sizes`` does, and the gate width n*H against 32-bit BLAS."""
+    n = len(GATE_BLOCKS[cell])
+    T, B, G = a.shape
+    if G % n:
+        raise ValueError(f"{name}: expected shape (T, B, {n}H) with gate blocks "
+                         f"[{', '.join(GATE_BLOCKS[cell])}], got {a.shape}")
+    H = G // n
+    _check_sizes(T, B, H)
+    if G > _INT32_MAX:
+        raise ValueError(f"sizes too large for 32-bit BLAS: gate width {G}")
+    return T, B, H
+
+
+def _optional_state(name, a, B, H, dtype):
+    if a is None:
+        return None
+    a = float_array(name, a, 2, dtype)
+    expect_shape(name, a, (B, H))
+    return a
+
+
+def lstm_forward_args(xw, h0, c0, Whh, lengths):
+    """Checked, contiguous arguments of ``lstm_forward``: xw (T, B, 4H), h0 and c0 (B, H),
+    Whh (4H, H), lengths (B,) or None."""
+    xw = float_array("xw", xw, 3)
+    T, B, H = _gate_sizes("xw", xw, "lstm")
+    h0 = float_array("h0", h0, 2, xw.dtype)
+    expect_shape("h0", h0, (B, H))
+    c0 = float_array("c0", c0, 2, xw.dtype)
+    expect_shape("c0", c0, (B, H))
+    Whh = float_array("Whh", Whh, 2, xw.dtype)
+    expect_shape("Whh", Whh, (4 * H, H))
+    return xw, h0, c0, Whh, lengths_array(lengths, T, B)
+
+
+def lstm_backward_args(dh_out, hs, cs, gates, Whh, dh_last, dc_last, lengths):
+    """Checked, contiguous arguments common to ``lstm_backward`` and ``lstm_backward_window``:
+    dh_out (T, B, H), hs and cs (T + 1, B, H), gates (T, B, 4H), Whh (4H, H), dh_last and
+    dc_last (B, H) or None, lengths (B,) or None."""
+    dh_out = float_array("dh_out", dh_out, 3)
+    T, B, H = dh_out.shape
+    _check_sizes(T, B, H)
+    dtype = dh_out.dtype
+    hs = float_array("hs", hs, 3, dtype)
+    expect_shape("hs", hs, (T + 1, B, H))
+    cs = float_array("cs", cs, 3, dtype)
+    expect_shape("cs", cs, (T + 1, B, H))
+    gates = float_array("gates", gates, 3, dtype)
+    expect_shape("gates", gates, (T, B, 4 * H))
+    Whh = float_array("Whh", Whh, 2, dtype)
+    expect_shape("Whh", Whh, (4 * H, H))
+    dh_last = _optional_state("dh_last", dh_last, B, H, dtype)
+    dc_last = _optional_state("dc_last", dc_last, B, H, dtype)
+    return dh_out, hs, cs, gates, Whh, dh_last, dc_last, lengths_array(lengths, T, B)
+
+
+def gru_forward_args(xw, h0, Whh, bhn, lengths):
+    """Checked, contiguous arguments of ``gru_forward``: xw (T, B, 3H), h0 (B, H), Whh (3H, H),
+    bhn (H,), lengths (B,) or None."""
+    xw = float_array("xw", xw, 3)
+    T, B, H = _gate_sizes("xw", xw, "gru")
+    h0 = float_array("h0", h0, 2, xw.dtype)
+    expect_shape("h0", h0, (B, H))
+    Whh = float_array("Whh", Whh, 2, xw.dtype)
+    expect_shape("Whh", Whh, (3 * H, H))
+    bhn = float_array("bhn", bhn, 1, xw.dtype)
+    expect_shape("bhn", bhn, (H,))
+    return xw, h0, Whh, bhn, lengths_array(lengths, T, B)
+
+
+def gru_backward_args(dh_out, hs, gates, hn, Whh, dh_last, lengths):
+    """Checked, contiguous arguments common to ``gru_backward`` and ``gru_backward_window``:
+    dh_out (T, B, H), hs (T + 1, B, H), gates (T, B, 3H), hn (T, B, H), Whh (3H, H), dh_last
+    (B, H) or None, lengths (B,) or None."""
+    dh_out = float_array("dh_out", dh_out, 3)
+    T, B, H = dh_out.shape
+    _check_sizes(T, B, H)
+    dtype = dh_out.dtype
+    hs = float_array("hs", hs, 3, dtype)
+    expect_shape("hs", hs, (T + 1, B, H))
+    gates = float_array("gates", gates, 3, dtype)
+    expect_shape("gates", gates, (T, B, 3 * H))
+    hn = float_array("hn", hn, 3, dtype)
+    expect_shape("hn", hn, (T, B, H))
+    Whh = float_array("Whh", Whh, 2, dtype)
+    expect_shape("Whh", Whh, (3 * H, H))
+    dh_last = _optional_state("dh_last", dh_last, B, H, dtype)
+    return dh_out, hs, gates, hn, Whh, dh_last, lengths_array(lengths, T, B)

@@ -2,9 +2,10 @@
 
 Two backends implement the same kernels (``KERNEL_NAMES``) with the same arguments and results:
 
-- ``"cython"``: the compiled extensions ``cyrnn._rnn`` and ``cyrnn._sample`` (built from
-  ``pyx/cyrnn/*.pyx``);
-- ``"numpy"``: ``cyrnn.kernels.numpy_backend``, ``numpy_sample`` and ``numpy_fused``, pure NumPy.
+- ``"cython"``: the compiled extensions ``cyrnn._rnn``, ``cyrnn._sample`` and ``cyrnn._gated``
+  (built from ``pyx/cyrnn/*.pyx``);
+- ``"numpy"``: ``cyrnn.kernels.numpy_backend``, ``numpy_sample``, ``numpy_fused`` and
+  ``numpy_gated``, pure NumPy.
 
 The process default is the compiled backend when it imports, else NumPy (with a warning). The
 environment variable ``CYRNN_BACKEND=numpy`` (or ``cython``) sets it explicitly; asking for the
@@ -27,11 +28,13 @@ from . import numpy_backend
 
 BACKENDS: tuple[BackendName, ...] = ("cython", "numpy")
 KERNEL_NAMES = ("rnn_forward", "rnn_backward", "rnn_backward_window", "embedding_grad",
-                "sample_tokens", "elman_loss_and_grad", "elman_forward")
+                "sample_tokens", "elman_loss_and_grad", "elman_forward",
+                "lstm_forward", "lstm_backward", "lstm_backward_window",
+                "gru_forward", "gru_backward", "gru_backward_window")
 # where each backend's kernels live: compiled extension modules, and their NumPy twins
-_CYTHON_MODULES = ("cyrnn._rnn", "cyrnn._sample")
+_CYTHON_MODULES = ("cyrnn._rnn", "cyrnn._sample", "cyrnn._gated")
 _NUMPY_MODULES = ("cyrnn.kernels.numpy_backend", "cyrnn.kernels.numpy_sample",
-                  "cyrnn.kernels.numpy_fused")
+                  "cyrnn.kernels.numpy_fused", "cyrnn.kernels.numpy_gated")
 
 
 # entry points on pre-checked arguments, for the model class, which checks them itself: the
