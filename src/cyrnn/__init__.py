@@ -16,7 +16,7 @@ from .clip import clip_grad_norm, clip_grad_value
 from .data import Vocabulary
 from .io import ModelFileError, load, load_checkpoint
 from .parallel import fit_many
-from .rnn import RNN
+from .rnn import GRU, LSTM, RNN
 from .train import Checkpoint, EarlyStopping, History, evaluate, fit
 from .truncation import TBPTT, RandomizedTruncation
 
@@ -24,6 +24,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RNN",
+    "LSTM",
+    "GRU",
     "TBPTT",
     "RandomizedTruncation",
     "Vocabulary",
