@@ -611,9 +611,9 @@ cdef inline void* at(object a, Py_ssize_t offset):
     return <char*> cnp.PyArray_DATA(<cnp.ndarray> a) + offset
 
 
-cdef void fill_step(StepArgs* a, dict buf, inputs, targets, h0, masks, layers, transposed, Why,
-                    WhyT, by, carry, windows, Py_ssize_t k, Py_ssize_t D, int code,
-                    double slope, double scale, int output):
+cdef int fill_step(StepArgs* a, dict buf, inputs, targets, h0, masks, layers, transposed, Why,
+                   WhyT, by, carry, windows, Py_ssize_t k, Py_ssize_t D, int code, double slope,
+                   double scale, int output) except -1:
     cdef bint tokens = inputs.dtype.kind in "iu", step = targets is not None
     cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], H = Why.shape[1] // D
     cdef Py_ssize_t L = len(layers) // D, j, l
@@ -662,10 +662,11 @@ cdef void fill_step(StepArgs* a, dict buf, inputs, targets, h0, masks, layers, t
         else:
             p.x = at(hs[(l - 1) * D], state_bytes)
         if step:
-            p.dx = data(buf["dx"]) if l == 0 else data(dX[l % 2])
+            p.dx = data(buf["dx"]) if l == 0 else data(dX[(l - 1) % 2])
             p.dWxh, p.dWxhT = data(buf["dWxh"][j]), data(buf["dWxhT"][j])
             p.dWhh, p.dbh = data(buf["dWhh"][j]), data(buf["dbh"][j])
             p.dh0 = at(buf["dh0"], j * state_bytes)
+    return 0
 
 
 cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int code,
