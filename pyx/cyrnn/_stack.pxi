@@ -411,20 +411,19 @@ cdef void layer_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
                 dWxh[j * I + n] = dWxhT[n * H + j]
 
 
-cdef double stack_step(const StepArgs* a, floating scale) noexcept nogil:
-    """One shard's training step; returns its summed loss (times nothing: `scale` only scales
-    dL/dz)."""
+cdef void stack_step(StepArgs* a, floating scale) noexcept nogil:
+    """One shard's training step; a.loss is its summed loss (`scale` scales dL/dz only)."""
     cdef Py_ssize_t TB = a.T * a.B, O = a.O, DH = a.D * a.H, l, d, t
     cdef floating* z = <floating*> a.z
     cdef floating* grad_norms = <floating*> a.grad_norms
-    cdef double loss
     # 1-3. projections, recurrences, logits z
     stack_forward(a, z)
-    # 4. loss, and dL/dz in place of z
+    # 4. loss, and dL/dz in place of z (the loss stored at once: a local double kept across the
+    # calls below lives on the stack, and so did the sum in the loss's loop, when inlined)
     if a.target_ids != NULL:
-        loss = softmax_cross_entropy(z, a.target_ids, TB, O, scale)
+        a.loss = softmax_cross_entropy(z, a.target_ids, TB, O, scale)
     else:
-        loss = squared_error(z, <const floating*> a.target_values, TB * O, scale)
+        a.loss = squared_error(z, <const floating*> a.target_values, TB * O, scale)
     # 5. dWhy (O, D*H) = dz^T (O, T*B) top (T*B, D*H);  dby = column sums of dz
     gemm(True, False, <int> O, <int> DH, <int> TB, 1, z, <int> O, <const floating*> a.top,
          <int> DH, 0, <floating*> a.dWhy, <int> DH)
@@ -440,7 +439,6 @@ cdef double stack_step(const StepArgs* a, floating scale) noexcept nogil:
     if a.longest == 0:
         for t in range(a.T):
             grad_norms[t] = sqrt(a.squares[t])
-    return loss
 
 
 cdef void stack_outputs(const StepArgs* a, floating* y) noexcept nogil:
@@ -454,11 +452,11 @@ cdef void run_step(StepArgs* a) noexcept nogil:
     if a.single and a.forward_only:
         stack_outputs(a, <float*> a.z)
     elif a.single:
-        a.loss = stack_step(a, <float> a.scale)
+        stack_step(a, <float> a.scale)
     elif a.forward_only:
         stack_outputs(a, <double*> a.z)
     else:
-        a.loss = stack_step(a, <double> a.scale)
+        stack_step(a, <double> a.scale)
 
 
 cdef void* run_worker(void* arg) noexcept nogil:
@@ -732,17 +730,70 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
 cdef object last_states(list bufs, Py_ssize_t T, Py_ssize_t D):
     """h_last (L*D, B, H), a new array: each layer-direction's state after its last step (the
     reverse direction's after step 0), the shards joined along the batch axis."""
-    cdef Py_ssize_t LD = len(bufs[0]["hs"]), B = 0, j, b0 = 0, b1
+    cdef list first = bufs[0]["hs"]
+    cdef Py_ssize_t LD = len(first), B = 0, j, b0 = 0, b1
+    if len(bufs) == 1:
+        out = empty((LD, first[0].shape[1], first[0].shape[2]), first[0].dtype)
+        for j in range(LD):
+            out[j] = first[j][1 if j % D else T]
+        return out
     for buf in bufs:
         B += buf["hs"][0].shape[1]
-    first = bufs[0]["hs"][0]
-    out = empty((LD, B, first.shape[2]), first.dtype)
+    out = empty((LD, B, first[0].shape[2]), first[0].dtype)
     for buf in bufs:
         b1 = b0 + buf["hs"][0].shape[1]
         for j in range(LD):
             out[j, b0:b1] = buf["hs"][j][1 if j % D else T]
         b0 = b1
     return out
+
+
+cdef tuple step_results(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int code,
+                        double slope, carry, Py_ssize_t k, windows, bint cross_entropy,
+                        bint sum_reduction, bint input_grad, masks, threads):
+    """``_stack_step``'s work: ``(loss, layer_grads, dWhy, dby, dh0, dx, h_last, grad_norms)``,
+    every array new (the buffers are kept for the next call): sums over the shards in shard
+    order, the per-sequence results joined along the batch axis."""
+    cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], O = Why.shape[0], j
+    cdef Py_ssize_t LD = len(layers)
+    cdef double count = T * B if cross_entropy else T * B * O
+    cdef double scale = 1.0 if sum_reduction else 1.0 / count
+    parts, losses = run_sharded(inputs, targets, h0, layers, D, Why, by, code, slope, carry,
+                                k, windows, scale, input_grad, 0, masks, threads)
+    cdef double value = 0
+    for loss in losses:
+        value += loss
+    if not sum_reduction:
+        value /= count
+    bufs = [buf for b0, b1, buf in parts]
+    first = bufs[0]
+    dWxh, dWhh, dbh = first["dWxh"], first["dWhh"], first["dbh"]
+    layer_grads = [[dWxh[j].copy(), dWhh[j].copy(), dbh[j].copy()] for j in range(LD)]
+    dWhy, dby = first["dWhy"].copy(), first["dby"].copy()
+    for buf in bufs[1:]:
+        for j in range(LD):
+            g = layer_grads[j]
+            g[0] += buf["dWxh"][j]
+            g[1] += buf["dWhh"][j]
+            g[2] += buf["dbh"][j]
+        dWhy += buf["dWhy"]
+        dby += buf["dby"]
+    if k:
+        grad_norms = None
+    elif len(bufs) == 1:
+        grad_norms = first["grad_norms"].copy()
+    else:
+        squares = first["grad_norms"] * first["grad_norms"]
+        for buf in bufs[1:]:
+            squares += buf["grad_norms"] * buf["grad_norms"]
+        grad_norms = np.sqrt(squares)
+    if len(bufs) == 1:
+        dh0 = first["dh0"].copy()
+        dx = None if first["dx"] is None else first["dx"].copy()
+    else:
+        dh0 = np.concatenate([buf["dh0"] for buf in bufs], axis=1)
+        dx = None if first["dx"] is None else np.concatenate([buf["dx"] for buf in bufs], axis=1)
+    return (value, layer_grads, dWhy, dby, dh0, dx, last_states(bufs, T, D), grad_norms)
 
 
 def _stack_step(inputs, targets, h0, layers, int num_directions, Why, by, int code,
@@ -757,43 +808,13 @@ def _stack_step(inputs, targets, h0, layers, int num_directions, Why, by, int co
     so the result is the same on any number. Returns ``(loss, grads, h_last, grad_norms)`` with
     ``grads = {"layers": [(dWxh, dWhh, dbh), ...], "Why", "by", "h0"[, "x"]}``; the NumPy twin
     (``numpy_fused._stack_step``) is the specification."""
-    cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], O = Why.shape[0], j
-    cdef Py_ssize_t D = num_directions
-    cdef double count = T * B if cross_entropy else T * B * O
-    cdef double scale = 1.0 if sum_reduction else 1.0 / count
-    parts, losses = run_sharded(inputs, targets, h0, layers, D, Why, by, code, slope, carry,
-                                k, windows, scale, input_grad, 0, masks, threads)
-    cdef double value = 0
-    for loss in losses:
-        value += loss
-    if not sum_reduction:
-        value /= count
-    # the buffers are kept for the next call, so the caller gets new arrays: sums over the
-    # shards in shard order, the per-sequence results joined along the batch axis
-    bufs = [buf for b0, b1, buf in parts]
-    first = bufs[0]
-    layer_grads = [[first[name][j].copy() for name in ("dWxh", "dWhh", "dbh")]
-                   for j in range(len(layers))]
-    dWhy, dby = first["dWhy"].copy(), first["dby"].copy()
-    for buf in bufs[1:]:
-        for j, g in enumerate(layer_grads):
-            g[0] += buf["dWxh"][j]
-            g[1] += buf["dWhh"][j]
-            g[2] += buf["dbh"][j]
-        dWhy += buf["dWhy"]
-        dby += buf["dby"]
-    if len(bufs) == 1:
-        grad_norms = first["grad_norms"].copy()
-    else:
-        squares = first["grad_norms"] * first["grad_norms"]
-        for buf in bufs[1:]:
-            squares += buf["grad_norms"] * buf["grad_norms"]
-        grad_norms = np.sqrt(squares)
-    grads = {"layers": [tuple(g) for g in layer_grads], "Why": dWhy, "by": dby,
-             "h0": np.concatenate([buf["dh0"] for buf in bufs], axis=1)}
-    if first["dx"] is not None:
-        grads["x"] = np.concatenate([buf["dx"] for buf in bufs], axis=1)
-    return value, grads, last_states(bufs, T, D), (None if k else grad_norms)
+    value, layer_grads, dWhy, dby, dh0, dx, h_last, grad_norms = step_results(
+        inputs, targets, h0, layers, num_directions, Why, by, code, slope, carry, k, windows,
+        cross_entropy, sum_reduction, input_grad, masks, threads)
+    grads = {"layers": [tuple(g) for g in layer_grads], "Why": dWhy, "by": dby, "h0": dh0}
+    if dx is not None:
+        grads["x"] = dx
+    return value, grads, h_last, grad_norms
 
 
 def _stack_outputs(inputs, h0, layers, int num_directions, Why, by, int code, double slope,
@@ -805,8 +826,9 @@ def _stack_outputs(inputs, h0, layers, int num_directions, Why, by, int code, do
                            0, None, 1.0, False, out_code, None, threads)
     bufs = [buf for b0, b1, buf in parts]
     # new arrays for the caller (the buffers are kept), the shards joined along the batch axis
-    return (np.concatenate([buf["z"] for buf in bufs], axis=1),
-            last_states(bufs, T, num_directions))
+    y = bufs[0]["z"].copy() if len(bufs) == 1 else np.concatenate([buf["z"] for buf in bufs],
+                                                                    axis=1)
+    return y, last_states(bufs, T, num_directions)
 
 
 def elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *,
@@ -831,14 +853,13 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slo
     """``elman_loss_and_grad`` on arguments already checked by ``_step_args`` (or by the model,
     which checks the same things once for its own messages): a stack of one layer in one
     direction (see ``_stack_step``)."""
-    value, grads, h_last, grad_norms = _stack_step(
-        inputs, targets, h0.reshape((1,) + h0.shape), ((Wxh, Whh, bh),), 1, Why, by, code, slope,
-        carry, k, windows, cross_entropy, sum_reduction, input_grad, None, threads)
-    dWxh, dWhh, dbh = grads["layers"][0]
-    result = {"Wxh": dWxh, "Whh": dWhh, "bh": dbh, "Why": grads["Why"], "by": grads["by"],
-              "h0": grads["h0"][0]}
-    if "x" in grads:
-        result["x"] = grads["x"]
+    value, layer_grads, dWhy, dby, dh0, dx, h_last, grad_norms = step_results(
+        inputs, targets, h0[None], ((Wxh, Whh, bh),), 1, Why, by, code, slope, carry, k, windows,
+        cross_entropy, sum_reduction, input_grad, None, threads)
+    dWxh, dWhh, dbh = layer_grads[0]
+    result = {"Wxh": dWxh, "Whh": dWhh, "bh": dbh, "Why": dWhy, "by": dby, "h0": dh0[0]}
+    if dx is not None:
+        result["x"] = dx
     return value, result, h_last[0], grad_norms
 
 
@@ -860,6 +881,6 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
 def _elman_outputs(inputs, h0, Wxh, Whh, bh, Why, by, int code, double slope, int out_code,
                    threads=None):
     """``elman_forward`` on checked arguments: a stack of one layer in one direction."""
-    y, h_last = _stack_outputs(inputs, h0.reshape((1,) + h0.shape), ((Wxh, Whh, bh),), 1, Why,
-                               by, code, slope, out_code, threads)
+    y, h_last = _stack_outputs(inputs, h0[None], ((Wxh, Whh, bh),), 1, Why, by, code, slope,
+                               out_code, threads)
     return y, h_last[0]
