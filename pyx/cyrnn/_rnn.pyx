@@ -1,11 +1,14 @@
 """Compiled Elman RNN kernels: the recurrences of the forward pass and of BPTT, and the fused
 training step and forward pass that wrap them.
 
-``rnn_forward``, ``rnn_backward``, ``rnn_backward_window`` and ``embedding_grad`` run only what
-must run step by step; ``elman_loss_and_grad`` and ``elman_forward`` run a whole training step
-or forward pass (projection, recurrence, output layer, loss, BPTT, weight gradients) in one
-call. ``cyrnn.kernels.numpy_backend`` and ``numpy_fused`` are the line-by-line twins of this
-module, with the same functions, arguments, results and errors.
+``rnn_forward``, ``rnn_backward``, ``rnn_backward_window`` and ``embedding_grad`` (this file)
+run only what must run step by step. ``_stack.pxi`` runs a whole training step or forward pass
+of a stack of layers, one or two directions each (projections, recurrences, output layer, loss,
+BPTT, weight gradients) in one call, on shards of the batch on threads of its own:
+``_stack_step`` and ``_stack_outputs``, and the single-layer case ``elman_loss_and_grad`` and
+``elman_forward``. ``_hooks.pxi`` holds the test hooks of the C helpers.
+``cyrnn.kernels.numpy_backend`` and ``numpy_fused`` are the twins of this module, with the same
+functions, arguments, results and errors.
 
 Each ``def`` checks and converts its arguments in Python (``cyrnn._checks``), allocates results
 and workspaces with the NumPy C API, then runs the whole time loop in one ``nogil`` block of
@@ -36,7 +39,7 @@ from cyrnn.kernels.numpy_fused import _model_args, _output_code, _step_args
 cnp.import_array()
 
 cdef enum:
-    # rows of a BPTT block in the fused step (see step_buffers)
+    # rows of a BPTT block in the fused step (see shard_buffers)
     BLOCK_ROWS = 256
     # the training step in shards of the batch (see shard_count): at most this many, and only
     # from this much work, T*B*H*(H + I + O) multiply-adds of the forward pass, on (about 0.1 ms
