@@ -153,6 +153,16 @@ def positive_int(name, value):
     return int(value)
 
 
+def probability(name, value):
+    """``value`` as a float in [0, 1) (a dropout rate); TypeError for a non-number."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                     np.floating)):
+        raise TypeError(f"{name}: expected a number in [0, 1), got {value!r}")
+    if not 0 <= value < 1:
+        raise ValueError(f"{name}: expected a number in [0, 1), got {value}")
+    return float(value)
+
+
 def optional_positive_int(name, value):
     """``None``, or ``value`` as an int >= 1 (see ``positive_int``)."""
     return None if value is None else positive_int(name, value)
