@@ -403,3 +403,24 @@ def test_kept_workspaces_never_leak_into_results(B):
     for arrays, copies in calls:
         for a, b in zip(arrays, copies):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("L, D", [(1, 1), (2, 1), (1, 2), (3, 2)])
+@pytest.mark.parametrize("tokens", [True, False], ids=["tokens", "dense"])
+@pytest.mark.parametrize("truncation", ["full", "carry", "windows"])
+@pytest.mark.parametrize("masks", [False, True], ids=["no masks", "masks"])
+def test_stack_step_and_outputs_equal_the_numpy_twin(dtype, L, D, tokens, truncation, masks):
+    rng = np.random.default_rng(L + 7 * D)
+    T, B, I, H, O = 8, 3, 5, 6, 4
+    inputs, targets, h0, layers, Why, by, m = _problem(rng, dtype, L, D, T, B, I, H, O, tokens,
+                                                       tokens, masks)
+    carry, k, windows = _truncation(rng, truncation, T, dtype)
+    args = (inputs, targets, h0, layers, D, Why, by, 0, 0.01, carry, k, windows, tokens,
+            not tokens, True, m)
+    twin = kernels.get_backend("numpy")
+    _assert_close(rnn._stack_step(*args), twin._stack_step(*args), TOL[dtype])
+    for out_code in (0, 1, 2):
+        got = rnn._stack_outputs(inputs, h0, layers, D, Why, by, 0, 0.01, out_code)
+        ref = twin._stack_outputs(inputs, h0, layers, D, Why, by, 0, 0.01, out_code)
+        for a, b in zip(got, ref):
+            np.testing.assert_allclose(a, b, rtol=TOL[dtype], atol=TOL[dtype])
