@@ -509,10 +509,7 @@ class Workspace(threading.local):
         found = self.kept.get(key[0])
         return found[1] if found is not None and found[0] == key else None
 
-    def keep(self, key, buffers):
-        size = sum(a.nbytes for buf in buffers for value in buf.values()
-                   for a in (value if isinstance(value, list) else [value])
-                   if isinstance(a, np.ndarray))
+    def keep(self, key, buffers, size):
         if size <= MAX_KEPT_BYTES:
             self.kept[key[0]] = (key, buffers)  # one per kind (step, forward): the last one
         else:
@@ -520,8 +517,6 @@ class Workspace(threading.local):
 
 
 _workspace = Workspace()
-
-
 
 
 def shard_count(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t O,
@@ -543,7 +538,7 @@ def shard_count(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize
 
 
 cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens):
-    """Contiguous copies of Whh^T and Wxh^T for layer_forward, or None where not worth one.
+    """Contiguous copies of Wxh^T and Whh^T for layer_forward, or None where not worth one.
     Whh^T serves from a batch of two on (a single row is a GEMV either way). For token ids,
     Wxh^T's rows gather and scatter faster than Wxh's strided columns once there are at least as
     many tokens as rows to transpose. For the whole-sequence products, from the size on which
@@ -560,48 +555,54 @@ cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens)
     return WxhT, WhhT
 
 
-cdef dict shard_buffers(bint step, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                        Py_ssize_t O, Py_ssize_t L, Py_ssize_t D, Py_ssize_t k, bint tokens,
-                        bint need_dWxhT, bint input_grad, bint masks, dtype):
-    """Results and workspaces of one shard's training step (or, without `step`, forward
-    pass: states, joined inputs and outputs y in `z`)."""
-    cdef Py_ssize_t DH = D * H, j
-    buf = {
-        # per layer-direction j: the reverse direction keeps h0 in a last block
-        "hs": [empty((T + 1 + j % D, B, H), dtype) for j in range(L * D)],
-        # layer l's inputs, for l = 1 .. L-1, where not the states themselves
-        "x": [empty((T, B, DH), dtype) if (D == 2 or masks) else None for j in range(L - 1)],
-        "top": empty((T, B, DH), dtype) if D == 2 else None,
-        "z": empty((T * B, O), dtype) if step else empty((T, B, O), dtype),
-        "layers": np.zeros(L * D * sizeof(LayerArgs), dtype=np.uint8),
-    }
-    if not step:
-        return buf
-    # BPTT by blocks of about BLOCK_ROWS (step, sequence) rows: large enough for efficient
-    # GEMMs, small enough that da is a fraction of the states (a window needs all T steps)
-    cdef Py_ssize_t block = T if k else min(T, max(1, (BLOCK_ROWS + B - 1) // B))
-    n_in = [I if j < D else DH for j in range(L * D)]
-    buf.update({
-        "block": block,
-        "da": empty((block, B, H), dtype),
-        "work": empty((2, B, H), dtype),
-        "squares": np.empty(T),
-        "grad_norms": empty((T,), dtype),
-        # the window's depth buffers (its dh0 accumulator uses `work`); none for full BPTT
-        "depth": empty((T, B, H), dtype) if k else None,
-        "depth_next": empty((T, B, H), dtype) if k else None,
-        # dL/dx of the layers above the first, alternately (layer l reads l + 1's)
-        "dX": [empty((T, B, DH), dtype) for j in range(min(2, L - 1))],
-        "dWxh": [empty((H, n_in[j]), dtype) for j in range(L * D)],
-        "dWxhT": [empty((I, H), dtype) if need_dWxhT and j < D else None for j in range(L * D)],
-        "dWhh": [empty((H, H), dtype) for j in range(L * D)],
-        "dbh": [empty((H,), dtype) for j in range(L * D)],
-        "dWhy": empty((O, DH), dtype),
-        "dby": empty((O,), dtype),
-        "dh0": empty((L * D, B, H), dtype),
-        "dx": empty((T, B, I), dtype) if (input_grad and not tokens) else None,
-    })
-    return buf
+cdef class Shard:
+    """One shard's results and workspaces, kept between calls of the same sizes: a training
+    step's, or (without `step`) a forward pass's, whose other fields are None."""
+    # per layer-direction j: states (the reverse direction keeps h0 in a last block), weight
+    # gradients; per layer l = 1 .. L-1 its inputs where not the states themselves (x[l - 1]);
+    # dL/dx of the layers above the first, alternately (layer l writes dX[(l - 1) % 2])
+    cdef list hs, x, dX, dWxh, dWxhT, dWhh, dbh
+    cdef object top, z, layer_args, da, work, squares, grad_norms, depth, depth_next
+    cdef object dWhy, dby, dh0, dx
+    cdef Py_ssize_t block, nbytes, B
+
+    def __init__(self, bint step, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                 Py_ssize_t O, Py_ssize_t L, Py_ssize_t D, Py_ssize_t k, bint tokens,
+                 bint need_dWxhT, bint input_grad, bint masks, dtype):
+        cdef Py_ssize_t DH = D * H, j
+        self.B = B
+        self.hs = [empty((T + 1 + j % D, B, H), dtype) for j in range(L * D)]
+        self.x = [empty((T, B, DH), dtype) if (D == 2 or masks) else None for j in range(L - 1)]
+        self.top = empty((T, B, DH), dtype) if D == 2 else None
+        self.z = empty((T * B, O), dtype) if step else empty((T, B, O), dtype)
+        self.layer_args = np.zeros(L * D * sizeof(LayerArgs), dtype=np.uint8)
+        arrays = self.hs + self.x + [self.top, self.z]
+        if step:
+            # BPTT by blocks of about BLOCK_ROWS (step, sequence) rows: large enough for
+            # efficient GEMMs, small enough that da is a fraction of the states (a window
+            # needs all T steps)
+            self.block = T if k else min(T, max(1, (BLOCK_ROWS + B - 1) // B))
+            self.da = empty((self.block, B, H), dtype)
+            self.work = empty((2, B, H), dtype)
+            self.squares = np.empty(T)
+            self.grad_norms = empty((T,), dtype)
+            # the window's depth buffers (its dh0 accumulator uses `work`); none for full BPTT
+            self.depth = empty((T, B, H), dtype) if k else None
+            self.depth_next = empty((T, B, H), dtype) if k else None
+            self.dX = [empty((T, B, DH), dtype) for j in range(min(2, L - 1))]
+            self.dWxh = [empty((H, I if j < D else DH), dtype) for j in range(L * D)]
+            self.dWxhT = [empty((I, H), dtype) if need_dWxhT and j < D else None
+                          for j in range(L * D)]
+            self.dWhh = [empty((H, H), dtype) for j in range(L * D)]
+            self.dbh = [empty((H,), dtype) for j in range(L * D)]
+            self.dWhy = empty((O, DH), dtype)
+            self.dby = empty((O,), dtype)
+            self.dh0 = empty((L * D, B, H), dtype)
+            self.dx = empty((T, B, I), dtype) if (input_grad and not tokens) else None
+            arrays += (self.dX + self.dWxh + self.dWxhT + self.dWhh + self.dbh
+                       + [self.da, self.work, self.squares, self.grad_norms, self.depth,
+                          self.depth_next, self.dWhy, self.dby, self.dh0, self.dx])
+        self.nbytes = sum(a.nbytes for a in arrays if a is not None)
 
 
 cdef inline void* at(object a, Py_ssize_t offset):
@@ -609,14 +610,15 @@ cdef inline void* at(object a, Py_ssize_t offset):
     return <char*> cnp.PyArray_DATA(<cnp.ndarray> a) + offset
 
 
-cdef int fill_step(StepArgs* a, dict buf, inputs, targets, h0, masks, layers, transposed, Why,
-                   WhyT, by, carry, windows, Py_ssize_t k, Py_ssize_t D, int code, double slope,
-                   double scale, int output) except -1:
+cdef int fill_step(StepArgs* a, Shard buf, inputs, targets, h0, masks, layers, list transposed,
+                   Why, WhyT, by, carry, windows, Py_ssize_t k, Py_ssize_t D, int code,
+                   double slope, double scale, int output) except -1:
     cdef bint tokens = inputs.dtype.kind in "iu", step = targets is not None
     cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], H = Why.shape[1] // D
     cdef Py_ssize_t L = len(layers) // D, j, l
     cdef Py_ssize_t item = Why.itemsize, state_bytes = B * H * item
     cdef LayerArgs* p
+    cdef list hs = buf.hs
     a.single = Why.dtype == np.float32
     a.forward_only = not step
     a.output = output
@@ -630,19 +632,18 @@ cdef int fill_step(StepArgs* a, dict buf, inputs, targets, h0, masks, layers, tr
     a.windows = <const Py_ssize_t*> data(windows)
     a.carry, a.masks = data(carry), data(masks)
     a.Why, a.WhyT, a.by = data(Why), data(WhyT), data(by)
-    hs, xs, dX = buf["hs"], buf["x"], buf.get("dX")
-    a.top = data(buf["top"]) if D == 2 else at(hs[(L - 1) * D], state_bytes)
-    a.z = data(buf["z"])
-    a.layers = <LayerArgs*> data(buf["layers"])
+    a.top = data(buf.top) if D == 2 else at(hs[(L - 1) * D], state_bytes)
+    a.z = data(buf.z)
+    a.layers = <LayerArgs*> data(buf.layer_args)
     a.L, a.D, a.longest, a.T, a.B, a.H, a.O = L, D, k, T, B, H, Why.shape[0]
     a.code, a.slope, a.scale = code, slope, scale
     if step:
         # a forward pass has states and outputs only: the step's other buffers are for it
-        a.da, a.work = data(buf["da"]), data(buf["work"])
-        a.depth, a.depth_next = data(buf["depth"]), data(buf["depth_next"])
-        a.squares, a.grad_norms = <double*> data(buf["squares"]), data(buf["grad_norms"])
-        a.dWhy, a.dby = data(buf["dWhy"]), data(buf["dby"])
-        a.block = buf["block"]
+        a.da, a.work = data(buf.da), data(buf.work)
+        a.depth, a.depth_next = data(buf.depth), data(buf.depth_next)
+        a.squares, a.grad_norms = <double*> data(buf.squares), data(buf.grad_norms)
+        a.dWhy, a.dby = data(buf.dWhy), data(buf.dby)
+        a.block = buf.block
     for j in range(L * D):
         l = j // D
         Wxh, Whh, bh = layers[j]
@@ -655,15 +656,15 @@ cdef int fill_step(StepArgs* a, dict buf, inputs, targets, h0, masks, layers, tr
         p.reverse = j % D == 1
         if l == 0:
             p.x = NULL if tokens else data(inputs)
-        elif xs[l - 1] is not None:
-            p.x = data(xs[l - 1])
+        elif buf.x[l - 1] is not None:
+            p.x = data(buf.x[l - 1])
         else:
             p.x = at(hs[(l - 1) * D], state_bytes)
         if step:
-            p.dx = data(buf["dx"]) if l == 0 else data(dX[(l - 1) % 2])
-            p.dWxh, p.dWxhT = data(buf["dWxh"][j]), data(buf["dWxhT"][j])
-            p.dWhh, p.dbh = data(buf["dWhh"][j]), data(buf["dbh"][j])
-            p.dh0 = at(buf["dh0"], j * state_bytes)
+            p.dx = data(buf.dx) if l == 0 else data(buf.dX[(l - 1) % 2])
+            p.dWxh, p.dWxhT = data(buf.dWxh[j]), data(buf.dWxhT[j])
+            p.dWhh, p.dbh = data(buf.dWhh[j]), data(buf.dbh[j])
+            p.dh0 = at(buf.dh0, j * state_bytes)
     return 0
 
 
@@ -672,8 +673,8 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
                        int output, masks, threads):
     """Run a training step (or, with ``targets`` None, a forward pass) of a stack of layers
     over the batch in ``shard_count(...)`` shards of consecutive sequences, on at most
-    ``threads`` threads. Returns ``(shards, losses)``: per shard ``(b0, b1, buffers)``, and the
-    shards' losses."""
+    ``threads`` threads. Returns ``(shards, loss)``: the shards' buffers (a list of Shard) and
+    the sum of their losses, in shard order."""
     cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], O = Why.shape[0]
     cdef Py_ssize_t LD = len(layers), L = LD // D, H = Why.shape[1] // D
     cdef Py_ssize_t I = layers[0][0].shape[1]
@@ -682,9 +683,8 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
     cdef Py_ssize_t per = B // shards, extra = B % shards, s, b0, b1, j
     # the thread count matters only when there are shards to share (and is looked up only then)
     cdef int n_threads = 1 if shards == 1 else max(1, min(_threads.resolve(threads), shards))
-    dtype = Why.dtype
-    transposed = [transposed_weights(layers[j][0], layers[j][1], T, per, tokens and j < D)
-                  for j in range(LD)]
+    cdef list transposed = [transposed_weights(layers[j][0], layers[j][1], T, per,
+                                               tokens and j < D) for j in range(LD)]
     WhyT = (np.ascontiguousarray(Why.T)
             if T * per * D * H * O > BLAS_SINGLE_THREAD_MAX_WORK else None)
     step_args = np.zeros(shards * sizeof(StepArgs), dtype=np.uint8)
@@ -692,59 +692,64 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
     cdef StepArgs* steps = <StepArgs*> data(step_args)
     cdef Worker* workers = <Worker*> data(worker_args)
     cdef bint need_dWxhT = tokens and transposed[0][0] is not None
+    cdef Shard buf
+    cdef double loss = 0
     # every shard's results and workspaces, kept for this thread's next call of the same sizes
     key = (targets is None, T, B, I, H, O, L, D, k, tokens, need_dWxhT, input_grad,
-           masks is not None, dtype, shards)
-    buffers = _workspace.get(key)
-    fresh = buffers is None
+           masks is not None, Why.dtype, shards)
+    cdef list buffers = _workspace.get(key)
+    cdef bint fresh = buffers is None
     if fresh:
-        buffers = []
-    parts = []
-    for s in range(shards):
-        b0 = s * per + min(s, extra)
-        b1 = b0 + per + (1 if s < extra else 0)
-        if shards == 1:
-            part = (inputs, targets, h0, masks)
-        else:
+        buffers = [Shard(targets is not None, T, per + (1 if s < extra else 0), I, H, O, L, D,
+                         k, tokens, need_dWxhT, input_grad, masks is not None, Why.dtype)
+                   for s in range(shards)]
+    if shards == 1:
+        fill_step(steps, buffers[0], inputs, targets, h0, masks, layers, transposed, Why, WhyT,
+                  by, carry, windows, k, D, code, slope, scale, output)
+        with nogil:
+            run_shards(steps, 1, workers, 1)
+        loss = steps[0].loss
+    else:
+        parts = []  # the shards' inputs, alive until the shards have run
+        for s in range(shards):
+            b0 = s * per + min(s, extra)
+            b1 = b0 + per + (1 if s < extra else 0)
             # each shard a run of consecutive sequences, copied contiguous
             part = (np.ascontiguousarray(inputs[:, b0:b1]),
                     None if targets is None else np.ascontiguousarray(targets[:, b0:b1]),
                     np.ascontiguousarray(h0[:, b0:b1]),
                     None if masks is None else np.ascontiguousarray(masks[:, :, b0:b1]))
-        if fresh:
-            buf = shard_buffers(targets is not None, T, b1 - b0, I, H, O, L, D, k, tokens,
-                                need_dWxhT, input_grad, masks is not None, dtype)
-            buffers.append(buf)
-        else:
-            buf = buffers[s]
-        parts.append((b0, b1, buf, part))
-        fill_step(&steps[s], buf, part[0], part[1], part[2], part[3], layers, transposed, Why,
-                  WhyT, by, carry, windows, k, D, code, slope, scale, output)
-    with nogil:
-        run_shards(steps, shards, workers, n_threads)
+            parts.append(part)
+            fill_step(&steps[s], buffers[s], part[0], part[1], part[2], part[3], layers,
+                      transposed, Why, WhyT, by, carry, windows, k, D, code, slope, scale,
+                      output)
+        with nogil:
+            run_shards(steps, shards, workers, n_threads)
+        for s in range(shards):
+            loss += steps[s].loss
     if fresh:
-        _workspace.keep(key, buffers)
-    return [(b0, b1, buf) for b0, b1, buf, part in parts], [steps[s].loss for s in range(shards)]
+        _workspace.keep(key, buffers, sum([(<Shard> b).nbytes for b in buffers]))
+    return buffers, loss
 
 
 cdef object last_states(list bufs, Py_ssize_t T, Py_ssize_t D):
     """h_last (L*D, B, H), a new array: each layer-direction's state after its last step (the
     reverse direction's after step 0), the shards joined along the batch axis."""
-    cdef list first = bufs[0]["hs"]
-    cdef Py_ssize_t LD = len(first), B = 0, j, b0 = 0, b1
+    cdef Shard first = bufs[0], buf
+    cdef Py_ssize_t LD = len(first.hs), B = 0, j, b0 = 0
+    a = first.hs[0]
     if len(bufs) == 1:
-        out = empty((LD, first[0].shape[1], first[0].shape[2]), first[0].dtype)
+        out = empty((LD, a.shape[1], a.shape[2]), a.dtype)
         for j in range(LD):
-            out[j] = first[j][1 if j % D else T]
+            out[j] = first.hs[j][1 if j % D else T]
         return out
     for buf in bufs:
-        B += buf["hs"][0].shape[1]
-    out = empty((LD, B, first[0].shape[2]), first[0].dtype)
+        B += buf.B
+    out = empty((LD, B, a.shape[2]), a.dtype)
     for buf in bufs:
-        b1 = b0 + buf["hs"][0].shape[1]
         for j in range(LD):
-            out[j, b0:b1] = buf["hs"][j][1 if j % D else T]
-        b0 = b1
+            out[j, b0:b0 + buf.B] = buf.hs[j][1 if j % D else T]
+        b0 += buf.B
     return out
 
 
@@ -758,41 +763,37 @@ cdef tuple step_results(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int 
     cdef Py_ssize_t LD = len(layers)
     cdef double count = T * B if cross_entropy else T * B * O
     cdef double scale = 1.0 if sum_reduction else 1.0 / count
-    parts, losses = run_sharded(inputs, targets, h0, layers, D, Why, by, code, slope, carry,
-                                k, windows, scale, input_grad, 0, masks, threads)
-    cdef double value = 0
-    for loss in losses:
-        value += loss
+    cdef list bufs
+    cdef double value
+    bufs, value = run_sharded(inputs, targets, h0, layers, D, Why, by, code, slope, carry, k,
+                              windows, scale, input_grad, 0, masks, threads)
     if not sum_reduction:
         value /= count
-    bufs = [buf for b0, b1, buf in parts]
-    first = bufs[0]
-    dWxh, dWhh, dbh = first["dWxh"], first["dWhh"], first["dbh"]
-    layer_grads = [[dWxh[j].copy(), dWhh[j].copy(), dbh[j].copy()] for j in range(LD)]
-    dWhy, dby = first["dWhy"].copy(), first["dby"].copy()
+    cdef Shard first = bufs[0], buf
+    layer_grads = [[first.dWxh[j].copy(), first.dWhh[j].copy(), first.dbh[j].copy()]
+                   for j in range(LD)]
+    dWhy, dby = first.dWhy.copy(), first.dby.copy()
+    if len(bufs) == 1:
+        grad_norms = None if k else first.grad_norms.copy()
+        dh0 = first.dh0.copy()
+        dx = None if first.dx is None else first.dx.copy()
+        return (value, layer_grads, dWhy, dby, dh0, dx, last_states(bufs, T, D), grad_norms)
     for buf in bufs[1:]:
         for j in range(LD):
             g = layer_grads[j]
-            g[0] += buf["dWxh"][j]
-            g[1] += buf["dWhh"][j]
-            g[2] += buf["dbh"][j]
-        dWhy += buf["dWhy"]
-        dby += buf["dby"]
-    if k:
-        grad_norms = None
-    elif len(bufs) == 1:
-        grad_norms = first["grad_norms"].copy()
-    else:
-        squares = first["grad_norms"] * first["grad_norms"]
+            g[0] += buf.dWxh[j]
+            g[1] += buf.dWhh[j]
+            g[2] += buf.dbh[j]
+        dWhy += buf.dWhy
+        dby += buf.dby
+    grad_norms = None
+    if not k:
+        squares = first.grad_norms * first.grad_norms
         for buf in bufs[1:]:
-            squares += buf["grad_norms"] * buf["grad_norms"]
+            squares += buf.grad_norms * buf.grad_norms
         grad_norms = np.sqrt(squares)
-    if len(bufs) == 1:
-        dh0 = first["dh0"].copy()
-        dx = None if first["dx"] is None else first["dx"].copy()
-    else:
-        dh0 = np.concatenate([buf["dh0"] for buf in bufs], axis=1)
-        dx = None if first["dx"] is None else np.concatenate([buf["dx"] for buf in bufs], axis=1)
+    dh0 = np.concatenate([buf.dh0 for buf in bufs], axis=1)
+    dx = None if first.dx is None else np.concatenate([buf.dx for buf in bufs], axis=1)
     return (value, layer_grads, dWhy, dby, dh0, dx, last_states(bufs, T, D), grad_norms)
 
 
@@ -822,12 +823,15 @@ def _stack_outputs(inputs, h0, layers, int num_directions, Why, by, int code, do
     """The forward pass of a stack (see ``_stack_step``): ``(y (T, B, O), h_last (L*D, B,
     H))``, y = g(z) with out_code 0 linear, 1 softmax, 2 sigmoid."""
     cdef Py_ssize_t T = inputs.shape[0]
-    parts, _ = run_sharded(inputs, None, h0, layers, num_directions, Why, by, code, slope, None,
-                           0, None, 1.0, False, out_code, None, threads)
-    bufs = [buf for b0, b1, buf in parts]
+    cdef list bufs
+    cdef Shard buf
+    bufs, _ = run_sharded(inputs, None, h0, layers, num_directions, Why, by, code, slope, None,
+                          0, None, 1.0, False, out_code, None, threads)
     # new arrays for the caller (the buffers are kept), the shards joined along the batch axis
-    y = bufs[0]["z"].copy() if len(bufs) == 1 else np.concatenate([buf["z"] for buf in bufs],
-                                                                    axis=1)
+    if len(bufs) == 1:
+        y = (<Shard> bufs[0]).z.copy()
+    else:
+        y = np.concatenate([buf.z for buf in bufs], axis=1)
     return y, last_states(bufs, T, num_directions)
 
 
