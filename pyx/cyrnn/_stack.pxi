@@ -1,3 +1,13 @@
+# The fused training step and forward pass of a stack of Elman layers, and the threads that run
+# them on shards of the batch. Included by _rnn.pyx: one compilation unit with the recurrences
+# (forward, backward_in_place, backward_window), which the C compiler inlines into the step. A
+# module of its own would reach them through a .pxd, that is through function pointers across
+# extension modules, without inlining.
+#
+# Per call, Python fills one StepArgs per shard (sizes and void* pointers, with one LayerArgs
+# per layer-direction j = l*D + d); run_step chooses the dtype once and runs stack_step or
+# stack_outputs, fused over float/double, which read every pointer from the structs.
+#
 # ---------------------------------------------------------------------------------------------
 # a whole training step of a stack of layers in one call: projections, recurrences (both
 # directions), output layer, loss, BPTT through every layer, gradients
