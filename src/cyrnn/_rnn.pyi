@@ -35,7 +35,24 @@ def elman_loss_and_grad(
     carry: Optional[npt.ArrayLike] = None, window: Union[int, npt.ArrayLike, None] = None,
     input_grad: bool = True, threads: Optional[int] = None,
 ) -> tuple[float, ArrayDict, FloatArray, Optional[FloatArray]]: ...
-def shard_count(T: int, B: int, I: int, H: int, O: int) -> int: ...
+def shard_count(T: int, B: int, I: int, H: int, O: int, num_layers: int = 1,
+                num_directions: int = 1) -> int: ...
 
-# the private entry points and test hooks
+
+# the private entry points, on arguments the model has checked
+def _stack_step(
+    inputs: npt.NDArray[Any], targets: npt.NDArray[Any], h0: FloatArray,
+    layers: tuple[tuple[FloatArray, FloatArray, FloatArray], ...], num_directions: int,
+    Why: FloatArray, by: FloatArray, code: int, slope: float, carry: Optional[FloatArray],
+    k: int, windows: Optional[npt.NDArray[Any]], cross_entropy: bool, sum_reduction: bool,
+    input_grad: bool, masks: Optional[FloatArray], threads: Optional[int] = None,
+) -> tuple[float, dict[str, Any], FloatArray, Optional[FloatArray]]: ...
+def _stack_outputs(
+    inputs: npt.NDArray[Any], h0: FloatArray,
+    layers: tuple[tuple[FloatArray, FloatArray, FloatArray], ...], num_directions: int,
+    Why: FloatArray, by: FloatArray, code: int, slope: float, out_code: int,
+    threads: Optional[int] = None,
+) -> tuple[FloatArray, FloatArray]: ...
+
+# the other private entry points and test hooks
 def __getattr__(name: str) -> Any: ...

@@ -1,0 +1,900 @@
+# The fused training step and forward pass of a stack of Elman layers, and the threads that run
+# them on shards of the batch. Included by _rnn.pyx: one compilation unit with the recurrences
+# (forward, backward_in_place, backward_window), which the C compiler inlines into the step. A
+# module of its own would reach them through a .pxd, that is through function pointers across
+# extension modules, without inlining.
+#
+# Per call, Python fills one StepArgs per shard (sizes and void* pointers, with one LayerArgs
+# per layer-direction j = l*D + d); run_step chooses the dtype once and runs stack_step or
+# stack_outputs, fused over float/double, which read every pointer from the structs.
+#
+# ---------------------------------------------------------------------------------------------
+# a whole training step of a stack of layers in one call: projections, recurrences (both
+# directions), output layer, loss, BPTT through every layer, gradients
+# ---------------------------------------------------------------------------------------------
+
+cdef void shift_by_row_max(floating* z, Py_ssize_t N, Py_ssize_t O) noexcept nogil:
+    """Each row of z (N, O) minus its maximum, in place (the softmax's shift: exps <= 1)."""
+    cdef Py_ssize_t n, o
+    cdef floating m
+    cdef floating* row
+    for n in range(N):
+        row = z + n * O
+        m = row[0]
+        for o in range(1, O):
+            m = row[o] if row[o] > m else m
+        for o in range(O):
+            row[o] = row[o] - m
+
+
+cdef double softmax_cross_entropy(floating* z, const Py_ssize_t* target, Py_ssize_t N,
+                                  Py_ssize_t O, floating scale) noexcept nogil:
+    """Rows of logits z (N, O) -> scale * (softmax(z) - onehot(target)) in place; returns the
+    summed loss sum_n log(sum_o exp z_no) - z_n,target (accumulated in double)."""
+    cdef Py_ssize_t n, o, first = 0, last, rows = max(1, EXP_BLOCK // O)
+    cdef floating total_exp, inv
+    cdef floating* row
+    cdef double loss = 0
+    while first < N:
+        last = min(N, first + rows)
+        # z_n - max_n z_n for a block of rows, then their exps in one call
+        shift_by_row_max(z + first * O, last - first, O)
+        for n in range(first, last):
+            loss -= z[n * O + target[n]]
+        exp_inplace(z + first * O, (last - first) * O)
+        for n in range(first, last):
+            row = z + n * O
+            total_exp = 0
+            for o in range(O):
+                total_exp += row[o]
+            loss += log(total_exp)
+            inv = scale / total_exp
+            for o in range(O):
+                row[o] *= inv
+            row[target[n]] -= scale
+        first = last
+    return loss
+
+
+cdef double squared_error(floating* z, const floating* target, Py_ssize_t n,
+                          floating scale) noexcept nogil:
+    """z (n,) -> 2 scale (z - target) in place; returns sum (z - target)^2. As in the NumPy twin,
+    the difference is taken in the dtype of z and squared and summed in double: in float32 a
+    difference above 1.8e19 would square to inf."""
+    cdef Py_ssize_t i
+    cdef double loss = 0, d
+    cdef floating diff
+    for i in range(n):
+        diff = z[i] - target[i]
+        d = diff
+        loss += d * d
+        z[i] = 2 * scale * diff
+    return loss
+
+
+cdef void softmax_rows(floating* z, Py_ssize_t N, Py_ssize_t O) noexcept nogil:
+    """Each row of z (N, O) replaced by its softmax (shifted by the row maximum)."""
+    cdef Py_ssize_t n, o, first = 0, last, rows = max(1, EXP_BLOCK // O)
+    cdef floating total
+    cdef floating* row
+    while first < N:
+        last = min(N, first + rows)
+        # z_n - max_n z_n for a block of rows, then their exps in one call
+        shift_by_row_max(z + first * O, last - first, O)
+        exp_inplace(z + first * O, (last - first) * O)
+        for n in range(first, last):
+            row = z + n * O
+            total = 0
+            for o in range(O):
+                total += row[o]
+            total = 1 / total
+            for o in range(O):
+                row[o] *= total
+        first = last
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# one shard's step or forward pass, on a struct of sizes and pointers filled once per call
+# ---------------------------------------------------------------------------------------------
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    int pthread_create(pthread_t* thread, const void* attr, void* (*start)(void*) noexcept nogil,
+                       void* arg)
+    int pthread_join(pthread_t thread, void** result)
+
+
+
+
+ctypedef struct LayerArgs:
+    # one direction d of one layer l (j = l * D + d, torch's order) in one shard of the batch:
+    # float arrays as void*, of the dtype StepArgs.single says; NULL where not used
+    void* Wxh       # (H, n_in)
+    void* WxhT      # (n_in, H), a contiguous copy of Wxh^T (see transposed_weights)
+    void* Whh       # (H, H)
+    void* WhhT      # (H, H), a contiguous copy of Whh^T
+    void* bh        # (H,)
+    void* h0        # (B, H)
+    # states, hs[t + 1] the state at step t (both directions): forward, (T + 1, B, H) and
+    # hs[0] = h0; reverse (steps T-1 down to 0), (T + 2, B, H) and hs[T + 1] = h0
+    void* hs
+    void* x         # the layer's inputs (T*B, n_in); NULL for token ids
+    void* dx        # dL/dx (T*B, n_in) goes here (direction 1 adds to direction 0's), or NULL
+    void* dWxh      # (H, n_in)
+    void* dWxhT     # (n_in, H): the token ids' scatter-add, row-wise, or NULL
+    void* dWhh      # (H, H)
+    void* dbh       # (H,)
+    void* dh0       # (B, H)
+    Py_ssize_t n_in  # I for layer 0, D*H above it
+    bint reverse
+
+
+ctypedef struct StepArgs:
+    # one shard's training step (or, with `forward_only`, forward pass: z holds the outputs y,
+    # `output` their function: 0 linear, 1 softmax, 2 sigmoid), filled once per call
+    bint single     # float32, else float64
+    bint forward_only
+    int output
+    const Py_ssize_t* tokens       # (T*B,) token ids, or NULL for dense inputs (layers[0].x)
+    const Py_ssize_t* target_ids   # (T*B,) class ids (cross-entropy), or NULL
+    const Py_ssize_t* windows      # (T,) look-back windows, or NULL
+    void* target_values            # (T*B, O) for the squared error, or NULL
+    void* carry                    # (T,) carry scales, or NULL
+    void* masks     # (L-1, T*B, D*H): layer l + 1's inputs are layer l's states times masks[l]
+    void* top       # (T*B, D*H) the output layer's inputs: the last layer's states, joined
+    void* Why       # (O, D*H)
+    void* WhyT      # (D*H, O) or NULL
+    void* by        # (O,)
+    void* z         # (T*B, O) logits, then dL/dz
+    void* da        # (block, B, H): one BPTT block of one layer-direction
+    void* work      # (2, B, H)
+    void* depth     # (T, B, H) look-back windows' buffers, or NULL
+    void* depth_next
+    double* squares  # (T,) sum over the layers of ||dL/dh_t||^2
+    void* grad_norms  # (T,)
+    void* dWhy      # (O, D*H)
+    void* dby       # (O,)
+    LayerArgs* layers  # L * D of them
+    Py_ssize_t L, D, longest, T, B, H, O, block  # (no field I: complex.h defines a macro I)
+    int code
+    double slope, scale, loss
+
+
+
+cdef extern from *:
+    """
+    /* the next shard to run: a counter the workers share (each shard runs once, on whichever
+       worker is free first; what a shard computes does not depend on which one) */
+    static inline Py_ssize_t cyrnn_next_shard(Py_ssize_t* counter)
+    {
+        return __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
+    }
+    """
+    Py_ssize_t next_shard "cyrnn_next_shard"(Py_ssize_t* counter) nogil
+
+
+ctypedef struct Worker:
+    # one thread's view of the work: the shards of `steps`, taken in turn from `next`
+    StepArgs* steps
+    Py_ssize_t* next
+    Py_ssize_t count
+
+
+cdef void output_function(floating* y, Py_ssize_t N, Py_ssize_t O, int output) noexcept nogil:
+    """y (N, O) = g(z) in place of the logits z: 0 linear (unchanged), 1 softmax, 2 sigmoid."""
+    if output == 1:
+        softmax_rows(y, N, O)
+    elif output == 2:
+        activate(y, N * O, SIGMOID, 0)
+
+
+
+cdef void layer_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t* tokens,
+                        floating* hs) noexcept nogil:
+    """One layer-direction's states: projection of its inputs (token ids or dense) straight
+    into hs[1:], then the recurrence in place. ``WxhT`` and ``WhhT``, where not NULL, are
+    contiguous copies of the transposed weights: rows of WxhT gather without striding, and
+    products with untransposed operands run faster (on cyrnn's own kernel, which needs them;
+    OpenBLAS reads a transposed operand more slowly)."""
+    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, I = p.n_in, TB = T * B, BH = B * H, n, j
+    cdef const floating* Wxh = <const floating*> p.Wxh
+    cdef const floating* WxhT = <const floating*> p.WxhT
+    cdef const floating* bh = <const floating*> p.bh
+    cdef const floating* x = <const floating*> p.x
+    cdef floating* row
+    # 1. input projection, straight into the state buffer: hs[1:T+1] = x Wxh^T + bh
+    if tokens != NULL and WxhT != NULL:
+        for n in range(TB):
+            # a row gather: row tokens[n] of Wxh^T (I, H)
+            row = hs + BH + n * H
+            for j in range(H):
+                row[j] = WxhT[tokens[n] * H + j] + bh[j]
+    elif tokens != NULL:
+        for n in range(TB):
+            # the same from Wxh itself: column tokens[n] of Wxh (H, I)
+            row = hs + BH + n * H
+            for j in range(H):
+                row[j] = Wxh[j * I + tokens[n]] + bh[j]
+    else:
+        # (T*B, H) = x (T*B, I) Wxh^T (I, H)
+        if WxhT != NULL:
+            gemm(False, False, <int> TB, <int> H, <int> I, 1, x, <int> I, WxhT, <int> H, 0,
+                 hs + BH, <int> H)
+        else:
+            gemm(False, True, <int> TB, <int> H, <int> I, 1, x, <int> I, Wxh, <int> I, 0,
+                 hs + BH, <int> H)
+        add_to_rows(hs + BH, bh, TB, H)
+    # 2. the recurrence, in place: hs[t + 1] = f(hs[t + 1] + h_prev Whh^T), in its direction
+    if p.WhhT != NULL:
+        forward(hs + BH, <const floating*> p.h0, <const floating*> p.WhhT, True, hs, NULL, T, B,
+                H, a.code, <floating> a.slope, p.reverse)
+    else:
+        forward(hs + BH, <const floating*> p.h0, <const floating*> p.Whh, False, hs, NULL, T, B,
+                H, a.code, <floating> a.slope, p.reverse)
+
+
+cdef void join_states(const StepArgs* a, Py_ssize_t l, floating* out,
+                      const floating* mask) noexcept nogil:
+    """out (T*B, D*H) = layer l's states, direction d in columns [d*H, (d+1)*H), times the
+    dropout multipliers mask (T*B, D*H) unless NULL."""
+    cdef Py_ssize_t H = a.H, DH = a.D * H, TB = a.T * a.B, n, d, i
+    cdef const floating* states
+    cdef const floating* src
+    cdef const floating* m
+    cdef floating* dst
+    for d in range(a.D):
+        states = <const floating*> a.layers[l * a.D + d].hs + a.B * H
+        for n in range(TB):
+            src = states + n * H
+            dst = out + n * DH + d * H
+            if mask == NULL:
+                memcpy(dst, src, H * sizeof(floating))
+            else:
+                m = mask + n * DH + d * H
+                for i in range(H):
+                    dst[i] = src[i] * m[i]
+
+
+cdef void stack_forward(const StepArgs* a, floating* z) noexcept nogil:
+    """Every layer's states, bottom up, and the logits z (T*B, O)."""
+    cdef Py_ssize_t L = a.L, D = a.D, TB = a.T * a.B, DH = a.D * a.H, O = a.O, l, d
+    cdef const floating* masks = <const floating*> a.masks
+    cdef const floating* top = <const floating*> a.top
+    for l in range(L):
+        for d in range(D):
+            layer_forward(a, &a.layers[l * D + d], a.tokens if l == 0 else NULL,
+                          <floating*> a.layers[l * D + d].hs)
+        # the next layer's inputs: these states (both directions side by side), dropped out;
+        # one direction without dropout reads them where they are
+        if l + 1 < L and (D == 2 or masks != NULL):
+            join_states(a, l, <floating*> a.layers[(l + 1) * D].x,
+                        masks + l * TB * DH if masks != NULL else NULL)
+        elif l + 1 == L and D == 2:
+            join_states(a, l, <floating*> a.top, NULL)
+    # 3. logits (T*B, O) = top (T*B, D*H) Why^T (D*H, O) + by
+    if a.WhyT != NULL:
+        gemm(False, False, <int> TB, <int> O, <int> DH, 1, top, <int> DH,
+             <const floating*> a.WhyT, <int> O, 0, z, <int> O)
+    else:
+        gemm(False, True, <int> TB, <int> O, <int> DH, 1, top, <int> DH,
+             <const floating*> a.Why, <int> DH, 0, z, <int> O)
+    add_to_rows(z, <const floating*> a.by, TB, O)
+
+
+cdef void take_columns(floating* out, const floating* src, const floating* mask, Py_ssize_t rows,
+                       Py_ssize_t H, Py_ssize_t ld) noexcept nogil:
+    """out (rows, H) = H columns of src (rows, ld), times the same columns of mask unless
+    NULL."""
+    cdef Py_ssize_t n, i
+    cdef floating* o
+    cdef const floating* s
+    cdef const floating* m
+    for n in range(rows):
+        o = out + n * H
+        s = src + n * ld
+        if mask == NULL:
+            memcpy(o, s, H * sizeof(floating))
+        else:
+            m = mask + n * ld
+            for i in range(H):
+                o[i] = s[i] * m[i]
+
+
+cdef void reverse_steps(floating* a, Py_ssize_t T, Py_ssize_t BH) noexcept nogil:
+    """The T blocks of BH values of a, in reverse order, in place."""
+    cdef Py_ssize_t t, i
+    cdef floating* p
+    cdef floating* q
+    cdef floating v
+    for t in range(T // 2):
+        p = a + t * BH
+        q = a + (T - 1 - t) * BH
+        for i in range(BH):
+            v = p[i]
+            p[i] = q[i]
+            q[i] = v
+
+
+cdef void layer_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
+                         floating* da) noexcept nogil:
+    """BPTT through one layer-direction and its weight gradients, by blocks of `block` steps
+    in its backward order (from its last step), so that da needs a (block*B, H) buffer rather
+    than (T, B, H); dh0 carries the gradient from one block into the state before it (the next
+    block's dh_last). The error reaching its states comes from the output layer (the top
+    layer) or from the layer above's input gradient, times the dropout mask. Writes dL/dx
+    into p.dx (direction 1 adding to direction 0's) for the layer below."""
+    cdef const LayerArgs* p = &a.layers[l * a.D + d]
+    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, O = a.O, I = p.n_in, D = a.D
+    cdef Py_ssize_t DH = D * H, BH = B * H, TB = T * B
+    cdef Py_ssize_t block = T if a.longest else a.block
+    cdef Py_ssize_t done = 0, start, n_steps, rows, n, j
+    cdef bint reverse = p.reverse, first = True
+    cdef floating slope = <floating> a.slope
+    cdef floating* hs = <floating*> p.hs
+    cdef const floating* Whh = <const floating*> p.Whh
+    cdef const floating* Wxh = <const floating*> p.Wxh
+    cdef const floating* x = <const floating*> p.x
+    cdef const floating* z = <const floating*> a.z
+    cdef const floating* carry = <const floating*> a.carry
+    cdef const floating* carry_block
+    cdef const floating* above = NULL
+    cdef const floating* mask = NULL
+    cdef const floating* grad_row
+    cdef floating* dx = <floating*> p.dx
+    cdef floating* dWxh = <floating*> p.dWxh
+    cdef floating* dWxhT = <floating*> p.dWxhT
+    cdef floating* dWhh = <floating*> p.dWhh
+    cdef floating* dbh = <floating*> p.dbh
+    cdef floating* dh0 = <floating*> p.dh0
+    cdef const Py_ssize_t* tokens = a.tokens if l == 0 else NULL
+    if l + 1 < a.L:
+        above = <const floating*> a.layers[(l + 1) * D].dx
+        if a.masks != NULL:
+            mask = <const floating*> a.masks + l * TB * DH
+    if tokens != NULL:
+        memset(dWxhT if dWxhT != NULL else dWxh, 0, H * I * sizeof(floating))
+    memset(dbh, 0, H * sizeof(floating))
+    while done < T:
+        n_steps = min(block, T - done)
+        start = done if reverse else T - done - n_steps
+        rows = n_steps * B
+        if above == NULL:
+            # dh_out (rows, H) = dz (rows, O) Why[:, dH:(d+1)H] (O, H), into da: BPTT turns it
+            # into da in place
+            gemm(False, False, <int> rows, <int> H, <int> O, 1, z + start * B * O, <int> O,
+                 <const floating*> a.Why + d * H, <int> DH, 0, da, <int> H)
+        else:
+            # dh_out = this direction's columns of the layer above's dL/dx, times the mask
+            take_columns(da, above + start * B * DH + d * H,
+                         mask + start * B * DH + d * H if mask != NULL else NULL, rows, H, DH)
+        # da_t = (dh_out_t + c da Whh from the step after it) * f'(h_t), or by look-back windows
+        if a.longest == 0:
+            carry_block = NULL
+            if carry != NULL:
+                # indexed by the step's place in this direction's order
+                carry_block = carry + (T - 1 - start) if reverse else carry + start
+            backward_in_place(da, hs + start * BH, Whh, NULL if first else dh0, carry_block,
+                              a.squares + start, dh0, n_steps, B, H, a.code, slope, reverse)
+        else:
+            # one block of all T steps; the reverse direction runs it in its own order
+            memset(dh0, 0, BH * sizeof(floating))
+            if reverse:
+                reverse_steps(da, T, BH)
+                reverse_steps(hs + BH, T + 1, BH)
+            backward_window(da, hs + BH if reverse else hs, Whh, NULL, a.windows, da, dh0,
+                            <floating*> a.depth, <floating*> a.depth_next, <floating*> a.work,
+                            a.longest, T, B, H, a.code, slope)
+            if reverse:
+                reverse_steps(da, T, BH)
+                reverse_steps(hs + BH, T + 1, BH)
+        # dWhh (H, H) (+)= da^T (H, rows) h_prev (rows, H), the states the steps started from;
+        # dbh += column sums of da
+        gemm(True, False, <int> H, <int> H, <int> rows, 1, da, <int> H,
+             hs + (start + 2 if reverse else start) * BH, <int> H, 0 if first else 1, dWhh,
+             <int> H)
+        add_row_sums(dbh, da, rows, H)
+        # dWxh: scatter-add of da's rows into the token columns, or (+)= da^T x
+        if tokens != NULL and dWxhT != NULL:
+            for n in range(rows):
+                add(dWxhT + tokens[start * B + n] * H, da + n * H, H)
+        elif tokens != NULL:
+            for n in range(rows):
+                grad_row = da + n * H
+                for j in range(H):
+                    dWxh[j * I + tokens[start * B + n]] += grad_row[j]
+        else:
+            # dWxh (H, I) (+)= da^T (H, rows) x (rows, I)
+            gemm(True, False, <int> H, <int> I, <int> rows, 1, da, <int> H, x + start * B * I,
+                 <int> I, 0 if first else 1, dWxh, <int> I)
+            if dx != NULL:
+                # dx (rows, I) (+)= da (rows, H) Wxh (H, I)
+                gemm(False, False, <int> rows, <int> I, <int> H, 1, da, <int> H, Wxh, <int> I,
+                     0 if d == 0 else 1, dx + start * B * I, <int> I)
+        first = False
+        done += n_steps
+    if tokens != NULL and dWxhT != NULL:
+        # one transposition of the row-wise sums into dWxh (H, I)
+        for j in range(H):
+            for n in range(I):
+                dWxh[j * I + n] = dWxhT[n * H + j]
+
+
+cdef void stack_step(StepArgs* a, floating scale) noexcept nogil:
+    """One shard's training step; a.loss is its summed loss (`scale` scales dL/dz only)."""
+    cdef Py_ssize_t TB = a.T * a.B, O = a.O, DH = a.D * a.H, l, d, t
+    cdef floating* z = <floating*> a.z
+    cdef floating* grad_norms = <floating*> a.grad_norms
+    # 1-3. projections, recurrences, logits z
+    stack_forward(a, z)
+    # 4. loss, and dL/dz in place of z (the loss stored at once: a local double kept across the
+    # calls below lives on the stack, and so did the sum in the loss's loop, when inlined)
+    if a.target_ids != NULL:
+        a.loss = softmax_cross_entropy(z, a.target_ids, TB, O, scale)
+    else:
+        a.loss = squared_error(z, <const floating*> a.target_values, TB * O, scale)
+    # 5. dWhy (O, D*H) = dz^T (O, T*B) top (T*B, D*H);  dby = column sums of dz
+    gemm(True, False, <int> O, <int> DH, <int> TB, 1, z, <int> O, <const floating*> a.top,
+         <int> DH, 0, <floating*> a.dWhy, <int> DH)
+    memset(a.dby, 0, O * sizeof(floating))
+    add_row_sums(<floating*> a.dby, z, TB, O)
+    # 6-9. BPTT and the weight gradients, top layer down (each layer's dL/dx is the error of
+    # the states below), each direction in turn
+    if a.longest == 0:
+        memset(a.squares, 0, a.T * sizeof(double))
+    for l in range(a.L - 1, -1, -1):
+        for d in range(a.D):
+            layer_backward(a, l, d, <floating*> a.da)
+    if a.longest == 0:
+        for t in range(a.T):
+            grad_norms[t] = sqrt(a.squares[t])
+
+
+cdef void stack_outputs(const StepArgs* a, floating* y) noexcept nogil:
+    """One shard's forward pass: the outputs y = g(z) (T*B, O)."""
+    stack_forward(a, y)
+    output_function(y, a.T * a.B, a.O, a.output)
+
+
+cdef void run_step(StepArgs* a) noexcept nogil:
+    # the one place where the dtype is chosen
+    if a.single and a.forward_only:
+        stack_outputs(a, <float*> a.z)
+    elif a.single:
+        stack_step(a, <float> a.scale)
+    elif a.forward_only:
+        stack_outputs(a, <double*> a.z)
+    else:
+        stack_step(a, <double> a.scale)
+
+
+cdef void* run_worker(void* arg) noexcept nogil:
+    cdef Worker* w = <Worker*> arg
+    cdef Py_ssize_t i = next_shard(w.next)
+    while i < w.count:
+        run_step(&w.steps[i])
+        i = next_shard(w.next)
+    return NULL
+
+
+cdef void run_shards(StepArgs* steps, Py_ssize_t count, Worker* workers,
+                     int threads) noexcept nogil:
+    """Run every shard: on the calling thread and on threads - 1 threads started here and
+    joined before returning, each taking the next shard not yet taken (so a thread slowed down
+    by another process does less of the work). If no thread can be started, the caller runs
+    every shard; the results never depend on which thread ran which shard."""
+    cdef pthread_t handles[MAX_SHARDS]
+    cdef bint started[MAX_SHARDS]
+    cdef Py_ssize_t next = 0
+    cdef int t
+    for t in range(threads):
+        workers[t].steps = steps
+        workers[t].next = &next
+        workers[t].count = count
+    for t in range(1, threads):
+        started[t] = pthread_create(&handles[t], NULL, run_worker, &workers[t]) == 0
+    run_worker(&workers[0])
+    for t in range(1, threads):
+        if started[t]:
+            pthread_join(handles[t], NULL)
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# the Python side: buffers kept per thread, shards of the batch, results for the caller
+# ---------------------------------------------------------------------------------------------
+
+class Workspace(threading.local):
+    """The buffers of each thread's last training step and last forward pass, reused by its next
+    call of the same sizes: fresh buffers cost page faults on every call (a tenth of a char-LM
+    step), and the allocator hands large ones back to the system each time. At most
+    MAX_KEPT_BYTES per thread is kept; results handed to the caller are always copies."""
+
+    def __init__(self):
+        self.kept = {}
+
+    def get(self, key):
+        found = self.kept.get(key[0])
+        return found[1] if found is not None and found[0] == key else None
+
+    def keep(self, key, buffers, size):
+        if size <= MAX_KEPT_BYTES:
+            self.kept[key[0]] = (key, buffers)  # one per kind (step, forward): the last one
+        else:
+            self.kept.pop(key[0], None)
+
+
+_workspace = Workspace()
+
+
+def shard_count(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t O,
+                Py_ssize_t num_layers=1, Py_ssize_t num_directions=1):
+    """How many shards of the batch the compiled training step runs: fixed by the problem's
+    sizes alone, never by the thread count, so that a step gives bit-identical results on any
+    number of threads. One shard for small steps (starting a thread costs more than it saves)
+    and for batches under 16; else a power of two, with at least 16 sequences per shard from a
+    batch of 32 on (8 below), and at most MAX_SHARDS. The work is the forward pass's
+    multiply-adds: T*B*D*H*((I + H) + (L - 1)*(D*H + H) + O) for L layers of D directions."""
+    cdef Py_ssize_t shards = 1, low = 16 if B >= 32 else 8
+    cdef Py_ssize_t D = num_directions
+    cdef Py_ssize_t per_row = D * H * ((I + H) + (num_layers - 1) * (D * H + H) + O)
+    if B < 16 or T * B * per_row < MIN_SHARDED_WORK:
+        return 1
+    while shards * 2 <= MAX_SHARDS and B // (shards * 2) >= low:
+        shards *= 2
+    return shards
+
+
+cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens):
+    """Contiguous copies of Wxh^T and Whh^T for layer_forward, or None where not worth one.
+    Whh^T serves from a batch of two on (a single row is a GEMV either way). For token ids,
+    Wxh^T's rows gather and scatter faster than Wxh's strided columns once there are at least as
+    many tokens as rows to transpose. For the whole-sequence products, from the size on which
+    products may run on cyrnn's own kernel (which needs the untransposed operand); below it the
+    copy costs more than it saves."""
+    cdef Py_ssize_t H = Whh.shape[0], I = Wxh.shape[1]
+    # (for a batch of one only where a GEMV would be large enough for BLAS to thread it)
+    WhhT = (np.ascontiguousarray(Whh.T)
+            if B >= TRANSPOSE_MIN_BATCH or H * H > BLAS_GEMV_SINGLE_THREAD_MAX_WORK else None)
+    if tokens:
+        WxhT = np.ascontiguousarray(Wxh.T) if I <= T * B else None
+    else:
+        WxhT = np.ascontiguousarray(Wxh.T) if T * B * I * H > BLAS_SINGLE_THREAD_MAX_WORK else None
+    return WxhT, WhhT
+
+
+cdef class Shard:
+    """One shard's results and workspaces, kept between calls of the same sizes: a training
+    step's, or (without `step`) a forward pass's, whose other fields are None."""
+    # per layer-direction j: states (the reverse direction keeps h0 in a last block), weight
+    # gradients; per layer l = 1 .. L-1 its inputs where not the states themselves (x[l - 1]);
+    # dL/dx of the layers above the first, alternately (layer l writes dX[(l - 1) % 2])
+    cdef list hs, x, dX, dWxh, dWxhT, dWhh, dbh
+    cdef object top, z, layer_args, da, work, squares, grad_norms, depth, depth_next
+    cdef object dWhy, dby, dh0, dx
+    cdef Py_ssize_t block, nbytes, B
+
+    def __init__(self, bint step, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                 Py_ssize_t O, Py_ssize_t L, Py_ssize_t D, Py_ssize_t k, bint tokens,
+                 bint need_dWxhT, bint input_grad, bint masks, dtype):
+        cdef Py_ssize_t DH = D * H, j
+        self.B = B
+        self.hs = [empty((T + 1 + j % D, B, H), dtype) for j in range(L * D)]
+        self.x = [empty((T, B, DH), dtype) if (D == 2 or masks) else None for j in range(L - 1)]
+        self.top = empty((T, B, DH), dtype) if D == 2 else None
+        self.z = empty((T * B, O), dtype) if step else empty((T, B, O), dtype)
+        self.layer_args = np.zeros(L * D * sizeof(LayerArgs), dtype=np.uint8)
+        arrays = self.hs + self.x + [self.top, self.z]
+        if step:
+            # BPTT by blocks of about BLOCK_ROWS (step, sequence) rows: large enough for
+            # efficient GEMMs, small enough that da is a fraction of the states (a window
+            # needs all T steps)
+            self.block = T if k else min(T, max(1, (BLOCK_ROWS + B - 1) // B))
+            self.da = empty((self.block, B, H), dtype)
+            self.work = empty((2, B, H), dtype)
+            self.squares = np.empty(T)
+            self.grad_norms = empty((T,), dtype)
+            # the window's depth buffers (its dh0 accumulator uses `work`); none for full BPTT
+            self.depth = empty((T, B, H), dtype) if k else None
+            self.depth_next = empty((T, B, H), dtype) if k else None
+            self.dX = [empty((T, B, DH), dtype) for j in range(min(2, L - 1))]
+            self.dWxh = [empty((H, I if j < D else DH), dtype) for j in range(L * D)]
+            self.dWxhT = [empty((I, H), dtype) if need_dWxhT and j < D else None
+                          for j in range(L * D)]
+            self.dWhh = [empty((H, H), dtype) for j in range(L * D)]
+            self.dbh = [empty((H,), dtype) for j in range(L * D)]
+            self.dWhy = empty((O, DH), dtype)
+            self.dby = empty((O,), dtype)
+            self.dh0 = empty((L * D, B, H), dtype)
+            self.dx = empty((T, B, I), dtype) if (input_grad and not tokens) else None
+            arrays += (self.dX + self.dWxh + self.dWxhT + self.dWhh + self.dbh
+                       + [self.da, self.work, self.squares, self.grad_norms, self.depth,
+                          self.depth_next, self.dWhy, self.dby, self.dh0, self.dx])
+        self.nbytes = sum(a.nbytes for a in arrays if a is not None)
+
+
+cdef inline void* at(object a, Py_ssize_t offset):
+    """Pointer `offset` bytes into a's data."""
+    return <char*> cnp.PyArray_DATA(<cnp.ndarray> a) + offset
+
+
+cdef int fill_step(StepArgs* a, Shard buf, inputs, targets, h0, masks, layers, list transposed,
+                   Why, WhyT, by, carry, windows, Py_ssize_t k, Py_ssize_t D, int code,
+                   double slope, double scale, int output) except -1:
+    cdef bint tokens = inputs.dtype.kind in "iu", step = targets is not None
+    cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], H = Why.shape[1] // D
+    cdef Py_ssize_t L = len(layers) // D, j, l
+    cdef Py_ssize_t item = Why.itemsize, state_bytes = B * H * item
+    cdef LayerArgs* p
+    cdef list hs = buf.hs
+    a.single = Why.dtype == np.float32
+    a.forward_only = not step
+    a.output = output
+    a.tokens = <const Py_ssize_t*> data(inputs) if tokens else NULL
+    a.target_ids = NULL
+    a.target_values = NULL
+    if step and targets.dtype.kind in "iu":
+        a.target_ids = <const Py_ssize_t*> data(targets)
+    elif step:
+        a.target_values = data(targets)
+    a.windows = <const Py_ssize_t*> data(windows)
+    a.carry, a.masks = data(carry), data(masks)
+    a.Why, a.WhyT, a.by = data(Why), data(WhyT), data(by)
+    a.top = data(buf.top) if D == 2 else at(hs[(L - 1) * D], state_bytes)
+    a.z = data(buf.z)
+    a.layers = <LayerArgs*> data(buf.layer_args)
+    a.L, a.D, a.longest, a.T, a.B, a.H, a.O = L, D, k, T, B, H, Why.shape[0]
+    a.code, a.slope, a.scale = code, slope, scale
+    if step:
+        # a forward pass has states and outputs only: the step's other buffers are for it
+        a.da, a.work = data(buf.da), data(buf.work)
+        a.depth, a.depth_next = data(buf.depth), data(buf.depth_next)
+        a.squares, a.grad_norms = <double*> data(buf.squares), data(buf.grad_norms)
+        a.dWhy, a.dby = data(buf.dWhy), data(buf.dby)
+        a.block = buf.block
+    for j in range(L * D):
+        l = j // D
+        Wxh, Whh, bh = layers[j]
+        WxhT, WhhT = transposed[j]
+        p = &a.layers[j]
+        p.Wxh, p.WxhT, p.Whh, p.WhhT, p.bh = data(Wxh), data(WxhT), data(Whh), data(WhhT), data(bh)
+        p.h0 = at(h0, j * state_bytes)
+        p.hs = data(hs[j])
+        p.n_in = Wxh.shape[1]
+        p.reverse = j % D == 1
+        if l == 0:
+            p.x = NULL if tokens else data(inputs)
+        elif buf.x[l - 1] is not None:
+            p.x = data(buf.x[l - 1])
+        else:
+            p.x = at(hs[(l - 1) * D], state_bytes)
+        if step:
+            p.dx = data(buf.dx) if l == 0 else data(buf.dX[(l - 1) % 2])
+            p.dWxh, p.dWxhT = data(buf.dWxh[j]), data(buf.dWxhT[j])
+            p.dWhh, p.dbh = data(buf.dWhh[j]), data(buf.dbh[j])
+            p.dh0 = at(buf.dh0, j * state_bytes)
+    return 0
+
+
+cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int code,
+                       double slope, carry, Py_ssize_t k, windows, double scale, bint input_grad,
+                       int output, masks, threads):
+    """Run a training step (or, with ``targets`` None, a forward pass) of a stack of layers
+    over the batch in ``shard_count(...)`` shards of consecutive sequences, on at most
+    ``threads`` threads. Returns ``(shards, loss)``: the shards' buffers (a list of Shard) and
+    the sum of their losses, in shard order."""
+    cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], O = Why.shape[0]
+    cdef Py_ssize_t LD = len(layers), L = LD // D, H = Why.shape[1] // D
+    cdef Py_ssize_t I = layers[0][0].shape[1]
+    cdef bint tokens = inputs.dtype.kind in "iu"
+    cdef Py_ssize_t shards = shard_count(T, B, I, H, O, L, D)
+    cdef Py_ssize_t per = B // shards, extra = B % shards, s, b0, b1, j
+    # the thread count matters only when there are shards to share (and is looked up only then)
+    cdef int n_threads = 1 if shards == 1 else max(1, min(_threads.resolve(threads), shards))
+    cdef list transposed = [transposed_weights(layers[j][0], layers[j][1], T, per,
+                                               tokens and j < D) for j in range(LD)]
+    WhyT = (np.ascontiguousarray(Why.T)
+            if T * per * D * H * O > BLAS_SINGLE_THREAD_MAX_WORK else None)
+    step_args = np.zeros(shards * sizeof(StepArgs), dtype=np.uint8)
+    worker_args = np.zeros(MAX_SHARDS * sizeof(Worker), dtype=np.uint8)
+    cdef StepArgs* steps = <StepArgs*> data(step_args)
+    cdef Worker* workers = <Worker*> data(worker_args)
+    cdef bint need_dWxhT = tokens and transposed[0][0] is not None
+    cdef Shard buf
+    cdef double loss = 0
+    # every shard's results and workspaces, kept for this thread's next call of the same sizes
+    key = (targets is None, T, B, I, H, O, L, D, k, tokens, need_dWxhT, input_grad,
+           masks is not None, Why.dtype, shards)
+    cdef list buffers = _workspace.get(key)
+    cdef bint fresh = buffers is None
+    if fresh:
+        buffers = [Shard(targets is not None, T, per + (1 if s < extra else 0), I, H, O, L, D,
+                         k, tokens, need_dWxhT, input_grad, masks is not None, Why.dtype)
+                   for s in range(shards)]
+    if shards == 1:
+        fill_step(steps, buffers[0], inputs, targets, h0, masks, layers, transposed, Why, WhyT,
+                  by, carry, windows, k, D, code, slope, scale, output)
+        with nogil:
+            run_shards(steps, 1, workers, 1)
+        loss = steps[0].loss
+    else:
+        parts = []  # the shards' inputs, alive until the shards have run
+        for s in range(shards):
+            b0 = s * per + min(s, extra)
+            b1 = b0 + per + (1 if s < extra else 0)
+            # each shard a run of consecutive sequences, copied contiguous
+            part = (np.ascontiguousarray(inputs[:, b0:b1]),
+                    None if targets is None else np.ascontiguousarray(targets[:, b0:b1]),
+                    np.ascontiguousarray(h0[:, b0:b1]),
+                    None if masks is None else np.ascontiguousarray(masks[:, :, b0:b1]))
+            parts.append(part)
+            fill_step(&steps[s], buffers[s], part[0], part[1], part[2], part[3], layers,
+                      transposed, Why, WhyT, by, carry, windows, k, D, code, slope, scale,
+                      output)
+        with nogil:
+            run_shards(steps, shards, workers, n_threads)
+        for s in range(shards):
+            loss += steps[s].loss
+    if fresh:
+        _workspace.keep(key, buffers, sum([(<Shard> b).nbytes for b in buffers]))
+    return buffers, loss
+
+
+cdef object last_states(list bufs, Py_ssize_t T, Py_ssize_t D):
+    """h_last (L*D, B, H), a new array: each layer-direction's state after its last step (the
+    reverse direction's after step 0), the shards joined along the batch axis."""
+    cdef Shard first = bufs[0], buf
+    cdef Py_ssize_t LD = len(first.hs), B = 0, j, b0 = 0
+    a = first.hs[0]
+    if len(bufs) == 1:
+        out = empty((LD, a.shape[1], a.shape[2]), a.dtype)
+        for j in range(LD):
+            out[j] = first.hs[j][1 if j % D else T]
+        return out
+    for buf in bufs:
+        B += buf.B
+    out = empty((LD, B, a.shape[2]), a.dtype)
+    for buf in bufs:
+        for j in range(LD):
+            out[j, b0:b0 + buf.B] = buf.hs[j][1 if j % D else T]
+        b0 += buf.B
+    return out
+
+
+cdef tuple step_results(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int code,
+                        double slope, carry, Py_ssize_t k, windows, bint cross_entropy,
+                        bint sum_reduction, bint input_grad, masks, threads):
+    """``_stack_step``'s work: ``(loss, layer_grads, dWhy, dby, dh0, dx, h_last, grad_norms)``,
+    every array new (the buffers are kept for the next call): sums over the shards in shard
+    order, the per-sequence results joined along the batch axis."""
+    cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], O = Why.shape[0], j
+    cdef Py_ssize_t LD = len(layers)
+    cdef double count = T * B if cross_entropy else T * B * O
+    cdef double scale = 1.0 if sum_reduction else 1.0 / count
+    cdef list bufs
+    cdef double value
+    bufs, value = run_sharded(inputs, targets, h0, layers, D, Why, by, code, slope, carry, k,
+                              windows, scale, input_grad, 0, masks, threads)
+    if not sum_reduction:
+        value /= count
+    cdef Shard first = bufs[0], buf
+    layer_grads = [[first.dWxh[j].copy(), first.dWhh[j].copy(), first.dbh[j].copy()]
+                   for j in range(LD)]
+    dWhy, dby = first.dWhy.copy(), first.dby.copy()
+    if len(bufs) == 1:
+        grad_norms = None if k else first.grad_norms.copy()
+        dh0 = first.dh0.copy()
+        dx = None if first.dx is None else first.dx.copy()
+        return (value, layer_grads, dWhy, dby, dh0, dx, last_states(bufs, T, D), grad_norms)
+    for buf in bufs[1:]:
+        for j in range(LD):
+            g = layer_grads[j]
+            g[0] += buf.dWxh[j]
+            g[1] += buf.dWhh[j]
+            g[2] += buf.dbh[j]
+        dWhy += buf.dWhy
+        dby += buf.dby
+    grad_norms = None
+    if not k:
+        squares = first.grad_norms * first.grad_norms
+        for buf in bufs[1:]:
+            squares += buf.grad_norms * buf.grad_norms
+        grad_norms = np.sqrt(squares)
+    dh0 = np.concatenate([buf.dh0 for buf in bufs], axis=1)
+    dx = None if first.dx is None else np.concatenate([buf.dx for buf in bufs], axis=1)
+    return (value, layer_grads, dWhy, dby, dh0, dx, last_states(bufs, T, D), grad_norms)
+
+
+def _stack_step(inputs, targets, h0, layers, int num_directions, Why, by, int code,
+                double slope, carry, Py_ssize_t k, windows, bint cross_entropy,
+                bint sum_reduction, bint input_grad, masks, threads=None):
+    """The training step of a stack of ``L = len(layers) / num_directions`` Elman layers with
+    an output layer and a loss, on arguments already checked by the model: C-contiguous arrays
+    of one float dtype, consistent shapes, ids in range. ``layers[l * D + d] = (Wxh, Whh,
+    bh)``; ``h0`` (L*D, B, H); ``masks`` (L-1, T, B, D*H) dropout multipliers of the inputs of
+    layers 1 .. L-1, or None. The batch runs in ``shard_count(...)`` shards of consecutive
+    sequences, on at most ``threads`` threads; the shards' gradients are summed in shard order,
+    so the result is the same on any number. Returns ``(loss, grads, h_last, grad_norms)`` with
+    ``grads = {"layers": [(dWxh, dWhh, dbh), ...], "Why", "by", "h0"[, "x"]}``; the NumPy twin
+    (``numpy_fused._stack_step``) is the specification."""
+    value, layer_grads, dWhy, dby, dh0, dx, h_last, grad_norms = step_results(
+        inputs, targets, h0, layers, num_directions, Why, by, code, slope, carry, k, windows,
+        cross_entropy, sum_reduction, input_grad, masks, threads)
+    grads = {"layers": [tuple(g) for g in layer_grads], "Why": dWhy, "by": dby, "h0": dh0}
+    if dx is not None:
+        grads["x"] = dx
+    return value, grads, h_last, grad_norms
+
+
+def _stack_outputs(inputs, h0, layers, int num_directions, Why, by, int code, double slope,
+                   int out_code, threads=None):
+    """The forward pass of a stack (see ``_stack_step``): ``(y (T, B, O), h_last (L*D, B,
+    H))``, y = g(z) with out_code 0 linear, 1 softmax, 2 sigmoid."""
+    cdef Py_ssize_t T = inputs.shape[0]
+    cdef list bufs
+    cdef Shard buf
+    bufs, _ = run_sharded(inputs, None, h0, layers, num_directions, Why, by, code, slope, None,
+                          0, None, 1.0, False, out_code, None, threads)
+    # new arrays for the caller (the buffers are kept), the shards joined along the batch axis
+    if len(bufs) == 1:
+        y = (<Shard> bufs[0]).z.copy()
+    else:
+        y = np.concatenate([buf.z for buf in bufs], axis=1)
+    return y, last_states(bufs, T, num_directions)
+
+
+def elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *,
+                        negative_slope=0.01, loss="cross_entropy", reduction="mean", carry=None,
+                        window=None, input_grad=True, threads=None):
+    """elman_loss_and_grad(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, negative_slope=0.01, loss="cross_entropy", reduction="mean", carry=None, window=None, input_grad=True, threads=None)
+
+    A whole training step in one ``nogil`` call: the projection written straight into the state
+    buffer, the recurrence in place, the output layer and the loss (dL/dz in place of the
+    logits), BPTT in place of dh_out, and every weight gradient as one large GEMM. The full
+    contract is the docstring of the NumPy twin, copied here by ``cyrnn.kernels``.
+    """
+    return _elman_step(*_step_args(inputs, targets, h0, Wxh, Whh, bh, Why, by, nonlinearity,
+                                   negative_slope, loss, reduction, carry, window),
+                       loss == "cross_entropy", reduction == "sum", input_grad,
+                       _checks.optional_positive_int("threads", threads))
+
+
+def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slope, carry,
+                Py_ssize_t k, windows, bint cross_entropy, bint sum_reduction, bint input_grad,
+                threads=None):
+    """``elman_loss_and_grad`` on arguments already checked by ``_step_args`` (or by the model,
+    which checks the same things once for its own messages): a stack of one layer in one
+    direction (see ``_stack_step``)."""
+    value, layer_grads, dWhy, dby, dh0, dx, h_last, grad_norms = step_results(
+        inputs, targets, h0[None], ((Wxh, Whh, bh),), 1, Why, by, code, slope, carry, k, windows,
+        cross_entropy, sum_reduction, input_grad, None, threads)
+    dWxh, dWhh, dbh = layer_grads[0]
+    result = {"Wxh": dWxh, "Whh": dWhh, "bh": dbh, "Why": dWhy, "by": dby, "h0": dh0[0]}
+    if dx is not None:
+        result["x"] = dx
+    return value, result, h_last[0], grad_norms
+
+
+def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, negative_slope=0.01,
+                  output="linear", threads=None):
+    """elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, negative_slope=0.01, output="linear", threads=None)
+
+    Projection, recurrence, output layer and output function in one ``nogil`` call, in shards
+    of the batch on up to ``threads`` threads as the training step. The full contract is the
+    docstring of the NumPy twin, copied here by ``cyrnn.kernels``.
+    """
+    inputs, h0, Wxh, Whh, bh, Why, by, code, slope = _model_args(
+        inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity, negative_slope)
+    out_code = _output_code(output)  # 0 linear, 1 softmax, 2 sigmoid
+    return _elman_outputs(inputs, h0, Wxh, Whh, bh, Why, by, code, slope, out_code,
+                          _checks.optional_positive_int("threads", threads))
+
+
+def _elman_outputs(inputs, h0, Wxh, Whh, bh, Why, by, int code, double slope, int out_code,
+                   threads=None):
+    """``elman_forward`` on checked arguments: a stack of one layer in one direction."""
+    y, h_last = _stack_outputs(inputs, h0[None], ((Wxh, Whh, bh),), 1, Why, by, code, slope,
+                               out_code, threads)
+    return y, h_last[0]
