@@ -57,7 +57,8 @@ extensions = [
     Extension(
         name,
         ["pyx/" + name.replace(".", "/") + ".pyx"],
-        depends=["pyx/cyrnn/_cpu.h", "pyx/cyrnn/_smallgemm.h", "pyx/cyrnn/_elementwise.h"]
+        depends=["pyx/cyrnn/_cpu.h", "pyx/cyrnn/_smallgemm.h", "pyx/cyrnn/_elementwise.h",
+                 "pyx/cyrnn/_stack.pxi", "pyx/cyrnn/_hooks.pxi"]
         + (["pyx/cyrnn/_gated.h"] if name == "cyrnn._gated" else []),
         include_dirs=[np.get_include(), "pyx/cyrnn"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION"),
