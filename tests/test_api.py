@@ -214,10 +214,10 @@ BAD_CALLS = [
     ("B0-tokens", "linear", lambda m: m.forward(TOK[:, :0]), ValueError, r"x: expected at least one sequence, got B = 0"),
     ("B0-loss", "linear", lambda m: m.loss_and_grad(X[:, :0], Y_MSE[:, :0]), ValueError, r"B = 0"),
     # h0
-    ("h0-batch", "linear", lambda m: m.forward(X, h0=np.zeros((B + 1, H))), ValueError, r"h0: expected shape \(2, 4\), got \(3, 4\)"),
-    ("h0-hidden", "linear", lambda m: m.forward(X, h0=np.zeros((B, H + 1))), ValueError, r"h0: expected shape \(2, 4\), got \(2, 5\)"),
-    ("h0-unbatched-for-batch", "linear", lambda m: m.forward(X, h0=np.zeros(H)), ValueError, r"h0: expected shape \(2, 4\), got \(4,\)"),
-    ("h0-batched-for-unbatched", "linear", lambda m: m.forward(X[:, 0], h0=np.zeros((1, H))), ValueError, r"h0: expected shape \(4,\), got \(1, 4\)"),
+    ("h0-batch", "linear", lambda m: m.forward(X, h0=np.zeros((B + 1, H))), ValueError, r"h0: expected shape \(2, 4\) or \(1, 2, 4\), got \(3, 4\)"),
+    ("h0-hidden", "linear", lambda m: m.forward(X, h0=np.zeros((B, H + 1))), ValueError, r"h0: expected shape \(2, 4\) or \(1, 2, 4\), got \(2, 5\)"),
+    ("h0-unbatched-for-batch", "linear", lambda m: m.forward(X, h0=np.zeros(H)), ValueError, r"h0: expected shape \(2, 4\) or \(1, 2, 4\), got \(4,\)"),
+    ("h0-batched-for-unbatched", "linear", lambda m: m.forward(X[:, 0], h0=np.zeros((2, H))), ValueError, r"h0: expected shape \(4,\) or \(1, 4\), got \(2, 4\)"),
     ("h0-complex", "linear", lambda m: m.forward(X, h0=H0 + 0j), TypeError, r"h0: expected real numbers, got dtype complex128"),
     # target shapes
     ("mse-target-shape", "linear", lambda m: m.loss_and_grad(X, Y_MSE[..., 0]), ValueError, r"target: expected shape \(6, 2, 3\), got \(6, 2\)"),
@@ -401,27 +401,28 @@ def _torch_state(rng, prefix="rnn.", out="fc.", hidden=H, inp=I, outputs=O):
 @pytest.mark.parametrize(
     "change, exc, match",
     [
-        (lambda s: s.pop("rnn.weight_hh_l0"), KeyError, r"state_dict: no key ending in 'weight_hh_l0'"),
-        (lambda s: s.pop("rnn.weight_ih_l0"), KeyError, r"state_dict: no key ending in 'weight_ih_l0'"),
+        (lambda s: s.pop("rnn.weight_hh_l0"), KeyError, r"state_dict: missing weight_hh_l0 \(a layer of a 1-layer"),
+        (lambda s: s.pop("rnn.weight_ih_l0"), KeyError, r"state_dict: missing weight_ih_l0 \(a layer of a 1-layer"),
         (
-            lambda s: s.update({"rnn.weight_ih_l1": np.zeros((H, H)), "rnn.weight_hh_l1": np.zeros((H, H))}),
-            ValueError,
-            r"only single-layer unidirectional RNNs are supported \(rnn\.weight_(ih|hh)_l1\)",
+            # layer 2 without layer 1
+            lambda s: s.update({"rnn.weight_ih_l2": np.zeros((H, H)), "rnn.weight_hh_l2": np.zeros((H, H))}),
+            KeyError,
+            r"state_dict: missing weight_ih_l1 \(a layer of a 3-layer, 1-direction RNN\)",
         ),
         (
             lambda s: s.update({"rnn.bias_ih_l1": np.zeros(H)}),
-            ValueError,
-            r"only single-layer unidirectional RNNs are supported",
+            KeyError,
+            r"state_dict: missing weight_ih_l1 \(a layer of a 2-layer",
         ),
         (
             lambda s: s.update({"rnn.weight_ih_l0_reverse": np.zeros((H, I))}),
-            ValueError,
-            r"only single-layer unidirectional RNNs are supported \(rnn\.weight_ih_l0_reverse\)",
+            KeyError,
+            r"state_dict: missing weight_hh_l0_reverse \(a direction of a 1-layer, 2-direction RNN\)",
         ),
         (
             lambda s: s.update({"other.rnn.weight_ih_l0": np.zeros((H, I))}),
             ValueError,
-            r"state_dict: several keys end in 'weight_ih_l0'",
+            r"state_dict: several keys for 'weight_ih_l0'",
         ),
         (
             lambda s: s.update({"emb.weight": np.zeros((7, I))}),

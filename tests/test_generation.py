@@ -396,15 +396,15 @@ def test_gradient_norms_backends_agree_and_match_kernel(rng):
     np.testing.assert_allclose(a, b, rtol=1e-12)
     # the norms are those of the kernel's total gradients: ||g_t|| with da_t = g_t * f'(h_t)
     m = models[1]
-    batch = m._batch(ids, None, None)
-    hs = m._states(batch)
-    z = m._logits(hs)
+    fwd = cyrnn.stack.forward(m.kernels, m.architecture, m.weights(), ids, np.zeros((1, 3, 8)))
+    hs = fwd.states[0]
+    z = cyrnn.stack.logits(m.architecture, m.weights(), fwd.top)
     probs = np.exp(z - z.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     dz = probs.copy()
     np.put_along_axis(dz, target[..., None], np.take_along_axis(dz, target[..., None], -1) - 1, -1)
     dz /= target.size
-    da, _, norms = m._kernels.rnn_backward(dz @ m.params["Why"], hs, m.params["Whh"], "tanh")
+    da, _, norms = m.kernels.rnn_backward(dz @ m.params["Why"], hs, m.params["Whh"], "tanh")
     np.testing.assert_allclose(a, norms, rtol=1e-12)
     np.testing.assert_allclose(np.linalg.norm(da / (1 - hs[1:] ** 2), axis=(1, 2)), a, rtol=1e-10)
 

@@ -84,11 +84,13 @@ def test_tbptt_chunks_equal_the_window_formulation(backend, dtype, k):
     """TBPTT(k, k) runs as a carry scale; it must equal per-output windows k_t = t % k + 1."""
     model, x, target, h0 = _model_and_batch(backend, dtype)
     _, by_carry, _ = model.loss_and_grad(x, target, h0=h0, truncate=TBPTT(k, k))
-    hs = model._kernels.rnn_forward((x @ model.params["Wxh"].T + model.params["bh"]).astype(dtype),
-                                    h0.astype(dtype), model.params["Whh"])
-    z = hs[1:] @ model.params["Why"].T + model.params["by"]
-    dz = (2 * (z - target) / target.size).astype(dtype)
-    by_window, _ = model._backward(model._batch(x, h0, None), model._weights(), hs, dz, window=TBPTT(k, k).windows(9))
+    # the same step with the per-output windows of TBPTT(k, k), through the composition
+    weights, arch = model.weights(), model.architecture
+    result = cyrnn.stack.loss_and_grad(
+        model.kernels, arch, weights, x.astype(dtype), h0.astype(dtype)[None],
+        target.astype(dtype).reshape(-1, 2), loss="mse", output="linear", reduction="mean",
+        window=TBPTT(k, k).windows(9))
+    by_window = dict(result.grads, h0=result.grads["h0"][0])
     tol = 1e-5 if dtype == np.float32 else 1e-12
     for name in by_carry:
         np.testing.assert_allclose(by_carry[name], by_window[name], rtol=tol, atol=tol, err_msg=name)

@@ -1,4 +1,4 @@
-"""cyrnn: Elman recurrent networks trained by backpropagation through time, with Cython kernels.
+"""cyrnn: Elman recurrent networks (single layers, stacks, bidirectional) trained by backpropagation through time, with Cython kernels.
 
 >>> import numpy as np, cyrnn
 >>> model = cyrnn.RNN(input_size=4, hidden_size=8, output_size=2, seed=0)
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import clip, data, diagnostics, kernels, optim
+from . import clip, data, diagnostics, interop, kernels, layers, optim, stack
 from ._threads import get_num_threads, set_num_threads
 from .clip import clip_grad_norm, clip_grad_value
 from .data import Vocabulary

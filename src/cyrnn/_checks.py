@@ -144,13 +144,29 @@ def carry_array(carry, T, dtype):
     return arr
 
 
-def positive_int(name, value):
-    """``value`` as an int >= 1; TypeError for a non-integer (bool included), ValueError below 1."""
+def int_at_least(name, value, minimum):
+    """``value`` as an int >= ``minimum``; TypeError for a non-integer (bool included),
+    ValueError below ``minimum``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value}")
+        raise TypeError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
     return int(value)
+
+
+def positive_int(name, value):
+    """``value`` as an int >= 1 (see ``int_at_least``)."""
+    return int_at_least(name, value, 1)
+
+
+def probability(name, value):
+    """``value`` as a float in [0, 1) (a dropout rate); TypeError for a non-number."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                     np.floating)):
+        raise TypeError(f"{name}: expected a number in [0, 1), got {value!r}")
+    if not 0 <= value < 1:
+        raise ValueError(f"{name}: expected a number in [0, 1), got {value}")
+    return float(value)
 
 
 def optional_positive_int(name, value):
@@ -240,3 +256,154 @@ def embedding_grad_args(ids, grad, num_rows):
     if ids.size and (ids.min() < 0 or ids.max() >= num_rows):
         raise ValueError(f"ids: expected values in [0, {num_rows}), got min {ids.min()} max {ids.max()}")
     return aligned_array(ids, dtype=np.intp), grad, num_rows
+
+
+# ---------------------------------------------------------------------------------------------
+# the model's inputs: one batch, its targets and the positions that carry a loss
+# ---------------------------------------------------------------------------------------------
+
+class Batch:
+    """Validated inputs of one call, time-major: ``x`` (T, B, I) floats or (T, B) token ids."""
+
+    __slots__ = ("x", "tokens", "h0", "lengths", "T", "B", "batched", "stacked")
+
+    def __init__(self, x, tokens, h0, lengths, batched, stacked):
+        # h0 (L*D, B, H); `stacked`: the caller's states have the leading L*D axis
+        self.x, self.tokens, self.h0, self.lengths, self.batched = x, tokens, h0, lengths, batched
+        self.stacked = stacked
+        self.T, self.B = (tokens if tokens is not None else x).shape[:2]
+
+    @property
+    def inputs(self):
+        """Token ids (T, B) or dense inputs (T, B, I)."""
+        return self.tokens if self.tokens is not None else self.x
+
+
+def batch(x, h0, lengths, arch, dtype, batch_first):
+    """Check and cast a model's ``x``, ``h0`` and ``lengths`` into a time-major ``Batch``, for
+    a model of architecture ``arch`` (``cyrnn.layers.Architecture``) and float ``dtype``."""
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    I, H = arch.input_size, arch.hidden_size
+    tokens = dense = None
+    if x.dtype.kind in "iu":
+        if x.ndim not in (1, 2):
+            raise ValueError(f"x: token ids must have shape (T, B) or (T,), got {x.shape}")
+        batched = x.ndim == 2
+        ids = x if batched else x[:, None]
+        if batch_first and batched:
+            ids = ids.T
+        id_range("x", ids, I, "token id")
+        tokens = aligned_array(ids, dtype=np.intp)
+    elif x.dtype.kind == "f":
+        if x.ndim not in (2, 3) or x.shape[-1] != I:
+            expected = "(B, T, {0}) or (T, {0})" if batch_first else "(T, B, {0}) or (T, {0})"
+            # whole numbers in [0, I) without a feature axis: token ids cast to float
+            if (x.ndim in (1, 2) and x.size and np.isfinite(x).all()
+                    and (x == np.floor(x)).all() and x.min() >= 0 and x.max() < I):
+                raise TypeError(
+                    f"x: token ids must be integers; got floats of shape {x.shape} (use "
+                    f"x.astype(int)); dense inputs need shape {expected.format(I)}")
+            raise ValueError(f"x: expected shape {expected.format(I)}, got {x.shape}")
+        batched = x.ndim == 3
+        values = x if batched else x[:, None, :]
+        if batch_first and batched:
+            values = values.transpose(1, 0, 2)
+        dense = finite_array("x", values, dtype)
+    else:
+        raise TypeError(f"x: expected floats (dense inputs) or integers (token ids), got dtype {x.dtype}")
+    T, B = (tokens if tokens is not None else dense).shape[:2]
+    if T == 0:
+        raise ValueError("x: expected at least one time step, got T = 0")
+    if B == 0:
+        raise ValueError("x: expected at least one sequence, got B = 0")
+
+    S = arch.num_states
+    stacked_shape = (S, B, H) if batched else (S, H)
+    flat_shape = (B, H) if batched else (H,)
+    if h0 is None:
+        stacked = S > 1
+        h0 = np.zeros((S, B, H), dtype=dtype)
+    else:
+        h0 = np.asarray(h0)
+        stacked = h0.shape == stacked_shape
+        if not stacked and not (S == 1 and h0.shape == flat_shape):
+            expected = (f"{flat_shape} or {stacked_shape}" if S == 1 else
+                        f"{stacked_shape} (num_layers * num_directions = {S}"
+                        f"{', batch' if batched else ''}, hidden_size)")
+            raise ValueError(f"h0: expected shape {expected}, got {h0.shape}")
+        h0 = finite_array("h0", h0.reshape(S, B, H), dtype)
+
+    if lengths is not None:
+        if not batched:
+            lengths = np.asarray(lengths).reshape(-1)
+        lengths = lengths_array(lengths, T, B)
+        if (lengths == T).all():
+            lengths = None  # nothing is padded
+    return Batch(dense, tokens, h0, lengths, batched, stacked)
+
+
+def loss_positions(batch, target_steps):
+    """Time and batch indices of the positions with a loss, or (None, None) for all."""
+    T, B, lengths = batch.T, batch.B, batch.lengths
+    if target_steps == "last":
+        last = np.full(B, T - 1) if lengths is None else lengths - 1
+        if (last < 0).any():
+            raise ValueError("lengths: target_steps='last' needs every sequence to have a step")
+        return last, np.arange(B)
+    if lengths is None:
+        return None, None
+    t_idx, b_idx = np.nonzero(np.arange(T)[:, None] < lengths[None, :])
+    if t_idx.size == 0:
+        raise ValueError("lengths: every sequence is empty, there is nothing to compute a loss on")
+    return t_idx, b_idx
+
+def loss_targets(target, loss, output, width, batch, target_steps, positions, dtype, batch_first):
+    """The targets of the loss positions (``loss_positions``): (N,) class ids or (N, width)
+    values, for a model whose outputs have ``width`` values (its output size, or the width of
+    its last layer's states without an output layer) and output function ``output``."""
+    t_idx, b_idx = positions
+    target = np.asarray(target)
+    O = width
+    T, B = batch.T, batch.B
+    per_step = target_steps == "all"
+    classes = loss == "cross_entropy"
+    if per_step:
+        shape = (T, B) if batch.batched else (T,)
+        if batch_first and batch.batched:
+            shape = (B, T)
+    else:
+        shape = (B,) if batch.batched else ()
+    if not classes:
+        shape = shape + (O,)
+    if target.shape != shape:
+        if classes and target.shape == shape + (O,):
+            raise ValueError(
+                f"target: cross_entropy takes class ids of shape {shape}, not one-hot vectors "
+                f"(got shape {target.shape}); use target.argmax(-1)")
+        if not classes and O > 1 and target.shape == shape[:-1] and target.dtype.kind in "iu":
+            fix = " or loss='cross_entropy'" if output == "linear" else ""
+            raise ValueError(
+                f"target: {loss} with output={output!r} expects values of shape {shape}, "
+                f"got integers of shape {target.shape}; class ids need output='softmax'{fix}")
+        raise ValueError(f"target: expected shape {shape}, got {target.shape}")
+    if classes and target.dtype.kind not in "iu":
+        raise TypeError(f"target: cross_entropy needs integer class ids, got dtype {target.dtype}")
+    if not classes and target.dtype.kind not in "fiu":
+        raise TypeError(f"target: expected real numbers, got dtype {target.dtype}")
+    # time-major with a batch axis
+    if per_step:
+        if not batch.batched:
+            target = target[:, None]
+        elif batch_first:
+            target = np.swapaxes(target, 0, 1)
+        selected = target.reshape((T * B,) + target.shape[2:]) if t_idx is None else target[t_idx, b_idx]
+    else:
+        selected = target.reshape((B,) + target.shape[(1 if batch.batched else 0):])
+    if classes:
+        id_range("target", selected, O, "class id")
+        return aligned_array(selected, dtype=np.intp)
+    selected = finite_array("target", selected, dtype)
+    if loss == "bce" and (selected.min() < 0 or selected.max() > 1):
+        raise ValueError("target: bce needs values in [0, 1]")
+    return selected

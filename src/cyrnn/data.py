@@ -33,6 +33,7 @@ from typing import Any, Literal, Optional, Union
 import numpy as np
 import numpy.typing as npt
 
+from . import _checks
 from ._typing import FloatArray, IntArray, Seed
 
 __all__ = [
@@ -62,15 +63,6 @@ class UnknownCharacterWarning(UserWarning):
 # ---------------------------------------------------------------------------------------------
 # argument checks
 # ---------------------------------------------------------------------------------------------
-
-
-def _int_at_least(name, value, minimum):
-    """``value`` as an int >= ``minimum``; TypeError for a non-integer (bool included)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-    return int(value)
 
 
 def _generator(rng):
@@ -210,7 +202,7 @@ class Vocabulary:
         """
         if not isinstance(text, str):
             raise TypeError(f"text: expected a str, got {type(text).__name__}")
-        min_count = _int_at_least("min_count", min_count, 1)
+        min_count = _checks.int_at_least("min_count", min_count, 1)
         if unknown is not None and not isinstance(unknown, str):
             raise TypeError(f"unknown: expected a single character or None, got {unknown!r}")
         if unknown is not None and len(unknown) != 1:
@@ -442,8 +434,8 @@ class _LMBatches:
 
     def __init__(self, ids, batch_size, seq_len):
         self._ids = _token_ids(ids)
-        self._batch_size = _int_at_least("batch_size", batch_size, 1)
-        self._seq_len = _int_at_least("seq_len", seq_len, 1)
+        self._batch_size = _checks.int_at_least("batch_size", batch_size, 1)
+        self._seq_len = _checks.int_at_least("seq_len", seq_len, 1)
 
     @property
     def batch_size(self) -> int:
@@ -492,7 +484,7 @@ class SequentialBatches(_LMBatches):
         if offset is not None and rng is not None:
             raise ValueError("offset, rng: give an explicit offset or an rng for a random one, not both")
         if offset is not None:
-            offset = _int_at_least("offset", offset, 0)
+            offset = _checks.int_at_least("offset", offset, 0)
             if offset >= S:
                 raise ValueError(f"offset: expected 0 <= offset < seq_len = {S}, got {offset}")
         self._rng = None if rng is None else _generator(rng)
@@ -692,9 +684,9 @@ def sliding_windows(series: npt.ArrayLike, window: int, *, horizon: int = 1,
         If ``series`` is shorter than ``window + horizon``, has NaN or Inf, or has more than two
         dimensions.
     """
-    window = _int_at_least("window", window, 1)
-    horizon = _int_at_least("horizon", horizon, 1)
-    stride = _int_at_least("stride", stride, 1)
+    window = _checks.int_at_least("window", window, 1)
+    horizon = _checks.int_at_least("horizon", horizon, 1)
+    stride = _checks.int_at_least("stride", stride, 1)
     values = np.asarray(series)
     if values.dtype.kind not in "fiu":
         raise TypeError(f"series: expected real numbers, got dtype {values.dtype}")

@@ -5,6 +5,7 @@ runs, at no extra cost; these helpers return it for a batch.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import numpy as np
@@ -12,6 +13,7 @@ import numpy.typing as npt
 
 from . import _checks
 from ._typing import FloatArray, LossName, Reduction, Seed, TargetSteps
+from . import stack
 from .rnn import RNN
 from .truncation import Truncate
 
@@ -29,11 +31,11 @@ def gradient_norms(model: RNN, x: npt.ArrayLike, target: npt.ArrayLike,
     Returns
     -------
     ndarray (T,)
-        ``norms[t]`` for the state after step ``t``. With ``target_steps="last"`` the loss sits
+        ``norms[t]`` for the states after step ``t`` (every layer's and direction's). With ``target_steps="last"`` the loss sits
         at the end only, so ``norms[T - 1 - j]`` shows the gradient ``j`` steps back: a
         geometric decay is the vanishing gradient, a growth the exploding one.
     """
-    result = model._evaluate(x, target, h0, lengths, loss, reduction, target_steps, truncate)
+    result = model.backprop(x, target, h0, lengths, loss, reduction, target_steps, truncate)
     if result.grad_norms is None:
         raise ValueError("truncate: a look-back window has no per-step gradient norms; "
                          "use None, TBPTT(k, k) or RandomizedTruncation")
@@ -60,16 +62,17 @@ def gradient_decay(model: RNN, T: int, *, batch_size: int = 16, seed: Seed = Non
     """
     T = _checks.positive_int("T", T)
     rng = np.random.default_rng(seed)
-    H = model.hidden_size
+    arch = model.architecture
     x = rng.standard_normal((T, batch_size, model.input_size)).astype(model.dtype)
-    if model.batch_first:
-        x = x.transpose(1, 0, 2)  # the model's layout; _batch makes it time-major again
-    batch = model._batch(x, None, None)
-    hs = model._states(batch)
-    r = rng.standard_normal((batch_size, H)).astype(model.dtype)
+    weights = model.weights()
+    h0 = np.zeros((arch.num_states, batch_size, arch.hidden_size), dtype=model.dtype)
+    fwd = stack.forward(model.kernels, arch, weights, x, h0)
+    r = rng.standard_normal((batch_size, arch.top_size)).astype(model.dtype)
     r /= np.linalg.norm(r)
-    dh_out = np.zeros((T, batch_size, H), dtype=model.dtype)
-    dh_out[-1] = r
-    _, _, norms = model._kernels.rnn_backward(dh_out, hs, model.params["Whh"], model.nonlinearity,
-                                              negative_slope=model.negative_slope)
+    # the error on the last layer's states at the last step only (no output layer)
+    d_top = np.zeros((T, batch_size, arch.top_size), dtype=model.dtype)
+    d_top[-1] = r
+    _, norms = stack.backward(model.kernels, dataclasses.replace(arch, output_size=None), weights,
+                              fwd, d_top)
+    assert norms is not None  # full BPTT, no lengths: every step has its norm
     return norms

@@ -73,3 +73,21 @@ def init_params(scheme: InitScheme, input_size: int, hidden_size: int, output_si
         p["Why"] = out
         p["by"] = np.zeros(O)
     return p
+
+
+def init_head(scheme: InitScheme, fan_in: int, output_size: int,
+              rng: np.random.Generator) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """A freshly drawn output layer ``Why (O, fan_in), by (O,)`` for ``scheme``, as
+    ``init_params`` draws it for a single layer (there ``fan_in = H``): ``uniform`` is
+    ``nn.Linear``'s U(-1/sqrt(fan_in), 1/sqrt(fan_in)), ``xavier``/``orthogonal`` Glorot-uniform
+    with a zero bias, ``identity`` N(0, 0.001^2) and ``normal`` N(0, 0.01^2) with a zero bias."""
+    O = output_size
+    if scheme not in INITS:
+        raise ValueError(f"init: expected one of {', '.join(INITS)}, got {scheme!r}")
+    if scheme == "uniform":
+        k = 1.0 / np.sqrt(fan_in)
+        return rng.uniform(-k, k, (O, fan_in)), rng.uniform(-k, k, O)
+    if scheme in ("xavier", "orthogonal"):
+        return _xavier(rng, O, fan_in), np.zeros(O)
+    std = 0.001 if scheme == "identity" else 0.01
+    return rng.normal(0.0, std, (O, fan_in)), np.zeros(O)

@@ -52,7 +52,8 @@ from . import kernels, losses, optim
 from ._checks import NONLINEARITIES
 from .data import Vocabulary
 from .init import INITS
-from .rnn import RNN, param_shapes
+from .layers import Architecture
+from .rnn import RNN
 
 __all__ = ["ModelFileError", "save", "load", "load_checkpoint"]
 
@@ -226,7 +227,9 @@ def _load(fh, path, backend):
         meta = _parse_metadata(raw, path)
         config = _check_config(meta["config"], path)
         dtype = np.dtype(config["dtype"])
-        shapes = param_shapes(config["input_size"], config["hidden_size"], config["output_size"])
+        shapes = Architecture(config["input_size"], config["hidden_size"], config["output_size"],
+                              config.get("num_layers", 1),
+                              2 if config.get("bidirectional", False) else 1).param_shapes()
         vocab = _check_vocabulary(meta["vocab"], config, path)
         optimizer_state, buffer_shapes = _check_optimizer(meta["optimizer"], shapes, dtype, path)
 

@@ -1,15 +1,17 @@
-"""The Elman RNN class: parameters, validation and the large matrix products.
+"""The recurrent model: parameters, validation, and one call per batch into the kernels.
 
-The class checks and casts its inputs once, does every product that is not sequential with NumPy
-(the input projection for all steps at once, or a row gather for token ids; the output layer; the
-loss; the weight gradients) and hands the kernels only the recurrences::
+The model owns its parameters (``params``), checks and casts every input once, and then hands the
+computation to one of two paths that give the same results:
 
-    a_t = x_t Wxh^T + bh + h_{t-1} Whh^T        h_t = f(a_t)          (rnn_forward)
-    z_t = h_t Why^T + by                         y_t = g(z_t)
-    dh_t^out = dz_t Why
-    da_t = (dh_t^out + da_{t+1} Whh) * f'(h_t)                         (rnn_backward)
-    dWhh = sum_t da_t^T h_{t-1}   dWxh = sum_t da_t^T x_t   dbh = sum_t da_t
-    dWhy = sum_t dz_t^T h_t       dby = sum_t dz_t          dx_t = da_t Wxh
+- the fused kernels of its backend (``_elman_step``/``_stack_step`` for a training step,
+  ``elman_forward``/``_stack_outputs`` for a forward pass), a whole step in one call, used when
+  every step carries a loss on a plain output (cross-entropy on logits or mse) and no sequence
+  is padded;
+- the Python composition ``cyrnn.stack`` over the backend's layer kernels, for every other case
+  (``lengths``, a loss on the last step only, bce, sigmoid/softmax outputs with mse, no output
+  layer).
+
+Its shape (sizes, layers, directions) is one ``cyrnn.layers.Architecture``.
 """
 from __future__ import annotations
 
@@ -21,46 +23,47 @@ from typing import Any, Optional, TypeVar, Union, overload
 import numpy as np
 import numpy.typing as npt
 
-from . import _checks, kernels, losses, truncation
+from . import _checks, interop, kernels, losses, stack, truncation
 from ._typing import (ArrayDict, BackendName, FloatArray, InitScheme, IntArray, LossName,
                       Nonlinearity, OutputName, Reduction, Seed, StrPath, TargetSteps)
 from .data import Vocabulary
-from .init import INITS, init_params
+from .init import INITS
+from .layers import Architecture
 from .optim import Optimizer
 from .truncation import Truncate
 
 _RNNType = TypeVar("_RNNType", bound="RNN")
 
-PARAM_NAMES = ("Wxh", "Whh", "bh", "Why", "by")
 TARGET_STEPS = ("all", "last")
-
-# key suffixes of torch.nn.RNN's single-layer state dict
-_TORCH_RNN_KEYS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
-
-
-class _Batch:
-    """Validated inputs of one call, time-major: ``x`` (T, B, I) floats or (T, B) token ids."""
-
-    __slots__ = ("x", "tokens", "h0", "lengths", "T", "B", "batched")
-
-    def __init__(self, x, tokens, h0, lengths, batched):
-        self.x, self.tokens, self.h0, self.lengths, self.batched = x, tokens, h0, lengths, batched
-        self.T, self.B = (tokens if tokens is not None else x).shape[:2]
 
 
 class RNN:
-    """Single-layer Elman RNN with an optional linear output layer, trained by BPTT.
+    """Elman RNN, one layer or a stack, with an optional linear output layer, trained by BPTT.
 
-    ``h_t = f(x_t Wxh^T + h_{t-1} Whh^T + bh)`` and ``y_t = g(h_t Why^T + by)``.
+    Layer ``l`` (direction ``d``) runs ``h_t = f(x_t Wxh^T + h_{t-1} Whh^T + bh)`` over its
+    input sequence: the inputs for the first layer, the states of the layer below (both
+    directions side by side) for the others. The output layer reads the last layer's states:
+    ``y_t = g(h_t Why^T + by)``.
 
     Parameters
     ----------
     input_size : int
         Features per step ``I``, or the vocabulary size ``V`` when inputs are token ids.
     hidden_size : int
-        Hidden units ``H``.
+        Hidden units ``H`` of every layer and direction.
     output_size : int or None
-        Outputs ``O``; ``None`` means no output layer (the hidden states are the output).
+        Outputs ``O``; ``None`` means no output layer (the last layer's states are the output).
+    num_layers : int >= 1
+        Stacked layers ``L``: layer ``l``'s output sequence is layer ``l + 1``'s input.
+    bidirectional : bool
+        Every layer also runs backwards in time (``D = 2``); its states are concatenated with
+        the forward direction's, ``(T, B, 2H)``, as ``torch.nn.RNN``. With ``lengths``, the
+        reverse direction starts at each sequence's own last valid step.
+    dropout : float in [0, 1)
+        Dropout on the outputs of every layer but the last, in training (``loss_and_grad``
+        and ``fit``) only, as ``torch.nn.RNN(dropout=p)``: each output is zeroed with
+        probability ``p`` and the others scaled by ``1 / (1 - p)``. The masks come from
+        ``model.generator`` (seeded by ``seed``) or from ``loss_and_grad(dropout_seed=...)``.
     nonlinearity : {"tanh", "relu", "sigmoid", "leaky_relu", "identity"}
     negative_slope : float
         Slope of ``leaky_relu`` for negative inputs.
@@ -70,7 +73,7 @@ class RNN:
         Initialisation scheme, see ``cyrnn.init.init_params``.
     dtype : {"float32", "float64"}
     seed : int or None
-        Seed of the initialisation.
+        Seed of the initialisation and of the dropout masks.
     backend : {"cython", "numpy"} or None
         Kernel backend; ``None`` takes the process default (``cyrnn.backend_info()``).
     batch_first : bool
@@ -83,8 +86,18 @@ class RNN:
     Attributes
     ----------
     params : dict of ndarray
-        ``Wxh (H, I), Whh (H, H), bh (H,)`` and, with an output layer, ``Why (O, H), by (O,)``,
-        in the model dtype. Update them in place (optimizers do).
+        Per layer-direction ``Wxh (H, I or D*H), Whh (H, H), bh (H,)`` named as in
+        ``cyrnn.layers`` (``Wxh``, ``Wxh_reverse``, ``Wxh_l1``, ...), then, with an output
+        layer, ``Why (O, D*H), by (O,)``, in the model dtype. Update them in place (optimizers
+        do).
+    generator : numpy.random.Generator
+        Source of the dropout masks.
+
+    Notes
+    -----
+    States (``h0``, ``h_last``, ``grads["h0"]``) follow ``torch.nn.RNN``: ``(L*D, B, H)``
+    (unbatched ``(L*D, H)``). A single-layer unidirectional model also takes ``(B, H)``
+    (``(H,)``) and uses that layout by default; states come back in the layout they went in.
     """
 
     params: ArrayDict
@@ -92,6 +105,9 @@ class RNN:
     input_size: int
     hidden_size: int
     output_size: Optional[int]
+    num_layers: int
+    bidirectional: bool
+    dropout: float
     nonlinearity: Nonlinearity
     negative_slope: float
     output: OutputName
@@ -100,6 +116,7 @@ class RNN:
     batch_first: bool
     backend: BackendName
     threads: Optional[int]
+    generator: np.random.Generator
 
     def __init__(
         self,
@@ -107,6 +124,9 @@ class RNN:
         hidden_size: int,
         output_size: Optional[int] = None,
         *,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
         nonlinearity: Nonlinearity = "tanh",
         negative_slope: float = 0.01,
         output: OutputName = "linear",
@@ -117,22 +137,34 @@ class RNN:
         batch_first: bool = False,
         threads: Optional[int] = None,
     ) -> None:
-        self._configure(input_size, hidden_size, output_size, nonlinearity, negative_slope,
-                        output, init, dtype, backend, batch_first, threads)
+        self._configure(input_size, hidden_size, output_size, num_layers=num_layers,
+                        bidirectional=bidirectional, dropout=dropout, nonlinearity=nonlinearity,
+                        negative_slope=negative_slope, output=output, init=init, dtype=dtype,
+                        backend=backend, batch_first=batch_first, threads=threads)
         rng = np.random.default_rng(seed)
-        drawn = init_params(init, self.input_size, self.hidden_size, self.output_size, rng)
+        drawn = self.architecture.init_params(init, rng)
         self.params = {name: np.ascontiguousarray(p, dtype=self.dtype) for name, p in drawn.items()}
+        # the dropout masks: a stream of its own, so that dropout leaves the initialisation of a
+        # seed unchanged
+        self.generator = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])  # type: ignore[attr-defined]
         self.vocab = None  # a cyrnn.data.Vocabulary for character models: text in and out
 
-    def _configure(self, input_size, hidden_size, output_size, nonlinearity, negative_slope,
-                   output, init, dtype, backend, batch_first, threads=None):
-        """Check and set every attribute but the parameters."""
+    def _configure(self, input_size, hidden_size, output_size, *, num_layers=1,
+                   bidirectional=False, dropout=0.0, nonlinearity="tanh", negative_slope=0.01,
+                   output="linear", init="uniform", dtype="float32", backend=None,
+                   batch_first=False, threads=None):
+        """Check and set every attribute but the parameters and the generator."""
         self.threads = _checks.optional_positive_int("threads", threads)
         self.input_size = _checks.positive_int("input_size", input_size)
         self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
         self.output_size = (
             None if output_size is None else _checks.positive_int("output_size", output_size)
         )
+        self.num_layers = _checks.positive_int("num_layers", num_layers)
+        if not isinstance(bidirectional, (bool, np.bool_)):
+            raise TypeError(f"bidirectional: expected True or False, got {bidirectional!r}")
+        self.bidirectional = bool(bidirectional)
+        self.dropout = _checks.probability("dropout", dropout)
         _checks.nonlinearity_code(nonlinearity, negative_slope)
         self.nonlinearity = nonlinearity
         self.negative_slope = float(negative_slope)
@@ -148,6 +180,24 @@ class RNN:
         self.batch_first = bool(batch_first)
         self._kernels = kernels.get_backend(backend)
         self.backend = self._kernels.name
+        self._architecture = Architecture(self.input_size, self.hidden_size, self.output_size,
+                                          self.num_layers, 2 if self.bidirectional else 1)
+
+    @property
+    def architecture(self) -> Architecture:
+        """Sizes, layers and directions (``cyrnn.layers.Architecture``): the parameter layout."""
+        return self._architecture
+
+    @property
+    def kernels(self) -> Any:
+        """The backend's kernels (``cyrnn.kernels.get_backend(model.backend)``)."""
+        return self._kernels
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments of this model but ``seed``: ``RNN(**model.config())``
+        builds a model of the same shape and options (with fresh parameters)."""
+        return {name: getattr(self, name) for name in _config_names()} | {
+            "dtype": self.dtype.name}
 
     @classmethod
     def from_params(cls: type[_RNNType], params: Mapping[str, npt.ArrayLike],
@@ -157,14 +207,16 @@ class RNN:
         Parameters
         ----------
         params : mapping of str to array-like
-            ``Wxh (H, I)``, ``Whh (H, H)``, ``bh (H,)`` and optionally ``Why (O, H)``,
-            ``by (O,)``; the sizes come from these arrays, which are copied (cast to ``dtype``)
-            after every shape and value is checked.
+            Every parameter, named as ``model.params`` (``Wxh (H, I)``, ``Whh (H, H)``,
+            ``bh (H,)``, ``Wxh_l1``, ``Wxh_reverse``, ..., and optionally ``Why``, ``by``); the
+            sizes, the number of layers and the directions come from these names and arrays,
+            which are copied (cast to ``dtype``) after every shape and value is checked.
         **kwargs
-            The other ``RNN`` arguments (``nonlinearity``, ``output``, ``dtype``, ...), except
-            the sizes and ``seed``.
+            The other ``RNN`` arguments (``nonlinearity``, ``output``, ``dtype``, ``dropout``,
+            ...), except the sizes, ``num_layers``, ``bidirectional`` and ``seed``.
         """
-        for name in ("input_size", "hidden_size", "output_size", "seed"):
+        for name in ("input_size", "hidden_size", "output_size", "num_layers", "bidirectional",
+                     "seed"):
             if name in kwargs:
                 raise TypeError(f"from_params: {name} comes from the arrays, not an argument")
         arrays = {str(name): np.asarray(value) for name, value in params.items()}
@@ -175,25 +227,37 @@ class RNN:
             raise KeyError("params: missing ['Wxh']")
         H, I = arrays["Wxh"].shape
         O = arrays["Why"].shape[0] if "Why" in arrays else None
-        # the keyword arguments of __init__ but the seed, with its defaults
+        num_layers = 1
+        while f"Wxh_l{num_layers}" in arrays:
+            num_layers += 1
+        # the keyword arguments of __init__ but the seed and the shape, with their defaults
         options = {name: p.default for name, p in inspect.signature(RNN.__init__).parameters.items()
-                   if p.kind is p.KEYWORD_ONLY and name != "seed"}
+                   if p.kind is p.KEYWORD_ONLY and name not in ("seed", "num_layers", "bidirectional")}
         unknown = set(kwargs) - set(options)
         if unknown:
             raise TypeError(f"from_params: unexpected arguments {sorted(unknown)}")
         options.update(kwargs)
         model = cls.__new__(cls)
-        model._configure(I, H, O, **options)
-        shapes = model._param_shapes()
+        model._configure(I, H, O, num_layers=num_layers, bidirectional="Wxh_reverse" in arrays,
+                         **options)
+        shapes = model.architecture.param_shapes()
         model.params = {name: np.zeros(shape, dtype=model.dtype) for name, shape in shapes.items()}
+        model.generator = np.random.default_rng()
         model.vocab = None
         model.set_params(arrays)
         return model
 
     def __repr__(self) -> str:
+        shape = ""
+        if self.num_layers > 1:
+            shape += f", num_layers={self.num_layers}"
+        if self.bidirectional:
+            shape += ", bidirectional=True"
+        if self.dropout:
+            shape += f", dropout={self.dropout}"
         return (
             f"RNN(input_size={self.input_size}, hidden_size={self.hidden_size}, "
-            f"output_size={self.output_size}, nonlinearity={self.nonlinearity!r}, "
+            f"output_size={self.output_size}{shape}, nonlinearity={self.nonlinearity!r}, "
             f"output={self.output!r}, dtype={self.dtype.name!r}, backend={self.backend!r})"
         )
 
@@ -203,39 +267,37 @@ class RNN:
 
     def forward(self, x: npt.ArrayLike, h0: Optional[npt.ArrayLike] = None,
                 lengths: Optional[npt.ArrayLike] = None) -> tuple[FloatArray, FloatArray]:
-        """Run the network over a batch of sequences.
+        """Run the network over a batch of sequences (inference: no dropout).
 
         Parameters
         ----------
         x : ndarray
             Dense inputs ``(T, B, I)`` (float) or token ids ``(T, B)`` (integer, ``0 <= id < I``);
             unbatched ``(T, I)`` / ``(T,)``; ``(B, T, ...)`` with ``batch_first``.
-        h0 : ndarray (B, H) or (H,), optional
-            Initial state; zeros by default.
+        h0 : ndarray (L*D, B, H), optional
+            Initial states (zeros by default); ``(L*D, H)`` unbatched. A single-layer
+            unidirectional model also takes ``(B, H)`` / ``(H,)``.
         lengths : array of int (B,), optional
             Valid steps per sequence; later steps are padding (state frozen, outputs meaningless).
 
         Returns
         -------
         y : ndarray (T, B, O)
-            ``g(z_t)`` for every step (the hidden states ``(T, B, H)`` without an output layer).
-        h_last : ndarray (B, H)
-            State after each sequence's last valid step.
+            ``g(z_t)`` for every step (the last layer's states ``(T, B, D*H)`` without an
+            output layer).
+        h_last : ndarray
+            Every layer-direction's state after each sequence's last valid step (the reverse
+            direction's after step 0), in the layout of ``h0``.
         """
-        weights = self._weights()
-        batch = self._batch(x, h0, lengths)
-        p, nonlinearity, slope = weights
+        weights = self.weights()
+        batch = self._inputs(x, h0, lengths)
         if self.output_size is not None and batch.lengths is None:
             # the common case in one kernel call
-            y, h_last = self._kernels.elman_forward(
-                batch.tokens if batch.tokens is not None else batch.x, batch.h0, p["Wxh"],
-                p["Whh"], p["bh"], p["Why"], p["by"], nonlinearity,
-                negative_slope=slope, output=self.output, threads=self.threads)
-            return self._to_user_layout(y, batch), self._state_out(h_last, batch)
-        hs = self._states(batch, weights)
-        z = self._logits(hs, weights)
-        y = losses.apply_output(self.output, z) if self.output_size is not None else z
-        return self._to_user_layout(y, batch), self._state_out(hs[-1], batch)
+            y, h_last = self._fused_outputs(batch, weights)
+        else:
+            y, h_last = stack.outputs(self._kernels, self.architecture, weights, batch.inputs,
+                                      batch.h0, self.output, batch.lengths)
+        return self._to_user_layout(y, batch), self._state_out(h_last, batch)
 
     def loss_and_grad(
         self,
@@ -248,6 +310,7 @@ class RNN:
         target_steps: TargetSteps = "all",
         truncate: Truncate = None,
         input_grad: bool = True,
+        dropout_seed: Seed = None,
     ) -> tuple[float, ArrayDict, FloatArray]:
         """Loss of one batch and its gradient with respect to every parameter, by BPTT.
 
@@ -277,16 +340,22 @@ class RNN:
         input_grad : bool
             Also return ``grads["x"]`` for dense inputs (for composing cyrnn with layers below
             it). Training alone does not need it: ``False`` saves one product per call.
+        dropout_seed : int or numpy.random.Generator, optional
+            Source of this call's dropout masks (a model with ``dropout > 0`` and several
+            layers); ``None`` draws them from ``model.generator``. The same seed gives the same
+            masks, on both backends.
 
         Returns
         -------
         loss : float
         grads : dict of ndarray
-            Same keys and shapes as ``params``, plus ``h0`` and, for dense inputs, ``x``.
-        h_last : ndarray (B, H)
+            Same keys and shapes as ``params``, plus ``h0`` (the shape of the ``h0`` passed)
+            and, for dense inputs, ``x``.
+        h_last : ndarray
+            As in ``forward``.
         """
-        result = self._evaluate(x, target, h0, lengths, loss, reduction, target_steps, truncate,
-                                input_grad=input_grad)
+        result = self.backprop(x, target, h0, lengths, loss, reduction, target_steps, truncate,
+                               input_grad=input_grad, dropout_seed=dropout_seed)
         return result.loss, result.grads, result.h_last
 
     def evaluate(self, x: npt.ArrayLike, target: npt.ArrayLike,
@@ -301,45 +370,74 @@ class RNN:
                                 need_grads=False)
         return result.loss, result.h_last
 
+    def backprop(self, x: npt.ArrayLike, target: npt.ArrayLike,
+                 h0: Optional[npt.ArrayLike] = None, lengths: Optional[npt.ArrayLike] = None,
+                 loss: Optional[LossName] = None, reduction: Reduction = "mean",
+                 target_steps: TargetSteps = "all", truncate: Truncate = None, *,
+                 input_grad: bool = True, dropout_seed: Seed = None) -> types.SimpleNamespace:
+        """``loss_and_grad`` with everything it computes, as a namespace: ``loss``, ``grads``,
+        ``h_last`` and ``grad_norms`` (T,), the per-step norms ``||dL/dh_t||`` over every
+        layer-direction's state at step t (None with a look-back window, or for a
+        bidirectional model with ``lengths``)."""
+        return self._evaluate(x, target, h0, lengths, loss, reduction, target_steps, truncate,
+                              input_grad=input_grad, dropout_seed=dropout_seed)
+
+    def resolve_loss(self, loss: Optional[LossName] = None) -> LossName:
+        """The loss a call with ``loss`` computes: the output's default for None (softmax ->
+        cross_entropy, linear -> mse, sigmoid -> bce); an error for a loss that does not fit
+        the output."""
+        return self._loss_name(loss)
+
     def _evaluate(self, x, target, h0, lengths, loss, reduction, target_steps, truncate=None,
-                  need_grads=True, input_grad=True):
+                  need_grads=True, input_grad=True, dropout_seed=None):
         """Forward, loss and (optionally) BPTT; a namespace with ``loss``, ``h_last``, ``grads``
-        and ``grad_norms`` (per-step ``||dL/dh_t||`` (T,), full BPTT and carries only)."""
+        and ``grad_norms``."""
         loss = self._loss_name(loss)
         if reduction not in losses.REDUCTIONS:
             raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
         if target_steps not in TARGET_STEPS:
             raise ValueError(f"target_steps: expected 'all' or 'last', got {target_steps!r}")
-        weights = self._weights()
-        batch = self._batch(x, h0, lengths)
+        weights = self.weights()
+        batch = self._inputs(x, h0, lengths)
         window, carry = truncation.resolve(truncate, batch.T)
-        t_idx, b_idx = self._loss_positions(batch, target_steps)
-        target = self._target(target, loss, batch, target_steps, t_idx, b_idx)
+        t_idx, b_idx = _checks.loss_positions(batch, target_steps)
+        width = self.output_size if self.output_size is not None else self.architecture.top_size
+        target = _checks.loss_targets(target, loss, self.output, width, batch, target_steps,
+                                      (t_idx, b_idx), self.dtype, self.batch_first)
+        masks = self._dropout_masks(batch, dropout_seed) if need_grads else None
 
         if need_grads and self._fusable(loss, batch, t_idx):
-            return self._fused(batch, weights, target, loss, reduction, window, carry, input_grad)
-        return self._composed(batch, weights, target, loss, reduction, window, carry, t_idx,
-                              b_idx, need_grads, input_grad)
-
-    def _composed(self, batch, weights, target, loss, reduction, window, carry, t_idx, b_idx,
-                  need_grads, input_grad):
-        """``_evaluate`` from the separate kernels and NumPy's products (any case)."""
-        hs = self._states(batch, weights)
-        z = self._logits(hs, weights)
-        # (N, O) logits of the positions that carry a loss -> loss and dL/dz there
-        z_sel = z.reshape(-1, z.shape[-1]) if t_idx is None else z[t_idx, b_idx]
-        value, dz_sel = losses.loss_and_dz(loss, self.output, z_sel, target, reduction)
-        result = types.SimpleNamespace(loss=value, h_last=self._state_out(hs[-1], batch),
-                                       grads=None, grad_norms=None)
-        if need_grads:
-            if t_idx is None:
-                dz = dz_sel.reshape(z.shape)
-            else:
-                dz = np.zeros_like(z)
-                dz[t_idx, b_idx] = dz_sel
-            result.grads, result.grad_norms = self._backward(batch, weights, hs, dz, window,
-                                                             carry, input_grad)
+            result = self._fused(batch, weights, target, loss, reduction, window, carry,
+                                 input_grad, masks)
+        else:
+            result = stack.loss_and_grad(
+                self._kernels, self.architecture, weights, batch.inputs, batch.h0, target,
+                loss=loss, output=self.output, reduction=reduction, lengths=batch.lengths,
+                positions=(t_idx, b_idx), window=window, carry=carry, masks=masks,
+                need_grads=need_grads, input_grad=input_grad)
+            if need_grads:  # in params order (BPTT found them from the top layer down)
+                grads = result.grads
+                result.grads = {name: grads[name] for name in (*weights[0], "h0", "x")
+                                if name in grads}
+        # states and input gradients in the caller's layout
+        result.h_last = self._state_out(result.h_last, batch)
+        if result.grads is not None:
+            grads = result.grads
+            grads["h0"] = self._state_out(grads["h0"], batch)
+            if "x" in grads:
+                grads["x"] = self._to_user_layout(grads["x"], batch)
         return result
+
+    def _dropout_masks(self, batch, seed):
+        """The dropout multipliers (L-1, T, B, D*H) of this training call, or None: each layer
+        output but the last's zeroed with probability ``dropout``, the rest scaled by
+        ``1 / (1 - dropout)``, drawn from ``seed`` or ``self.generator``."""
+        arch, p = self.architecture, self.dropout
+        if p == 0 or arch.num_layers == 1:
+            return None
+        rng = self.generator if seed is None else np.random.default_rng(seed)
+        keep = rng.random((arch.num_layers - 1, batch.T, batch.B, arch.top_size)) >= p
+        return keep.astype(self.dtype) * self.dtype.type(1 / (1 - p))
 
     # -----------------------------------------------------------------------------------------
     # generation
@@ -376,8 +474,8 @@ class RNN:
         top_k : int, optional
             Draw from the ``top_k`` most likely tokens only.
         seed : int or numpy.random.Generator, optional
-        h0 : ndarray (H,), optional
-            State before the prime (zeros by default).
+        h0 : ndarray (L, H), optional
+            States before the prime (zeros by default); ``(H,)`` for a single layer.
 
         Returns
         -------
@@ -405,22 +503,49 @@ class RNN:
         if ids.size == 0:
             raise ValueError("prime: expected at least one token")
         n = _checks.positive_int("n", n)
-        weights = self._weights()
-        p, nonlinearity, slope = weights
-        batch = self._batch(ids, h0, None)  # unbatched: ids (T,), h0 (H,)
-        state = batch.h0
+        if self.bidirectional:
+            raise ValueError("sample: a bidirectional model reads each sequence backwards too, "
+                             "which generation cannot; use a unidirectional model")
+        weights = self.weights()
+        batch = self._inputs(ids, h0, None)  # unbatched: ids (T,), h0 (L, H) or (H,)
+        state = batch.h0  # (L, 1, H)
         if ids.size > 1:
             # the prime but its last token, on the same snapshot of the weights
-            prime_batch = _Batch(None, batch.tokens[:-1], state, None, True)
-            state = self._states(prime_batch, weights)[-1]
+            state = stack.forward(self._kernels, self.architecture, weights, batch.tokens[:-1],
+                                  state).h_last
         uniforms = np.random.default_rng(seed).random(n)
-        out, _ = self._kernels.sample_tokens(
-            np.ascontiguousarray(p["Wxh"].T), p["bh"], p["Whh"], p["Why"], p["by"], state[0],
-            int(batch.tokens[-1, 0]), uniforms, nonlinearity,
-            negative_slope=slope, temperature=temperature,
-            top_k=0 if top_k is None else top_k,
-        )
+        if self.architecture.num_states == 1:
+            p, nonlinearity, slope = weights
+            out, _ = self._kernels.sample_tokens(
+                np.ascontiguousarray(p["Wxh"].T), p["bh"], p["Whh"], p["Why"], p["by"],
+                state[0, 0], int(batch.tokens[-1, 0]), uniforms, nonlinearity,
+                negative_slope=slope, temperature=temperature,
+                top_k=0 if top_k is None else top_k,
+            )
+        else:
+            out = self._sample_stack(weights, state, int(batch.tokens[-1, 0]), uniforms,
+                                     temperature, top_k)
         return self.vocab.decode(out) if as_text else out
+
+    def _sample_stack(self, weights, state, token, uniforms, temperature, top_k):
+        """``sample`` for a stack: one forward step of the whole stack per token, the draw as
+        ``sample_tokens`` makes it (``cyrnn.kernels.numpy_sample``)."""
+        from .kernels import numpy_sample
+
+        V = self.input_size
+        temperature = numpy_sample._temperature(temperature)
+        top_k = numpy_sample._int_arg("top_k", 0 if top_k is None else top_k, 0, V, False)
+        out = np.empty(uniforms.shape[0], dtype=np.intp)
+        ids = np.empty((1, 1), dtype=np.intp)
+        for i, u in enumerate(uniforms):
+            ids[0, 0] = token
+            fwd = stack.forward(self._kernels, self.architecture, weights, ids, state)
+            z = stack.logits(self.architecture, weights, fwd.top)[0, 0]
+            if not np.isfinite(z).all():
+                raise numpy_sample._nonfinite_logits(i)
+            token = out[i] = numpy_sample._choose(z, u, temperature, top_k)
+            state = fwd.h_last
+        return out
 
     @overload
     def greedy(self, prime: str, n: int, h0: Optional[npt.ArrayLike] = ...) -> str: ...
@@ -472,6 +597,9 @@ class RNN:
                 f"forecast: needs output_size == input_size, got {self.output_size} and {self.input_size}"
             )
         n = _checks.positive_int("n", n)
+        if self.bidirectional:
+            raise ValueError("forecast: a bidirectional model reads each sequence backwards "
+                             "too, which forecasting cannot; use a unidirectional model")
         y, h = self.forward(context, h0=h0)
         time_axis = 1 if (self.batch_first and y.ndim == 3) else 0
         last = np.take(y, [-1], axis=time_axis)
@@ -495,83 +623,34 @@ class RNN:
     @classmethod
     def from_torch(cls: type[_RNNType], state_dict: Mapping[str, npt.ArrayLike], *,
                    output_prefix: Optional[str] = None, **kwargs: Any) -> _RNNType:
-        """Build a model from the weights of ``torch.nn.RNN`` (one layer) and ``nn.Linear``.
+        """A model with the weights of ``torch.nn.RNN`` and an optional ``nn.Linear`` head.
 
         Parameters
         ----------
         state_dict : mapping of str to array-like
-            Arrays (NumPy or anything ``np.asarray`` takes; torch is not needed) with keys
-            ending in ``weight_ih_l0``, ``weight_hh_l0`` and optionally ``bias_ih_l0``,
-            ``bias_hh_l0`` (their sum becomes ``bh``), plus optionally one output layer
-            ``<prefix>weight`` / ``<prefix>bias``.
+            Arrays (NumPy or anything ``np.asarray`` takes; torch is not needed) keyed as a
+            torch state dict: ``<rnn prefix>weight_ih_l{l}[_reverse]``, ``weight_hh_...`` and
+            optionally ``bias_ih_...``, ``bias_hh_...`` (their sum becomes ``bh``), plus
+            optionally one output layer ``<prefix>weight`` / ``<prefix>bias``. The sizes, the
+            number of layers and the directions come from the keys and shapes.
         output_prefix : str, optional
             Prefix of the output layer's keys (e.g. ``"fc."``), needed only when ambiguous.
         **kwargs
-            Other ``RNN`` arguments (``nonlinearity``, ``output``, ``dtype``, ...). Sizes come
-            from the arrays.
+            Other ``RNN`` arguments (``nonlinearity``, ``output``, ``dtype``, ``dropout``, ...).
         """
-        arrays = {str(k): np.asarray(v) for k, v in state_dict.items()}
-        for key in arrays:
-            if "_l1" in key or key.endswith("_reverse"):
-                raise ValueError(f"state_dict: only single-layer unidirectional RNNs are supported ({key})")
-        rnn = {}
-        for suffix in _TORCH_RNN_KEYS:
-            keys = [k for k in arrays if k.endswith(suffix)]
-            if len(keys) > 1:
-                raise ValueError(f"state_dict: several keys end in {suffix!r}: {keys}")
-            if keys:
-                rnn[suffix] = arrays.pop(keys[0])
-            elif suffix.startswith("weight"):
-                raise KeyError(f"state_dict: no key ending in {suffix!r}")
-        Wxh = rnn["weight_ih_l0"]
-        if Wxh.ndim != 2:
-            raise ValueError(f"weight_ih_l0: expected 2 dimensions, got shape {Wxh.shape}")
-        H, I = Wxh.shape
-        for bias in ("bias_ih_l0", "bias_hh_l0"):
-            if bias in rnn and rnn[bias].shape != (H,):
-                raise ValueError(f"{bias}: expected shape ({H},), got {rnn[bias].shape}")
-        params = {
-            "Wxh": Wxh,
-            "Whh": rnn["weight_hh_l0"],
-            "bh": rnn.get("bias_ih_l0", np.zeros(H)) + rnn.get("bias_hh_l0", np.zeros(H)),
-        }
+        return cls.from_params(interop.params_from_torch(state_dict, output_prefix=output_prefix),
+                               **kwargs)
 
-        if output_prefix is None:
-            weights = [k for k in arrays if k.endswith("weight")]
-            if len(weights) > 1:
-                raise ValueError(f"state_dict: several candidate output layers {weights}; pass output_prefix")
-            output_prefix = weights[0][: -len("weight")] if weights else None
-        elif output_prefix + "weight" not in arrays:
-            raise KeyError(f"state_dict: no key {output_prefix + 'weight'!r}")
-        O = None
-        if output_prefix is not None:
-            Why = arrays[output_prefix + "weight"]
-            if Why.ndim != 2:
-                raise ValueError(f"{output_prefix}weight: expected 2 dimensions, got shape {Why.shape}")
-            O = Why.shape[0]
-            params["Why"] = Why
-            params["by"] = arrays.get(output_prefix + "bias", np.zeros(O))
-        model = cls(I, H, O, **kwargs)
-        model.set_params(params)  # checks the remaining shapes and finiteness
-        return model
+    def to_torch_state(self, arrays: Optional[Mapping[str, npt.ArrayLike]] = None,
+                       rnn_prefix: str = "rnn.", output_prefix: str = "fc.") -> ArrayDict:
+        """``params`` (or ``arrays``: any dict keyed like them, such as the gradients) as a
+        ``torch.nn.RNN`` + ``nn.Linear`` state dict of NumPy copies.
 
-    def to_torch_state(self, rnn_prefix: str = "rnn.", output_prefix: str = "fc.") -> ArrayDict:
-        """Weights as a ``torch.nn.RNN`` + ``nn.Linear`` state dict of NumPy arrays.
-
-        ``bias_ih_l0`` carries ``bh`` and ``bias_hh_l0`` is zero (PyTorch adds the two). Wrap the
+        ``bias_ih_*`` carries ``bh`` and ``bias_hh_*`` is zero (PyTorch adds the two). Wrap the
         values with ``torch.from_numpy`` to load them; torch is not needed here.
         """
-        p = self.params
-        state = {
-            rnn_prefix + "weight_ih_l0": p["Wxh"].copy(),
-            rnn_prefix + "weight_hh_l0": p["Whh"].copy(),
-            rnn_prefix + "bias_ih_l0": p["bh"].copy(),
-            rnn_prefix + "bias_hh_l0": np.zeros_like(p["bh"]),
-        }
-        if self.output_size is not None:
-            state[output_prefix + "weight"] = p["Why"].copy()
-            state[output_prefix + "bias"] = p["by"].copy()
-        return state
+        return interop.to_torch_state(self.architecture, self.params if arrays is None else arrays,
+                                      rnn_prefix=rnn_prefix, output_prefix=output_prefix)
 
     def set_params(self, params: Mapping[str, npt.ArrayLike]) -> None:
         """Copy ``params`` (same keys and shapes as ``self.params``) into the model's arrays, cast
@@ -596,60 +675,9 @@ class RNN:
     # validation
     # -----------------------------------------------------------------------------------------
 
-    def _batch(self, x, h0, lengths):
-        """Check and cast ``x``, ``h0`` and ``lengths`` into a time-major ``_Batch``."""
-        if not isinstance(x, np.ndarray):
-            x = np.asarray(x)
-        I, H = self.input_size, self.hidden_size
-        tokens = dense = None
-        if x.dtype.kind in "iu":
-            if x.ndim not in (1, 2):
-                raise ValueError(f"x: token ids must have shape (T, B) or (T,), got {x.shape}")
-            batched = x.ndim == 2
-            ids = x if batched else x[:, None]
-            if self.batch_first and batched:
-                ids = ids.T
-            _checks.id_range("x", ids, I, "token id")
-            tokens = _checks.aligned_array(ids, dtype=np.intp)
-        elif x.dtype.kind == "f":
-            if x.ndim not in (2, 3) or x.shape[-1] != I:
-                expected = "(B, T, {0}) or (T, {0})" if self.batch_first else "(T, B, {0}) or (T, {0})"
-                # whole numbers in [0, I) without a feature axis: token ids cast to float
-                if (x.ndim in (1, 2) and x.size and np.isfinite(x).all()
-                        and (x == np.floor(x)).all() and x.min() >= 0 and x.max() < I):
-                    raise TypeError(
-                        f"x: token ids must be integers; got floats of shape {x.shape} (use "
-                        f"x.astype(int)); dense inputs need shape {expected.format(I)}")
-                raise ValueError(f"x: expected shape {expected.format(I)}, got {x.shape}")
-            batched = x.ndim == 3
-            values = x if batched else x[:, None, :]
-            if self.batch_first and batched:
-                values = values.transpose(1, 0, 2)
-            dense = _checks.finite_array("x", values, self.dtype)
-        else:
-            raise TypeError(f"x: expected floats (dense inputs) or integers (token ids), got dtype {x.dtype}")
-        T, B = (tokens if tokens is not None else dense).shape[:2]
-        if T == 0:
-            raise ValueError("x: expected at least one time step, got T = 0")
-        if B == 0:
-            raise ValueError("x: expected at least one sequence, got B = 0")
-
-        if h0 is None:
-            h0 = np.zeros((B, H), dtype=self.dtype)
-        else:
-            h0 = np.asarray(h0)
-            shape = (B, H) if batched else (H,)
-            if h0.shape != shape:
-                raise ValueError(f"h0: expected shape {shape}, got {h0.shape}")
-            h0 = _checks.finite_array("h0", h0.reshape(B, H), self.dtype)
-
-        if lengths is not None:
-            if not batched:
-                lengths = np.asarray(lengths).reshape(-1)
-            lengths = _checks.lengths_array(lengths, T, B)
-            if (lengths == T).all():
-                lengths = None  # nothing is padded
-        return _Batch(dense, tokens, h0, lengths, batched)
+    def _inputs(self, x, h0, lengths):
+        """Check and cast ``x``, ``h0`` and ``lengths`` into a time-major ``_checks.Batch``."""
+        return _checks.batch(x, h0, lengths, self.architecture, self.dtype, self.batch_first)
 
     def _loss_name(self, loss):
         if loss is None:
@@ -660,105 +688,67 @@ class RNN:
             raise ValueError(f"loss: {loss!r} does not apply to output={self.output!r}")
         return loss
 
-    @staticmethod
-    def _loss_positions(batch, target_steps):
-        """Time and batch indices of the positions with a loss, or (None, None) for all."""
-        T, B, lengths = batch.T, batch.B, batch.lengths
-        if target_steps == "last":
-            last = np.full(B, T - 1) if lengths is None else lengths - 1
-            if (last < 0).any():
-                raise ValueError("lengths: target_steps='last' needs every sequence to have a step")
-            return last, np.arange(B)
-        if lengths is None:
-            return None, None
-        t_idx, b_idx = np.nonzero(np.arange(T)[:, None] < lengths[None, :])
-        if t_idx.size == 0:
-            raise ValueError("lengths: every sequence is empty, there is nothing to compute a loss on")
-        return t_idx, b_idx
-
-    def _target(self, target, loss, batch, target_steps, t_idx, b_idx):
-        """The targets of the loss positions: (N,) class ids or (N, O) values."""
-        target = np.asarray(target)
-        O = self.output_size if self.output_size is not None else self.hidden_size
-        T, B = batch.T, batch.B
-        per_step = target_steps == "all"
-        classes = loss == "cross_entropy"
-        if per_step:
-            shape = (T, B) if batch.batched else (T,)
-            if self.batch_first and batch.batched:
-                shape = (B, T)
-        else:
-            shape = (B,) if batch.batched else ()
-        if not classes:
-            shape = shape + (O,)
-        if target.shape != shape:
-            if classes and target.shape == shape + (O,):
-                raise ValueError(
-                    f"target: cross_entropy takes class ids of shape {shape}, not one-hot vectors "
-                    f"(got shape {target.shape}); use target.argmax(-1)")
-            if not classes and O > 1 and target.shape == shape[:-1] and target.dtype.kind in "iu":
-                fix = " or loss='cross_entropy'" if self.output == "linear" else ""
-                raise ValueError(
-                    f"target: {loss} with output={self.output!r} expects values of shape {shape}, "
-                    f"got integers of shape {target.shape}; class ids need output='softmax'{fix}")
-            raise ValueError(f"target: expected shape {shape}, got {target.shape}")
-        if classes and target.dtype.kind not in "iu":
-            raise TypeError(f"target: cross_entropy needs integer class ids, got dtype {target.dtype}")
-        if not classes and target.dtype.kind not in "fiu":
-            raise TypeError(f"target: expected real numbers, got dtype {target.dtype}")
-        # time-major with a batch axis
-        if per_step:
-            if not batch.batched:
-                target = target[:, None]
-            elif self.batch_first:
-                target = np.swapaxes(target, 0, 1)
-            selected = target.reshape((T * B,) + target.shape[2:]) if t_idx is None else target[t_idx, b_idx]
-        else:
-            selected = target.reshape((B,) + target.shape[(1 if batch.batched else 0):])
-        if classes:
-            _checks.id_range("target", selected, O, "class id")
-            return _checks.aligned_array(selected, dtype=np.intp)
-        selected = _checks.finite_array("target", selected, self.dtype)
-        if loss == "bce" and (selected.min() < 0 or selected.max() > 1):
-            raise ValueError("target: bce needs values in [0, 1]")
-        return selected
-
     # -----------------------------------------------------------------------------------------
     # computation
     # -----------------------------------------------------------------------------------------
 
     def _fusable(self, loss, batch, t_idx):
-        """Whether the whole step can run as one ``elman_loss_and_grad`` kernel call: an output
-        layer, a loss on every step of every sequence, cross-entropy on logits or plain MSE."""
+        """Whether the whole step can run as one fused kernel call: an output layer, a loss on
+        every step of every sequence, cross-entropy on logits or plain MSE."""
         if self.output_size is None or t_idx is not None or batch.lengths is not None:
             return False
         return (loss == "cross_entropy" and self.output in ("softmax", "linear")) or (
             loss == "mse" and self.output == "linear")
 
-    def _fused(self, batch, weights, target, loss, reduction, window, carry, input_grad=True):
-        """``_evaluate`` for the common case, in one kernel call (same results). The inputs and
-        targets were checked by ``_batch`` and ``_target``, the parameters by ``_weights``, so
-        the kernel's own checks (a tenth of the time of a char-LM step) are skipped."""
+    def _cells(self, weights):
+        """Each layer-direction's ``(Wxh, Whh, bh)``, in ``h0`` order."""
+        p, arch = weights[0], self.architecture
+        return tuple(tuple(p[name] for name in arch.cell_names(j)) for j in range(arch.num_states))
+
+    def _fused(self, batch, weights, target, loss, reduction, window, carry, input_grad, masks):
+        """The training step for the common case, in one kernel call (same results as the
+        composition). The inputs and targets were checked by ``_checks.batch`` and ``loss_targets``, the
+        parameters by ``_weights``, so the kernel's own checks (a tenth of the time of a char-LM
+        step) are skipped."""
         (p, nonlinearity, slope), T, B = weights, batch.T, batch.B
-        inputs = batch.tokens if batch.tokens is not None else batch.x
+        code = _checks.NONLINEARITIES.index(nonlinearity)
         target = target.reshape((T, B) + target.shape[1:])
         carry = _checks.carry_array(carry, T, self.dtype)
         longest, windows = (0, None) if window is None else _checks.window_sizes(window, T)
-        value, grads, h_last, grad_norms = self._kernels._elman_step(
-            inputs, target, batch.h0, p["Wxh"], p["Whh"], p["bh"], p["Why"], p["by"],
-            _checks.NONLINEARITIES.index(nonlinearity), slope, carry,
-            longest, windows, loss == "cross_entropy", reduction == "sum", input_grad,
-            self.threads)
-        if "x" in grads:
-            grads["x"] = self._to_user_layout(grads["x"], batch)
-        grads["h0"] = self._state_out(grads["h0"], batch)
-        return types.SimpleNamespace(loss=value, h_last=self._state_out(h_last, batch),
-                                     grads=grads, grad_norms=grad_norms)
+        flags = (loss == "cross_entropy", reduction == "sum", input_grad)
+        if self.architecture.num_states == 1:
+            value, grads, h_last, grad_norms = self._kernels._elman_step(
+                batch.inputs, target, batch.h0[0], p["Wxh"], p["Whh"], p["bh"], p["Why"],
+                p["by"], code, slope, carry, longest, windows, *flags, self.threads)
+            grads["h0"], h_last = grads["h0"][None], h_last[None]
+        else:
+            value, found, h_last, grad_norms = self._kernels._stack_step(
+                batch.inputs, target, batch.h0, self._cells(weights),
+                self.architecture.num_directions, p["Why"], p["by"], code, slope, carry,
+                longest, windows, *flags, masks, self.threads)
+            grads = {}
+            for j, cell in enumerate(found["layers"]):
+                grads.update(zip(self.architecture.cell_names(j), cell))
+            for name in ("Why", "by", "h0", "x"):
+                if name in found:
+                    grads[name] = found[name]
+        return types.SimpleNamespace(loss=value, h_last=h_last, grads=grads,
+                                     grad_norms=grad_norms)
 
-    def _param_shapes(self):
-        return param_shapes(self.input_size, self.hidden_size, self.output_size)
+    def _fused_outputs(self, batch, weights):
+        """``(y, h_last (L*D, B, H))`` of a model with an output layer, in one kernel call."""
+        p, nonlinearity, slope = weights
+        if self.architecture.num_states == 1:
+            y, h_last = self._kernels.elman_forward(
+                batch.inputs, batch.h0[0], p["Wxh"], p["Whh"], p["bh"], p["Why"], p["by"],
+                nonlinearity, negative_slope=slope, output=self.output, threads=self.threads)
+            return y, h_last[None]
+        return self._kernels._stack_outputs(
+            batch.inputs, batch.h0, self._cells(weights), self.architecture.num_directions,
+            p["Why"], p["by"], _checks.NONLINEARITIES.index(nonlinearity), slope,
+            losses.OUTPUTS.index(self.output), self.threads)
 
-    def _weights(self):
+    def weights(self) -> tuple[ArrayDict, Nonlinearity, float]:
         """One checked snapshot of what a computation reads from the model: ``(params,
         nonlinearity, negative_slope)``, where ``params`` is a new dict holding one reference to
         each parameter array.
@@ -773,7 +763,7 @@ class RNN:
         nonlinearity, slope = self.nonlinearity, self.negative_slope
         _checks.nonlinearity_code(nonlinearity, slope)
         snapshot = {}
-        for name, shape in self._param_shapes().items():
+        for name, shape in self.architecture.param_shapes().items():
             try:
                 a = live[name]
             except (KeyError, TypeError):
@@ -786,76 +776,6 @@ class RNN:
             snapshot[name] = a
         return snapshot, nonlinearity, float(slope)
 
-    def _states(self, batch, weights=None):
-        """hs (T + 1, B, H): the input projection for all steps, then the recurrence kernel."""
-        p, nonlinearity, slope = self._weights() if weights is None else weights
-        if batch.tokens is not None:
-            # a row gather from Wxh^T is x_t Wxh^T for one-hot x_t
-            xw = p["Wxh"].T.take(batch.tokens, axis=0)
-        else:
-            # (T*B, H) = (T*B, I) (I, H)
-            xw = (batch.x.reshape(-1, self.input_size) @ p["Wxh"].T).reshape(batch.T, batch.B, -1)
-        xw += p["bh"]
-        return self._kernels.rnn_forward(
-            xw,
-            batch.h0,
-            p["Whh"],
-            nonlinearity,
-            negative_slope=slope,
-            lengths=batch.lengths,
-        )
-
-    def _logits(self, hs, weights=None):
-        """z (T, B, O) = h_t Why^T + by for all steps, or the states when there is no output layer."""
-        states, p = hs[1:], (self._weights() if weights is None else weights)[0]
-        if self.output_size is None:
-            return states
-        T, B, H = states.shape
-        z = states.reshape(-1, H) @ p["Why"].T
-        z += p["by"]
-        return z.reshape(T, B, -1)
-
-    def _backward(self, batch, weights, hs, dz, window=None, carry=None, input_grad=True):
-        """Gradients of every parameter (and h0, and dense x) from dL/dz (T, B, O), and the
-        per-step gradient norms (None with a window); with a look-back ``window`` (int or (T,))
-        or a ``carry`` scale (T,) for truncated BPTT."""
-        (p, nonlinearity, slope), H = weights, self.hidden_size
-        T, B = batch.T, batch.B
-        grads = {}
-        if self.output_size is None:
-            dh_out = dz
-        else:
-            dz2 = dz.reshape(-1, dz.shape[-1])
-            # dWhy (O, H) = dz^T (O, T*B) h (T*B, H);  dby = sum over steps and batch
-            grads["Why"] = dz2.T @ hs[1:].reshape(-1, H)
-            grads["by"] = dz2.sum(axis=0)
-            # (T*B, H) = (T*B, O) (O, H)
-            dh_out = (dz2 @ p["Why"]).reshape(T, B, H)
-        k = self._kernels
-        common = dict(negative_slope=slope, lengths=batch.lengths)
-        if window is None:
-            da, dh0, grad_norms = k.rnn_backward(dh_out, hs, p["Whh"], nonlinearity,
-                                                 carry=carry, **common)
-        else:
-            da, dh0 = k.rnn_backward_window(dh_out, hs, p["Whh"], window, nonlinearity, **common)
-            grad_norms = None
-        da2 = da.reshape(-1, H)
-        # dWhh (H, H) = da^T (H, T*B) h_{t-1} (T*B, H)
-        grads["Whh"] = da2.T @ hs[:-1].reshape(-1, H)
-        grads["bh"] = da2.sum(axis=0)
-        if batch.tokens is not None:
-            # the projection gathered row id of Wxh^T: scatter-add da's rows back there
-            dWxhT = k.embedding_grad(batch.tokens.reshape(-1), da2, self.input_size)
-            grads["Wxh"] = np.ascontiguousarray(dWxhT.T)
-        else:
-            # dWxh (H, I) = da^T (H, T*B) x (T*B, I);  dx (T*B, I) = da (T*B, H) Wxh (H, I)
-            grads["Wxh"] = da2.T @ batch.x.reshape(-1, self.input_size)
-            if input_grad:
-                grads["x"] = self._to_user_layout((da2 @ p["Wxh"]).reshape(T, B, -1), batch)
-        grads["h0"] = self._state_out(dh0, batch)
-        ordered = {name: grads[name] for name in (*p, "h0", "x") if name in grads}
-        return ordered, grad_norms
-
     def _to_user_layout(self, a, batch):
         """(T, B, ...) -> the caller's layout: (B, T, ...) with batch_first, (T, ...) unbatched."""
         if not batch.batched:
@@ -866,18 +786,19 @@ class RNN:
 
     @staticmethod
     def _state_out(h, batch):
-        """A (B, H) state as the caller passed states: (H,) when unbatched; always a copy."""
-        return h[0].copy() if not batch.batched else h.copy()
+        """States (L*D, B, H) in the caller's layout: without the leading axis unless the
+        caller's states have it, without the batch axis when unbatched; always a copy."""
+        if not batch.stacked:
+            h = h[0]  # (B, H) of a single layer-direction
+            return h[0].copy() if not batch.batched else h.copy()
+        return h[:, 0].copy() if not batch.batched else h.copy()
 
 
-def param_shapes(input_size: int, hidden_size: int,
-                 output_size: Optional[int]) -> dict[str, tuple[int, ...]]:
-    """Name and shape of each parameter of a model of these sizes, in ``params`` order."""
-    H, I, O = hidden_size, input_size, output_size
-    shapes = {"Wxh": (H, I), "Whh": (H, H), "bh": (H,)}
-    if O is not None:
-        shapes.update(Why=(O, H), by=(O,))
-    return shapes
+def _config_names():
+    """The constructor's keyword arguments but ``seed``, and the sizes: what ``config()`` holds."""
+    names = [name for name, p in inspect.signature(RNN.__init__).parameters.items()
+             if name not in ("self", "seed")]
+    return names
 
 
 def _describe(a):

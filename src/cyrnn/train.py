@@ -262,7 +262,7 @@ def fit(
     log_every = _seconds("log_every", LOG_EVERY if log_every is None else log_every)
     optimizer = _optimizer(model, optimizer, lr, weight_decay)
     rng = np.random.default_rng(seed)
-    loss_name = model._loss_name(loss)
+    loss_name = model.resolve_loss(loss)
     stream = _is_stream(train)
     batches = _stream_batches(train, batch_size, seq_len, partition, rng) if stream else None
     history = History()
@@ -368,8 +368,8 @@ def evaluate(model: RNN, data: Dataset, *, batch_size: int = 32, loss: Optional[
         return model.evaluate(x, y, loss=loss, reduction=reduction)[0]
     # sums per batch, divided at the end by the count the mean runs over (positions for
     # cross-entropy, elements for mse/bce): batching must not reweight anything
-    loss = model._loss_name(loss)
-    width = 1 if loss == "cross_entropy" else (model.output_size or model.hidden_size)
+    loss = model.resolve_loss(loss)
+    width = 1 if loss == "cross_entropy" else (model.output_size or model.architecture.top_size)
     total, count = 0.0, 0
     for batch in _dataset_batches(data, batch_size, None, model, target_steps):
         x, target, lengths = batch if len(batch) == 3 else (*batch, None)

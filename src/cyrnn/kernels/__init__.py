@@ -15,6 +15,7 @@ and ``sample_tokens`` are those of the default backend; ``get_backend(name)`` re
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import types
@@ -33,8 +34,10 @@ _NUMPY_MODULES = ("cyrnn.kernels.numpy_backend", "cyrnn.kernels.numpy_sample",
                   "cyrnn.kernels.numpy_fused")
 
 
-# entry points on pre-checked arguments, for the model class, which checks them itself
-_PRIVATE_NAMES = ("_elman_step",)
+# entry points on pre-checked arguments, for the model class, which checks them itself: the
+# fused training step of one layer and of a stack, and a stack's forward pass (the NumPy twins
+# of the stack kernels are cyrnn.stack's composition over the NumPy layer kernels)
+_PRIVATE_NAMES = ("_elman_step", "_stack_step", "_stack_outputs")
 
 
 def _collect(name, module_names):
@@ -45,6 +48,11 @@ def _collect(name, module_names):
         for kernel in KERNEL_NAMES + _PRIVATE_NAMES:
             if hasattr(module, kernel):
                 setattr(backend, kernel, getattr(module, kernel))
+    if not hasattr(backend, "_stack_step"):
+        # a build without the compiled stack step: the composition over its own layer kernels
+        from . import numpy_fused
+        backend._stack_step = functools.partial(numpy_fused._stack_step, kern=backend)
+        backend._stack_outputs = functools.partial(numpy_fused._stack_outputs, kern=backend)
     missing = [k for k in KERNEL_NAMES + _PRIVATE_NAMES if not hasattr(backend, k)]
     if missing:
         raise ImportError(f"backend {name!r} lacks kernels {missing}")

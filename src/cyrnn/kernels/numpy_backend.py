@@ -50,6 +50,33 @@ def _derivative(h, code, slope):
     return np.ones_like(h)
 
 
+class ElmanCell:
+    """The Elman cell as a layer runs it (see ``cyrnn.stack``): gate width ``G = H``, and two
+    fused elementwise epilogues around the per-step products.
+
+    forward:  ``h_t = f(P_t + R_t)`` with ``P_t = x_t Wxh^T + bh`` (precomputed for all steps)
+              and ``R_t = h_{t-1} Whh^T`` (one GEMM per step); nothing to keep but ``h_t``.
+    backward: ``da_t = g_t * f'(h_t)`` from ``g_t = dL/dh_t``; the pre-activation gradient
+              serves as both ``dP_t`` and ``dR_t`` (then ``g_{t-1} += dR_t Whh``, one GEMM).
+
+    A gated cell (LSTM ``G = 4H``, GRU ``G = 3H``) has the same two methods over its gates, with
+    a cell state and saved gates; the loops that call them stay the same.
+    """
+
+    def __init__(self, code: int, slope: float) -> None:
+        self.code, self.slope = code, slope
+
+    def forward(self, P_t: FloatArray, R_t: FloatArray) -> FloatArray:
+        return _activate(P_t + R_t, self.code, self.slope)
+
+    def derivative(self, h: FloatArray) -> FloatArray:
+        """``f'`` at the pre-activations of the states ``h``: ``da = g * derivative(h)``."""
+        return _derivative(h, self.code, self.slope)
+
+    def backward(self, g_t: FloatArray, h_t: FloatArray) -> FloatArray:
+        return g_t * self.derivative(h_t)
+
+
 def _active_steps(lengths, T, B):
     """(T, B, 1) mask of the steps that belong to each sequence, or None for all of them."""
     if lengths is None:
@@ -88,11 +115,13 @@ def rnn_forward(xw: FloatArray, h0: FloatArray, Whh: FloatArray,
         xw, h0, Whh, nonlinearity, negative_slope, lengths, out
     )
     T, B, _ = xw.shape
+    cell = ElmanCell(code, slope)
     active = _active_steps(lengths, T, B)
     WhhT = Whh.T
     hs[0] = h0
     for t in range(T):
-        h = _activate(xw[t] + hs[t] @ WhhT, code, slope)
+        # R_t (B, H) = h_{t-1} (B, H) Whh^T (H, H), then the cell's epilogue
+        h = cell.forward(xw[t], hs[t] @ WhhT)
         hs[t + 1] = h if active is None else np.where(active[t], h, hs[t])
     return hs
 
@@ -142,6 +171,7 @@ def rnn_backward(
     )
     T, B, H = dh_out.shape
     carry = _checks.carry_array(carry, T, dh_out.dtype)
+    cell = ElmanCell(code, slope)
     active = _active_steps(lengths, T, B)
     da = np.empty_like(dh_out)
     grad_norms = np.empty(T, dtype=dh_out.dtype)
@@ -152,7 +182,8 @@ def rnn_backward(
         else:
             g += np.where(active[t], dh_out[t], 0)
         grad_norms[t] = np.sqrt(np.dot(g.ravel(), g.ravel()))
-        da[t] = g * _derivative(hs[t + 1], code, slope)
+        # the cell's backward epilogue: dP_t = dR_t = da_t
+        da[t] = cell.backward(g, hs[t + 1])
         if active is not None:
             da[t] *= active[t]
         scale = 1 if carry is None else carry[t]
@@ -205,7 +236,7 @@ def rnn_backward_window(
     error, dh0 = _checks.window_error(dh_out, dh_last, lengths)
     if active is not None:
         error = error * active
-    slope_factor = _derivative(hs[1:], code, slope)
+    slope_factor = ElmanCell(code, slope).derivative(hs[1:])
     if active is not None:
         slope_factor *= active
     depth = error * slope_factor

@@ -13,8 +13,9 @@ from typing import Optional, Union
 import numpy as np
 import numpy.typing as npt
 
-from .. import _checks, losses
+from .. import _checks, losses, stack
 from .._typing import ArrayDict, FloatArray, Nonlinearity, OutputName, Reduction, StepLossName
+from ..layers import Architecture
 from . import numpy_backend
 
 STEP_LOSSES = ("cross_entropy", "mse")
@@ -221,3 +222,52 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, code, slope, carry, 
     if input_grad and not tokens:
         grads["x"] = (da2 @ Wxh).reshape(T, B, I)
     return value, grads, hs[-1].copy(), grad_norms
+
+
+def _stack_weights(layers, num_directions, Why, by, code, slope):
+    """The architecture and the ``(params, nonlinearity, slope)`` snapshot that ``cyrnn.stack``
+    composes, from a stack kernel's arguments."""
+    Wxh0, Whh0, _ = layers[0]
+    H, I = Wxh0.shape
+    arch = Architecture(I, H, Why.shape[0], len(layers) // num_directions, num_directions)
+    params = {}
+    for j, cell in enumerate(layers):
+        params.update(zip(arch.cell_names(j), cell))
+    params["Why"], params["by"] = Why, by
+    return arch, (params, _checks.NONLINEARITIES[code], slope)
+
+
+def _stack_step(inputs, targets, h0, layers, num_directions, Why, by, code, slope, carry,
+                longest, windows, cross_entropy, sum_reduction, input_grad, masks, threads=None,
+                kern=numpy_backend):
+    """A stack's training step on checked arguments (the twin of the compiled one).
+
+    ``layers``: per layer-direction ``j = l*D + d`` its ``(Wxh, Whh, bh)``; ``h0`` (L*D, B, H);
+    ``masks``: None or the dropout multipliers (L-1, T, B, D*H) of the layer outputs that feed
+    the next layer; the rest as ``_elman_step``. Returns ``(loss, grads, h_last, grad_norms)``
+    with ``grads = {"layers": [(dWxh, dWhh, dbh) per j], "Why", "by", "h0", "x"}``. ``kern``:
+    the layer kernels it composes (the NumPy ones).
+    """
+    arch, weights = _stack_weights(layers, num_directions, Why, by, code, slope)
+    T, B = inputs.shape[:2]
+    result = stack.loss_and_grad(
+        kern, arch, weights, inputs, h0,
+        targets.reshape(T * B) if cross_entropy else targets.reshape(T * B, -1),
+        loss="cross_entropy" if cross_entropy else "mse", output="linear",
+        reduction="sum" if sum_reduction else "mean",
+        window=(longest if windows is None else windows) if longest else None, carry=carry,
+        masks=masks, input_grad=input_grad)
+    g = result.grads
+    grads = {"layers": [tuple(g[name] for name in arch.cell_names(j))
+                        for j in range(arch.num_states)],
+             "Why": g["Why"], "by": g["by"], "h0": g["h0"]}
+    if "x" in g:
+        grads["x"] = g["x"]
+    return result.loss, grads, result.h_last, result.grad_norms
+
+
+def _stack_outputs(inputs, h0, layers, num_directions, Why, by, code, slope, out_code,
+                   threads=None, kern=numpy_backend):
+    """A stack's outputs ``(y (T, B, O), h_last (L*D, B, H))`` on checked arguments."""
+    arch, weights = _stack_weights(layers, num_directions, Why, by, code, slope)
+    return stack.outputs(kern, arch, weights, inputs, h0, losses.OUTPUTS[out_code])

@@ -1,0 +1,243 @@
+"""The forward pass, loss and BPTT of a stack of recurrent layers, composed in Python over one
+backend's layer kernels: the executable specification of the model.
+
+A *layer* runs the Elman cell over time in one direction; everything not sequential is one
+product over all ``T*B`` rows::
+
+    forward    for each layer l, direction d (j = l*D + d):
+                   P  = X_l Wxh^T + bh                 (T*B, H): one GEMM, or a row gather of ids
+                   hs = rnn_forward(P, h0[j], Whh)      h_t = f(P_t + h_{t-1} Whh^T), per step
+               X_{l+1} = [S_{l,0} | S_{l,1}] * mask_l  both directions' states side by side,
+                                                       dropout multipliers between layers
+               z = X_L Why^T + by                      the output layer, then the loss on z
+    backward   dX_L = dz Why
+               for l from the top, each direction:
+                   da = rnn_backward(dX_{l+1} part of d, hs, Whh)    BPTT, per step
+                   dWhh = da^T h_{t-1}   dbh = sum da   dWxh = da^T X_l   dX_l += da Wxh
+               dX_l *= mask_{l-1} on its way to the layer below
+
+The reverse direction (``d = 1``) is a forward layer run over each sequence reversed within its
+own length (PyTorch's packed sequences: it starts at each sequence's last valid step, and padded
+steps stay where they are). Its truncation (look-back windows, carry scales) therefore applies
+in its own processing order, and ``h_last`` is its state after step 0.
+
+The model calls ``loss_and_grad`` and ``forward`` here for every case the fused kernels
+(``_stack_step``, ``_stack_outputs``) do not cover; the NumPy backend's fused kernels are this
+composition over the NumPy kernels, and the compiled ones do the same arithmetic in one call.
+"""
+from __future__ import annotations
+
+import types
+from typing import Any, Optional
+
+import numpy as np
+
+from . import losses
+from ._typing import LossName, OutputName, Reduction
+from .layers import Architecture
+
+
+class Reversal:
+    """The time reversal of every sequence within its own length: step ``t`` of sequence ``b``
+    and step ``lengths[b] - 1 - t`` trade places; padded steps stay. Its own inverse."""
+
+    def __init__(self, T: int, B: int, lengths: Optional[np.ndarray]) -> None:
+        self.steps = self.rows = None
+        if lengths is not None:
+            t = np.arange(T)[:, None]
+            self.steps = np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
+            self.rows = np.arange(B)[None, :]
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        """``a`` (T, B, ...) reversed, as a new C-contiguous array."""
+        if self.steps is None:
+            return np.ascontiguousarray(a[::-1])
+        return a[self.steps, self.rows]
+
+    def norms(self, norms: np.ndarray) -> Optional[np.ndarray]:
+        """Per-step norms of the reversed frame in natural time; None where sequences of several
+        lengths make a step of the reversed frame several natural steps."""
+        return norms[::-1] if self.steps is None else None
+
+
+def _cell(weights, arch, j):
+    p = weights[0]
+    return tuple(p[name] for name in arch.cell_names(j))
+
+
+def _project(X, Wxh, bh):
+    """P (T, B, H) = X Wxh^T + bh: a row gather of Wxh^T for token ids (T, B), else one GEMM."""
+    if X.dtype.kind in "iu":
+        P = Wxh.T.take(X, axis=0)
+    else:
+        T, B, n_in = X.shape
+        # (T*B, H) = (T*B, in) (in, H)
+        P = (X.reshape(T * B, n_in) @ Wxh.T).reshape(T, B, -1)
+    P += bh
+    return P
+
+
+def forward(kern: Any, arch: Architecture, weights: tuple, inputs: np.ndarray, h0: np.ndarray,
+            lengths: Optional[np.ndarray] = None,
+            masks: Optional[np.ndarray] = None) -> types.SimpleNamespace:
+    """States of every layer-direction for time-major ``inputs`` (T, B) ids or (T, B, I) values
+    and ``h0`` (L*D, B, H). Returns a namespace with ``inputs`` (each layer's input), ``states``
+    (each layer-direction's ``hs`` (T + 1, B, H) in its processing order), ``top`` (T, B, D*H)
+    (the last layer's output), ``h_last`` (L*D, B, H) and ``reversal``."""
+    _, nonlinearity, slope = weights
+    T, B = inputs.shape[:2]
+    D = arch.num_directions
+    reversal = Reversal(T, B, lengths)
+    h_last = np.empty((arch.num_states, B, arch.hidden_size), dtype=h0.dtype)
+    layer_inputs, states = [], []
+    X = inputs
+    for layer in range(arch.num_layers):
+        layer_inputs.append(X)
+        outputs = []
+        for d in range(D):
+            j = layer * D + d
+            Wxh, Whh, bh = _cell(weights, arch, j)
+            P = _project(X, Wxh, bh)
+            if d:
+                P = reversal(P)
+            hs = kern.rnn_forward(P, h0[j], Whh, nonlinearity, negative_slope=slope,
+                                  lengths=lengths)
+            states.append(hs)
+            h_last[j] = hs[-1]
+            outputs.append(reversal(hs[1:]) if d else hs[1:])
+        X = outputs[0] if D == 1 else np.concatenate(outputs, axis=-1)
+        if masks is not None and layer < arch.num_layers - 1:
+            X = X * masks[layer]
+    return types.SimpleNamespace(inputs=layer_inputs, states=states, top=X, h_last=h_last,
+                                 reversal=reversal)
+
+
+def logits(arch: Architecture, weights: tuple, top: np.ndarray) -> np.ndarray:
+    """z (T, B, O) = X_L Why^T + by, or the top states themselves without an output layer."""
+    if arch.output_size is None:
+        return top
+    p = weights[0]
+    T, B, width = top.shape
+    z = top.reshape(T * B, width) @ p["Why"].T
+    z += p["by"]
+    return z.reshape(T, B, -1)
+
+
+def backward(kern: Any, arch: Architecture, weights: tuple, fwd: types.SimpleNamespace,
+             dz: np.ndarray, lengths: Optional[np.ndarray] = None, window: Any = None,
+             carry: Optional[np.ndarray] = None, input_grad: bool = True,
+             masks: Optional[np.ndarray] = None) -> tuple[dict, Optional[np.ndarray]]:
+    """Every gradient from dL/dz (T, B, O) (dL/d top states without an output layer).
+
+    Returns ``(grads, grad_norms)``: ``grads`` keyed by parameter name plus ``"h0"`` (L*D, B, H)
+    and, for dense inputs with ``input_grad``, ``"x"`` (T, B, I); ``grad_norms`` (T,) is
+    ``||dL/dh_t||`` over every layer-direction's state at step t (None with a look-back window,
+    or where a reverse direction meets sequences of several lengths).
+    """
+    p, nonlinearity, slope = weights
+    H, D = arch.hidden_size, arch.num_directions
+    top = fwd.top
+    T, B = top.shape[:2]
+    grads: dict = {}
+    if arch.output_size is None:
+        dtop = dz
+    else:
+        dz2 = dz.reshape(T * B, -1)
+        # dWhy (O, D*H) = dz^T (O, T*B) X_L (T*B, D*H);  dby = sum over steps and sequences
+        grads["Why"] = dz2.T @ top.reshape(T * B, -1)
+        grads["by"] = dz2.sum(axis=0)
+        # dX_L (T*B, D*H) = dz (T*B, O) Why (O, D*H)
+        dtop = (dz2 @ p["Why"]).reshape(T, B, -1)
+    dh0 = np.empty((arch.num_states, B, H), dtype=dz.dtype)
+    squares: Optional[np.ndarray] = None if window is not None else np.zeros(T, dtype=np.float64)
+    dout = dtop
+    for layer in range(arch.num_layers - 1, -1, -1):
+        X = fwd.inputs[layer]
+        tokens = X.dtype.kind in "iu"
+        need_dX = layer > 0 or (input_grad and not tokens)
+        dX: Optional[np.ndarray] = None
+        for d in range(D):
+            j = layer * D + d
+            names = arch.cell_names(j)
+            Wxh, Whh, _ = _cell(weights, arch, j)
+            hs = fwd.states[j]
+            g = dout if D == 1 else np.ascontiguousarray(dout[..., d * H:(d + 1) * H])
+            if d:
+                g = fwd.reversal(g)
+            if window is None:
+                da, dh0[j], norms = kern.rnn_backward(g, hs, Whh, nonlinearity,
+                                                      negative_slope=slope, lengths=lengths,
+                                                      carry=carry)
+                if d:
+                    norms = fwd.reversal.norms(norms)
+                if squares is not None and norms is not None:
+                    squares += np.square(norms, dtype=np.float64)
+                else:
+                    squares = None
+            else:
+                da, dh0[j] = kern.rnn_backward_window(g, hs, Whh, window, nonlinearity,
+                                                      negative_slope=slope, lengths=lengths)
+            da2 = da.reshape(T * B, H)
+            # dWhh (H, H) = da^T (H, T*B) h_{t-1} (T*B, H);  dbh = sum of da (any order of rows)
+            grads[names[1]] = da2.T @ hs[:-1].reshape(T * B, H)
+            grads[names[2]] = da2.sum(axis=0)
+            if d:
+                da2 = fwd.reversal(da).reshape(T * B, H)  # back in step with X
+            if tokens:
+                # the projection gathered row id of Wxh^T: scatter-add da's rows back there
+                grads[names[0]] = np.ascontiguousarray(
+                    kern.embedding_grad(X.reshape(-1), da2, arch.input_size).T)
+            else:
+                # dWxh (H, in) = da^T (H, T*B) X (T*B, in)
+                grads[names[0]] = da2.T @ X.reshape(T * B, -1)
+            if need_dX:
+                # dX (T*B, in) += da (T*B, H) Wxh (H, in)
+                part = (da2 @ Wxh).reshape(T, B, -1)
+                dX = part if dX is None else dX + part
+        if layer > 0:
+            assert dX is not None
+            dout = dX if masks is None else dX * masks[layer - 1]
+        elif need_dX:
+            grads["x"] = dX
+    grads["h0"] = dh0
+    return grads, (None if squares is None else np.sqrt(squares).astype(dz.dtype))
+
+
+def loss_and_grad(kern: Any, arch: Architecture, weights: tuple, inputs: np.ndarray,
+                  h0: np.ndarray, target: np.ndarray, *, loss: LossName, output: OutputName,
+                  reduction: Reduction, lengths: Optional[np.ndarray] = None,
+                  positions: tuple = (None, None), window: Any = None,
+                  carry: Optional[np.ndarray] = None, masks: Optional[np.ndarray] = None,
+                  need_grads: bool = True, input_grad: bool = True) -> types.SimpleNamespace:
+    """Forward pass, loss and (with ``need_grads``) BPTT of one batch.
+
+    ``positions`` are the time and sequence indices of the outputs that carry a loss (each
+    (N,)), or ``(None, None)`` for every step of every sequence; ``target`` holds their targets,
+    (N,) class ids or (N, O) values. Returns a namespace with ``loss``, ``h_last`` (L*D, B, H),
+    ``grads`` (see ``backward``; None without ``need_grads``) and ``grad_norms``.
+    """
+    fwd = forward(kern, arch, weights, inputs, h0, lengths, masks)
+    z = logits(arch, weights, fwd.top)
+    t_idx, b_idx = positions
+    # (N, O) logits of the positions that carry a loss -> loss and dL/dz there
+    z_sel = z.reshape(-1, z.shape[-1]) if t_idx is None else z[t_idx, b_idx]
+    value, dz_sel = losses.loss_and_dz(loss, output, z_sel, target, reduction)
+    result = types.SimpleNamespace(loss=value, h_last=fwd.h_last, grads=None, grad_norms=None)
+    if need_grads:
+        if t_idx is None:
+            dz = dz_sel.reshape(z.shape)
+        else:
+            dz = np.zeros_like(z)
+            dz[t_idx, b_idx] = dz_sel
+        result.grads, result.grad_norms = backward(kern, arch, weights, fwd, dz, lengths, window,
+                                                   carry, input_grad, masks)
+    return result
+
+
+def outputs(kern: Any, arch: Architecture, weights: tuple, inputs: np.ndarray, h0: np.ndarray,
+            output: OutputName, lengths: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(y, h_last)``: ``y = g(z)`` (T, B, O) (the top states without an output layer)."""
+    fwd = forward(kern, arch, weights, inputs, h0, lengths)
+    z = logits(arch, weights, fwd.top)
+    y = losses.apply_output(output, z) if arch.output_size is not None else z
+    return y, fwd.h_last
