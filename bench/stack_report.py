@@ -40,6 +40,9 @@ Columns:
   one-layer steps then a block of stack steps (order alternating; each block starts with an
   untimed call), median over rounds of the ratio of the blocks' medians. For L = D = 1 both blocks
   run the same model, so that row shows the noise of the method;
+- **fastest calls**: the same ratio from the fastest stack call and the fastest one-layer call
+  of those rounds: the machine is shared, and the fastest calls are the least slowed by other
+  processes, so on a loaded machine this is the better estimate;
 - **separate medians**: the same ratio from the step column and the L = D = 1 row's step (two
   benchmarks run one after the other, so more exposed to the machine's drift);
 - **FLOPs / (L x D x 1-layer)**: the matrix-product FLOPs of the stack's step over `L x D` times
@@ -49,7 +52,8 @@ Columns:
   one-layer step's FLOP rate would reach;
 - **per FLOP**: the time ratio over the FLOP ratio (1.00 = the stack's FLOPs run as fast as the
   one-layer step's);
-- **target**: step / (L x D x 1-layer) <= {target}.
+- **target**: step / (L x D x 1-layer) <= {target}, judged on the side-by-side median ratio and,
+  after the slash, on the fastest calls' ratio.
 """
 
 
@@ -71,7 +75,7 @@ def main(argv=None):
             key = e["size"], e["layers"], e["directions"], e["setting"]
             cell = runs[key]
             cell["step"].append(bench["stats"]["median"])
-            for name in ("paired_ratio", "paired_single_s", "paired_stack_s", "foreign_cores"):
+            for name in ("paired_ratio", "paired_single_s", "paired_stack_s", "fastest_ratio", "foreign_cores"):
                 cell[name].append(e.get(name, float("nan")))
             cell["flops"], cell["single_flops"] = [e["flops"]], [e["single_flops"]]
             foreign.append(e.get("foreign_cores", float("nan")))
@@ -94,8 +98,9 @@ def main(argv=None):
             continue
         out += [f"## {LABELS[setting]} (cyrnn used {threads_used.get(setting)} thread(s))", "",
                 "| size | L | D | step (ms) | 1-layer step (ms) | step / (L x D x 1-layer) | "
-                "separate medians | FLOPs / (L x D x 1-layer) | per FLOP | target <= 1.1 | foreign cores |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+                "fastest calls | separate medians | FLOPs / (L x D x 1-layer) | per FLOP | target <= 1.1 | "
+                "foreign cores |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for size in sizes:
             for key in sorted((k for k in med if k[0] == size and k[3] == setting), key=lambda k: (k[2], k[1])):
                 _, L, D, _ = key
@@ -104,18 +109,21 @@ def main(argv=None):
                 base = med.get((size, 1, 1, setting))
                 separate = "-" if base is None else f"{m['step'] / (n * base['step']):.2f}"
                 flop_ratio = m["flops"] / (n * m["single_flops"])
-                met = ratio <= TARGET
+                fastest = m["fastest_ratio"] / n
+                met = ratio <= TARGET, fastest <= TARGET
                 if (L, D) != (1, 1):
                     verdicts.append(met)
                 out.append(
                     f"| {size} | {L} | {D} | {m['step'] * 1e3:.2f} | {m['paired_single_s'] * 1e3:.2f} | "
-                    f"{ratio:.2f} | {separate} | {flop_ratio:.2f} | {ratio / flop_ratio:.2f} | "
-                    f"{'-' if (L, D) == (1, 1) else 'yes' if met else 'no'} | {m['foreign_cores']:.2f} |")
+                    f"{ratio:.2f} | {fastest:.2f} | {separate} | {flop_ratio:.2f} | {ratio / flop_ratio:.2f} | "
+                    f"{'-' if (L, D) == (1, 1) else ' / '.join('yes' if v else 'no' for v in met)} | "
+                    f"{m['foreign_cores']:.2f} |")
         out.append("")
     foreign = sorted(f for f in foreign if f == f)
     versions = versions or {}
     out += [
-        f"Target met in {sum(verdicts)} of {len(verdicts)} stack rows.", "",
+        f"Target met in {sum(v[0] for v in verdicts)} of {len(verdicts)} stack rows on the median "
+        f"ratio, {sum(v[1] for v in verdicts)} on the fastest calls' ratio.", "",
         "## Run", "",
         f"- Runs: {len(args.json)} ({', '.join(str(d) for d in dates)}). Foreign load (cores kept busy "
         f"by other processes while a test ran, from /proc/stat): median "
