@@ -5,8 +5,11 @@ characters at a time, gradients clipped to [-5, 5] and the hidden state carried 
 chunk, reset at the start of the text. Here the forward pass and BPTT are ``loss_and_grad``.
 
     python examples/min_char_rnn.py [TEXT_FILE] [--iterations N] [--fast]
+    python examples/min_char_rnn.py --num-layers 2 --dropout 0.1    # a stack of two layers
 
-Without a file it learns the Zen of Python.
+Without a file it learns the Zen of Python. With ``--num-layers L`` the carried state is the
+``(L, H)`` states of every layer (``torch.nn.RNN``'s layout, unbatched), and ``--dropout``
+drops the outputs of every layer but the last in training.
 """
 import argparse
 
@@ -21,6 +24,8 @@ def main(argv=None):
     parser.add_argument("text_file", nargs="?", help="text to learn (default: the Zen of Python)")
     parser.add_argument("--iterations", type=int, default=5000)
     parser.add_argument("--hidden", type=int, default=100)
+    parser.add_argument("--num-layers", type=int, default=1, help="stacked layers")
+    parser.add_argument("--dropout", type=float, default=0.0, help="dropout between layers")
     parser.add_argument("--seq-len", type=int, default=25)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--fast", action="store_true", help="a few iterations (for CI)")
@@ -35,7 +40,8 @@ def main(argv=None):
     vocab = cyrnn.Vocabulary.from_text(text)
     data = vocab.encode(text)
     V, S = len(vocab), args.seq_len
-    model = cyrnn.RNN(V, args.hidden, V, output="softmax", init="normal", seed=0)
+    model = cyrnn.RNN(V, args.hidden, V, num_layers=args.num_layers, dropout=args.dropout,
+                      output="softmax", init="normal", seed=0)
     model.vocab = vocab
     optimizer = cyrnn.optim.Adagrad(model.params, lr=args.lr, eps=1e-8)
 

@@ -429,7 +429,7 @@ def _torch_state(rng, prefix="rnn.", out="fc.", hidden=H, inp=I, outputs=O):
             ValueError,
             r"several candidate output layers .*pass output_prefix",
         ),
-        (lambda s: s.update({"rnn.weight_hh_l0": np.zeros((H, H + 1))}), ValueError, r"Whh: expected shape \(4, 4\)"),
+        (lambda s: s.update({"rnn.weight_hh_l0": np.zeros((H, H + 1))}), ValueError, r"weight_hh_l0: expected shape \(4, 4\), got \(4, 5\)"),
         (lambda s: s.update({"rnn.weight_ih_l0": np.zeros(H)}), ValueError, r"weight_ih_l0: expected 2 dimensions"),
         (lambda s: s.update({"fc.weight": np.zeros(O)}), ValueError, r"fc\.weight: expected 2 dimensions"),
         # a bias of the wrong shape must not be broadcast into bh

@@ -476,3 +476,81 @@ def test_sample_bad_options(trained, capsys, argv, match):
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith("cyrnn sample:") and match in err
+
+
+# ---------------------------------------------------------------------------------------------
+# stacks
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def trained_stack(tmp_path, corpus, capsys):
+    """A 2-layer character model with dropout written by ``cyrnn train``."""
+    path = tmp_path / "stack.npz"
+    code = main(["train", str(corpus), "--steps", "30", "--hidden", "16", "--batch-size", "4",
+                 "--seq-len", "10", "--num-layers", "2", "--dropout", "0.1", "--checkpoint",
+                 str(path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "num_layers=2" in out and "dropout=0.1" in out
+    return path
+
+
+def test_train_a_stack(trained_stack):
+    model, opt_state, _ = cyrnn.load_checkpoint(trained_stack)
+    assert (model.num_layers, model.bidirectional, model.dropout) == (2, False, 0.1)
+    assert model.hidden_size == 16 and "Wxh_l1" in model.params
+    assert {key.split("/")[1] for key in opt_state["buffers"]} == set(model.params)
+    ids = model.vocab.encode(TEXT)
+    assert cyrnn.evaluate(model, ids) < np.log(len(model.vocab))
+
+
+def test_sample_a_stack(trained_stack, capsys):
+    text = _sample_text(capsys, trained_stack, "--prime", "the ", "-n", "40", "--seed", "3")
+    assert text.startswith("the ") and len(text) == 44
+    assert _sample_text(capsys, trained_stack, "--prime", "the ", "-n", "40", "--seed", "3") == text
+    model = cyrnn.load(trained_stack)
+    assert text[4:] == model.sample("the ", 40, seed=3)
+    greedy = _sample_text(capsys, trained_stack, "--prime", "the ", "-n", "20", "--greedy")
+    assert greedy[4:] == model.greedy("the ", 20)
+
+
+def test_train_bidirectional_is_refused(tmp_path, corpus, capsys):
+    path = tmp_path / "bi.npz"
+    assert main(["train", str(corpus), "--steps", "2", "--bidirectional", "--checkpoint",
+                 str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1
+    assert err.startswith("cyrnn train: --bidirectional: ") and "backwards" in err
+    assert not path.exists()
+
+
+def test_sample_of_a_bidirectional_model_is_one_line(tmp_path, capsys):
+    """A bidirectional character model made in Python cannot generate: said in one line."""
+    vocab = Vocabulary(list("abcd"))
+    model = cyrnn.RNN(4, 5, 4, bidirectional=True, output="softmax", seed=0)
+    model.vocab = vocab
+    model.save(tmp_path / "bi.npz")
+    assert main(["sample", str(tmp_path / "bi.npz"), "-n", "5"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1
+    assert err.startswith("cyrnn sample: ") and "bidirectional" in err
+
+
+def test_dropout_needs_layers(tmp_path, corpus, capsys):
+    assert main(["train", str(corpus), "--steps", "2", "--dropout", "0.3", "--checkpoint",
+                 str(tmp_path / "m.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err == "cyrnn train: --dropout acts between layers: it needs --num-layers 2 or more\n"
+
+
+@pytest.mark.parametrize("argv", [["--num-layers", "0"], ["--num-layers", "two"],
+                                  ["--num-layers", "1025"], ["--dropout", "1"],
+                                  ["--dropout", "-0.5"], ["--dropout", "nan"],
+                                  ["--dropout", "half"]])
+def test_bad_layer_options_are_usage_errors(corpus, capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(["train", str(corpus), *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage" in err and argv[0] in err

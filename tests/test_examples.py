@@ -1,5 +1,6 @@
 """The examples run (in their fast mode) and the sine-wave regression actually learns."""
 import os
+import re
 import subprocess
 import sys
 
@@ -25,6 +26,17 @@ def test_min_char_rnn_example_runs_and_learns():
     losses = [float(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines()
               if line.startswith("iter")]
     assert len(losses) == 10 and losses[-1] < losses[0]
+
+
+def test_min_char_rnn_example_with_a_stack():
+    """Runs; a stack of the example's tiny normal init starts slower, so 200 iterations only
+    bring the smoothed loss down from its peak."""
+    result = _run("min_char_rnn.py", "--num-layers", "2", "--dropout", "0.1")
+    assert result.returncode == 0, result.stderr
+    losses = [float(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines()
+              if line.startswith("iter")]
+    assert len(losses) == 10 and losses[-1] < max(losses)
+    assert result.stdout.count("----") == 2
 
 
 def test_sine_wave_example_runs():
@@ -65,3 +77,34 @@ def test_rnn_learns_the_sine_wave(backend_name):
                         optimizer="adam", lr=1e-2, clip_norm=1.0, seed=0)
     assert history["val_loss"][-1] < 3e-3
     assert history["val_loss"][-1] < history["val_loss"][0] / 5
+
+
+README = os.path.join(os.path.dirname(EXAMPLES), "README.md")
+
+
+def _readme_snippets():
+    """The ```python blocks of the README, in order."""
+    with open(README, encoding="utf-8") as fh:
+        text = fh.read()
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def test_readme_has_python_snippets():
+    assert len(_readme_snippets()) >= 5
+
+
+@pytest.mark.parametrize("index", range(len(_readme_snippets())))
+def test_readme_snippet_runs(index, tmp_path):
+    """Every Python block of the README runs as it stands, on its own, in a directory that has
+    the ``input.txt`` the character-model block reads."""
+    from cyrnn.cli import zen_of_python
+
+    (tmp_path / "input.txt").write_text(zen_of_python() * 4, encoding="utf-8")
+    script = tmp_path / "snippet.py"
+    script.write_text(_readme_snippets()[index], encoding="utf-8")
+    env = dict(os.environ)
+    package_root = os.path.dirname(os.path.dirname(cyrnn.__file__))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr

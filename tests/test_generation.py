@@ -397,7 +397,7 @@ def test_gradient_norms_backends_agree_and_match_kernel(rng):
     # the norms are those of the kernel's total gradients: ||g_t|| with da_t = g_t * f'(h_t)
     m = models[1]
     fwd = cyrnn.stack.forward(m.kernels, m.architecture, m.weights(), ids, np.zeros((1, 3, 8)))
-    hs = fwd.states[0]
+    hs = fwd.records[0].hs
     z = cyrnn.stack.logits(m.architecture, m.weights(), fwd.top)
     probs = np.exp(z - z.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)

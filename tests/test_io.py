@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 import zlib
 
@@ -1080,3 +1081,250 @@ def test_hostile_files_cost_bounded_memory_and_time(tmp_path):
         assert figures["seconds"] < MAX_SECONDS, (kind, figures)
         assert figures["peak"] < MAX_MEMORY, (kind, figures)
     assert measured["rss_growth"] < MAX_MEMORY, measured
+
+
+# ---------------------------------------------------------------------------------------------
+# stacks: num_layers, bidirectional, dropout
+# ---------------------------------------------------------------------------------------------
+
+#: The configuration keys of a cyrnn 0.1 file, all of them (0.1 refuses any other).
+CONFIG_KEYS_0_1 = {"input_size", "hidden_size", "output_size", "nonlinearity", "negative_slope",
+                   "output", "init", "dtype", "batch_first"}
+
+STACKS = [
+    {"num_layers": 2},
+    {"bidirectional": True},
+    {"num_layers": 3, "bidirectional": True, "dropout": 0.25},
+    {"num_layers": 2, "dropout": 0.5, "output_size": None, "output": "linear",
+     "batch_first": True},
+]
+
+
+@pytest.mark.parametrize("config", STACKS, ids=["L2", "bi", "L3-bi-dropout", "L2-no-head"])
+def test_stack_round_trip_is_bit_exact(backend, dtype, tmp_path, config):
+    model = _trained_model(backend, dtype, **config)
+    path = tmp_path / "stack.npz"
+    model.save(path)
+    loaded = load(path, backend=backend)
+    _assert_same_model(model, loaded)
+    for key in ("num_layers", "bidirectional", "dropout"):
+        assert getattr(loaded, key) == getattr(model, key), key
+    assert loaded.config() == model.config()
+    x = np.random.default_rng(1).integers(0, 5, (6, 2))
+    for a, b in zip(model.forward(x), loaded.forward(x)):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_layer_keys_are_stored_only_when_they_differ_from_one_layer(tmp_path):
+    """A single-layer model's file is a 0.1 file (0.1 reads it); a stack's file has the keys
+    0.1 refuses, so 0.1 cannot load a stack as one layer."""
+    RNN(4, 5, 4, seed=0).save(tmp_path / "one.npz")
+    assert set(_meta(_read_npz(tmp_path / "one.npz"))["config"]) == CONFIG_KEYS_0_1
+    for options, stored in [({"num_layers": 2}, {"num_layers": 2}),
+                            ({"bidirectional": True}, {"bidirectional": True}),
+                            ({"num_layers": 2, "dropout": 0.5}, {"num_layers": 2, "dropout": 0.5}),
+                            ({"dropout": 0.5}, {"dropout": 0.5})]:
+        RNN(4, 5, 4, seed=0, **options).save(tmp_path / "m.npz")
+        config = _meta(_read_npz(tmp_path / "m.npz"))["config"]
+        assert {k: config[k] for k in set(config) - CONFIG_KEYS_0_1} == stored
+        assert _meta(_read_npz(tmp_path / "m.npz"))["version"] == 1
+
+
+def _file_0_1(path, model, optimizer=None):
+    """``model`` written as cyrnn 0.1 wrote it: its metadata layout, by hand."""
+    config = {"input_size": model.input_size, "hidden_size": model.hidden_size,
+              "output_size": model.output_size, "nonlinearity": model.nonlinearity,
+              "negative_slope": model.negative_slope, "output": model.output,
+              "init": model.init, "dtype": model.dtype.name, "batch_first": model.batch_first}
+    meta = {"format": "cyrnn-model", "version": 1, "config": config,
+            "vocab": None if model.vocab is None else model.vocab.to_json(),
+            "optimizer": None, "extra": {"epoch": 3}}
+    arrays = {f"param/{name}": p for name, p in model.params.items()}
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        meta["optimizer"] = {k: v for k, v in state.items() if k != "buffers"}
+        arrays.update({f"optim/{k}": a for k, a in state["buffers"].items()})
+    _write_npz(path, arrays, meta)
+
+
+def test_file_written_by_cyrnn_0_1_loads(backend, tmp_path):
+    model = _trained_model(backend, np.float32, nonlinearity="leaky_relu", negative_slope=0.3)
+    model.vocab = Vocabulary(list("abcde"))
+    opt = optim.Adam(model.params, lr=0.01)
+    opt.step(model.loss_and_grad(np.array([[0], [1]]), np.array([[1], [2]]))[1])
+    path = tmp_path / "old.npz"
+    _file_0_1(path, model, opt)
+    loaded, state, extra = load_checkpoint(path, backend=backend)
+    _assert_same_model(model, loaded)
+    assert (loaded.num_layers, loaded.bidirectional, loaded.dropout) == (1, False, 0.0)
+    assert loaded.vocab.chars == model.vocab.chars and extra == {"epoch": 3}
+    assert state["steps"] == 1
+    for key, buf in opt.state_dict()["buffers"].items():
+        assert state["buffers"][key].tobytes() == buf.tobytes(), key
+
+
+@pytest.mark.parametrize("name, kwargs", [("adam", {"lr": 0.01}),
+                                          ("sgd", {"lr": 0.1, "momentum": 0.9})])
+def test_stack_optimizer_resume_is_bit_identical(backend, tmp_path, name, kwargs):
+    """Every parameter name of a 2-layer bidirectional model with dropout: its buffers are
+    stored and restored (the dropout masks come from fixed seeds here: the model's generator
+    is not part of the file)."""
+    rng = np.random.default_rng(5)
+    batches = [(rng.integers(0, 5, (6, 3)), rng.integers(0, 5, (6, 3))) for _ in range(5)]
+
+    def make():
+        return RNN(5, 6, 5, num_layers=2, bidirectional=True, dropout=0.3, output="softmax",
+                   seed=4, backend=backend)
+
+    def step(model, opt, i):
+        x, y = batches[i]
+        opt.step(model.loss_and_grad(x, y, dropout_seed=i)[1])
+
+    full = make()
+    full_opt = optim.make_optimizer(name, full.params, **kwargs)
+    for i in range(5):
+        step(full, full_opt, i)
+    first = make()
+    first_opt = optim.make_optimizer(name, first.params, **kwargs)
+    for i in range(2):
+        step(first, first_opt, i)
+    first.save(tmp_path / "ckpt.npz", optimizer=first_opt)
+    model, state, _ = load_checkpoint(tmp_path / "ckpt.npz", backend=backend)
+    assert {key.split("/")[1] for key in state["buffers"]} == set(model.params)
+    assert "Wxh_l1_reverse" in model.params
+    opt = optim.make_optimizer(state["type"], model.params, **state["config"])
+    opt.load_state_dict(state)
+    for i in range(2, 5):
+        step(model, opt, i)
+    for p in model.params:
+        assert model.params[p].tobytes() == full.params[p].tobytes(), p
+
+
+def _stack_members(tmp_path, change=None):
+    """Members of a good file of a 2-layer bidirectional model, metadata changed by ``change``."""
+    model = RNN(4, 5, 4, num_layers=2, bidirectional=True, dropout=0.25, seed=0)
+    model.save(tmp_path / "stack.npz", optimizer=optim.Adam(model.params))
+    with zipfile.ZipFile(tmp_path / "stack.npz") as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    return members if change is None else _with_meta(members, change)
+
+
+def _config_change(**values):
+    def change(meta):
+        for key, value in values.items():
+            if value is _DELETE:
+                del meta["config"][key]
+            else:
+                meta["config"][key] = value
+    return change
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"num_layers": 0}, r"num_layers: expected an int in \[1, 1024\], got 0"),
+    ({"num_layers": 1.0}, r"num_layers: expected an int in \[1, 1024\], got 1\.0"),
+    ({"num_layers": True}, r"num_layers: expected an int in \[1, 1024\], got True"),
+    ({"num_layers": "2"}, r"num_layers: expected an int in \[1, 1024\], got '2'"),
+    ({"num_layers": 10**9}, r"num_layers: expected an int in \[1, 1024\], got 1000000000"),
+    ({"num_layers": 10**400}, r"num_layers: expected an int in \[1, 1024\]"),
+    ({"num_layers": None}, r"num_layers: expected an int in \[1, 1024\], got None"),
+    ({"bidirectional": 1}, "bidirectional: expected true or false, got 1"),
+    ({"bidirectional": "yes"}, "bidirectional: expected true or false, got 'yes'"),
+    ({"bidirectional": None}, "bidirectional: expected true or false, got None"),
+    ({"dropout": 1.0}, r"dropout: expected a number in \[0, 1\), got 1\.0"),
+    ({"dropout": -0.1}, r"dropout: expected a number in \[0, 1\), got -0\.1"),
+    ({"dropout": float("nan")}, r"dropout: expected a number in \[0, 1\), got nan"),
+    ({"dropout": "0.5"}, r"dropout: expected a number in \[0, 1\), got '0\.5'"),
+    ({"dropout": True}, r"dropout: expected a number in \[0, 1\), got True"),
+    ({"dropout": [0.5]}, r"dropout: expected a number in \[0, 1\), got \[0\.5\]"),
+    ({"num_directions": 2}, r"unexpected \['num_directions'\]"),
+    # the members no longer match the configuration
+    ({"num_layers": 3}, r"parameter Wxh_l2, parameter Whh_l2, .* \(18 in all\) missing"),
+    ({"num_layers": _DELETE}, "unexpected members 'optim/exp_avg/Whh_l1.npy'"),
+    ({"bidirectional": False}, "unexpected members 'optim/exp_avg/Whh_l1_reverse.npy'"),
+    ({"hidden_size": 4}, r"parameter Wxh: expected shape \(4, 4\), got \(5, 4\)"),
+])
+def test_layer_keys_are_checked(tmp_path, values, match):
+    path = tmp_path / "m.npz"
+    _write_zip(path, [_entry(n, p) for n, p in
+                      _stack_members(tmp_path, _config_change(**values)).items()])
+    for reader in (load, load_checkpoint):
+        with pytest.raises(ModelFileError, match=match) as info:
+            reader(path)
+        assert str(info.value).startswith(f"{path}: ")
+        assert len(info.value.problem) < 500
+
+
+def test_deepest_claim_is_refused_cheaply(tmp_path):
+    """The most layers a file may claim, each wide: the members it implies are listed (a few
+    thousand names), found missing and refused, nothing of their size allocated."""
+    path = tmp_path / "deep.npz"
+    _write_zip(path, [_entry(n, p) for n, p in _stack_members(
+        tmp_path, _config_change(num_layers=1024, hidden_size=1 << 20)).items()])
+    started = time.perf_counter()
+    with pytest.raises(ModelFileError, match=r"parameter Wxh_l2, .* \(18396 in all\) missing"):
+        load(path)
+    assert time.perf_counter() - started < 2
+
+
+def test_save_refuses_more_layers_than_a_file_holds(tmp_path):
+    model = RNN(1, 1, num_layers=1025, seed=0)
+    with pytest.raises(ValueError, match=r"num_layers: a model file holds 1 to 1024 layers"):
+        model.save(tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_single_layer_with_dropout_keeps_its_dropout(tmp_path):
+    model = RNN(3, 4, 3, dropout=0.5, seed=0)
+    model.save(tmp_path / "m.npz")
+    assert load(tmp_path / "m.npz").dropout == 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# module dependencies
+# ---------------------------------------------------------------------------------------------
+
+_IMPORTS = r"""
+import importlib, os, sys, types, json
+# the package without running its __init__ (which imports everything, cyrnn.io included)
+package = types.ModuleType("cyrnn")
+package.__path__ = [sys.argv[1]]
+sys.modules["cyrnn"] = package
+first = sys.argv[2]
+importlib.import_module(first)
+seen = {"after_import": sorted(m for m in sys.modules if m.startswith("cyrnn"))}
+if first == "cyrnn.rnn":
+    model = sys.modules["cyrnn.rnn"].RNN(3, 4, 3, num_layers=2, seed=0, backend="numpy")
+    model.save(os.path.join(sys.argv[3], "m.npz"))
+    seen["after_save"] = sorted(m for m in sys.modules if m.startswith("cyrnn"))
+print(json.dumps(seen))
+"""
+
+
+def _modules_imported(first, tmp_path):
+    env = dict(os.environ)
+    result = subprocess.run([sys.executable, "-c", _IMPORTS, os.path.dirname(cyrnn.__file__),
+                             first, str(tmp_path)], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_the_model_does_not_import_the_loader(tmp_path):
+    """``cyrnn.io`` imports ``cyrnn.rnn`` (to build models); ``cyrnn.rnn`` never imports
+    ``cyrnn.io``, not even to save: both use the file format module, which imports neither."""
+    seen = _modules_imported("cyrnn.rnn", tmp_path)
+    assert "cyrnn.io" not in seen["after_import"]
+    assert "cyrnn.io" not in seen["after_save"] and "cyrnn._modelfile" in seen["after_save"]
+    seen = _modules_imported("cyrnn._modelfile", tmp_path)
+    assert "cyrnn.rnn" not in seen["after_import"] and "cyrnn.io" not in seen["after_import"]
+    assert "cyrnn.rnn" in _modules_imported("cyrnn.io", tmp_path)["after_import"]
+    assert load(tmp_path / "m.npz").num_layers == 2
+
+
+def test_io_names_are_kept():
+    assert cyrnn.io.ModelFileError is cyrnn.ModelFileError is cyrnn._modelfile.ModelFileError
+    assert cyrnn.load is cyrnn.io.load and cyrnn.load_checkpoint is cyrnn.io.load_checkpoint
+    assert cyrnn.io.VERSION == 1 and cyrnn.io.FORMAT == "cyrnn-model"

@@ -265,12 +265,13 @@ def embedding_grad_args(ids, grad, num_rows):
 class Batch:
     """Validated inputs of one call, time-major: ``x`` (T, B, I) floats or (T, B) token ids."""
 
-    __slots__ = ("x", "tokens", "h0", "lengths", "T", "B", "batched", "stacked")
+    __slots__ = ("x", "tokens", "h0", "c0", "lengths", "T", "B", "batched", "stacked")
 
-    def __init__(self, x, tokens, h0, lengths, batched, stacked):
-        # h0 (L*D, B, H); `stacked`: the caller's states have the leading L*D axis
+    def __init__(self, x, tokens, h0, lengths, batched, stacked, c0=None):
+        # h0 (L*D, B, H) (and an LSTM's c0); `stacked`: the caller's states have the leading
+        # L*D axis
         self.x, self.tokens, self.h0, self.lengths, self.batched = x, tokens, h0, lengths, batched
-        self.stacked = stacked
+        self.stacked, self.c0 = stacked, c0
         self.T, self.B = (tokens if tokens is not None else x).shape[:2]
 
     @property
@@ -318,21 +319,17 @@ def batch(x, h0, lengths, arch, dtype, batch_first):
     if B == 0:
         raise ValueError("x: expected at least one sequence, got B = 0")
 
-    S = arch.num_states
-    stacked_shape = (S, B, H) if batched else (S, H)
-    flat_shape = (B, H) if batched else (H,)
-    if h0 is None:
-        stacked = S > 1
-        h0 = np.zeros((S, B, H), dtype=dtype)
-    else:
-        h0 = np.asarray(h0)
-        stacked = h0.shape == stacked_shape
-        if not stacked and not (S == 1 and h0.shape == flat_shape):
-            expected = (f"{flat_shape} or {stacked_shape}" if S == 1 else
-                        f"{stacked_shape} (num_layers * num_directions = {S}"
-                        f"{', batch' if batched else ''}, hidden_size)")
-            raise ValueError(f"h0: expected shape {expected}, got {h0.shape}")
-        h0 = finite_array("h0", h0.reshape(S, B, H), dtype)
+    c0 = None
+    if arch.cell == "lstm":
+        # the state is the pair (h, c)
+        if h0 is not None:
+            if not isinstance(h0, (tuple, list)) or len(h0) != 2:
+                raise TypeError(f"h0: an LSTM's state is a pair (h0, c0), got {_kind(h0)}")
+            h0, c0 = h0
+    h0, stacked = _initial_state("h0", h0, arch.num_states, B, H, batched, dtype)
+    if arch.cell == "lstm":
+        c0, _ = _initial_state("c0", c0, arch.num_states, B, H, batched, dtype,
+                               stacked if c0 is not None and h0 is not None else None)
 
     if lengths is not None:
         if not batched:
@@ -340,7 +337,39 @@ def batch(x, h0, lengths, arch, dtype, batch_first):
         lengths = lengths_array(lengths, T, B)
         if (lengths == T).all():
             lengths = None  # nothing is padded
-    return Batch(dense, tokens, h0, lengths, batched, stacked)
+    return Batch(dense, tokens, h0, lengths, batched, stacked, c0)
+
+
+def _kind(value):
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return type(value).__name__
+
+
+def _initial_state(name, state, S, B, H, batched, dtype, stacked=None):
+    """An initial state as (S, B, H) (zeros for None) and whether the caller's layout has the
+    leading S = num_layers * num_directions axis: ``(S, B, H)``, or ``(B, H)`` where S is 1
+    (unbatched: without B). ``stacked``, when given, is the layout the state must have."""
+    stacked_shape = (S, B, H) if batched else (S, H)
+    flat_shape = (B, H) if batched else (H,)
+    if state is None:
+        return np.zeros((S, B, H), dtype=dtype), S > 1 if stacked is None else stacked
+    state = np.asarray(state)
+    found = state.shape == stacked_shape
+    allowed = [stacked_shape] if S > 1 else [flat_shape, stacked_shape]
+    if stacked is not None:
+        allowed = [stacked_shape if stacked else flat_shape]
+    if state.shape not in allowed:
+        expected = " or ".join(str(shape) for shape in allowed)
+        if S > 1:
+            expected += (f" (num_layers * num_directions = {S}{', batch' if batched else ''}, "
+                         f"hidden_size)")
+        elif stacked is not None:
+            expected += " (the layout of h0)"
+        raise ValueError(f"{name}: expected shape {expected}, got {state.shape}")
+    return finite_array(name, state.reshape(S, B, H), dtype), found
 
 
 def loss_positions(batch, target_steps):

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from . import __version__, backend_info, optim
+from ._modelfile import MAX_LAYERS
 from .data import Vocabulary, train_val_split
 from .io import ModelFileError, load, load_checkpoint
 from .rnn import RNN
@@ -87,8 +88,22 @@ def demo(args):
     return 0
 
 
+_BIDIRECTIONAL_REFUSED = (
+    "cyrnn train: --bidirectional: a character model predicts each next character and "
+    "generates text one character at a time, which a model that also reads the text backwards "
+    "cannot do (it would see the character it predicts); bidirectional models are for whole "
+    "sequences, built in Python with cyrnn.RNN(..., bidirectional=True)")
+
+
 @_stops_quietly_on_closed_output
 def train(args):
+    if args.bidirectional:
+        print(_BIDIRECTIONAL_REFUSED, file=sys.stderr)
+        return 2
+    if args.dropout and args.num_layers == 1:
+        print("cyrnn train: --dropout acts between layers: it needs --num-layers 2 or more",
+              file=sys.stderr)
+        return 2
     with open(args.text_file, encoding="utf-8") as fh:
         text = fh.read()
     if len(text) < 2 * args.seq_len:
@@ -98,8 +113,9 @@ def train(args):
     ids = vocab.encode(text)
     train_ids, val_ids = (train_val_split(ids, args.val_fraction) if args.val_fraction > 0
                           else (ids, None))
-    model = RNN(len(vocab), args.hidden, len(vocab), nonlinearity=args.nonlinearity,
-                output="softmax", dtype=args.dtype, seed=args.seed, backend=args.backend)
+    model = RNN(len(vocab), args.hidden, len(vocab), num_layers=args.num_layers,
+                dropout=args.dropout, nonlinearity=args.nonlinearity, output="softmax",
+                dtype=args.dtype, seed=args.seed, backend=args.backend)
     model.vocab = vocab
     checkpoint = args.checkpoint or os.path.splitext(os.path.basename(args.text_file))[0] + ".npz"
     callbacks = [Checkpoint(checkpoint, best_only=val_ids is not None)]
@@ -137,6 +153,28 @@ def info(args):
     return 0
 
 
+def _layers(text):
+    """``--num-layers``: an int from 1 to the most a model file holds."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 1 <= value <= MAX_LAYERS:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_LAYERS}, got {value}")
+    return value
+
+
+def _dropout(text):
+    """``--dropout``: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return value
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="cyrnn", description="Elman RNNs trained by BPTT.")
     parser.add_argument("--version", action="version", version=f"cyrnn {__version__}")
@@ -163,7 +201,17 @@ def _parser():
 
     p = command("train", "train a character-level language model on a text file")
     p.add_argument("text_file", help="UTF-8 text to learn")
-    p.add_argument("--hidden", type=int, default=256, help="hidden units (default 256)")
+    p.add_argument("--hidden", type=int, default=256,
+                   help="hidden units of each layer (default 256)")
+    p.add_argument("--num-layers", type=_layers, default=1, metavar="L",
+                   help="stacked recurrent layers, each reading the states of the one below "
+                        f"(1 to {MAX_LAYERS}; default 1)")
+    p.add_argument("--bidirectional", action="store_true",
+                   help="refused: a character model generates text forwards, one character at "
+                        "a time, which a model reading the text backwards too cannot do")
+    p.add_argument("--dropout", type=_dropout, default=0.0, metavar="P",
+                   help="dropout on the outputs of every layer but the last, in training only "
+                        "(in [0, 1); needs --num-layers 2 or more; default 0)")
     p.add_argument("--nonlinearity", default="tanh",
                    choices=("tanh", "relu", "sigmoid", "leaky_relu", "identity"),
                    help="hidden unit function (default tanh)")

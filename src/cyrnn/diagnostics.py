@@ -1,21 +1,26 @@
-"""Diagnostics of gradient flow: how ``||dL/dh_t||`` decays or explodes with time.
+"""Diagnostics of gradients: how ``||dL/dh_t||`` decays or explodes with time, and whether the
+gradients a model computes are right.
 
 The compiled backward kernel records the norm of the total gradient reaching every state as it
-runs, at no extra cost; these helpers return it for a batch.
+runs, at no extra cost; ``gradient_norms`` and ``gradient_decay`` return it for a batch.
+``gradient_check`` compares ``loss_and_grad`` with central differences.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
-from typing import Optional
+import math
+from typing import Any, Optional
 
 import numpy as np
 import numpy.typing as npt
 
-from . import _checks
+from . import _checks, losses, stack, truncation
 from ._typing import FloatArray, LossName, Reduction, Seed, TargetSteps
-from . import stack
 from .rnn import RNN
-from .truncation import Truncate
+from .truncation import RandomizedTruncation, Truncate
+
+__all__ = ["gradient_norms", "gradient_decay", "gradient_check"]
 
 
 def gradient_norms(model: RNN, x: npt.ArrayLike, target: npt.ArrayLike,
@@ -76,3 +81,219 @@ def gradient_decay(model: RNN, T: int, *, batch_size: int = 16, seed: Seed = Non
                               fwd, d_top)
     assert norms is not None  # full BPTT, no lengths: every step has its norm
     return norms
+
+
+#: Step of the central differences unless ``eps`` is given.
+DEFAULT_EPS = 1e-6
+#: What ``gradient_check`` passes on to ``loss_and_grad``.
+_CALL_ARGS = ("h0", "lengths", "loss", "reduction", "target_steps", "truncate", "input_grad",
+              "dropout_seed")
+#: The configuration that comes from the parameters' names and shapes.
+_SHAPE_KEYS = ("input_size", "hidden_size", "output_size", "num_layers", "bidirectional")
+
+
+def gradient_check(model: RNN, x: npt.ArrayLike, target: npt.ArrayLike, *,
+                   eps: Optional[float] = None, **loss_and_grad_args: Any) -> dict[str, float]:
+    """The worst relative error of each gradient ``model.loss_and_grad`` computes, against
+    central differences in float64.
+
+    The check runs on a float64 copy of the model with the same parameters, options and backend
+    (``type(model).from_params(model.params, dtype="float64", ...)``), so a float32 model's
+    weights are checked without float32 rounding in the differences; ``model`` itself is not
+    changed. Each entry ``v`` of each parameter (and of ``h0`` and dense ``x``) is moved to
+    ``v + eps`` and ``v - eps`` and the loss ``L`` evaluated: ``n = (L(v + eps) - L(v - eps)) /
+    (2 eps)``. This costs two evaluations per entry: use small models and batches.
+
+    What is differentiated is what ``loss_and_grad`` claims to differentiate:
+
+    - full BPTT: the model's loss itself (``copy.loss_and_grad(...)[0]``);
+    - a truncation (``truncate=k``, ``TBPTT``, ``RandomizedTruncation``): a truncated gradient is
+      not the derivative of the loss but of a *surrogate* with the same value, in which every
+      layer-direction's state at step ``t`` is recomputed from its own state ``k_t`` steps
+      earlier held fixed at its forward value (a look-back window; the perturbed ``h0`` only
+      when the window reaches past step 0), or in which the state entering step ``s`` is
+      ``fixed + c_s (h - fixed)`` (a carry scale ``c``; TBPTT(k, k) and randomized
+      truncation), in each direction's own processing order; the layers above read these
+      states. A ``RandomizedTruncation`` is copied, so that the analytic gradient and the
+      surrogate use the same draws (the one passed in is not advanced).
+    - dropout (a model with ``dropout > 0`` and several layers): pass ``dropout_seed``; every
+      evaluation draws its masks from that same seed, so they are fixed.
+
+    Parameters
+    ----------
+    model : cyrnn.RNN
+    x, target : array-like
+        As in ``loss_and_grad`` (dense inputs are cast to float64).
+    eps : float, optional
+        Step of the differences (default 1e-6).
+    **loss_and_grad_args
+        ``h0``, ``lengths``, ``loss``, ``reduction``, ``target_steps``, ``truncate``,
+        ``input_grad``, ``dropout_seed``: as in ``loss_and_grad``.
+
+    Returns
+    -------
+    dict of str to float
+        For every parameter, then ``"h0"`` (the gradient with respect to the initial states,
+        zeros when ``h0`` is not given) and, for dense inputs unless ``input_grad=False``,
+        ``"x"``: ``max |a - n| / max(max |a|, max |n|)`` over the entries, where ``a`` is the
+        analytic gradient and ``n`` the central difference (0 when both are zero). The error
+        is relative to the largest entry of that gradient rather than entry by entry: entries
+        near zero carry the differences' absolute error (about ``1e-16 |L| / eps``), which
+        would make an entrywise ratio meaningless there. With the default ``eps``, a correct
+        gradient gives about 1e-8 or less for smooth units (``relu`` and ``leaky_relu`` too,
+        unless a pre-activation lies within ``eps`` of 0); a gradient wrong by a factor
+        ``1 + r`` in some entry of the largest size gives about ``r``.
+
+    Raises
+    ------
+    ValueError
+        A model with dropout between layers and no ``dropout_seed``: each call would draw other
+        masks, and the differences would mix them.
+    """
+    unknown = sorted(set(loss_and_grad_args) - set(_CALL_ARGS))
+    if unknown:
+        raise TypeError(f"gradient_check: unexpected arguments {unknown}")
+    eps = DEFAULT_EPS if eps is None else eps
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)) or \
+            not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps: expected a finite number > 0, got {eps!r}")
+    eps = float(eps)
+    args = dict(loss_and_grad_args)
+    seed = args.pop("dropout_seed", None)
+    truncate = args.pop("truncate", None)
+    h0 = args.pop("h0", None)
+    if model.dropout > 0 and model.num_layers > 1 and seed is None:
+        raise ValueError(
+            "dropout_seed: a model with dropout between layers draws new masks at every call; "
+            "pass dropout_seed= so that every evaluation of the check uses the same masks")
+
+    options = {k: v for k, v in model.config().items() if k not in _SHAPE_KEYS}
+    options["dtype"] = "float64"
+    checked = type(model).from_params(model.params, **options)
+    x = np.array(x, copy=True)
+    if x.dtype.kind == "f":
+        x = x.astype(np.float64)
+
+    def fresh(value):
+        # the same draws at every call: a generator or randomized truncation is copied
+        if isinstance(value, (np.random.Generator, RandomizedTruncation)):
+            return copy.deepcopy(value)
+        return value
+
+    _, grads, _ = checked.loss_and_grad(x, target, h0=h0, truncate=fresh(truncate),
+                                        dropout_seed=fresh(seed), **args)
+    h0 = np.zeros_like(grads["h0"]) if h0 is None else np.array(h0, dtype=np.float64)
+    variables = dict(checked.params)  # the live arrays: perturbed in place
+    variables["h0"] = h0
+    if "x" in grads:
+        variables["x"] = x
+
+    if truncate is None:
+        def loss_value():
+            return checked.loss_and_grad(x, target, h0=h0, dropout_seed=fresh(seed),
+                                         **{**args, "input_grad": False})[0]
+    else:
+        loss_value = _surrogate(checked, x, target, h0, fresh(truncate), fresh(seed), args)
+
+    errors = {}
+    for name, a in variables.items():
+        numeric = np.empty(a.shape)
+        for idx in np.ndindex(a.shape):
+            keep = a[idx]
+            a[idx] = keep + eps
+            plus = loss_value()
+            a[idx] = keep - eps
+            minus = loss_value()
+            a[idx] = keep
+            numeric[idx] = (plus - minus) / (2 * eps)
+        errors[name] = _relative_error(grads[name], numeric)
+    return errors
+
+
+def _relative_error(analytic, numeric):
+    """``max |a - n| / max(max |a|, max |n|)``; 0 when both are zero."""
+    analytic = np.asarray(analytic, dtype=np.float64)
+    scale = max(float(np.abs(analytic).max(initial=0)), float(np.abs(numeric).max(initial=0)))
+    if scale == 0:
+        return 0.0
+    return float(np.abs(analytic - numeric).max() / scale)
+
+
+def _surrogate(model, x, target, h0, truncate, seed, args):
+    """The loss a truncated gradient is the derivative of, as a function of the (perturbed in
+    place) parameters, ``x`` and ``h0``; see ``gradient_check``."""
+    arch = model.architecture
+    loss = model.resolve_loss(args.get("loss"))
+    reduction = args.get("reduction", "mean")
+    target_steps = args.get("target_steps", "all")
+    lengths = args.get("lengths")
+    batch = model._batch(x, h0, lengths)
+    window, carry = truncation.resolve(truncate, batch.T)
+    positions = model._loss_positions(batch, target_steps)
+    selected = model._target(target, loss, batch, target_steps, *positions)
+    masks = model._dropout_masks(batch, seed)
+    kern = model.kernels
+    # every layer-direction's states at the point of the check, held fixed by the truncation
+    fixed = stack.forward(kern, arch, model.weights(), batch.inputs, batch.h0, batch.lengths,
+                          masks).states
+    expected = model.loss_and_grad(x, target, h0=h0, truncate=None, dropout_seed=seed,
+                                   **{**args, "input_grad": False})[0]
+
+    def loss_value():
+        b = model._batch(x, h0, lengths)
+        weights = model.weights()
+        p, nonlinearity, slope = weights
+        reversal = stack.Reversal(b.T, b.B, b.lengths)
+        X = b.inputs
+        for layer in range(arch.num_layers):
+            outputs = []
+            for d in range(arch.num_directions):
+                j = layer * arch.num_directions + d
+                Wxh, Whh, bh = (p[name] for name in arch.cell_names(j))
+                P = (Wxh.T.take(X, axis=0) if X.dtype.kind in "iu" else X @ Wxh.T) + bh
+                if d:
+                    P = reversal(P)
+                states = _truncated_states(kern, P, b.h0[j], Whh, fixed[j], window, carry,
+                                           b.lengths, nonlinearity, slope)
+                outputs.append(reversal(states) if d else states)
+            X = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)
+            if masks is not None and layer < arch.num_layers - 1:
+                X = X * masks[layer]
+        z = stack.logits(arch, weights, X)
+        t_idx, b_idx = positions
+        z_sel = z.reshape(-1, z.shape[-1]) if t_idx is None else z[t_idx, b_idx]
+        return losses.loss_and_dz(loss, model.output, z_sel, selected, reduction)[0]
+
+    # the surrogate has the loss's value: a check of the surrogate itself
+    value = loss_value()
+    if not math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-12):
+        raise RuntimeError(f"gradient_check: the truncation surrogate gives {value}, the model "
+                           f"{expected}")
+    return loss_value
+
+
+def _truncated_states(kern, P, h0, Whh, fixed, window, carry, lengths, nonlinearity, slope):
+    """One layer-direction's states (T, B, H), in its processing order, recomputed as a
+    truncation sees them: each from the fixed state ``window[t]`` steps earlier, or with each
+    step's entering state ``fixed + carry (h - fixed)``; steps run by the backend's kernel."""
+    T = P.shape[0]
+
+    def run(segment, h, valid):
+        return kern.rnn_forward(np.ascontiguousarray(segment), np.ascontiguousarray(h), Whh,
+                                nonlinearity, negative_slope=slope, lengths=valid)[-1]
+
+    out = np.empty_like(P)
+    if window is not None:
+        looks = np.broadcast_to(np.asarray(window), (T,))
+        for t in range(T):
+            start = t - int(looks[t]) + 1
+            first, h = (0, h0) if start < 0 else (start, fixed[start])
+            valid = None if lengths is None else np.clip(lengths - first, 0, t + 1 - first)
+            out[t] = run(P[first:t + 1], h, valid)
+        return out
+    h = h0
+    for s in range(T):
+        entering = h if carry is None else fixed[s] + carry[s] * (h - fixed[s])
+        valid = None if lengths is None else np.clip(lengths - s, 0, 1)
+        h = out[s] = run(P[s:s + 1], entering, valid)
+    return out

@@ -91,3 +91,44 @@ def init_head(scheme: InitScheme, fan_in: int, output_size: int,
         return _xavier(rng, O, fan_in), np.zeros(O)
     std = 0.001 if scheme == "identity" else 0.01
     return rng.normal(0.0, std, (O, fan_in)), np.zeros(O)
+
+
+def init_gated(scheme: InitScheme, cell: str, input_size: int, hidden_size: int,
+               rng: np.random.Generator) -> dict[str, npt.NDArray[np.float64]]:
+    """Freshly drawn float64 parameters of one gated layer-direction (``cell`` "lstm", G = 4H,
+    or "gru", G = 3H): ``Wxh (G, I), Whh (G, H), bh (G,)`` and, for GRU, ``bhn (H,)``.
+
+    - ``uniform``: PyTorch's default, every weight and both biases ~ U(-1/sqrt(H), 1/sqrt(H));
+      ``bh`` is their sum (for GRU's n-gate, ``bias_ih`` alone, ``bhn`` being ``bias_hh``'s).
+    - ``xavier``: Glorot-uniform weights gate by gate, zero biases.
+    - ``orthogonal``: ``Whh`` orthogonal gate by gate, Glorot-uniform ``Wxh``, zero biases.
+    - ``normal``: every weight ~ N(0, 0.01^2), zero biases.
+    ``identity`` (IRNN) is an Elman initialisation and is refused.
+    """
+    if scheme not in INITS:
+        raise ValueError(f"init: expected one of {', '.join(INITS)}, got {scheme!r}")
+    if scheme == "identity":
+        raise ValueError(f"init: 'identity' (IRNN) is for Elman cells, not {cell}")
+    H, I = hidden_size, input_size
+    gates = {"lstm": 4, "gru": 3}[cell]
+    G = gates * H
+    if scheme == "uniform":
+        k = 1.0 / np.sqrt(H)
+        Wxh, Whh = rng.uniform(-k, k, (G, I)), rng.uniform(-k, k, (G, H))
+        bias_ih, bias_hh = rng.uniform(-k, k, G), rng.uniform(-k, k, G)
+        bh = bias_ih + bias_hh
+        p = {"Wxh": Wxh, "Whh": Whh, "bh": bh}
+        if cell == "gru":
+            bh[2 * H:] = bias_ih[2 * H:]
+            p["bhn"] = bias_hh[2 * H:].copy()
+        return p
+    if scheme in ("xavier", "orthogonal"):
+        Wxh = np.concatenate([_xavier(rng, H, I) for _ in range(gates)])
+        Whh = np.concatenate([_orthogonal(rng, H) if scheme == "orthogonal" else _xavier(rng, H, H)
+                              for _ in range(gates)])
+    else:
+        Wxh, Whh = rng.normal(0.0, 0.01, (G, I)), rng.normal(0.0, 0.01, (G, H))
+    p = {"Wxh": Wxh, "Whh": Whh, "bh": np.zeros(G)}
+    if cell == "gru":
+        p["bhn"] = np.zeros(H)
+    return p

@@ -70,7 +70,9 @@ def params_from_torch(state_dict: Mapping[str, npt.ArrayLike], *,
         cell = found[(layer, d)]
         names = arch.cell_names(j)
         tail = f"_l{layer}" + ("_reverse" if d else "")
-        for kind in ("weight_ih", "weight_hh"):
+        for kind, shape in (("weight_ih", (H, arch.layer_input_size(layer))), ("weight_hh", (H, H))):
+            if cell[kind].shape != shape:
+                raise ValueError(f"{kind}{tail}: expected shape {shape}, got {cell[kind].shape}")
             params[names[0 if kind == "weight_ih" else 1]] = cell[kind]
         bias = np.zeros(H)
         for kind in ("bias_ih", "bias_hh"):

@@ -24,7 +24,9 @@ from typing import Optional
 import numpy as np
 import numpy.typing as npt
 
-from .init import init_head, init_params
+from . import cells
+from .cells import Cell
+from .init import init_gated, init_head, init_params
 
 CELL_PARAMS = ("Wxh", "Whh", "bh")
 HEAD_PARAMS = ("Why", "by")
@@ -43,6 +45,17 @@ class Architecture:
     output_size: Optional[int] = None
     num_layers: int = 1
     num_directions: int = 1
+    cell: str = "elman"
+
+    @property
+    def cell_type(self) -> Cell:
+        """The cell (``cyrnn.cells``): its gates, states and extra parameters."""
+        return cells.get(self.cell)
+
+    @property
+    def gate_size(self) -> int:
+        """Rows of ``Wxh``, ``Whh`` and ``bh``: ``G`` = H (Elman), 4H (LSTM) or 3H (GRU)."""
+        return self.cell_type.gates * self.hidden_size
 
     @property
     def num_states(self) -> int:
@@ -69,10 +82,11 @@ class Architecture:
         D = self.num_directions
         return [(l * D + d, l, d) for l in range(self.num_layers) for d in range(D)]
 
-    def cell_names(self, j: int) -> tuple[str, str, str]:
-        """Names of layer-direction ``j``'s ``(Wxh, Whh, bh)``."""
+    def cell_names(self, j: int) -> tuple[str, ...]:
+        """Names of layer-direction ``j``'s ``(Wxh, Whh, bh)`` and the cell's extra parameters
+        (GRU: ``bhn``)."""
         s = self.suffix(j // self.num_directions, j % self.num_directions)
-        return tuple(name + s for name in CELL_PARAMS)  # type: ignore[return-value]
+        return tuple(name + s for name in CELL_PARAMS + self.cell_type.extra_params)
 
     def param_shapes(self) -> Mapping[str, tuple[int, ...]]:
         """Name and shape of every parameter, in ``params`` order: each layer-direction's
@@ -83,13 +97,16 @@ class Architecture:
     @functools.cached_property
     def _shapes(self) -> dict[str, tuple[int, ...]]:
         # worked out once per architecture (every call of the model checks its parameters)
-        H = self.hidden_size
+        H, G = self.hidden_size, self.gate_size
+        extra = self.cell_type.extra_shapes(H)
         shapes: dict[str, tuple[int, ...]] = {}
         for j, layer, _ in self.layer_directions():
-            Wxh, Whh, bh = self.cell_names(j)
-            shapes[Wxh] = (H, self.layer_input_size(layer))
-            shapes[Whh] = (H, H)
-            shapes[bh] = (H,)
+            Wxh, Whh, bh, *more = self.cell_names(j)
+            shapes[Wxh] = (G, self.layer_input_size(layer))
+            shapes[Whh] = (G, H)
+            shapes[bh] = (G,)
+            for name, shape in zip(more, extra.values()):
+                shapes[name] = shape
         if self.output_size is not None:
             shapes["Why"] = (self.output_size, self.top_size)
             shapes["by"] = (self.output_size,)
@@ -103,13 +120,17 @@ class Architecture:
         draws each layer-direction in ``h0`` order, then the output layer (fan-in ``D*H``).
         """
         I, H, O = self.input_size, self.hidden_size, self.output_size
-        if self.num_states == 1:
+        if self.num_states == 1 and self.cell == "elman":
             return init_params(scheme, I, H, O, rng)  # type: ignore[arg-type]
         params: dict[str, npt.NDArray[np.float64]] = {}
         for j, layer, _ in self.layer_directions():
-            drawn = init_params(scheme, self.layer_input_size(layer), H, None, rng)  # type: ignore[arg-type]
-            for name, value in zip(self.cell_names(j), (drawn["Wxh"], drawn["Whh"], drawn["bh"])):
-                params[name] = value
+            n_in = self.layer_input_size(layer)
+            if self.cell == "elman":
+                drawn = init_params(scheme, n_in, H, None, rng)  # type: ignore[arg-type]
+            else:
+                drawn = init_gated(scheme, self.cell, n_in, H, rng)  # type: ignore[arg-type]
+            for name, key in zip(self.cell_names(j), CELL_PARAMS + self.cell_type.extra_params):
+                params[name] = drawn[key]
         if O is not None:
             params["Why"], params["by"] = init_head(scheme, self.top_size, O, rng)  # type: ignore[arg-type]
         return params

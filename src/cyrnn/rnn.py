@@ -8,14 +8,14 @@ computation to one of two paths that give the same results:
   every step carries a loss on a plain output (cross-entropy on logits or mse) and no sequence
   is padded;
 - the Python composition ``cyrnn.stack`` over the backend's layer kernels, for every other case
-  (``lengths``, a loss on the last step only, bce, sigmoid/softmax outputs with mse, no output
-  layer).
+  (``lengths``, a loss on the last step only, bce, a sigmoid output, no output layer).
 
 Its shape (sizes, layers, directions) is one ``cyrnn.layers.Architecture``.
 """
 from __future__ import annotations
 
 import inspect
+import re
 import types
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, TypeVar, Union, overload
@@ -35,6 +35,8 @@ from .truncation import Truncate
 _RNNType = TypeVar("_RNNType", bound="RNN")
 
 TARGET_STEPS = ("all", "last")
+# the layer of a parameter name: Wxh_l2, bh_l1_reverse
+_LAYER_SUFFIX = re.compile(r"_l(\d+)(?:_reverse)?$")
 
 
 class RNN:
@@ -99,6 +101,8 @@ class RNN:
     (unbatched ``(L*D, H)``). A single-layer unidirectional model also takes ``(B, H)``
     (``(H,)``) and uses that layout by default; states come back in the layout they went in.
     """
+
+    _CELL = "elman"  # the cell every layer runs (cyrnn.cells)
 
     params: ArrayDict
     vocab: Optional[Vocabulary]
@@ -181,7 +185,8 @@ class RNN:
         self._kernels = kernels.get_backend(backend)
         self.backend = self._kernels.name
         self._architecture = Architecture(self.input_size, self.hidden_size, self.output_size,
-                                          self.num_layers, 2 if self.bidirectional else 1)
+                                          self.num_layers, 2 if self.bidirectional else 1,
+                                          self._CELL)
 
     @property
     def architecture(self) -> Architecture:
@@ -196,7 +201,7 @@ class RNN:
     def config(self) -> dict[str, Any]:
         """The constructor arguments of this model but ``seed``: ``RNN(**model.config())``
         builds a model of the same shape and options (with fresh parameters)."""
-        return {name: getattr(self, name) for name in _config_names()} | {
+        return {name: getattr(self, name) for name in _config_names(type(self))} | {
             "dtype": self.dtype.name}
 
     @classmethod
@@ -225,13 +230,17 @@ class RNN:
                 raise ValueError(f"{name}: expected 2 dimensions, got shape {arrays[name].shape}")
         if "Wxh" not in arrays:
             raise KeyError("params: missing ['Wxh']")
-        H, I = arrays["Wxh"].shape
+        if "Whh" not in arrays:
+            raise KeyError("params: missing ['Whh']")
+        if arrays["Whh"].ndim != 2:
+            raise ValueError(f"Whh: expected 2 dimensions, got shape {arrays['Whh'].shape}")
+        H, I = arrays["Whh"].shape[1], arrays["Wxh"].shape[1]
         O = arrays["Why"].shape[0] if "Why" in arrays else None
-        num_layers = 1
-        while f"Wxh_l{num_layers}" in arrays:
-            num_layers += 1
+        # the deepest layer any parameter names: a missing one in between is then named missing
+        num_layers = 1 + max((int(m.group(1)) for m in map(_LAYER_SUFFIX.search, arrays) if m),
+                             default=0)
         # the keyword arguments of __init__ but the seed and the shape, with their defaults
-        options = {name: p.default for name, p in inspect.signature(RNN.__init__).parameters.items()
+        options = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
                    if p.kind is p.KEYWORD_ONLY and name not in ("seed", "num_layers", "bidirectional")}
         unknown = set(kwargs) - set(options)
         if unknown:
@@ -255,10 +264,12 @@ class RNN:
             shape += ", bidirectional=True"
         if self.dropout:
             shape += f", dropout={self.dropout}"
+        if self._CELL == "elman":
+            shape += f", nonlinearity={self.nonlinearity!r}"
         return (
-            f"RNN(input_size={self.input_size}, hidden_size={self.hidden_size}, "
-            f"output_size={self.output_size}{shape}, nonlinearity={self.nonlinearity!r}, "
-            f"output={self.output!r}, dtype={self.dtype.name!r}, backend={self.backend!r})"
+            f"{type(self).__name__}(input_size={self.input_size}, hidden_size={self.hidden_size}, "
+            f"output_size={self.output_size}{shape}, output={self.output!r}, "
+            f"dtype={self.dtype.name!r}, backend={self.backend!r})"
         )
 
     # -----------------------------------------------------------------------------------------
@@ -291,12 +302,15 @@ class RNN:
         """
         weights = self.weights()
         batch = self._inputs(x, h0, lengths)
-        if self.output_size is not None and batch.lengths is None:
+        if self.output_size is not None and batch.lengths is None and self._CELL == "elman":
             # the common case in one kernel call
             y, h_last = self._fused_outputs(batch, weights)
         else:
-            y, h_last = stack.outputs(self._kernels, self.architecture, weights, batch.inputs,
-                                      batch.h0, self.output, batch.lengths)
+            y, h_last, c_last = stack.outputs(self._kernels, self.architecture, weights,
+                                              batch.inputs, batch.h0, self.output, batch.lengths,
+                                              batch.c0)
+            if c_last is not None:
+                return self._to_user_layout(y, batch), self._states_out(h_last, c_last, batch)
         return self._to_user_layout(y, batch), self._state_out(h_last, batch)
 
     def loss_and_grad(
@@ -414,16 +428,19 @@ class RNN:
                 self._kernels, self.architecture, weights, batch.inputs, batch.h0, target,
                 loss=loss, output=self.output, reduction=reduction, lengths=batch.lengths,
                 positions=(t_idx, b_idx), window=window, carry=carry, masks=masks,
-                need_grads=need_grads, input_grad=input_grad)
+                need_grads=need_grads, input_grad=input_grad, c0=batch.c0)
             if need_grads:  # in params order (BPTT found them from the top layer down)
                 grads = result.grads
-                result.grads = {name: grads[name] for name in (*weights[0], "h0", "x")
+                result.grads = {name: grads[name] for name in (*weights[0], "h0", "c0", "x")
                                 if name in grads}
         # states and input gradients in the caller's layout
-        result.h_last = self._state_out(result.h_last, batch)
+        c_last = getattr(result, "c_last", None)
+        result.h_last = self._states_out(result.h_last, c_last, batch)
         if result.grads is not None:
             grads = result.grads
             grads["h0"] = self._state_out(grads["h0"], batch)
+            if "c0" in grads:
+                grads["c0"] = self._state_out(grads["c0"], batch)
             if "x" in grads:
                 grads["x"] = self._to_user_layout(grads["x"], batch)
         return result
@@ -508,17 +525,18 @@ class RNN:
                              "which generation cannot; use a unidirectional model")
         weights = self.weights()
         batch = self._inputs(ids, h0, None)  # unbatched: ids (T,), h0 (L, H) or (H,)
-        state = batch.h0  # (L, 1, H)
+        state = (batch.h0, batch.c0)  # (L, 1, H) each; c None but for LSTM
         if ids.size > 1:
             # the prime but its last token, on the same snapshot of the weights
-            state = stack.forward(self._kernels, self.architecture, weights, batch.tokens[:-1],
-                                  state).h_last
+            fwd = stack.forward(self._kernels, self.architecture, weights, batch.tokens[:-1],
+                                state[0], c0=state[1])
+            state = (fwd.h_last, fwd.c_last)
         uniforms = np.random.default_rng(seed).random(n)
-        if self.architecture.num_states == 1:
+        if self.architecture.num_states == 1 and self._CELL == "elman":
             p, nonlinearity, slope = weights
             out, _ = self._kernels.sample_tokens(
                 np.ascontiguousarray(p["Wxh"].T), p["bh"], p["Whh"], p["Why"], p["by"],
-                state[0, 0], int(batch.tokens[-1, 0]), uniforms, nonlinearity,
+                state[0][0, 0], int(batch.tokens[-1, 0]), uniforms, nonlinearity,
                 negative_slope=slope, temperature=temperature,
                 top_k=0 if top_k is None else top_k,
             )
@@ -539,12 +557,13 @@ class RNN:
         ids = np.empty((1, 1), dtype=np.intp)
         for i, u in enumerate(uniforms):
             ids[0, 0] = token
-            fwd = stack.forward(self._kernels, self.architecture, weights, ids, state)
+            fwd = stack.forward(self._kernels, self.architecture, weights, ids, state[0],
+                                c0=state[1])
             z = stack.logits(self.architecture, weights, fwd.top)[0, 0]
             if not np.isfinite(z).all():
                 raise numpy_sample._nonfinite_logits(i)
             token = out[i] = numpy_sample._choose(z, u, temperature, top_k)
-            state = fwd.h_last
+            state = (fwd.h_last, fwd.c_last)
         return out
 
     @overload
@@ -616,9 +635,13 @@ class RNN:
     def save(self, path: StrPath, *, optimizer: Optional[Optimizer] = None,
              extra: Optional[dict[str, Any]] = None) -> None:
         """Write the model (and optimizer state) to a versioned ``.npz``; see ``cyrnn.io.save``."""
-        from . import io
+        # the file format knows nothing of the model class (cyrnn.io, which builds models from
+        # files, imports this module; this module never imports cyrnn.io)
+        from . import _modelfile
 
-        io.save(self, path, optimizer=optimizer, extra=extra)
+        _modelfile.write(path, self.config(), self.params, vocab=self.vocab,
+                         optimizer_state=None if optimizer is None else optimizer.state_dict(),
+                         extra=extra)
 
     @classmethod
     def from_torch(cls: type[_RNNType], state_dict: Mapping[str, npt.ArrayLike], *,
@@ -693,9 +716,10 @@ class RNN:
     # -----------------------------------------------------------------------------------------
 
     def _fusable(self, loss, batch, t_idx):
-        """Whether the whole step can run as one fused kernel call: an output layer, a loss on
-        every step of every sequence, cross-entropy on logits or plain MSE."""
-        if self.output_size is None or t_idx is not None or batch.lengths is not None:
+        """Whether the whole step can run as one fused kernel call: an Elman cell, an output
+        layer, a loss on every step of every sequence, cross-entropy on logits or plain MSE."""
+        if (self._CELL != "elman" or self.output_size is None or t_idx is not None
+                or batch.lengths is not None):
             return False
         return (loss == "cross_entropy" and self.output in ("softmax", "linear")) or (
             loss == "mse" and self.output == "linear")
@@ -784,6 +808,11 @@ class RNN:
             return np.ascontiguousarray(np.swapaxes(a, 0, 1))
         return a
 
+    def _states_out(self, h, c, batch):
+        """The last states in the caller's layout: the pair ``(h, c)`` for an LSTM."""
+        h = self._state_out(h, batch)
+        return h if c is None else (h, self._state_out(c, batch))
+
     @staticmethod
     def _state_out(h, batch):
         """States (L*D, B, H) in the caller's layout: without the leading axis unless the
@@ -794,9 +823,9 @@ class RNN:
         return h[:, 0].copy() if not batch.batched else h.copy()
 
 
-def _config_names():
+def _config_names(cls):
     """The constructor's keyword arguments but ``seed``, and the sizes: what ``config()`` holds."""
-    names = [name for name, p in inspect.signature(RNN.__init__).parameters.items()
+    names = [name for name, p in inspect.signature(cls.__init__).parameters.items()
              if name not in ("self", "seed")]
     return names
 

@@ -1,11 +1,12 @@
 """The forward pass, loss and BPTT of a stack of recurrent layers, composed in Python over one
 backend's layer kernels: the executable specification of the model.
 
-A *layer* runs the Elman cell over time in one direction; everything not sequential is one
-product over all ``T*B`` rows::
+A *layer* runs one cell (``cyrnn.cells``: Elman, LSTM, GRU; gate width G) over time in one
+direction; everything not sequential is one product over all ``T*B`` rows (written here for the
+Elman cell, whose ``dR`` is ``dP``; see ``cyrnn.cells`` for the gated ones)::
 
     forward    for each layer l, direction d (j = l*D + d):
-                   P  = X_l Wxh^T + bh                 (T*B, H): one GEMM, or a row gather of ids
+                   P  = X_l Wxh^T + bh                 (T*B, G): one GEMM, or a row gather of ids
                    hs = rnn_forward(P, h0[j], Whh)      h_t = f(P_t + h_{t-1} Whh^T), per step
                X_{l+1} = [S_{l,0} | S_{l,1}] * mask_l  both directions' states side by side,
                                                        dropout multipliers between layers
@@ -78,38 +79,43 @@ def _project(X, Wxh, bh):
 
 
 def forward(kern: Any, arch: Architecture, weights: tuple, inputs: np.ndarray, h0: np.ndarray,
-            lengths: Optional[np.ndarray] = None,
-            masks: Optional[np.ndarray] = None) -> types.SimpleNamespace:
+            lengths: Optional[np.ndarray] = None, masks: Optional[np.ndarray] = None,
+            c0: Optional[np.ndarray] = None) -> types.SimpleNamespace:
     """States of every layer-direction for time-major ``inputs`` (T, B) ids or (T, B, I) values
-    and ``h0`` (L*D, B, H). Returns a namespace with ``inputs`` (each layer's input), ``states``
-    (each layer-direction's ``hs`` (T + 1, B, H) in its processing order), ``top`` (T, B, D*H)
-    (the last layer's output), ``h_last`` (L*D, B, H) and ``reversal``."""
+    and ``h0`` (L*D, B, H) (and, for LSTM, the cell states ``c0`` (L*D, B, H)). Returns a
+    namespace with ``inputs`` (each layer's input), ``records`` (each layer-direction's
+    ``cyrnn.cells`` record, in its processing order: ``hs`` (T + 1, B, H) and what its backward
+    pass needs), ``top`` (T, B, D*H) (the last layer's output), ``h_last`` and ``c_last``
+    (L*D, B, H) (None but for LSTM) and ``reversal``."""
     _, nonlinearity, slope = weights
     T, B = inputs.shape[:2]
-    D = arch.num_directions
+    D, cell = arch.num_directions, arch.cell_type
     reversal = Reversal(T, B, lengths)
     h_last = np.empty((arch.num_states, B, arch.hidden_size), dtype=h0.dtype)
-    layer_inputs, states = [], []
+    c_last = None if c0 is None else np.empty_like(h_last)
+    layer_inputs, records = [], []
     X = inputs
     for layer in range(arch.num_layers):
         layer_inputs.append(X)
         outputs = []
         for d in range(D):
             j = layer * D + d
-            Wxh, Whh, bh = _cell(weights, arch, j)
-            P = _project(X, Wxh, bh)
+            params = _cell(weights, arch, j)
+            P = _project(X, params[0], params[2])
             if d:
                 P = reversal(P)
-            hs = kern.rnn_forward(P, h0[j], Whh, nonlinearity, negative_slope=slope,
-                                  lengths=lengths)
-            states.append(hs)
-            h_last[j] = hs[-1]
-            outputs.append(reversal(hs[1:]) if d else hs[1:])
+            state0 = (h0[j],) if c0 is None else (h0[j], c0[j])
+            record = cell.forward(kern, P, state0, params, lengths, (nonlinearity, slope))
+            records.append(record)
+            h_last[j] = record.last[0]
+            if c_last is not None:
+                c_last[j] = record.last[1]
+            outputs.append(reversal(record.hs[1:]) if d else record.hs[1:])
         X = outputs[0] if D == 1 else np.concatenate(outputs, axis=-1)
         if masks is not None and layer < arch.num_layers - 1:
             X = X * masks[layer]
-    return types.SimpleNamespace(inputs=layer_inputs, states=states, top=X, h_last=h_last,
-                                 reversal=reversal)
+    return types.SimpleNamespace(inputs=layer_inputs, records=records, top=X, h_last=h_last,
+                                 c_last=c_last, reversal=reversal)
 
 
 def logits(arch: Architecture, weights: tuple, top: np.ndarray) -> np.ndarray:
@@ -130,7 +136,8 @@ def backward(kern: Any, arch: Architecture, weights: tuple, fwd: types.SimpleNam
     """Every gradient from dL/dz (T, B, O) (dL/d top states without an output layer).
 
     Returns ``(grads, grad_norms)``: ``grads`` keyed by parameter name plus ``"h0"`` (L*D, B, H)
-    and, for dense inputs with ``input_grad``, ``"x"`` (T, B, I); ``grad_norms`` (T,) is
+    (and ``"c0"`` for LSTM) and, for dense inputs with ``input_grad``, ``"x"`` (T, B, I);
+    ``grad_norms`` (T,) is
     ``||dL/dh_t||`` over every layer-direction's state at step t (None with a look-back window,
     or where a reverse direction meets sequences of several lengths).
     """
@@ -149,7 +156,10 @@ def backward(kern: Any, arch: Architecture, weights: tuple, fwd: types.SimpleNam
         # dX_L (T*B, D*H) = dz (T*B, O) Why (O, D*H)
         dtop = (dz2 @ p["Why"]).reshape(T, B, -1)
     dh0 = np.empty((arch.num_states, B, H), dtype=dz.dtype)
+    dc0 = np.empty_like(dh0) if fwd.c_last is not None else None
     squares: Optional[np.ndarray] = None if window is not None else np.zeros(T, dtype=np.float64)
+    cell, activation = arch.cell_type, (nonlinearity, slope)
+    G = arch.gate_size
     dout = dtop
     for layer in range(arch.num_layers - 1, -1, -1):
         X = fwd.inputs[layer]
@@ -159,40 +169,39 @@ def backward(kern: Any, arch: Architecture, weights: tuple, fwd: types.SimpleNam
         for d in range(D):
             j = layer * D + d
             names = arch.cell_names(j)
-            Wxh, Whh, _ = _cell(weights, arch, j)
-            hs = fwd.states[j]
+            params = _cell(weights, arch, j)
+            record = fwd.records[j]
             g = dout if D == 1 else np.ascontiguousarray(dout[..., d * H:(d + 1) * H])
             if d:
                 g = fwd.reversal(g)
-            if window is None:
-                da, dh0[j], norms = kern.rnn_backward(g, hs, Whh, nonlinearity,
-                                                      negative_slope=slope, lengths=lengths,
-                                                      carry=carry)
-                if d:
-                    norms = fwd.reversal.norms(norms)
-                if squares is not None and norms is not None:
-                    squares += np.square(norms, dtype=np.float64)
-                else:
-                    squares = None
+            # the cell's BPTT: dP (pre-activations), dR (recurrent product), d(initial state)
+            dP, dR, dstate0, norms, extra = cell.backward(kern, record, g, params, lengths,
+                                                          activation, window, carry)
+            dh0[j] = dstate0[0]
+            if dc0 is not None:
+                dc0[j] = dstate0[1]
+            if norms is not None and d:
+                norms = fwd.reversal.norms(norms)
+            if squares is not None and norms is not None:
+                squares += np.square(norms, dtype=np.float64)
             else:
-                da, dh0[j] = kern.rnn_backward_window(g, hs, Whh, window, nonlinearity,
-                                                      negative_slope=slope, lengths=lengths)
-            da2 = da.reshape(T * B, H)
-            # dWhh (H, H) = da^T (H, T*B) h_{t-1} (T*B, H);  dbh = sum of da (any order of rows)
-            grads[names[1]] = da2.T @ hs[:-1].reshape(T * B, H)
-            grads[names[2]] = da2.sum(axis=0)
-            if d:
-                da2 = fwd.reversal(da).reshape(T * B, H)  # back in step with X
+                squares = None
+            # dWhh (G, H) = dR^T (G, T*B) h_{t-1} (T*B, H);  dbh = sum of dP (any order of rows)
+            grads[names[1]] = dR.reshape(T * B, G).T @ record.hs[:-1].reshape(T * B, H)
+            grads[names[2]] = dP.reshape(T * B, G).sum(axis=0)
+            for name, value in zip(names[3:], extra.values()):
+                grads[name] = value
+            dP2 = (fwd.reversal(dP) if d else dP).reshape(T * B, G)  # in step with X
             if tokens:
-                # the projection gathered row id of Wxh^T: scatter-add da's rows back there
+                # the projection gathered row id of Wxh^T: scatter-add dP's rows back there
                 grads[names[0]] = np.ascontiguousarray(
-                    kern.embedding_grad(X.reshape(-1), da2, arch.input_size).T)
+                    kern.embedding_grad(X.reshape(-1), dP2, arch.input_size).T)
             else:
-                # dWxh (H, in) = da^T (H, T*B) X (T*B, in)
-                grads[names[0]] = da2.T @ X.reshape(T * B, -1)
+                # dWxh (G, in) = dP^T (G, T*B) X (T*B, in)
+                grads[names[0]] = dP2.T @ X.reshape(T * B, -1)
             if need_dX:
-                # dX (T*B, in) += da (T*B, H) Wxh (H, in)
-                part = (da2 @ Wxh).reshape(T, B, -1)
+                # dX (T*B, in) += dP (T*B, G) Wxh (G, in)
+                part = (dP2 @ params[0]).reshape(T, B, -1)
                 dX = part if dX is None else dX + part
         if layer > 0:
             assert dX is not None
@@ -200,6 +209,8 @@ def backward(kern: Any, arch: Architecture, weights: tuple, fwd: types.SimpleNam
         elif need_dX:
             grads["x"] = dX
     grads["h0"] = dh0
+    if dc0 is not None:
+        grads["c0"] = dc0
     return grads, (None if squares is None else np.sqrt(squares).astype(dz.dtype))
 
 
@@ -208,21 +219,24 @@ def loss_and_grad(kern: Any, arch: Architecture, weights: tuple, inputs: np.ndar
                   reduction: Reduction, lengths: Optional[np.ndarray] = None,
                   positions: tuple = (None, None), window: Any = None,
                   carry: Optional[np.ndarray] = None, masks: Optional[np.ndarray] = None,
-                  need_grads: bool = True, input_grad: bool = True) -> types.SimpleNamespace:
+                  need_grads: bool = True, input_grad: bool = True,
+                  c0: Optional[np.ndarray] = None) -> types.SimpleNamespace:
     """Forward pass, loss and (with ``need_grads``) BPTT of one batch.
 
     ``positions`` are the time and sequence indices of the outputs that carry a loss (each
     (N,)), or ``(None, None)`` for every step of every sequence; ``target`` holds their targets,
-    (N,) class ids or (N, O) values. Returns a namespace with ``loss``, ``h_last`` (L*D, B, H),
-    ``grads`` (see ``backward``; None without ``need_grads``) and ``grad_norms``.
+    (N,) class ids or (N, O) values. Returns a namespace with ``loss``, ``h_last`` and
+    ``c_last`` (L*D, B, H) (None but for LSTM), ``grads`` (see ``backward``; None without
+    ``need_grads``) and ``grad_norms``.
     """
-    fwd = forward(kern, arch, weights, inputs, h0, lengths, masks)
+    fwd = forward(kern, arch, weights, inputs, h0, lengths, masks, c0)
     z = logits(arch, weights, fwd.top)
     t_idx, b_idx = positions
     # (N, O) logits of the positions that carry a loss -> loss and dL/dz there
     z_sel = z.reshape(-1, z.shape[-1]) if t_idx is None else z[t_idx, b_idx]
     value, dz_sel = losses.loss_and_dz(loss, output, z_sel, target, reduction)
-    result = types.SimpleNamespace(loss=value, h_last=fwd.h_last, grads=None, grad_norms=None)
+    result = types.SimpleNamespace(loss=value, h_last=fwd.h_last, c_last=fwd.c_last, grads=None,
+                                   grad_norms=None)
     if need_grads:
         if t_idx is None:
             dz = dz_sel.reshape(z.shape)
@@ -235,9 +249,11 @@ def loss_and_grad(kern: Any, arch: Architecture, weights: tuple, inputs: np.ndar
 
 
 def outputs(kern: Any, arch: Architecture, weights: tuple, inputs: np.ndarray, h0: np.ndarray,
-            output: OutputName, lengths: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(y, h_last)``: ``y = g(z)`` (T, B, O) (the top states without an output layer)."""
-    fwd = forward(kern, arch, weights, inputs, h0, lengths)
+            output: OutputName, lengths: Optional[np.ndarray] = None,
+            c0: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """``(y, h_last, c_last)``: ``y = g(z)`` (T, B, O) (the top states without an output
+    layer), the last states (``c_last`` None but for LSTM)."""
+    fwd = forward(kern, arch, weights, inputs, h0, lengths, c0=c0)
     z = logits(arch, weights, fwd.top)
     y = losses.apply_output(output, z) if arch.output_size is not None else z
-    return y, fwd.h_last
+    return y, fwd.h_last, fwd.c_last

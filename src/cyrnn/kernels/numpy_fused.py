@@ -270,4 +270,4 @@ def _stack_outputs(inputs, h0, layers, num_directions, Why, by, code, slope, out
                    threads=None, kern=numpy_backend):
     """A stack's outputs ``(y (T, B, O), h_last (L*D, B, H))`` on checked arguments."""
     arch, weights = _stack_weights(layers, num_directions, Why, by, code, slope)
-    return stack.outputs(kern, arch, weights, inputs, h0, losses.OUTPUTS[out_code])
+    return stack.outputs(kern, arch, weights, inputs, h0, losses.OUTPUTS[out_code])[:2]
