@@ -60,6 +60,7 @@ Columns:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", nargs="+")
+    parser.add_argument("--note", default="", help="a paragraph put under the introduction (which build, why)")
     args = parser.parse_args(argv)
     runs = defaultdict(lambda: defaultdict(list))
     info, threads_used, builds, foreign, dates, versions, machine = {}, {}, {}, [], [], None, None
@@ -92,6 +93,8 @@ def main(argv=None):
     out = [INTRO.format(target=TARGET, sizes="\n".join(
         f"| {s} | {c.B} | {c.T} | {f'{c.I} tokens' if c.tokens else c.I} | {c.H} | {c.O} |"
         for s, c in CONFIGS.items() if s in sizes))]
+    if args.note:
+        out += [f"**Note.** {args.note}", ""]
     verdicts = []
     for setting in SETTINGS:
         if not any(k[3] == setting for k in med):
