@@ -107,9 +107,7 @@ def test_dropout_without_a_seed_is_refused(backend):
 @pytest.mark.parametrize("options, loss", [
     ({"output": "linear"}, "mse"),
     ({"output_size": None, "bidirectional": False}, "mse"),
-    pytest.param({"output_size": None}, "mse", marks=pytest.mark.xfail(
-        reason="RNN._target expects (T, B, H) targets without an output layer where a "
-               "bidirectional model's outputs are (T, B, 2H)", raises=ValueError)),
+    ({"output_size": None}, "mse"),
     ({"output": "sigmoid", "nonlinearity": "sigmoid"}, "bce"),
     ({"output_size": None, "bidirectional": False, "nonlinearity": "leaky_relu",
       "negative_slope": 0.2}, "mse"),

@@ -227,20 +227,25 @@ def _surrogate(model, x, target, h0, truncate, seed, args):
     reduction = args.get("reduction", "mean")
     target_steps = args.get("target_steps", "all")
     lengths = args.get("lengths")
-    batch = model._batch(x, h0, lengths)
+    def checked_batch():
+        return _checks.batch(x, h0, lengths, arch, model.dtype, model.batch_first)
+
+    batch = checked_batch()
     window, carry = truncation.resolve(truncate, batch.T)
-    positions = model._loss_positions(batch, target_steps)
-    selected = model._target(target, loss, batch, target_steps, *positions)
-    masks = model._dropout_masks(batch, seed)
+    positions = _checks.loss_positions(batch, target_steps)
+    width = arch.output_size if arch.output_size is not None else arch.top_size
+    selected = _checks.loss_targets(target, loss, model.output, width, batch, target_steps,
+                                    positions, model.dtype, model.batch_first)
+    masks = model.dropout_masks(batch.T, batch.B, seed)
     kern = model.kernels
     # every layer-direction's states at the point of the check, held fixed by the truncation
-    fixed = stack.forward(kern, arch, model.weights(), batch.inputs, batch.h0, batch.lengths,
-                          masks).states
+    fixed = [record.hs for record in stack.forward(kern, arch, model.weights(), batch.inputs,
+                                                   batch.h0, batch.lengths, masks).records]
     expected = model.loss_and_grad(x, target, h0=h0, truncate=None, dropout_seed=seed,
                                    **{**args, "input_grad": False})[0]
 
     def loss_value():
-        b = model._batch(x, h0, lengths)
+        b = checked_batch()
         weights = model.weights()
         p, nonlinearity, slope = weights
         reversal = stack.Reversal(b.T, b.B, b.lengths)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import re
 import types
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, TypeVar, Union, overload
 
@@ -169,6 +170,9 @@ class RNN:
             raise TypeError(f"bidirectional: expected True or False, got {bidirectional!r}")
         self.bidirectional = bool(bidirectional)
         self.dropout = _checks.probability("dropout", dropout)
+        if self.dropout and self.num_layers == 1:
+            warnings.warn("dropout acts between stacked layers; with num_layers=1 it does nothing",
+                          UserWarning, stacklevel=3)
         _checks.nonlinearity_code(nonlinearity, negative_slope)
         self.nonlinearity = nonlinearity
         self.negative_slope = float(negative_slope)
@@ -418,7 +422,7 @@ class RNN:
         width = self.output_size if self.output_size is not None else self.architecture.top_size
         target = _checks.loss_targets(target, loss, self.output, width, batch, target_steps,
                                       (t_idx, b_idx), self.dtype, self.batch_first)
-        masks = self._dropout_masks(batch, dropout_seed) if need_grads else None
+        masks = self.dropout_masks(batch.T, batch.B, dropout_seed) if need_grads else None
 
         if need_grads and self._fusable(loss, batch, t_idx):
             result = self._fused(batch, weights, target, loss, reduction, window, carry,
@@ -445,15 +449,17 @@ class RNN:
                 grads["x"] = self._to_user_layout(grads["x"], batch)
         return result
 
-    def _dropout_masks(self, batch, seed):
-        """The dropout multipliers (L-1, T, B, D*H) of this training call, or None: each layer
-        output but the last's zeroed with probability ``dropout``, the rest scaled by
-        ``1 / (1 - dropout)``, drawn from ``seed`` or ``self.generator``."""
+    def dropout_masks(self, steps: int, batch_size: int,
+                      seed: Seed = None) -> Optional[FloatArray]:
+        """The dropout multipliers (L-1, T, B, D*H) that a training call on ``batch_size``
+        sequences of ``steps`` steps applies, or None (no dropout, or a single layer): each
+        layer output but the last's zeroed with probability ``dropout``, the rest scaled by
+        ``1 / (1 - dropout)``, drawn from ``seed`` or else from ``self.generator``."""
         arch, p = self.architecture, self.dropout
         if p == 0 or arch.num_layers == 1:
             return None
         rng = self.generator if seed is None else np.random.default_rng(seed)
-        keep = rng.random((arch.num_layers - 1, batch.T, batch.B, arch.top_size)) >= p
+        keep = rng.random((arch.num_layers - 1, steps, batch_size, arch.top_size)) >= p
         return keep.astype(self.dtype) * self.dtype.type(1 / (1 - p))
 
     # -----------------------------------------------------------------------------------------
@@ -661,7 +667,8 @@ class RNN:
         **kwargs
             Other ``RNN`` arguments (``nonlinearity``, ``output``, ``dtype``, ``dropout``, ...).
         """
-        return cls.from_params(interop.params_from_torch(state_dict, output_prefix=output_prefix),
+        return cls.from_params(interop.params_from_torch(state_dict, output_prefix=output_prefix,
+                                                         cell=cls._CELL),
                                **kwargs)
 
     def to_torch_state(self, arrays: Optional[Mapping[str, npt.ArrayLike]] = None,
@@ -674,6 +681,22 @@ class RNN:
         """
         return interop.to_torch_state(self.architecture, self.params if arrays is None else arrays,
                                       rnn_prefix=rnn_prefix, output_prefix=output_prefix)
+
+    @classmethod
+    def from_keras(cls: type[_RNNType], layers: Sequence[Any], dense: Optional[Sequence[Any]] = None,
+                   **kwargs: Any) -> _RNNType:
+        """A model with the weights of Keras 3 recurrent layers (``SimpleRNN`` for ``RNN``,
+        ``LSTM``, ``GRU(reset_after=True)``; ``Bidirectional`` wrappers for a bidirectional
+        model), as the arrays of their ``get_weights()``, one list per stacked layer, and an
+        optional ``Dense`` head ``[kernel, bias]``; see ``cyrnn.interop.params_from_keras``.
+        Keras is not needed. Other ``RNN`` arguments as in ``from_params``."""
+        return cls.from_params(interop.params_from_keras(layers, dense, cell=cls._CELL), **kwargs)
+
+    def to_keras_weights(self) -> tuple[list[list[FloatArray]], Optional[list[FloatArray]]]:
+        """``(layers, dense)``: the arrays of each stacked Keras layer's ``set_weights`` (six for a
+        ``Bidirectional`` one; GRU with ``reset_after=True``) and of the ``Dense`` head (None
+        without an output layer), as copies in Keras's gate orders and orientations."""
+        return interop.keras_weights(self.architecture, self.params)
 
     def set_params(self, params: Mapping[str, npt.ArrayLike]) -> None:
         """Copy ``params`` (same keys and shapes as ``self.params``) into the model's arrays, cast
@@ -693,6 +716,31 @@ class RNN:
             new[name] = _checks.finite_array(name, value, self.dtype)
         for name, value in new.items():
             np.copyto(live[name], value)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickle (and so joblib, Dask, ``copy.deepcopy``) stores: the constructor
+        arguments (``config()``), the parameter arrays, the vocabulary and the dropout
+        generator; never the backend object, which the receiving process looks up by name.
+
+        The ``params`` dict itself is stored (not a copy), so an optimizer pickled alongside
+        the model keeps updating the same arrays after unpickling. The ``.npz`` format
+        (``save``/``cyrnn.load``) stays free of pickle; this is for shipping a live model
+        between processes."""
+        return {"config": self.config(), "params": self.params, "vocab": self.vocab,
+                "generator": self.generator}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        config = dict(state["config"])
+        self._configure(config.pop("input_size"), config.pop("hidden_size"),
+                        config.pop("output_size"), **config)
+        params = self.params = state["params"]
+        for name, a in params.items():  # a memory map or a read-only buffer becomes an array
+            if type(a) is not np.ndarray or not (a.flags.writeable and a.flags.c_contiguous
+                                                 and a.flags.aligned):
+                params[name] = np.array(a, dtype=self.dtype, order="C")
+        self.generator = state["generator"]
+        self.vocab = state["vocab"]
+        self.weights()  # every array of the expected shape, dtype and layout, or a clear error
 
     # -----------------------------------------------------------------------------------------
     # validation
@@ -822,6 +870,74 @@ class RNN:
             return h[0].copy() if not batch.batched else h.copy()
         return h[:, 0].copy() if not batch.batched else h.copy()
 
+
+
+class _GatedRNN(RNN):
+    """What LSTM and GRU share: the constructor of ``RNN`` without an Elman nonlinearity (their
+    gates' sigmoid and tanh are part of the cell)."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        output_size: Optional[int] = None,
+        *,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        output: OutputName = "linear",
+        init: InitScheme = "uniform",
+        dtype: npt.DTypeLike = "float32",
+        seed: Seed = None,
+        backend: Optional[BackendName] = None,
+        batch_first: bool = False,
+        threads: Optional[int] = None,
+    ) -> None:
+        super().__init__(input_size, hidden_size, output_size, num_layers=num_layers,
+                         bidirectional=bidirectional, dropout=dropout, output=output, init=init,
+                         dtype=dtype, seed=seed, backend=backend, batch_first=batch_first,
+                         threads=threads)
+
+
+class LSTM(_GatedRNN):
+    """Long short-term memory network (Hochreiter & Schmidhuber), one layer or a stack, with an
+    optional linear output layer, trained by BPTT; ``torch.nn.LSTM``'s equations and layout.
+
+    Per layer and step, with the gates stacked in PyTorch's order ``i, f, g, o``::
+
+        [a_i a_f a_g a_o] = x_t Wxh^T + bh + h_{t-1} Whh^T      Wxh (4H, in), Whh (4H, H), bh (4H,)
+        i, f, o = sigmoid(a_i), sigmoid(a_f), sigmoid(a_o);   g = tanh(a_g)
+        c_t = f * c_{t-1} + i * g;   h_t = o * tanh(c_t)
+
+    ``bh`` is PyTorch's ``bias_ih + bias_hh``. The arguments are ``RNN``'s but the
+    nonlinearity; ``init="identity"`` (IRNN) is for Elman cells and is refused.
+
+    The state is the pair ``(h, c)``: ``h0`` is ``(h0, c0)`` (each ``(L*D, B, H)``, or ``(B, H)``
+    for one unidirectional layer, as ``RNN``'s), the last states come back as the pair
+    ``(h_last, c_last)``, and ``grads`` holds ``h0`` and ``c0``. Truncated BPTT (``truncate``)
+    cuts the gradient through ``h`` and ``c`` alike.
+    """
+
+    _CELL = "lstm"
+
+
+class GRU(_GatedRNN):
+    """Gated recurrent unit network (Cho et al.), one layer or a stack, with an optional linear
+    output layer, trained by BPTT; ``torch.nn.GRU``'s equations and layout.
+
+    Per layer and step, with the gates stacked in PyTorch's order ``r, z, n`` and one recurrent
+    product (the reset gate scales its n-part, as PyTorch and cuDNN do)::
+
+        R_t = h_{t-1} Whh^T                                       Wxh (3H, in), Whh (3H, H)
+        r = sigmoid(x_t W_ir^T + b_r + R_r);  z = sigmoid(x_t W_iz^T + b_z + R_z)
+        n = tanh(x_t W_in^T + b_in + r * (R_n + bhn));  h_t = (1 - z) * n + z * h_{t-1}
+
+    ``bh (3H,)`` is PyTorch's ``bias_ih + bias_hh`` for r and z and ``bias_ih`` alone for n;
+    ``bhn (H,)`` is the n-part of ``bias_hh``. The arguments are ``RNN``'s but the
+    nonlinearity; ``init="identity"`` (IRNN) is for Elman cells and is refused.
+    """
+
+    _CELL = "gru"
 
 def _config_names(cls):
     """The constructor's keyword arguments but ``seed``, and the sizes: what ``config()`` holds."""

@@ -215,7 +215,8 @@ def fit(
     batch_size, seq_len : int
         Sequences per batch; steps per batch (token streams only).
     partition : {"sequential", "random"}
-        Token streams: ``"sequential"`` carries the hidden state from batch to batch (the
+        Token streams: ``"sequential"`` carries the hidden state from batch to batch (for a
+        unidirectional model: a bidirectional one starts every chunk from zeros; the
         gradient is cut between batches: chunked truncated BPTT), ``"random"`` shuffles
         independent subsequences and resets the state (see ``cyrnn.data``).
     optimizer : str or cyrnn.optim.Optimizer
@@ -284,7 +285,11 @@ def fit(
                 progress.start_epoch(epoch, len(epoch_batches))
             for batch in epoch_batches:
                 x, target, lengths = batch if len(batch) == 3 else (*batch, None)
-                h0 = h if (stream and partition == "sequential") else None
+                # a sequential stream carries the state on, where the state after a chunk is
+                # where the next one starts: not for a bidirectional model, whose reverse
+                # direction ends at the chunk's first step
+                h0 = h if (stream and partition == "sequential" and not model.bidirectional) \
+                    else None
                 value, grads, h = model.loss_and_grad(
                     x, target, h0=h0, lengths=lengths, loss=loss_name, reduction=reduction,
                     target_steps=target_steps, truncate=truncate, input_grad=False,
