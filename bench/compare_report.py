@@ -14,7 +14,7 @@ import sys
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peers import CONFIGS, OPS, PEERS, flops  # noqa: E402
+from peers import CONFIGS, OPS, PEERS, STACK_CONFIGS, STACK_PEERS, flops, shape_of, stack_of  # noqa: E402
 
 RUN_COMMAND = (
     "PYTHONPATH=src env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
@@ -254,10 +254,48 @@ def targets(cells):
     return lines
 
 
+STACKS_INTRO = """\
+Stacked and bidirectional models of the sizes above (`bench/test_compare.py::test_compare_stack`,
+same timing and thread control as the tables above, in the same run): cyrnn's
+`RNN(..., num_layers=L, bidirectional=D == 2)`; torch's `nn.RNN(I, H, num_layers=L,
+bidirectional=D == 2)` + `nn.Linear(D*H, O)` (same embedding and losses as above); JAX one
+`lax.scan` per layer and direction (`reverse=True` for the reverse one) under `jax.jit`, with
+`jax.value_and_grad`. Layer `l > 0` reads the `D*H` outputs of the layer below (forward and
+reverse concatenated) and the head reads the last layer's `D*H`. cyrnn is checked against torch
+(loss, outputs, every gradient) and torch and JAX against cyrnn before timing. FLOPs: per layer
+and direction `2*T*B*(I_l*H + H*H)` with `I_0 = I` (0 for tokens) and `I_l = D*H` above, plus the
+head `2*T*B*D*H*O`; forward+backward `3*F` less layer 0's input gradient `2*T*B*I*H*D` (dense).
+**cyrnn / 1-layer** is cyrnn's time over its own time for the one-layer config of the same sizes
+(same run, same thread setting; `-` when that row was not run): what the stack costs against
+one layer.
+"""
+
+
+def stacks_table(cells, threads):
+    head = ["config", "layers", "directions", "op", *[f"{p} (ms)" for p in STACK_PEERS],
+            "cython / best peer", "cyrnn / 1-layer", "cyrnn GFLOP/s", "GFLOP counted"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for config in STACK_CONFIGS:
+        stack = stack_of(config)
+        for op in OPS:
+            row = [config, str(stack.layers), str(stack.directions), op]
+            row += [fmt_ms(cells.get((config, op, p, threads))) for p in STACK_PEERS]
+            cy = cells.get((config, op, "cyrnn-cython", threads))
+            best, name = best_peer(cells, config, op, threads)
+            row.append(f"{fmt_ratio(ratio(cy, best))} ({name})" if best else "-")
+            single = cells.get((stack.base, op, "cyrnn-cython", threads))
+            row.append("-" if cy is None or single is None else f"{cy['median'] / single['median']:.2f}x")
+            g = gflops(cells, config, op, "cyrnn-cython", threads)
+            row.append("-" if g is None else f"{g:.1f}")
+            row.append(f"{flops(config, op) / 1e9:.3f}")
+            lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def checks_table(meta):
     lines = ["| config | peer | loss rel. err. | worst gradient rel. err. | output rel. err. |",
              "|---|---|---|---|---|"]
-    for config in CONFIGS:
+    for config in (*CONFIGS, *STACK_CONFIGS):
         for peer in PEERS:
             check = meta["checks"].get((config, peer))
             if check is None:
@@ -288,11 +326,17 @@ def main(argv=None):
                     "(and % of the machine limit)", ""]
         out += gflops_table(cells, threads)
         out.append("")
+    if any(key[0] in STACK_CONFIGS for key in cells):
+        out += ["## Stacks", "", STACKS_INTRO]
+        for threads in THREAD_SETTINGS:
+            out += [f"### Stacks, {thread_label(threads)}: median time (ms) and cyrnn's ratios", ""]
+            out += stacks_table(cells, threads)
+            out.append("")
     out += ["## Targets (forward+backward, float32, median; best peer = faster of torch and jax)", ""]
     out += targets(cells)
     out += ["", "## Agreement with cyrnn (same weights, checked before timing)", "",
             "Relative errors (Frobenius norm for arrays) against cyrnn's cython backend; cyrnn's own "
-            "row is against the naive loop. A peer outside loss 1e-4, gradients 1e-3 or outputs 1e-4 "
+            "row is against the naive loop (against torch for the stacks). A peer outside loss 1e-4, gradients 1e-3 or outputs 1e-4 "
             "fails its test and is not timed.", ""]
     out += checks_table(meta)
     loaded = sorted((k for k, c in cells.items() if c["loaded"]), key=lambda k: tuple(map(str, k)))

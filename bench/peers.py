@@ -33,6 +33,7 @@ The peers:
 """
 import contextlib
 import os
+import re
 import time
 from collections import namedtuple
 
@@ -54,6 +55,86 @@ PEERS = ("cyrnn-cython", "cyrnn-numpy", "naive-numpy", "torch", "jax")
 OPS = ("forward", "forward+backward")
 PARAM_NAMES = ("Wxh", "Whh", "bh", "Why", "by")
 
+# stacked and bidirectional models of the sizes above: "<config>_l<layers>[_bi]" (see shape_of)
+STACK_CONFIGS = ("medium_l2", "medium_bi", "medium_l2_bi", "charlm_batched_l2_bi")
+STACK_PEERS = ("cyrnn-cython", "torch", "jax")
+Stack = namedtuple("Stack", "base layers directions")
+_STACK_NAME = re.compile(r"^(?P<base>.+?)(?:_l(?P<layers>[0-9]+))?(?P<bi>_bi)?$")
+
+
+def stack_of(config):
+    """``Stack(base config name, layers L, directions D)`` of a config name: ``"medium"`` is
+    ``("medium", 1, 1)``, ``"medium_l2"`` two layers, ``"medium_bi"`` one bidirectional layer,
+    ``"medium_l3_bi"`` three bidirectional layers."""
+    if config in CONFIGS:
+        return Stack(config, 1, 1)
+    m = _STACK_NAME.match(config)
+    if not m or m["base"] not in CONFIGS or (m["layers"] is None and m["bi"] is None):
+        raise KeyError(f"unknown config {config!r}")
+    layers = int(m["layers"] or 1)
+    if layers < 1:
+        raise KeyError(f"unknown config {config!r}")
+    return Stack(m["base"], layers, 2 if m["bi"] else 1)
+
+
+def stack_name(base, layers, directions):
+    """The inverse of ``stack_of``."""
+    if layers == 1 and directions == 1:
+        return base
+    return base + ("" if layers == 1 else f"_l{layers}") + ("_bi" if directions == 2 else "")
+
+
+def shape_of(config):
+    """The ``Config`` (sizes) of any config name, stacked or not."""
+    return CONFIGS[stack_of(config).base]
+
+
+def layer_suffix(layer, direction):
+    """cyrnn's parameter-name suffix of one layer and direction: ``""``, ``"_l1"``,
+    ``"_reverse"``, ``"_l1_reverse"``."""
+    return ("" if layer == 0 else f"_l{layer}") + ("_reverse" if direction else "")
+
+
+def param_shapes(config):
+    """cyrnn's parameter names and shapes for ``config`` (the stacked API's layout)."""
+    c, (_, L, D) = shape_of(config), stack_of(config)
+    shapes = {}
+    for layer in range(L):
+        for direction in range(D):
+            sfx = layer_suffix(layer, direction)
+            shapes["Wxh" + sfx] = (c.H, c.I if layer == 0 else D * c.H)
+            shapes["Whh" + sfx] = (c.H, c.H)
+            shapes["bh" + sfx] = (c.H,)
+    shapes.update(Why=(c.O, D * c.H), by=(c.O,))
+    return shapes
+
+
+def param_names(config):
+    return tuple(param_shapes(config))
+
+
+def torch_names(config):
+    """cyrnn parameter name -> ``nn.RNN`` / ``nn.Linear`` parameter name (``rnn.``/``fc.``
+    prefixed); ``bh`` maps to ``bias_ih`` (``bias_hh`` is held at zero)."""
+    _, L, D = stack_of(config)
+    names = {}
+    for layer in range(L):
+        for direction in range(D):
+            sfx, tsfx = layer_suffix(layer, direction), f"_l{layer}" + ("_reverse" if direction else "")
+            names["Wxh" + sfx] = "rnn.weight_ih" + tsfx
+            names["Whh" + sfx] = "rnn.weight_hh" + tsfx
+            names["bh" + sfx] = "rnn.bias_ih" + tsfx
+    names.update(Why="fc.weight", by="fc.bias")
+    return names
+
+
+def random_params(config, seed=0):
+    """Parameters of ``config``'s layout drawn like cyrnn's uniform init (U(-1/sqrt(H), 1/sqrt(H))),
+    for checking the peers against each other without cyrnn."""
+    rng = np.random.default_rng(seed)
+    bound = 1 / np.sqrt(shape_of(config).H)
+    return {k: rng.uniform(-bound, bound, shape).astype(np.float32) for k, shape in param_shapes(config).items()}
+
 
 # ---------------------------------------------------------------------------------------------
 # problem, FLOPs
@@ -63,15 +144,22 @@ PARAM_NAMES = ("Wxh", "Whh", "bh", "Why", "by")
 def make_model(config, backend="cython"):
     import cyrnn  # here, so that the report can read CONFIGS without cyrnn built
 
-    c = CONFIGS[config]
+    c, (_, L, D) = shape_of(config), stack_of(config)
     output = "softmax" if c.tokens else "linear"
-    return cyrnn.RNN(c.I, c.H, c.O, output=output, dtype="float32", seed=0, backend=backend)
+    stack = {} if (L, D) == (1, 1) else {"num_layers": L, "bidirectional": D == 2}
+    model = cyrnn.RNN(c.I, c.H, c.O, output=output, dtype="float32", seed=0, backend=backend, **stack)
+    expected = param_shapes(config)
+    found = {k: v.shape for k, v in model.params.items()}
+    if found != expected:
+        raise AssertionError(f"{config}: cyrnn's parameters {found} differ from the layout the peers "
+                             f"map ({expected})")
+    return model
 
 
 def make_data(config):
     """Inputs ``x`` (T, B) int64 token ids or (T, B, I) float32, and targets (T, B) int64 class
-    ids or (T, B, O) float32, from a fixed seed."""
-    c = CONFIGS[config]
+    ids or (T, B, O) float32, from a fixed seed (the same for every stack of one config)."""
+    c = shape_of(config)
     rng = np.random.default_rng(0)
     if c.tokens:
         x = rng.integers(0, c.I, (c.T, c.B))
@@ -84,28 +172,35 @@ def make_data(config):
 
 def forward_flops(config):
     """Matrix-product FLOPs of the forward pass: ``2 T B (I H + H H + H O)``; token inputs are a
-    row gather, so no ``I H`` term."""
-    c = CONFIGS[config]
-    ih = 0 if c.tokens else c.I * c.H
-    return 2 * c.T * c.B * (ih + c.H * c.H + c.H * c.O)
+    row gather, so no ``I H`` term. A stack of ``L`` layers and ``D`` directions: each layer and
+    direction ``2 T B (I_l H + H H)`` with ``I_0 = I`` (0 for tokens) and ``I_l = D H`` above,
+    and the head ``2 T B D H O``."""
+    c, (_, L, D) = shape_of(config), stack_of(config)
+    total = 0
+    for layer in range(L):
+        ih = (0 if c.tokens else c.I * c.H) if layer == 0 else D * c.H * c.H
+        total += D * (ih + c.H * c.H)
+    return 2 * c.T * c.B * (total + D * c.H * c.O)
 
 
 def flops(config, op):
     """FLOPs counted for ``op``: the forward's matrix products, and for forward+backward three
     times that less the input gradient: the backward carries the error back (``dz Why``,
     ``da Whh``) and forms the weight gradients (``dz^T h``, ``da^T h_{t-1}`` and, dense inputs
-    only, ``da^T x``); no peer computes ``dx = da Wxh``, so its ``2 T B I H`` is not counted."""
+    only, ``da^T x``); no peer computes ``dx = da Wxh``, so its ``2 T B I H`` is not counted
+    (in a stack: layer 0's, ``2 T B I H`` per direction; the layers above do pass their error
+    down)."""
     f = forward_flops(config)
     if op == "forward":
         return f
-    c = CONFIGS[config]
-    dx = 0 if c.tokens else 2 * c.T * c.B * c.I * c.H
+    c, D = shape_of(config), stack_of(config).directions
+    dx = 0 if c.tokens else 2 * c.T * c.B * c.I * c.H * D
     return 3 * f - dx
 
 
 def machine_limit_shape(config):
     """The (M, K) x (K, N) product of the machine-limit benchmark: (T*B, H) x (H, H)."""
-    c = CONFIGS[config]
+    c = shape_of(config)
     return c.T * c.B, c.H, c.H
 
 
@@ -187,6 +282,7 @@ class Peer:
 class CyrnnPeer(Peer):
     def __init__(self, config, backend):
         self.name = f"cyrnn-{backend}"
+        self.names = param_names(config)
         self.model = make_model(config, backend)
         self.x, self.target = make_data(config)
         self.threads_note = "its own choice (follows a threadpoolctl limit of 1)"
@@ -203,7 +299,7 @@ class CyrnnPeer(Peer):
 
     def check_forward_backward(self):
         loss, grads, _ = self.model.loss_and_grad(self.x, self.target, input_grad=False)
-        return float(loss), {k: grads[k] for k in PARAM_NAMES}
+        return float(loss), {k: grads[k] for k in self.names}
 
 
 class NaivePeer(Peer):
@@ -289,16 +385,21 @@ class NaivePeer(Peer):
 
 
 class TorchPeer(Peer):
+    """``nn.RNN`` (``num_layers`` and ``bidirectional`` from the config) + ``nn.Linear``;
+    ``params`` (cyrnn's names) default to cyrnn's ``seed=0`` weights."""
+
     name = "torch"
 
-    def __init__(self, config):
+    def __init__(self, config, params=None):
         import torch
         from torch import nn
         import torch.nn.functional as F
 
         self.torch, self.F = torch, F
-        c = self.c = CONFIGS[config]
-        model = make_model(config)
+        c = self.c = shape_of(config)
+        _, L, D = stack_of(config)
+        if params is None:
+            params = make_model(config).params
         torch.manual_seed(0)
         self.embed = None
         if c.tokens:
@@ -306,13 +407,18 @@ class TorchPeer(Peer):
             with torch.no_grad():
                 self.embed.weight.copy_(torch.eye(c.I))
             self.embed.weight.requires_grad_(False)
-        self.rnn = nn.RNN(c.I, c.H, nonlinearity="tanh")  # time-major (T, B, I)
-        self.fc = nn.Linear(c.H, c.O)
-        state = model.to_torch_state()
+        # time-major (T, B, I)
+        self.rnn = nn.RNN(c.I, c.H, num_layers=L, bidirectional=D == 2, nonlinearity="tanh",
+                          batch_first=False)
+        self.fc = nn.Linear(D * c.H, c.O)
+        self.names = torch_names(config)
+        modules = {"rnn.": self.rnn, "fc.": self.fc}
+        self.named = {prefix + n: p for prefix, m in modules.items() for n, p in m.named_parameters()}
         with torch.no_grad():
-            for prefix, module in (("rnn.", self.rnn), ("fc.", self.fc)):
-                for name, param in module.named_parameters():
-                    param.copy_(torch.from_numpy(state[prefix + name]))
+            for param in self.rnn.parameters():
+                param.zero_()  # bias_hh_l*: PyTorch adds it to bias_ih, which carries bh
+            for ours, theirs in self.names.items():
+                self.named[theirs].copy_(torch.from_numpy(np.asarray(params[ours], dtype=np.float32)))
         x, target = make_data(config)
         self.x = torch.from_numpy(x)
         self.target = torch.from_numpy(target)
@@ -356,45 +462,56 @@ class TorchPeer(Peer):
 
     def check_forward_backward(self):
         loss = self.forward_backward()
-        grads = {
-            "Wxh": self.rnn.weight_ih_l0.grad,
-            "Whh": self.rnn.weight_hh_l0.grad,
-            "bh": self.rnn.bias_ih_l0.grad,
-            "Why": self.fc.weight.grad,
-            "by": self.fc.bias.grad,
-        }
-        return float(loss.item()), {k: v.numpy().copy() for k, v in grads.items()}
+        return float(loss.item()), {ours: self.named[theirs].grad.numpy().copy()
+                                    for ours, theirs in self.names.items()}
 
 
 class JaxPeer(Peer):
+    """One ``lax.scan`` per layer and direction; ``params`` (cyrnn's names) default to cyrnn's
+    ``seed=0`` weights."""
+
     name = "jax"
 
-    def __init__(self, config):
+    def __init__(self, config, params=None):
         import jax
         import jax.numpy as jnp
         from jax import lax
 
         self.jax = jax
-        c = self.c = CONFIGS[config]
-        model = make_model(config)
+        c = self.c = shape_of(config)
+        _, L, D = stack_of(config)
+        if params is None:
+            params = make_model(config).params
         x, target = make_data(config)
-        self.params = {k: jnp.asarray(v) for k, v in model.params.items()}
+        self.params = {k: jnp.asarray(np.asarray(params[k], dtype=np.float32)) for k in param_names(config)}
         self.x = jnp.asarray(x.astype(np.int32) if c.tokens else x)
         self.target = jnp.asarray(target.astype(np.int32) if c.tokens else target)
 
-        def logits(p, x):
-            if c.tokens:
-                xw = jnp.take(p["Wxh"].T, x, axis=0) + p["bh"]  # (T, B, H)
-            else:
-                xw = x @ p["Wxh"].T + p["bh"]
-            whh_t = p["Whh"].T
+        def scan(whh, xw, reverse):
+            whh_t = whh.T
 
             def step(h, xw_t):
                 h = jnp.tanh(xw_t + h @ whh_t)
                 return h, h
 
-            _, hs = lax.scan(step, jnp.zeros((c.B, c.H), jnp.float32), xw)
-            return hs @ p["Why"].T + p["by"]
+            # reverse=True runs from the last step to the first and stores each state at its step
+            _, hs = lax.scan(step, jnp.zeros((c.B, c.H), jnp.float32), xw, reverse=reverse)
+            return hs
+
+        def logits(p, x):
+            inputs = x
+            for layer in range(L):
+                outs = []
+                for direction in range(D):
+                    sfx = layer_suffix(layer, direction)
+                    wxh, bh = p["Wxh" + sfx], p["bh" + sfx]
+                    if layer == 0 and c.tokens:
+                        xw = jnp.take(wxh.T, x, axis=0) + bh  # (T, B, H)
+                    else:
+                        xw = inputs @ wxh.T + bh
+                    outs.append(scan(p["Whh" + sfx], xw, reverse=direction == 1))
+                inputs = outs[0] if D == 1 else jnp.concatenate(outs, axis=-1)
+            return inputs @ p["Why"].T + p["by"]
 
         def outputs(p, x):
             z = logits(p, x)

@@ -6,6 +6,14 @@ jit), each at 1 and 2 threads and with nothing pinned ("default"), on the config
 per configuration as the machine limit. Every peer's outputs, loss and gradients are checked
 against cyrnn's (same weights) before it is timed.
 
+``test_compare_stack``: the stacked and bidirectional models of ``peers.STACK_CONFIGS`` (cyrnn's
+``num_layers`` / ``bidirectional``, torch's ``nn.RNN(num_layers=L, bidirectional=...)``, JAX's
+``lax.scan`` per layer and direction); cyrnn is checked against torch there (the naive loop has
+one layer), torch and JAX against cyrnn. Only these rows:
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m pytest bench/test_compare.py \
+        -k test_compare_stack --benchmark-json=bench/compare_stack.json
+
 Run (see bench/COMPARE.md for the results and the exact command):
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m pytest bench/test_compare.py \
@@ -72,12 +80,15 @@ def _get_reference(config):
 
 
 def _get_independent(config):
-    """The naive loop's results: cyrnn itself is checked against them (it is edited while the
-    benchmarks run; a broken build must not be timed either)."""
+    """The naive loop's results (torch's for a stack): cyrnn itself is checked against them (it
+    is edited while the benchmarks run; a broken build must not be timed either)."""
     if config not in _independent:
-        naive = peers.build("naive-numpy", config)
-        y = naive.check_forward()
-        loss, grads = naive.check_forward_backward()
+        if config in peers.CONFIGS:
+            independent = peers.build("naive-numpy", config)
+        else:
+            independent = _get_peer("torch", config)
+        y = independent.check_forward()
+        loss, grads = independent.check_forward_backward()
         _independent[config] = y, loss, grads
     return _independent[config]
 
@@ -98,7 +109,7 @@ def _check(peer_obj, peer, config):
             "loss": loss,
             "loss_ref": loss_ref,
             "loss_rel_err": abs(loss - loss_ref) / abs(loss_ref),
-            "grad_rel_err": {k: _rel(grads[k], grads_ref[k]) for k in peers.PARAM_NAMES},
+            "grad_rel_err": {k: _rel(grads[k], grads_ref[k]) for k in peers.param_names(config)},
         }
     found = _checked[key]
     assert found["loss_rel_err"] <= LOSS_RTOL, f"{peer} loss {found['loss']} vs cyrnn {found['loss_ref']}"
@@ -173,7 +184,8 @@ def test_compare(benchmark, blas_threads, config, peer, op):
     benchmark.group = f"{config} {op} {threads} thread(s)"
     benchmark.extra_info.update(
         config=config, peer=peer, op=op, threads=threads, flops=peers.flops(config, op),
-        config_shape=peers.CONFIGS[config]._asdict(), check=found, versions=_versions_once(),
+        config_shape=peers.shape_of(config)._asdict(), stack=peers.stack_of(config)._asdict(),
+        check=found, versions=_versions_once(),
     )
     fn = peer_obj.forward if op == "forward" else peer_obj.forward_backward
     skip = NAIVE_LIMIT if peer == "naive-numpy" else None
@@ -181,6 +193,15 @@ def test_compare(benchmark, blas_threads, config, peer, op):
         peer_obj.set_threads(threads)
         benchmark.extra_info["threads_note"] = peer_obj.threads_note
         _measure(benchmark, fn, skip_slower_than=skip)
+
+
+@pytest.mark.parametrize("blas_threads", THREADS, indirect=True, ids=_ids(THREADS, "threads"))
+@pytest.mark.parametrize("op", peers.OPS)
+@pytest.mark.parametrize("peer", peers.STACK_PEERS)
+@pytest.mark.parametrize("config", peers.STACK_CONFIGS)
+def test_compare_stack(benchmark, blas_threads, config, peer, op):
+    """The stacked / bidirectional rows: same measurement as ``test_compare``."""
+    test_compare(benchmark, blas_threads, config, peer, op)
 
 
 @pytest.mark.parametrize("blas_threads", THREADS, indirect=True, ids=_ids(THREADS, "threads"))
