@@ -400,12 +400,13 @@ def test_forecast_on_an_lstm_regression_model(backend):
 @pytest.mark.parametrize("L, bi", [(2, True), (1, False)], ids=["L2-bi", "L1"])
 def test_from_params_and_config_round_trip(backend, cell, L, bi):
     cls = CELLS[cell]
-    model = cls(I, H, O, num_layers=L, bidirectional=bi, output="softmax", dropout=0.25,
+    p = 0.25 if L > 1 else 0.0
+    model = cls(I, H, O, num_layers=L, bidirectional=bi, output="softmax", dropout=p,
                 dtype="float64", seed=4, backend=backend, batch_first=True)
     config = model.config()
     assert "nonlinearity" not in config and "negative_slope" not in config
     assert config["num_layers"] == L and config["bidirectional"] == bi
-    copy = cls.from_params(model.params, output="softmax", dropout=0.25, dtype="float64",
+    copy = cls.from_params(model.params, output="softmax", dropout=p, dtype="float64",
                            backend=backend, batch_first=True)
     assert type(copy) is cls
     assert copy.config() == config
@@ -584,6 +585,7 @@ def keras_stack(keras, cell, inp, L, bi, Hn, On):
     return dense(seq), rec_layers, dense
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_forward_equals_real_keras(keras):
     """Real keras: for each cell, a stack of two ``Bidirectional`` layers and a ``Dense`` head
     (one keras model with an LSTM branch and a GRU branch: keras's set-up dominates the time).
@@ -759,3 +761,41 @@ def test_torch_dicts_with_the_wrong_gate_count():
     np.testing.assert_array_equal(state["rnn.bias_hh_l0"][6:], model.params["bhn"])
     lstm = cyrnn.LSTM.from_torch(torch_like_dict(4), dtype="float64")
     np.testing.assert_array_equal(lstm.to_torch_state()["rnn.bias_hh_l0"], 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. found while testing: the gated models elsewhere in the library
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, raises=KeyError, reason=(
+    "model.save() of an LSTM/GRU raises KeyError: 'nonlinearity' (_modelfile.file_config reads "
+    "every CONFIG_KEYS entry from config(), which gated models do not have)"))
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_save_and_load_round_trip(tmp_path, cell):
+    model = CELLS[cell](I, H, O, num_layers=2, bidirectional=True, dtype="float64", seed=0)
+    path = tmp_path / "model.npz"
+    model.save(path)
+    loaded = cyrnn.load(path)
+    assert type(loaded) is CELLS[cell]
+    for name in model.params:
+        np.testing.assert_array_equal(loaded.params[name], model.params[name])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "cyrnn.clip.INPUT_GRAD_KEYS is ('h0', 'x'): an LSTM's grads['c0'] (an input gradient) is "
+    "counted by grad_norm and scaled by clip_grad_norm, so fit's grad_norm and clipping "
+    "depend on the initial cell state"))
+def test_clipping_skips_the_lstm_c0_gradient():
+    from cyrnn.clip import clip_grad_norm, grad_norm
+
+    rng = np.random.default_rng(0)
+    model = cyrnn.LSTM(I, H, O, dtype="float64", seed=0)
+    x, target = rng.normal(size=(T, B, I)), rng.normal(size=(T, B, O))
+    state = (rng.normal(size=(B, H)), rng.normal(size=(B, H)))
+    _, grads, _ = model.loss_and_grad(x, target, state)
+    params_only = np.sqrt(sum(np.sum(grads[name] ** 2) for name in model.params))
+    c0 = grads["c0"].copy()
+    assert grad_norm(grads) == pytest.approx(params_only, rel=1e-12)
+    clip_grad_norm(grads, 1e-3)
+    np.testing.assert_array_equal(grads["c0"], c0)

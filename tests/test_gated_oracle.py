@@ -313,10 +313,11 @@ def gated_step(cell, p_t, h, c, Whh, bhn):
     return (1 - z) * n + z * h, c
 
 
-def hand_stack(cell, P, X, h0, c0, L, D, lengths=None, window=None, carry=None):
+def hand_stack(cell, P, X, h0, c0, L, D, lengths=None, window=None, carry=None, keep=None):
     """The gated stack in torch ops, time-major; ``c0`` is ignored by GRU. ``window`` (int or
     (T,)) and ``carry`` (T,) act per layer-direction in its processing order, on h and c alike.
-    Returns ``(top, h_last, c_last)``."""
+    ``keep``: a dict that receives each layer-direction's ``hs[1:]`` (processing order), with
+    ``retain_grad``. Returns ``(top, h_last, c_last)``."""
     Tn, Bn = X.shape[:2]
     lens = np.full(Bn, Tn) if lengths is None else np.asarray(lengths)
     t_col = np.arange(Tn)[:, None]
@@ -355,6 +356,10 @@ def hand_stack(cell, P, X, h0, c0, L, D, lengths=None, window=None, carry=None):
                 cs.append(c)
             h_last.append(hs[-1])
             c_last.append(cs[-1])
+            if keep is not None:
+                for h in hs[1:]:
+                    h.retain_grad()
+                keep[j] = hs[1:]
             if windows is None:
                 seq = torch.stack(hs[1:])
             else:
@@ -375,7 +380,7 @@ def hand_stack(cell, P, X, h0, c0, L, D, lengths=None, window=None, carry=None):
 
 
 def hand_case(model, x_tm, h0, c0, target, *, lengths, target_steps, loss, reduction,
-              window=None, carry=None):
+              window=None, carry=None, keep=None):
     """Loss, gradients (cyrnn names plus h0, c0 for LSTM, x), h_last, c_last of the hand stack."""
     cell = "lstm" if is_lstm(model) else "gru"
     D = 2 if model.bidirectional else 1
@@ -387,7 +392,7 @@ def hand_case(model, x_tm, h0, c0, target, *, lengths, target_steps, loss, reduc
         X = x_t = leaf(x_tm)
     h0_t, c0_t = leaf(h0), leaf(c0)
     top, h_last, c_last = hand_stack(cell, P, X, h0_t, c0_t, model.num_layers, D, lengths,
-                                     window, carry)
+                                     window, carry, keep)
     z = top if model.output_size is None else top @ P["Why"].T + P["by"]
     z_sel, t_sel = select(z, target, target_steps, lengths, False, loss)
     value = torch_loss(z_sel, t_sel, loss, model.output, reduction)
@@ -535,6 +540,38 @@ def test_long_window_is_full_bptt(backend, cell):
     _, want, _, _ = hand_case(model, x, h0, c0, target, lengths=LENGTHS, target_steps="all",
                               loss="cross_entropy", reduction="mean", window=T)
     compare_dicts(short, want)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("L, bi, use_lengths, trunc", [
+    (2, True, False, None), (3, False, True, None), (2, False, True, "tbptt(2,2)"),
+    (2, True, False, "randomized(0.5)"),
+], ids=["L2-bi", "L3-len", "L2-len-tbptt(2,2)", "L2-bi-randomized"])
+def test_grad_norms_against_torch(backend, cell, L, bi, use_lengths, trunc):
+    """``backprop().grad_norms[t]``: the norm of dL/dh_t (the hidden states; not c) over every
+    layer-direction at natural step t (torch: ``retain_grad`` on each state)."""
+    rng = np.random.default_rng(4)
+    D, S = (2 if bi else 1), L * (2 if bi else 1)
+    model = CELLS[cell](I, H, O, num_layers=L, bidirectional=bi, output="softmax",
+                        dtype="float64", seed=5, backend=backend)
+    x, h0, c0 = rng.normal(size=(T, B, I)), rng.normal(size=(S, B, H)), rng.normal(size=(S, B, H))
+    target = rng.integers(0, O, size=(T, B))
+    lengths = LENGTHS if use_lengths else None
+    truncate, carry = None, None
+    if trunc is not None:
+        truncate, _, carry = truncation_args(trunc, T)
+    result = model.backprop(x, target, (h0, c0) if cell == "lstm" else h0, lengths,
+                            truncate=truncate)
+    keep = {}
+    hand_case(model, x, h0, c0, target, lengths=lengths, target_steps="all",
+              loss="cross_entropy", reduction="mean", carry=carry, keep=keep)
+    squares = np.zeros(T)
+    for j, hs in keep.items():
+        for t in range(T):
+            g = np_grad(hs[T - 1 - t] if j % D else hs[t])
+            squares[t] += np.sum(g ** 2)
+    assert result.grad_norms is not None and result.grad_norms.shape == (T,)
+    assert_close("grad_norms", result.grad_norms, np.sqrt(squares))
 
 
 # ---------------------------------------------------------------------------------------------
