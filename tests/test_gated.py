@@ -124,6 +124,43 @@ def test_gradients_match_central_differences(backend, case):
         assert no_drop.loss_and_grad(x, target, state, **kwargs)[0] != pytest.approx(value)
 
 
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_randomized_truncation_is_its_seeded_carry(backend, cell):
+    """``RandomizedTruncation(p, seed)``: one fresh carry draw per call, reproduced by a new
+    object with the same seed; ``p = 1`` is full BPTT; its draw is a carry scale, the
+    mechanism of ``TBPTT(k, k)``, so a draw equal to ``TBPTT(2, 2)``'s carry gives that
+    truncation's gradients. (Against torch with detach: ``test_gated_oracle``.)"""
+    rng = np.random.default_rng(5)
+    model = CELLS[cell](I, H, O, num_layers=2, bidirectional=True, output="softmax",
+                        dtype="float64", seed=1, backend=backend)
+    Tn = 6
+    x, target = rng.normal(size=(Tn, B, I)), rng.integers(0, O, size=(Tn, B))
+
+    def grads(truncate):
+        return model.loss_and_grad(x, target, truncate=truncate)[1]
+
+    first = grads(cyrnn.RandomizedTruncation(0.5, seed=9))
+    again = grads(cyrnn.RandomizedTruncation(0.5, seed=9))
+    for name in first:
+        np.testing.assert_array_equal(again[name], first[name], err_msg=name)
+    full = grads(None)
+    for name, g in grads(cyrnn.RandomizedTruncation(1.0, seed=0)).items():
+        np.testing.assert_allclose(g, full[name], rtol=1e-13, atol=1e-15, err_msg=name)
+    # only the draw matters: a RandomizedTruncation whose draw is TBPTT(2, 2)'s carry
+    # (0, 1, 0, 1, ...) gives TBPTT(2, 2)'s gradients
+    chunked = grads(cyrnn.TBPTT(2, 2))
+
+    class Fixed(cyrnn.RandomizedTruncation):
+        def carry(self, T):
+            return cyrnn.TBPTT(2, 2).carry(T)
+
+    for name, g in grads(Fixed(0.5, seed=0)).items():
+        np.testing.assert_allclose(g, chunked[name], rtol=1e-13, atol=1e-15, err_msg=name)
+    # a carry of 1/p on kept steps scales the gradient through them: p < 1 differs
+    other = grads(cyrnn.RandomizedTruncation(0.5, seed=10))
+    assert any(not np.allclose(other[n], first[n]) for n in first if n.startswith("Whh"))
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. the backends agree
 # ---------------------------------------------------------------------------------------------
