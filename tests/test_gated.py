@@ -836,3 +836,17 @@ def test_clipping_skips_the_lstm_c0_gradient():
     assert grad_norm(grads) == pytest.approx(params_only, rel=1e-12)
     clip_grad_norm(grads, 1e-3)
     np.testing.assert_array_equal(grads["c0"], c0)
+
+
+def test_from_params_of_another_cell():
+    """Parameters of another cell: the gate count or the GRU's bhn tells, with a clear error."""
+    elman = cyrnn.RNN(I, H, O, seed=0)
+    with pytest.raises(ValueError, match=r"Wxh: expected shape \(8, 3\), got \(2, 3\)"):
+        cyrnn.LSTM.from_params(elman.params)
+    lstm, gru = cyrnn.LSTM(I, H, O, seed=0), cyrnn.GRU(I, H, O, seed=0)
+    with pytest.raises(KeyError, match=r"missing \['bhn'\]"):
+        cyrnn.GRU.from_params(lstm.params)
+    with pytest.raises(KeyError, match=r"unexpected \['bhn'\]"):
+        cyrnn.LSTM.from_params(gru.params)
+    with pytest.raises(ValueError, match=r"layers\[0\]: kernel expected shape"):
+        cyrnn.RNN.from_keras(lstm.to_keras_weights()[0])
