@@ -726,10 +726,6 @@ def test_keras_arrays_of_the_wrong_layout():
         cyrnn.LSTM.from_keras(b_layers)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "params_from_keras takes the input size from the kernel's first axis, so a transposed "
-    "kernel (G, I) is reported as 'expected shape (G, G)': the message names a wrong input "
-    "size instead of the G = 4H columns the recurrent kernel fixes"))
 def test_transposed_keras_kernel_message_names_the_gate_columns():
     rng = np.random.default_rng(0)
     (kernel, rec, bias), = random_keras_arrays(rng, "lstm", 1, False, I, H, O)[0]
@@ -738,10 +734,6 @@ def test_transposed_keras_kernel_message_names_the_gate_columns():
     assert "(8, 8)" not in str(err.value), str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "params_from_keras takes hidden_size from the recurrent kernel's first axis, so a "
-    "transposed recurrent kernel (4H, H) is blamed on the kernel: 'kernel expected shape "
-    "(3, 32), got (3, 8)' instead of naming recurrent_kernel"))
 def test_transposed_keras_recurrent_kernel_is_named():
     rng = np.random.default_rng(0)
     (kernel, rec, bias), = random_keras_arrays(rng, "lstm", 1, False, I, H, O)[0]
@@ -819,10 +811,6 @@ def test_save_and_load_round_trip(tmp_path, cell):
         np.testing.assert_array_equal(loaded.params[name], model.params[name])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cyrnn.clip.INPUT_GRAD_KEYS is ('h0', 'x'): an LSTM's grads['c0'] (an input gradient) is "
-    "counted by grad_norm and scaled by clip_grad_norm, so fit's grad_norm and clipping "
-    "depend on the initial cell state"))
 def test_clipping_skips_the_lstm_c0_gradient():
     from cyrnn.clip import clip_grad_norm, grad_norm
 
