@@ -15,11 +15,34 @@ Every model gets the same budget: the same training sequences, batches, updates,
 rate and gradient clipping. The script prints the test loss after every epoch (the curves) and a
 table; ``--plot FILE`` also draws the curves (needs matplotlib).
 
-    python examples/copy_task.py [--steps 50] [--epochs 8] [--plot copy.png] [--fast]
+    python examples/copy_task.py [--steps 50] [--epochs 20] [--plot copy.png] [--fast]
 
-Measured (``python examples/copy_task.py``, the defaults), on 2 cores:
+Measured with the defaults (T = 50, hidden 64, batch 32, Adam lr 3e-3, clip_norm 1.0, 20
+epochs of 6400 sequences = 4000 updates, 1000 test sequences, seed 0; baseline 0.2971):
+``CYRNN_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python examples/copy_task.py``, 4.1 minutes on one
+core of a 2-core machine shared with other jobs::
 
-    RESULTS
+    test cross-entropy per step, per epoch (epoch 0: untrained; excerpt)
+    epoch  tanh RNN      IRNN      LSTM       GRU
+        0    2.1834    2.1972    2.1668    2.2200
+        1    0.6959    0.4316    0.3845    0.3046
+        2    0.3011    0.3527    0.3100    0.2977
+        5    0.2974    0.3232    0.2972    0.2806
+       10    0.2977    0.3145    0.2797    0.2659
+       15    0.2973    0.3034    0.2699    0.2551
+       20    0.2973    0.3039    0.2629    0.2391
+
+    model       params  test loss  / baseline  recall  seconds
+    tanh RNN      5385     0.2973       1.001   0.127       40
+    IRNN          5385     0.3039       1.023   0.108       35
+    LSTM         19785     0.2629       0.885   0.176       94
+    GRU          15049     0.2391       0.805   0.282       78
+
+The tanh RNN settles on the memoryless baseline (recall at chance, 1/8) and the IRNN above it;
+the GRU and the LSTM go below it and keep going down: they have started to remember (28% and
+18% of the symbols recalled), but the task is far from solved in this budget (Arjovsky et al.
+report LSTMs stuck at the baseline for long stretches of training at larger T). With
+``--lr 1e-2`` the LSTM stayed on the baseline (0.2975 after 20 epochs).
 """
 import argparse
 import math
@@ -76,7 +99,7 @@ def main(argv=None):
     parser.add_argument("--hidden", type=int, default=64, help="hidden units (default 64)")
     parser.add_argument("--train", type=int, default=6400, help="training sequences (default 6400)")
     parser.add_argument("--test", type=int, default=1000, help="test sequences (default 1000)")
-    parser.add_argument("--epochs", type=int, default=8, help="passes over the training set")
+    parser.add_argument("--epochs", type=int, default=20, help="passes over the training set (default 20)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     parser.add_argument("--clip-norm", type=float, default=1.0)
