@@ -308,8 +308,11 @@ LSTM and GRU at the six configurations above (`bench/test_compare.py::test_compa
 timing, thread control and checks as the Elman tables): **cyrnn-cython** / **cyrnn-numpy**
 (`cyrnn.LSTM` / `cyrnn.GRU`, compiled and NumPy twin, `forward` and `loss_and_grad(...,
 input_grad=False)`); **torch** (`nn.LSTM` / `nn.GRU` + `nn.Linear`, the same identity embedding
-for tokens and the same losses as the Elman peer, `loss.backward()`, no `torch.compile`; torch's
-CPU LSTM/GRU kernels, oneDNN where torch uses it); **jax** (one `lax.scan` over PyTorch's cell
+for tokens and the same losses as the Elman peer, `loss.backward()`, no `torch.compile`; on the
+CPU torch runs `nn.LSTM` through oneDNN's fused RNN primitive, forward and backward
+(`aten::mkldnn_rnn_layer` / `mkldnn_rnn_layer_backward` in torch's profiler), but `nn.GRU`
+through ATen's per-step cell ops, differentiated by autograd op by op: torch has no fused CPU GRU,
+so its GRU rows are the slower peer by construction); **jax** (one `lax.scan` over PyTorch's cell
 equations: LSTM gates `i, f, g, o`, `c = f*c + i*g`, `h = o*tanh(c)`; GRU gates `r, z, n`, linear
 before reset, `n = tanh(x W_in^T + b_in + r*(h W_hn^T + b_hn))`, `h = (1-z)*n + z*h`; input
 projection and head outside the scan, `jax.jit(jax.value_and_grad(...))`). All start from cyrnn's
