@@ -687,11 +687,56 @@ cdef void gated_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
                  0 if d == 0 else 1, dx, <int> I)
 
 
+# the gated cells' windowed BPTT loops, the ones the layer kernels of _gated.pyx run
+include "_gated_window.pxi"
+
+
 cdef void gated_backward_window(const StepArgs* a, const LayerArgs* p, floating* dout,
                                 floating* dP, floating* dR) noexcept nogil:
-    """Look-back windows (a.longest, a.windows) through a gated layer-direction: not yet
-    compiled (the model does not call the fused step with a window for gated cells)."""
-    pass
+    """Look-back windows (a.longest, a.windows) through a gated layer-direction: the layer
+    kernels' loop (_gated_window.pxi) over this direction's steps in its processing order (the
+    reverse direction's arrays reversed in place for it, and back). dout is consumed. Uses
+    depth (T, B, H), depth_next (T, B, 2G) and work[3:] (B, G) as workspaces."""
+    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, G = a.G, BH = B * H, BG = B * G
+    cdef bint reverse = p.reverse, lstm = a.cell == CELL_LSTM
+    cdef floating* hs = <floating*> p.hs
+    cdef floating* cs = <floating*> p.cs
+    cdef floating* gates = <floating*> p.gates
+    cdef floating* hn = <floating*> p.hn
+    cdef floating* G2 = <floating*> a.depth
+    cdef floating* dA = <floating*> a.depth_next
+    cdef floating* reach = <floating*> a.work + 3 * BH
+    if reverse:
+        reverse_steps(dout, T, BH)
+        reverse_steps(gates, T, BG)
+        if lstm:
+            reverse_steps(cs + BH, T + 1, BH)
+        else:
+            reverse_steps(hs + BH, T + 1, BH)
+            reverse_steps(hn, T, BH)
+    memset(dP, 0, T * BG * sizeof(floating))
+    memset(reach, 0, BG * sizeof(floating))
+    if lstm:
+        memset(G2, 0, T * BH * sizeof(floating))
+        memset(p.dc0, 0, BH * sizeof(floating))
+        lstm_backward_window_loop(cs + BH if reverse else cs, gates,
+                                  <const floating*> p.Whh, NULL, a.windows, a.longest, dout, G2,
+                                  dA, dP, reach, <floating*> p.dh0, <floating*> p.dc0, T, B, H)
+    else:
+        memset(dR, 0, T * BG * sizeof(floating))
+        memset(p.dh0, 0, BH * sizeof(floating))
+        gru_backward_window_loop(hs + BH if reverse else hs, gates, hn, <const floating*> p.Whh,
+                                 NULL, a.windows, a.longest, dout, G2, dA, dA + T * BG, dP, dR,
+                                 reach, <floating*> p.dh0, T, B, H)
+    if reverse:
+        reverse_steps(dP, T, BG)
+        reverse_steps(gates, T, BG)
+        if lstm:
+            reverse_steps(cs + BH, T + 1, BH)
+        else:
+            reverse_steps(dR, T, BG)
+            reverse_steps(hs + BH, T + 1, BH)
+            reverse_steps(hn, T, BH)
 
 
 cdef void stack_step(StepArgs* a, floating scale) noexcept nogil:
@@ -888,12 +933,13 @@ cdef class Shard:
             # needs all T steps)
             self.block = T if k else min(T, max(1, (BLOCK_ROWS + B - 1) // B))
             self.da = empty((self.block, B, H), dtype) if not cell else None
-            self.work = empty((3 if cell else 2, B, H), dtype)
+            # gated: gh, gc, gb and (windows) a (B, G) block
+            self.work = empty((3 + (G // H if k else 0) if cell else 2, B, H), dtype)
             self.squares = np.empty(T)
             self.grad_norms = empty((T,), dtype)
             # the window's depth buffers (its dh0 accumulator uses `work`); none for full BPTT
             self.depth = empty((T, B, H), dtype) if k else None
-            self.depth_next = empty((T, B, H), dtype) if k else None
+            self.depth_next = empty((T, B, 2 * G if cell else H), dtype) if k else None
             self.dX = [empty((T, B, DH), dtype) for j in range(min(2, L - 1))]
             self.dWxh = [empty((G, I if j < D else DH), dtype) for j in range(L * D)]
             self.dWxhT = [empty((I, G), dtype) if need_dWxhT and j < D else None
@@ -1086,8 +1132,6 @@ cdef tuple step_results(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int 
     cdef double scale = 1.0 if sum_reduction else 1.0 / count
     cdef list bufs
     cdef double value
-    if cell and k:
-        raise NotImplementedError("look-back windows of the gated cells' fused step")
     bufs, value = run_sharded(inputs, targets, h0, layers, D, Why, by, code, slope, carry, k,
                               windows, scale, input_grad, 0, masks, threads, cell, c0)
     if not sum_reduction:
@@ -1149,8 +1193,7 @@ def _stack_step(inputs, targets, h0, layers, int num_directions, Why, by, int co
     Gated cells: ``cell`` 1 (LSTM, ``c0`` (L*D, B, H) required) or 2 (GRU, each ``layers[j] =
     (Wxh, Whh, bh, bhn)``), weights of G = 4H or 3H rows (``code``, ``slope`` unused). Then
     ``grads["layers"][j]`` has GRU's ``dbhn`` last, LSTM's ``grads["c0"]`` is there and
-    ``h_last`` is the pair ``(h_last, c_last)``; look-back windows (``k``) are refused
-    (NotImplementedError)."""
+    ``h_last`` is the pair ``(h_last, c_last)``."""
     value, layer_grads, dWhy, dby, dh0, dx, h_last, grad_norms, dc0, c_last = step_results(
         inputs, targets, h0, layers, num_directions, Why, by, code, slope, carry, k, windows,
         cross_entropy, sum_reduction, input_grad, masks, threads, cell, c0)

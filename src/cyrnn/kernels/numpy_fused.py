@@ -263,8 +263,7 @@ def _stack_step(inputs, targets, h0, layers, num_directions, Why, by, code, slop
     The gated cells' weights have G = 4H (LSTM) or 3H (GRU) rows, PyTorch's gate order; GRU's
     ``layers[j]`` is ``(Wxh, Whh, bh, bhn)`` and its ``grads["layers"][j]`` ends with ``dbhn``.
     LSTM takes ``c0`` (L*D, B, H), adds ``grads["c0"]`` and returns ``h_last`` as the pair
-    ``(h_last, c_last)``. The compiled step refuses look-back windows for the gated cells
-    (NotImplementedError); this composition runs them.
+    ``(h_last, c_last)``.
     """
     arch, weights = _stack_weights(layers, num_directions, Why, by, code, slope, cell)
     kern = _numpy_kernels() if kern is None else kern
