@@ -1,5 +1,5 @@
-# The fused training step and forward pass of a stack of Elman layers, and the threads that run
-# them on shards of the batch. Included by _rnn.pyx: one compilation unit with the recurrences
+# The fused training step and forward pass of a stack of Elman, LSTM or GRU layers, and the
+# threads that run them on shards of the batch. Included by _rnn.pyx: one compilation unit with the recurrences
 # (forward, backward_in_place, backward_window), which the C compiler inlines into the step. A
 # module of its own would reach them through a .pxd, that is through function pointers across
 # extension modules, without inlining.
