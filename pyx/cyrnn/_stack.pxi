@@ -868,6 +868,36 @@ def shard_count(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize
     return shards
 
 
+cdef void transpose_into(floating* dst, const floating* src, Py_ssize_t R,
+                         Py_ssize_t C) noexcept nogil:
+    """dst (C, R) = src (R, C)^T, by 16 x 16 blocks (both stay in cache)."""
+    cdef Py_ssize_t i0, j0, i, j, i1, j1
+    for i0 in range(0, R, 16):
+        i1 = min(R, i0 + 16)
+        for j0 in range(0, C, 16):
+            j1 = min(C, j0 + 16)
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    dst[j * R + i] = src[i * C + j]
+
+
+cdef object transposed_copy(W):
+    """A C-contiguous copy of W.T for a C-contiguous 2-D float array W: the same values as
+    np.ascontiguousarray(W.T), several times faster (NumPy copies a transpose element by
+    element, strided: 21 us for a (400, 100) float32 LSTM Whh, a tenth of a char-LM step)."""
+    cdef Py_ssize_t R = W.shape[0], C = W.shape[1]
+    out = empty((C, R), W.dtype)
+    cdef void* src = data(W)
+    cdef void* dst = data(out)
+    if W.dtype == np.float32:
+        with nogil:
+            transpose_into(<float*> dst, <const float*> src, R, C)
+    else:
+        with nogil:
+            transpose_into(<double*> dst, <const double*> src, R, C)
+    return out
+
+
 cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens):
     """Contiguous copies of Wxh^T and Whh^T for layer_forward, or None where not worth one.
     Whh^T serves from a batch of two on (a single row is a GEMV either way). For token ids,
@@ -877,12 +907,12 @@ cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens)
     copy costs more than it saves."""
     cdef Py_ssize_t G = Whh.shape[0], H = Whh.shape[1], I = Wxh.shape[1]
     # (for a batch of one only where a GEMV would be large enough for BLAS to thread it)
-    WhhT = (np.ascontiguousarray(Whh.T)
+    WhhT = (transposed_copy(Whh)
             if B >= TRANSPOSE_MIN_BATCH or G * H > BLAS_GEMV_SINGLE_THREAD_MAX_WORK else None)
     if tokens:
-        WxhT = np.ascontiguousarray(Wxh.T) if I <= T * B else None
+        WxhT = transposed_copy(Wxh) if I <= T * B else None
     else:
-        WxhT = np.ascontiguousarray(Wxh.T) if T * B * I * G > BLAS_SINGLE_THREAD_MAX_WORK else None
+        WxhT = transposed_copy(Wxh) if T * B * I * G > BLAS_SINGLE_THREAD_MAX_WORK else None
     return WxhT, WhhT
 
 
@@ -1046,7 +1076,7 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
     cdef int n_threads = 1 if shards == 1 else max(1, min(_threads.resolve(threads), shards))
     cdef list transposed = [transposed_weights(layers[j][0], layers[j][1], T, per,
                                                tokens and j < D) for j in range(LD)]
-    WhyT = (np.ascontiguousarray(Why.T)
+    WhyT = (transposed_copy(Why)
             if T * per * D * H * O > BLAS_SINGLE_THREAD_MAX_WORK else None)
     step_args = np.zeros(shards * sizeof(StepArgs), dtype=np.uint8)
     worker_args = np.zeros(MAX_SHARDS * sizeof(Worker), dtype=np.uint8)
