@@ -3,8 +3,9 @@ training step and forward pass that wrap them.
 
 ``rnn_forward``, ``rnn_backward``, ``rnn_backward_window`` and ``embedding_grad`` (this file)
 run only what must run step by step. ``_stack.pxi`` runs a whole training step or forward pass
-of a stack of layers, one or two directions each (projections, recurrences, output layer, loss,
-BPTT, weight gradients) in one call, on shards of the batch on threads of its own:
+of a stack of layers (Elman, or the gated cells through their epilogues in ``_gated.h``), one or
+two directions each (projections, recurrences, output layer, loss, BPTT, weight gradients) in
+one call, on shards of the batch on threads of its own:
 ``_stack_step`` and ``_stack_outputs``, and the single-layer case ``elman_loss_and_grad`` and
 ``elman_forward``. ``_hooks.pxi`` holds the test hooks of the C helpers.
 ``cyrnn.kernels.numpy_backend`` and ``numpy_fused`` are the twins of this module, with the same

@@ -1,5 +1,5 @@
-# The fused training step and forward pass of a stack of Elman layers, and the threads that run
-# them on shards of the batch. Included by _rnn.pyx: one compilation unit with the recurrences
+# The fused training step and forward pass of a stack of Elman, LSTM or GRU layers, and the
+# threads that run them on shards of the batch. Included by _rnn.pyx: one compilation unit with the recurrences
 # (forward, backward_in_place, backward_window), which the C compiler inlines into the step. A
 # module of its own would reach them through a .pxd, that is through function pointers across
 # extension modules, without inlining.
@@ -8,6 +8,90 @@
 # per layer-direction j = l*D + d); run_step chooses the dtype once and runs stack_step or
 # stack_outputs, fused over float/double, which read every pointer from the structs.
 #
+# The gated cells (LSTM, GRU) run in the same pipeline: per step one recurrent GEMM and the cell's
+# fused epilogue from _gated.h (the same C functions the layer kernels of _gated.pyx call), per
+# layer-direction the backward epilogue and one GEMM per step, and the weight gradients as
+# whole-sequence GEMMs. StepArgs.cell says which cell every layer runs (CELL_ELMAN, CELL_LSTM,
+# CELL_GRU); Elman's path is unchanged.
+
+cdef enum:
+    CELL_ELMAN = 0
+    CELL_LSTM = 1
+    CELL_GRU = 2
+
+
+cdef extern from "_gated.h" nogil:
+    void lstm_forward_f32 "cyrnn_lstm_forward_f32"(float* a, const float* c_prev, float* c,
+                                                   float* h, long rows, long H)
+    void lstm_forward_f64 "cyrnn_lstm_forward_f64"(double* a, const double* c_prev, double* c,
+                                                   double* h, long rows, long H)
+    void lstm_backward_f32 "cyrnn_lstm_backward_f32"(const float* gh, float* gc,
+                                                     const float* gates, const float* c_prev,
+                                                     const float* c, float* da, float scale,
+                                                     long rows, long H)
+    void lstm_backward_f64 "cyrnn_lstm_backward_f64"(const double* gh, double* gc,
+                                                     const double* gates, const double* c_prev,
+                                                     const double* c, double* da, double scale,
+                                                     long rows, long H)
+    void gru_forward_f32 "cyrnn_gru_forward_f32"(const float* xw, const float* R,
+                                                 const float* bhn, const float* h_prev,
+                                                 float* gates, float* hn, float* h, long rows,
+                                                 long H)
+    void gru_forward_f64 "cyrnn_gru_forward_f64"(const double* xw, const double* R,
+                                                 const double* bhn, const double* h_prev,
+                                                 double* gates, double* hn, double* h,
+                                                 long rows, long H)
+    void gru_backward_f32 "cyrnn_gru_backward_f32"(const float* g, const float* gates,
+                                                   const float* hn, const float* h_prev,
+                                                   float* dxw, float* dR, float* gz,
+                                                   float scale, long rows, long H)
+    void gru_backward_f64 "cyrnn_gru_backward_f64"(const double* g, const double* gates,
+                                                   const double* hn, const double* h_prev,
+                                                   double* dxw, double* dR, double* gz,
+                                                   double scale, long rows, long H)
+
+
+cdef inline void lstm_cell_forward(floating* a, const floating* c_prev, floating* c, floating* h,
+                                   Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
+    """a (rows, 4H) pre-activations -> gates [i, f, g, o]; c = f c_prev + i g; h = o tanh(c)."""
+    if floating is float:
+        lstm_forward_f32(a, c_prev, c, h, rows, H)
+    else:
+        lstm_forward_f64(a, c_prev, c, h, rows, H)
+
+
+cdef inline void lstm_cell_backward(const floating* gh, floating* gc, const floating* gates,
+                                    const floating* c_prev, const floating* c, floating* da,
+                                    floating scale, Py_ssize_t rows,
+                                    Py_ssize_t H) noexcept nogil:
+    """da (rows, 4H) from gh, gc (rows, H); gc <- scale * dc * f in place (0 for scale 0)."""
+    if floating is float:
+        lstm_backward_f32(gh, gc, gates, c_prev, c, da, scale, rows, H)
+    else:
+        lstm_backward_f64(gh, gc, gates, c_prev, c, da, scale, rows, H)
+
+
+cdef inline void gru_cell_forward(const floating* xw, const floating* R, const floating* bhn,
+                                  const floating* h_prev, floating* gates, floating* hn,
+                                  floating* h, Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
+    """gates [r, z, n] (rows, 3H), hn = R_n + bhn and h (rows, H) from xw and R (rows, 3H)."""
+    if floating is float:
+        gru_forward_f32(xw, R, bhn, h_prev, gates, hn, h, rows, H)
+    else:
+        gru_forward_f64(xw, R, bhn, h_prev, gates, hn, h, rows, H)
+
+
+cdef inline void gru_cell_backward(const floating* g, const floating* gates, const floating* hn,
+                                   const floating* h_prev, floating* dxw, floating* dR,
+                                   floating* gz, floating scale, Py_ssize_t rows,
+                                   Py_ssize_t H) noexcept nogil:
+    """dxw, dR (rows, 3H) from g (rows, H); gz = scale * g * z (0 for scale 0)."""
+    if floating is float:
+        gru_backward_f32(g, gates, hn, h_prev, dxw, dR, gz, scale, rows, H)
+    else:
+        gru_backward_f64(g, gates, hn, h_prev, dxw, dR, gz, scale, rows, H)
+
+
 # ---------------------------------------------------------------------------------------------
 # a whole training step of a stack of layers in one call: projections, recurrences (both
 # directions), output layer, loss, BPTT through every layer, gradients
@@ -127,6 +211,16 @@ ctypedef struct LayerArgs:
     void* dWhh      # (H, H)
     void* dbh       # (H,)
     void* dh0       # (B, H)
+    # the gated cells' (NULL for Elman, and where the cell has none): Wxh, Whh, bh and their
+    # gradients are then (G, n_in), (G, H), (G,) with G = 4H (LSTM) or 3H (GRU)
+    void* bhn       # GRU (H,): the n-part of bias_hh, inside the reset product
+    void* c0        # LSTM (B, H)
+    void* cs        # LSTM cell states, laid out as hs
+    void* gates     # (T, B, G) the gates after activation (LSTM: the projection first)
+    void* xw        # GRU (T, B, G): the projection
+    void* hn        # GRU (T, B, H): R_n + bhn, kept for the backward pass
+    void* dbhn      # GRU (H,)
+    void* dc0       # LSTM (B, H)
     Py_ssize_t n_in  # I for layer 0, D*H above it
     bint reverse
 
@@ -157,7 +251,16 @@ ctypedef struct StepArgs:
     void* dWhy      # (O, D*H)
     void* dby       # (O,)
     LayerArgs* layers  # L * D of them
+    # the gated cells' workspaces: R (B, G) the step's recurrent product (GRU); dout (T*B, H)
+    # one layer-direction's dL/dh_out; dP (T*B, G) its pre-activations' gradient; dR (T*B, G)
+    # its recurrent product's (GRU; LSTM's is dP); work (3, B, H) the gradients of the states
+    void* R
+    void* dout
+    void* dP
+    void* dR
     Py_ssize_t L, D, longest, T, B, H, O, block  # (no field I: complex.h defines a macro I)
+    Py_ssize_t G    # gate width: H (Elman), 4H (LSTM), 3H (GRU)
+    int cell        # CELL_ELMAN, CELL_LSTM or CELL_GRU
     int code
     double slope, scale, loss
 
@@ -194,45 +297,92 @@ cdef void output_function(floating* y, Py_ssize_t N, Py_ssize_t O, int output) n
 cdef void layer_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t* tokens,
                         floating* hs) noexcept nogil:
     """One layer-direction's states: projection of its inputs (token ids or dense) straight
-    into hs[1:], then the recurrence in place. ``WxhT`` and ``WhhT``, where not NULL, are
-    contiguous copies of the transposed weights: rows of WxhT gather without striding, and
-    products with untransposed operands run faster (on cyrnn's own kernel, which needs them;
-    OpenBLAS reads a transposed operand more slowly)."""
-    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, I = p.n_in, TB = T * B, BH = B * H, n, j
+    into hs[1:] (the gated cells: into their gates (LSTM) or xw (GRU), G values a row), then
+    the recurrence in place. ``WxhT`` and ``WhhT``, where not NULL, are contiguous copies of
+    the transposed weights: rows of WxhT gather without striding, and products with
+    untransposed operands run faster (on cyrnn's own kernel, which needs them; OpenBLAS reads a
+    transposed operand more slowly)."""
+    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, G = a.G, I = p.n_in, TB = T * B, BH = B * H, n, j
     cdef const floating* Wxh = <const floating*> p.Wxh
     cdef const floating* WxhT = <const floating*> p.WxhT
     cdef const floating* bh = <const floating*> p.bh
     cdef const floating* x = <const floating*> p.x
     cdef floating* row
-    # 1. input projection, straight into the state buffer: hs[1:T+1] = x Wxh^T + bh
+    cdef floating* proj = hs + BH
+    if a.cell == CELL_LSTM:
+        proj = <floating*> p.gates
+    elif a.cell == CELL_GRU:
+        proj = <floating*> p.xw
+    # 1. input projection, straight into its buffer: proj (T*B, G) = x Wxh^T + bh
     if tokens != NULL and WxhT != NULL:
         for n in range(TB):
-            # a row gather: row tokens[n] of Wxh^T (I, H)
-            row = hs + BH + n * H
-            for j in range(H):
-                row[j] = WxhT[tokens[n] * H + j] + bh[j]
+            # a row gather: row tokens[n] of Wxh^T (I, G)
+            row = proj + n * G
+            for j in range(G):
+                row[j] = WxhT[tokens[n] * G + j] + bh[j]
     elif tokens != NULL:
         for n in range(TB):
-            # the same from Wxh itself: column tokens[n] of Wxh (H, I)
-            row = hs + BH + n * H
-            for j in range(H):
+            # the same from Wxh itself: column tokens[n] of Wxh (G, I)
+            row = proj + n * G
+            for j in range(G):
                 row[j] = Wxh[j * I + tokens[n]] + bh[j]
     else:
-        # (T*B, H) = x (T*B, I) Wxh^T (I, H)
+        # (T*B, G) = x (T*B, I) Wxh^T (I, G)
         if WxhT != NULL:
-            gemm(False, False, <int> TB, <int> H, <int> I, 1, x, <int> I, WxhT, <int> H, 0,
-                 hs + BH, <int> H)
+            gemm(False, False, <int> TB, <int> G, <int> I, 1, x, <int> I, WxhT, <int> G, 0,
+                 proj, <int> G)
         else:
-            gemm(False, True, <int> TB, <int> H, <int> I, 1, x, <int> I, Wxh, <int> I, 0,
-                 hs + BH, <int> H)
-        add_to_rows(hs + BH, bh, TB, H)
+            gemm(False, True, <int> TB, <int> G, <int> I, 1, x, <int> I, Wxh, <int> I, 0,
+                 proj, <int> G)
+        add_to_rows(proj, bh, TB, G)
     # 2. the recurrence, in place: hs[t + 1] = f(hs[t + 1] + h_prev Whh^T), in its direction
-    if p.WhhT != NULL:
+    if a.cell != CELL_ELMAN:
+        gated_forward(a, p, hs)
+    elif p.WhhT != NULL:
         forward(hs + BH, <const floating*> p.h0, <const floating*> p.WhhT, True, hs, NULL, T, B,
                 H, a.code, <floating> a.slope, p.reverse)
     else:
         forward(hs + BH, <const floating*> p.h0, <const floating*> p.Whh, False, hs, NULL, T, B,
                 H, a.code, <floating> a.slope, p.reverse)
+
+
+cdef void gated_forward(const StepArgs* a, const LayerArgs* p, floating* hs) noexcept nogil:
+    """A gated layer-direction's recurrence over its projection: per step one GEMM, R_t =
+    h_prev Whh^T (B, G) (LSTM: added into the gates, which hold the projection), then the cell's
+    fused epilogue. States laid out as the Elman ones (hs[t + 1] the state after step t; the
+    reverse direction runs t = T-1 .. 0 from hs[T + 1] = h0); LSTM's c in cs alike."""
+    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, G = a.G, BH = B * H, BG = B * G, s, t
+    cdef bint reverse = p.reverse, lstm = a.cell == CELL_LSTM
+    cdef const floating* Whh = <const floating*> p.Whh
+    cdef const floating* WhhT = <const floating*> p.WhhT
+    cdef floating* cs = <floating*> p.cs
+    cdef floating* gates = <floating*> p.gates
+    cdef floating* R = <floating*> a.R
+    cdef floating* h
+    cdef floating* c
+    cdef floating* out
+    cdef const floating* h_prev
+    memcpy(hs + (T + 1) * BH if reverse else hs, p.h0, BH * sizeof(floating))
+    if lstm:
+        memcpy(cs + (T + 1) * BH if reverse else cs, p.c0, BH * sizeof(floating))
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        h = hs + (t + 1) * BH
+        h_prev = h + BH if reverse else h - BH
+        # LSTM: a_t (B, 4H) = P_t + h_prev Whh^T, in place; GRU: R (B, 3H) = h_prev Whh^T
+        out = gates + t * BG if lstm else R
+        if WhhT != NULL:
+            gemm(False, False, <int> B, <int> G, <int> H, 1, h_prev, <int> H, WhhT, <int> G,
+                 1 if lstm else 0, out, <int> G)
+        else:
+            gemm(False, True, <int> B, <int> G, <int> H, 1, h_prev, <int> H, Whh, <int> H,
+                 1 if lstm else 0, out, <int> G)
+        if lstm:
+            c = cs + (t + 1) * BH
+            lstm_cell_forward(out, c + BH if reverse else c - BH, c, h, B, H)
+        else:
+            gru_cell_forward(<const floating*> p.xw + t * BG, R, <const floating*> p.bhn,
+                             h_prev, gates + t * BG, <floating*> p.hn + t * BH, h, B, H)
 
 
 cdef void join_states(const StepArgs* a, Py_ssize_t l, floating* out,
@@ -421,6 +571,174 @@ cdef void layer_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
                 dWxh[j * I + n] = dWxhT[n * H + j]
 
 
+cdef void gated_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
+                         floating* dout) noexcept nogil:
+    """BPTT through one gated layer-direction and its weight gradients (see layer_backward):
+    dL/dh_out of every step into dout, then per step (in its backward order) the cell's backward
+    epilogue (dP_t, dR_t and the part of dL/dh_prev, dL/dc_prev that bypasses Whh) and one GEMM
+    (dL/dh_prev += scale dR_t Whh); then dWhh = dR^T h_prev, dbh = sum dP (GRU: dbhn = sum of
+    dR's n-part), dWxh = dP^T x and dx (+)= dP Wxh as whole-sequence products."""
+    cdef const LayerArgs* p = &a.layers[l * a.D + d]
+    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, O = a.O, G = a.G, I = p.n_in, D = a.D
+    cdef Py_ssize_t DH = D * H, BH = B * H, BG = B * G, TB = T * B, s, t, n, j
+    cdef bint reverse = p.reverse, lstm = a.cell == CELL_LSTM
+    cdef floating scale
+    cdef floating* hs = <floating*> p.hs
+    cdef floating* cs = <floating*> p.cs
+    cdef floating* gates = <floating*> p.gates
+    cdef const floating* Whh = <const floating*> p.Whh
+    cdef const floating* Wxh = <const floating*> p.Wxh
+    cdef const floating* x = <const floating*> p.x
+    cdef const floating* z = <const floating*> a.z
+    cdef const floating* carry = <const floating*> a.carry
+    cdef const floating* above = NULL
+    cdef const floating* mask = NULL
+    cdef const floating* grad_row
+    cdef floating* dP = <floating*> a.dP
+    cdef floating* dR = <floating*> a.dR if not lstm else dP
+    cdef floating* gh = <floating*> a.work
+    cdef floating* gc = gh + BH
+    cdef floating* gb = gh + 2 * BH
+    cdef floating* swap
+    cdef floating* c
+    cdef floating* dx = <floating*> p.dx
+    cdef floating* dWxh = <floating*> p.dWxh
+    cdef floating* dWxhT = <floating*> p.dWxhT
+    cdef floating* dbhn = <floating*> p.dbhn
+    cdef const Py_ssize_t* tokens = a.tokens if l == 0 else NULL
+    if l + 1 < a.L:
+        above = <const floating*> a.layers[(l + 1) * D].dx
+        if a.masks != NULL:
+            mask = <const floating*> a.masks + l * TB * DH
+    # 1. dL/dh_out (T*B, H): dz (T*B, O) Why[:, dH:(d+1)H], or this direction's columns of
+    # the layer above's dL/dx times the mask
+    if above == NULL:
+        gemm(False, False, <int> TB, <int> H, <int> O, 1, z, <int> O,
+             <const floating*> a.Why + d * H, <int> DH, 0, dout, <int> H)
+    else:
+        take_columns(dout, above + d * H, mask + d * H if mask != NULL else NULL, TB, H, DH)
+    # 2. BPTT
+    if a.longest == 0:
+        memset(gh, 0, 2 * BH * sizeof(floating))
+        for s in range(T):
+            t = s if reverse else T - 1 - s
+            add(gh, dout + t * BH, BH)
+            a.squares[t] += sum_of_squares(BH, gh)
+            # the carry scale of the step's place in this direction's order
+            scale = 1 if carry == NULL else carry[T - 1 - t if reverse else t]
+            if lstm:
+                c = cs + (t + 1) * BH
+                lstm_cell_backward(gh, gc, gates + t * BG, c + BH if reverse else c - BH, c,
+                                   dP + t * BG, scale, B, H)
+                if scale == 0:
+                    memset(gh, 0, BH * sizeof(floating))
+                else:
+                    # gh (B, H) = scale da_t (B, 4H) Whh (4H, H)
+                    gemm(False, False, <int> B, <int> H, <int> G, scale, dP + t * BG, <int> G,
+                         Whh, <int> H, 0, gh, <int> H)
+            else:
+                gru_cell_backward(gh, gates + t * BG, <const floating*> p.hn + t * BH,
+                                  hs + (t + 2 if reverse else t) * BH, dP + t * BG, dR + t * BG,
+                                  gb, scale, B, H)
+                if scale != 0:
+                    # gb (B, H) += scale dR_t (B, 3H) Whh (3H, H)
+                    gemm(False, False, <int> B, <int> H, <int> G, scale, dR + t * BG, <int> G,
+                         Whh, <int> H, 1, gb, <int> H)
+                swap = gh
+                gh = gb
+                gb = swap
+        memcpy(p.dh0, gh, BH * sizeof(floating))
+        if lstm:
+            memcpy(p.dc0, gc, BH * sizeof(floating))
+    else:
+        gated_backward_window(a, p, dout, dP, dR)
+    # 3. dWhh (G, H) = dR^T (G, T*B) h_prev (T*B, H); dbh = column sums of dP; GRU: dbhn =
+    # column sums of dR's n-part
+    gemm(True, False, <int> G, <int> H, <int> TB, 1, dR, <int> G,
+         hs + (2 if reverse else 0) * BH, <int> H, 0, <floating*> p.dWhh, <int> H)
+    memset(p.dbh, 0, G * sizeof(floating))
+    add_row_sums(<floating*> p.dbh, dP, TB, G)
+    if not lstm:
+        memset(dbhn, 0, H * sizeof(floating))
+        for n in range(TB):
+            add(dbhn, dR + n * G + 2 * H, H)
+    # 4. dWxh: scatter-add of dP's rows into the token columns, or dP^T x; dx (+)= dP Wxh
+    if tokens != NULL and dWxhT != NULL:
+        memset(dWxhT, 0, G * I * sizeof(floating))
+        for n in range(TB):
+            add(dWxhT + tokens[n] * G, dP + n * G, G)
+        # one transposition of the row-wise sums into dWxh (G, I)
+        for j in range(G):
+            for n in range(I):
+                dWxh[j * I + n] = dWxhT[n * G + j]
+    elif tokens != NULL:
+        memset(dWxh, 0, G * I * sizeof(floating))
+        for n in range(TB):
+            grad_row = dP + n * G
+            for j in range(G):
+                dWxh[j * I + tokens[n]] += grad_row[j]
+    else:
+        # dWxh (G, I) = dP^T (G, T*B) x (T*B, I)
+        gemm(True, False, <int> G, <int> I, <int> TB, 1, dP, <int> G, x, <int> I, 0, dWxh,
+             <int> I)
+        if dx != NULL:
+            # dx (T*B, I) (+)= dP (T*B, G) Wxh (G, I)
+            gemm(False, False, <int> TB, <int> I, <int> G, 1, dP, <int> G, Wxh, <int> I,
+                 0 if d == 0 else 1, dx, <int> I)
+
+
+# the gated cells' windowed BPTT loops, the ones the layer kernels of _gated.pyx run
+include "_gated_window.pxi"
+
+
+cdef void gated_backward_window(const StepArgs* a, const LayerArgs* p, floating* dout,
+                                floating* dP, floating* dR) noexcept nogil:
+    """Look-back windows (a.longest, a.windows) through a gated layer-direction: the layer
+    kernels' loop (_gated_window.pxi) over this direction's steps in its processing order (the
+    reverse direction's arrays reversed in place for it, and back). dout is consumed. Uses
+    depth (T, B, H), depth_next (T, B, 2G) and work[3:] (B, G) as workspaces."""
+    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, G = a.G, BH = B * H, BG = B * G
+    cdef bint reverse = p.reverse, lstm = a.cell == CELL_LSTM
+    cdef floating* hs = <floating*> p.hs
+    cdef floating* cs = <floating*> p.cs
+    cdef floating* gates = <floating*> p.gates
+    cdef floating* hn = <floating*> p.hn
+    cdef floating* G2 = <floating*> a.depth
+    cdef floating* dA = <floating*> a.depth_next
+    cdef floating* reach = <floating*> a.work + 3 * BH
+    if reverse:
+        reverse_steps(dout, T, BH)
+        reverse_steps(gates, T, BG)
+        if lstm:
+            reverse_steps(cs + BH, T + 1, BH)
+        else:
+            reverse_steps(hs + BH, T + 1, BH)
+            reverse_steps(hn, T, BH)
+    memset(dP, 0, T * BG * sizeof(floating))
+    memset(reach, 0, BG * sizeof(floating))
+    if lstm:
+        memset(G2, 0, T * BH * sizeof(floating))
+        memset(p.dc0, 0, BH * sizeof(floating))
+        lstm_backward_window_loop(cs + BH if reverse else cs, gates,
+                                  <const floating*> p.Whh, NULL, a.windows, a.longest, dout, G2,
+                                  dA, dP, reach, <floating*> p.dh0, <floating*> p.dc0, T, B, H)
+    else:
+        memset(dR, 0, T * BG * sizeof(floating))
+        memset(p.dh0, 0, BH * sizeof(floating))
+        gru_backward_window_loop(hs + BH if reverse else hs, gates, hn, <const floating*> p.Whh,
+                                 NULL, a.windows, a.longest, dout, G2, dA, dA + T * BG, dP, dR,
+                                 reach, <floating*> p.dh0, T, B, H)
+    if reverse:
+        reverse_steps(dP, T, BG)
+        reverse_steps(gates, T, BG)
+        if lstm:
+            reverse_steps(cs + BH, T + 1, BH)
+        else:
+            reverse_steps(dR, T, BG)
+            reverse_steps(hs + BH, T + 1, BH)
+            reverse_steps(hn, T, BH)
+
+
 cdef void stack_step(StepArgs* a, floating scale) noexcept nogil:
     """One shard's training step; a.loss is its summed loss (`scale` scales dL/dz only)."""
     cdef Py_ssize_t TB = a.T * a.B, O = a.O, DH = a.D * a.H, l, d, t
@@ -445,7 +763,10 @@ cdef void stack_step(StepArgs* a, floating scale) noexcept nogil:
         memset(a.squares, 0, a.T * sizeof(double))
     for l in range(a.L - 1, -1, -1):
         for d in range(a.D):
-            layer_backward(a, l, d, <floating*> a.da)
+            if a.cell == CELL_ELMAN:
+                layer_backward(a, l, d, <floating*> a.da)
+            else:
+                gated_backward(a, l, d, <floating*> a.dout)
     if a.longest == 0:
         for t in range(a.T):
             grad_norms[t] = sqrt(a.squares[t])
@@ -547,6 +868,36 @@ def shard_count(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize
     return shards
 
 
+cdef void transpose_into(floating* dst, const floating* src, Py_ssize_t R,
+                         Py_ssize_t C) noexcept nogil:
+    """dst (C, R) = src (R, C)^T, by 16 x 16 blocks (both stay in cache)."""
+    cdef Py_ssize_t i0, j0, i, j, i1, j1
+    for i0 in range(0, R, 16):
+        i1 = min(R, i0 + 16)
+        for j0 in range(0, C, 16):
+            j1 = min(C, j0 + 16)
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    dst[j * R + i] = src[i * C + j]
+
+
+cdef object transposed_copy(W):
+    """A C-contiguous copy of W.T for a C-contiguous 2-D float array W: the same values as
+    np.ascontiguousarray(W.T), several times faster (NumPy copies a transpose element by
+    element, strided: 21 us for a (400, 100) float32 LSTM Whh, a tenth of a char-LM step)."""
+    cdef Py_ssize_t R = W.shape[0], C = W.shape[1]
+    out = empty((C, R), W.dtype)
+    cdef void* src = data(W)
+    cdef void* dst = data(out)
+    if W.dtype == np.float32:
+        with nogil:
+            transpose_into(<float*> dst, <const float*> src, R, C)
+    else:
+        with nogil:
+            transpose_into(<double*> dst, <const double*> src, R, C)
+    return out
+
+
 cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens):
     """Contiguous copies of Wxh^T and Whh^T for layer_forward, or None where not worth one.
     Whh^T serves from a batch of two on (a single row is a GEMV either way). For token ids,
@@ -554,14 +905,14 @@ cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens)
     many tokens as rows to transpose. For the whole-sequence products, from the size on which
     products may run on cyrnn's own kernel (which needs the untransposed operand); below it the
     copy costs more than it saves."""
-    cdef Py_ssize_t H = Whh.shape[0], I = Wxh.shape[1]
+    cdef Py_ssize_t G = Whh.shape[0], H = Whh.shape[1], I = Wxh.shape[1]
     # (for a batch of one only where a GEMV would be large enough for BLAS to thread it)
-    WhhT = (np.ascontiguousarray(Whh.T)
-            if B >= TRANSPOSE_MIN_BATCH or H * H > BLAS_GEMV_SINGLE_THREAD_MAX_WORK else None)
+    WhhT = (transposed_copy(Whh)
+            if B >= TRANSPOSE_MIN_BATCH or G * H > BLAS_GEMV_SINGLE_THREAD_MAX_WORK else None)
     if tokens:
-        WxhT = np.ascontiguousarray(Wxh.T) if I <= T * B else None
+        WxhT = transposed_copy(Wxh) if I <= T * B else None
     else:
-        WxhT = np.ascontiguousarray(Wxh.T) if T * B * I * H > BLAS_SINGLE_THREAD_MAX_WORK else None
+        WxhT = transposed_copy(Wxh) if T * B * I * G > BLAS_SINGLE_THREAD_MAX_WORK else None
     return WxhT, WhhT
 
 
@@ -571,40 +922,60 @@ cdef class Shard:
     # per layer-direction j: states (the reverse direction keeps h0 in a last block), weight
     # gradients; per layer l = 1 .. L-1 its inputs where not the states themselves (x[l - 1]);
     # dL/dx of the layers above the first, alternately (layer l writes dX[(l - 1) % 2])
-    cdef list hs, x, dX, dWxh, dWxhT, dWhh, dbh
+    # the gated cells' (empty lists and None for Elman): per layer-direction cs (LSTM), gates,
+    # xw and hn (GRU), dbhn (GRU); R, dout, dP, dR (GRU), dc0 (LSTM) as in StepArgs
+    cdef list hs, x, dX, dWxh, dWxhT, dWhh, dbh, cs, gates, xw, hn, dbhn
     cdef object top, z, layer_args, da, work, squares, grad_norms, depth, depth_next
-    cdef object dWhy, dby, dh0, dx
+    cdef object dWhy, dby, dh0, dx, R, dout, dP, dR, dc0
     cdef Py_ssize_t block, nbytes, B
 
     def __init__(self, bint step, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                  Py_ssize_t O, Py_ssize_t L, Py_ssize_t D, Py_ssize_t k, bint tokens,
-                 bint need_dWxhT, bint input_grad, bint masks, dtype):
-        cdef Py_ssize_t DH = D * H, j
+                 bint need_dWxhT, bint input_grad, bint masks, dtype, int cell=CELL_ELMAN):
+        cdef Py_ssize_t DH = D * H, j, LD = L * D
+        cdef Py_ssize_t G = H * (4 if cell == CELL_LSTM else 3 if cell == CELL_GRU else 1)
+        cdef bint lstm = cell == CELL_LSTM, gru = cell == CELL_GRU
         self.B = B
+        self.cs = [empty((T + 1 + j % D, B, H), dtype) for j in range(LD)] if lstm else []
+        self.gates = [empty((T, B, G), dtype) for j in range(LD)] if cell else []
+        self.xw = [empty((T, B, G), dtype) for j in range(LD)] if gru else []
+        self.hn = [empty((T, B, H), dtype) for j in range(LD)] if gru else []
+        self.R = empty((B, G), dtype) if gru else None
         self.hs = [empty((T + 1 + j % D, B, H), dtype) for j in range(L * D)]
         self.x = [empty((T, B, DH), dtype) if (D == 2 or masks) else None for j in range(L - 1)]
         self.top = empty((T, B, DH), dtype) if D == 2 else None
         self.z = empty((T * B, O), dtype) if step else empty((T, B, O), dtype)
         self.layer_args = np.zeros(L * D * sizeof(LayerArgs), dtype=np.uint8)
-        arrays = self.hs + self.x + [self.top, self.z]
+        arrays = self.hs + self.x + [self.top, self.z] + self.cs + self.gates + self.xw + self.hn
+        arrays.append(self.R)
+        self.dbhn = []
+        self.dout = self.dP = self.dR = self.dc0 = None
+        if step and cell:
+            self.dout = empty((T, B, H), dtype)
+            self.dP = empty((T, B, G), dtype)
+            self.dR = empty((T, B, G), dtype) if gru else None
+            self.dc0 = empty((LD, B, H), dtype) if lstm else None
+            self.dbhn = [empty((H,), dtype) for j in range(LD)] if gru else []
+            arrays += self.dbhn + [self.dout, self.dP, self.dR, self.dc0]
         if step:
             # BPTT by blocks of about BLOCK_ROWS (step, sequence) rows: large enough for
             # efficient GEMMs, small enough that da is a fraction of the states (a window
             # needs all T steps)
             self.block = T if k else min(T, max(1, (BLOCK_ROWS + B - 1) // B))
-            self.da = empty((self.block, B, H), dtype)
-            self.work = empty((2, B, H), dtype)
+            self.da = empty((self.block, B, H), dtype) if not cell else None
+            # gated: gh, gc, gb and (windows) a (B, G) block
+            self.work = empty((3 + (G // H if k else 0) if cell else 2, B, H), dtype)
             self.squares = np.empty(T)
             self.grad_norms = empty((T,), dtype)
             # the window's depth buffers (its dh0 accumulator uses `work`); none for full BPTT
             self.depth = empty((T, B, H), dtype) if k else None
-            self.depth_next = empty((T, B, H), dtype) if k else None
+            self.depth_next = empty((T, B, 2 * G if cell else H), dtype) if k else None
             self.dX = [empty((T, B, DH), dtype) for j in range(min(2, L - 1))]
-            self.dWxh = [empty((H, I if j < D else DH), dtype) for j in range(L * D)]
-            self.dWxhT = [empty((I, H), dtype) if need_dWxhT and j < D else None
+            self.dWxh = [empty((G, I if j < D else DH), dtype) for j in range(L * D)]
+            self.dWxhT = [empty((I, G), dtype) if need_dWxhT and j < D else None
                           for j in range(L * D)]
-            self.dWhh = [empty((H, H), dtype) for j in range(L * D)]
-            self.dbh = [empty((H,), dtype) for j in range(L * D)]
+            self.dWhh = [empty((G, H), dtype) for j in range(L * D)]
+            self.dbh = [empty((G,), dtype) for j in range(L * D)]
             self.dWhy = empty((O, DH), dtype)
             self.dby = empty((O,), dtype)
             self.dh0 = empty((L * D, B, H), dtype)
@@ -622,7 +993,7 @@ cdef inline void* at(object a, Py_ssize_t offset):
 
 cdef int fill_step(StepArgs* a, Shard buf, inputs, targets, h0, masks, layers, list transposed,
                    Why, WhyT, by, carry, windows, Py_ssize_t k, Py_ssize_t D, int code,
-                   double slope, double scale, int output) except -1:
+                   double slope, double scale, int output, int cell, c0) except -1:
     cdef bint tokens = inputs.dtype.kind in "iu", step = targets is not None
     cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], H = Why.shape[1] // D
     cdef Py_ssize_t L = len(layers) // D, j, l
@@ -647,6 +1018,8 @@ cdef int fill_step(StepArgs* a, Shard buf, inputs, targets, h0, masks, layers, l
     a.layers = <LayerArgs*> data(buf.layer_args)
     a.L, a.D, a.longest, a.T, a.B, a.H, a.O = L, D, k, T, B, H, Why.shape[0]
     a.code, a.slope, a.scale = code, slope, scale
+    a.cell, a.G = cell, layers[0][1].shape[0]
+    a.R, a.dout, a.dP, a.dR = data(buf.R), data(buf.dout), data(buf.dP), data(buf.dR)
     if step:
         # a forward pass has states and outputs only: the step's other buffers are for it
         a.da, a.work = data(buf.da), data(buf.work)
@@ -656,9 +1029,17 @@ cdef int fill_step(StepArgs* a, Shard buf, inputs, targets, h0, masks, layers, l
         a.block = buf.block
     for j in range(L * D):
         l = j // D
-        Wxh, Whh, bh = layers[j]
+        Wxh, Whh, bh = layers[j][0], layers[j][1], layers[j][2]
         WxhT, WhhT = transposed[j]
         p = &a.layers[j]
+        if cell:
+            p.gates = data(buf.gates[j])
+            if cell == CELL_LSTM:
+                p.c0, p.cs = at(c0, j * state_bytes), data(buf.cs[j])
+                p.dc0 = at(buf.dc0, j * state_bytes) if step else NULL
+            else:
+                p.bhn, p.xw, p.hn = data(layers[j][3]), data(buf.xw[j]), data(buf.hn[j])
+                p.dbhn = data(buf.dbhn[j]) if step else NULL
         p.Wxh, p.WxhT, p.Whh, p.WhhT, p.bh = data(Wxh), data(WxhT), data(Whh), data(WhhT), data(bh)
         p.h0 = at(h0, j * state_bytes)
         p.hs = data(hs[j])
@@ -680,7 +1061,7 @@ cdef int fill_step(StepArgs* a, Shard buf, inputs, targets, h0, masks, layers, l
 
 cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int code,
                        double slope, carry, Py_ssize_t k, windows, double scale, bint input_grad,
-                       int output, masks, threads):
+                       int output, masks, threads, int cell=CELL_ELMAN, c0=None):
     """Run a training step (or, with ``targets`` None, a forward pass) of a stack of layers
     over the batch in ``shard_count(...)`` shards of consecutive sequences, on at most
     ``threads`` threads. Returns ``(shards, loss)``: the shards' buffers (a list of Shard) and
@@ -695,7 +1076,7 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
     cdef int n_threads = 1 if shards == 1 else max(1, min(_threads.resolve(threads), shards))
     cdef list transposed = [transposed_weights(layers[j][0], layers[j][1], T, per,
                                                tokens and j < D) for j in range(LD)]
-    WhyT = (np.ascontiguousarray(Why.T)
+    WhyT = (transposed_copy(Why)
             if T * per * D * H * O > BLAS_SINGLE_THREAD_MAX_WORK else None)
     step_args = np.zeros(shards * sizeof(StepArgs), dtype=np.uint8)
     worker_args = np.zeros(MAX_SHARDS * sizeof(Worker), dtype=np.uint8)
@@ -706,16 +1087,16 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
     cdef double loss = 0
     # every shard's results and workspaces, kept for this thread's next call of the same sizes
     key = (targets is None, T, B, I, H, O, L, D, k, tokens, need_dWxhT, input_grad,
-           masks is not None, Why.dtype, shards)
+           masks is not None, Why.dtype, shards, cell)
     cdef list buffers = _workspace.get(key)
     cdef bint fresh = buffers is None
     if fresh:
         buffers = [Shard(targets is not None, T, per + (1 if s < extra else 0), I, H, O, L, D,
-                         k, tokens, need_dWxhT, input_grad, masks is not None, Why.dtype)
+                         k, tokens, need_dWxhT, input_grad, masks is not None, Why.dtype, cell)
                    for s in range(shards)]
     if shards == 1:
         fill_step(steps, buffers[0], inputs, targets, h0, masks, layers, transposed, Why, WhyT,
-                  by, carry, windows, k, D, code, slope, scale, output)
+                  by, carry, windows, k, D, code, slope, scale, output, cell, c0)
         with nogil:
             run_shards(steps, 1, workers, 1)
         loss = steps[0].loss
@@ -728,11 +1109,12 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
             part = (np.ascontiguousarray(inputs[:, b0:b1]),
                     None if targets is None else np.ascontiguousarray(targets[:, b0:b1]),
                     np.ascontiguousarray(h0[:, b0:b1]),
-                    None if masks is None else np.ascontiguousarray(masks[:, :, b0:b1]))
+                    None if masks is None else np.ascontiguousarray(masks[:, :, b0:b1]),
+                    None if c0 is None else np.ascontiguousarray(c0[:, b0:b1]))
             parts.append(part)
             fill_step(&steps[s], buffers[s], part[0], part[1], part[2], part[3], layers,
                       transposed, Why, WhyT, by, carry, windows, k, D, code, slope, scale,
-                      output)
+                      output, cell, part[4])
         with nogil:
             run_shards(steps, shards, workers, n_threads)
         for s in range(shards):
@@ -742,33 +1124,38 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
     return buffers, loss
 
 
-cdef object last_states(list bufs, Py_ssize_t T, Py_ssize_t D):
-    """h_last (L*D, B, H), a new array: each layer-direction's state after its last step (the
-    reverse direction's after step 0), the shards joined along the batch axis."""
+cdef object last_states(list bufs, Py_ssize_t T, Py_ssize_t D, bint cells=False):
+    """h_last (L*D, B, H) (with `cells`, an LSTM's c_last), a new array: each layer-direction's
+    state after its last step (the reverse direction's after step 0), the shards joined along
+    the batch axis."""
     cdef Shard first = bufs[0], buf
-    cdef Py_ssize_t LD = len(first.hs), B = 0, j, b0 = 0
-    a = first.hs[0]
+    cdef list states = first.cs if cells else first.hs
+    cdef Py_ssize_t LD = len(states), B = 0, j, b0 = 0
+    a = states[0]
     if len(bufs) == 1:
         out = empty((LD, a.shape[1], a.shape[2]), a.dtype)
         for j in range(LD):
-            out[j] = first.hs[j][1 if j % D else T]
+            out[j] = states[j][1 if j % D else T]
         return out
     for buf in bufs:
         B += buf.B
     out = empty((LD, B, a.shape[2]), a.dtype)
     for buf in bufs:
+        states = buf.cs if cells else buf.hs
         for j in range(LD):
-            out[j, b0:b0 + buf.B] = buf.hs[j][1 if j % D else T]
+            out[j, b0:b0 + buf.B] = states[j][1 if j % D else T]
         b0 += buf.B
     return out
 
 
 cdef tuple step_results(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int code,
                         double slope, carry, Py_ssize_t k, windows, bint cross_entropy,
-                        bint sum_reduction, bint input_grad, masks, threads):
-    """``_stack_step``'s work: ``(loss, layer_grads, dWhy, dby, dh0, dx, h_last, grad_norms)``,
-    every array new (the buffers are kept for the next call): sums over the shards in shard
-    order, the per-sequence results joined along the batch axis."""
+                        bint sum_reduction, bint input_grad, masks, threads,
+                        int cell=CELL_ELMAN, c0=None):
+    """``_stack_step``'s work: ``(loss, layer_grads, dWhy, dby, dh0, dx, h_last, grad_norms,
+    dc0, c_last)``, every array new (the buffers are kept for the next call): sums over the
+    shards in shard order, the per-sequence results joined along the batch axis. GRU's
+    layer_grads hold dbhn after dbh; dc0 and c_last are None but for LSTM."""
     cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], O = Why.shape[0], j
     cdef Py_ssize_t LD = len(layers)
     cdef double count = T * B if cross_entropy else T * B * O
@@ -776,24 +1163,33 @@ cdef tuple step_results(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int 
     cdef list bufs
     cdef double value
     bufs, value = run_sharded(inputs, targets, h0, layers, D, Why, by, code, slope, carry, k,
-                              windows, scale, input_grad, 0, masks, threads)
+                              windows, scale, input_grad, 0, masks, threads, cell, c0)
     if not sum_reduction:
         value /= count
     cdef Shard first = bufs[0], buf
     layer_grads = [[first.dWxh[j].copy(), first.dWhh[j].copy(), first.dbh[j].copy()]
                    for j in range(LD)]
+    if cell == CELL_GRU:
+        for j in range(LD):
+            layer_grads[j].append(first.dbhn[j].copy())
     dWhy, dby = first.dWhy.copy(), first.dby.copy()
+    dc0 = c_last = None
     if len(bufs) == 1:
         grad_norms = None if k else first.grad_norms.copy()
         dh0 = first.dh0.copy()
         dx = None if first.dx is None else first.dx.copy()
-        return (value, layer_grads, dWhy, dby, dh0, dx, last_states(bufs, T, D), grad_norms)
+        if cell == CELL_LSTM:
+            dc0, c_last = first.dc0.copy(), last_states(bufs, T, D, True)
+        return (value, layer_grads, dWhy, dby, dh0, dx, last_states(bufs, T, D), grad_norms,
+                dc0, c_last)
     for buf in bufs[1:]:
         for j in range(LD):
             g = layer_grads[j]
             g[0] += buf.dWxh[j]
             g[1] += buf.dWhh[j]
             g[2] += buf.dbh[j]
+            if cell == CELL_GRU:
+                g[3] += buf.dbhn[j]
         dWhy += buf.dWhy
         dby += buf.dby
     grad_norms = None
@@ -804,12 +1200,16 @@ cdef tuple step_results(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int 
         grad_norms = np.sqrt(squares)
     dh0 = np.concatenate([buf.dh0 for buf in bufs], axis=1)
     dx = None if first.dx is None else np.concatenate([buf.dx for buf in bufs], axis=1)
-    return (value, layer_grads, dWhy, dby, dh0, dx, last_states(bufs, T, D), grad_norms)
+    if cell == CELL_LSTM:
+        dc0 = np.concatenate([buf.dc0 for buf in bufs], axis=1)
+        c_last = last_states(bufs, T, D, True)
+    return (value, layer_grads, dWhy, dby, dh0, dx, last_states(bufs, T, D), grad_norms, dc0,
+            c_last)
 
 
 def _stack_step(inputs, targets, h0, layers, int num_directions, Why, by, int code,
                 double slope, carry, Py_ssize_t k, windows, bint cross_entropy,
-                bint sum_reduction, bint input_grad, masks, threads=None):
+                bint sum_reduction, bint input_grad, masks, threads=None, int cell=0, c0=None):
     """The training step of a stack of ``L = len(layers) / num_directions`` Elman layers with
     an output layer and a loss, on arguments already checked by the model: C-contiguous arrays
     of one float dtype, consistent shapes, ids in range. ``layers[l * D + d] = (Wxh, Whh,
@@ -818,30 +1218,42 @@ def _stack_step(inputs, targets, h0, layers, int num_directions, Why, by, int co
     sequences, on at most ``threads`` threads; the shards' gradients are summed in shard order,
     so the result is the same on any number. Returns ``(loss, grads, h_last, grad_norms)`` with
     ``grads = {"layers": [(dWxh, dWhh, dbh), ...], "Why", "by", "h0"[, "x"]}``; the NumPy twin
-    (``numpy_fused._stack_step``) is the specification."""
-    value, layer_grads, dWhy, dby, dh0, dx, h_last, grad_norms = step_results(
+    (``numpy_fused._stack_step``) is the specification.
+
+    Gated cells: ``cell`` 1 (LSTM, ``c0`` (L*D, B, H) required) or 2 (GRU, each ``layers[j] =
+    (Wxh, Whh, bh, bhn)``), weights of G = 4H or 3H rows (``code``, ``slope`` unused). Then
+    ``grads["layers"][j]`` has GRU's ``dbhn`` last, LSTM's ``grads["c0"]`` is there and
+    ``h_last`` is the pair ``(h_last, c_last)``."""
+    value, layer_grads, dWhy, dby, dh0, dx, h_last, grad_norms, dc0, c_last = step_results(
         inputs, targets, h0, layers, num_directions, Why, by, code, slope, carry, k, windows,
-        cross_entropy, sum_reduction, input_grad, masks, threads)
+        cross_entropy, sum_reduction, input_grad, masks, threads, cell, c0)
     grads = {"layers": [tuple(g) for g in layer_grads], "Why": dWhy, "by": dby, "h0": dh0}
     if dx is not None:
         grads["x"] = dx
+    if dc0 is not None:
+        grads["c0"] = dc0
+        h_last = (h_last, c_last)
     return value, grads, h_last, grad_norms
 
 
 def _stack_outputs(inputs, h0, layers, int num_directions, Why, by, int code, double slope,
-                   int out_code, threads=None):
+                   int out_code, threads=None, int cell=0, c0=None):
     """The forward pass of a stack (see ``_stack_step``): ``(y (T, B, O), h_last (L*D, B,
-    H))``, y = g(z) with out_code 0 linear, 1 softmax, 2 sigmoid."""
+    H))``, y = g(z) with out_code 0 linear, 1 softmax, 2 sigmoid; an LSTM's ``h_last`` is the
+    pair ``(h_last, c_last)``."""
     cdef Py_ssize_t T = inputs.shape[0]
     cdef list bufs
     cdef Shard buf
     bufs, _ = run_sharded(inputs, None, h0, layers, num_directions, Why, by, code, slope, None,
-                          0, None, 1.0, False, out_code, None, threads)
+                          0, None, 1.0, False, out_code, None, threads, cell, c0)
     # new arrays for the caller (the buffers are kept), the shards joined along the batch axis
     if len(bufs) == 1:
         y = (<Shard> bufs[0]).z.copy()
     else:
         y = np.concatenate([buf.z for buf in bufs], axis=1)
+    if cell == CELL_LSTM:
+        return y, (last_states(bufs, T, num_directions),
+                   last_states(bufs, T, num_directions, True))
     return y, last_states(bufs, T, num_directions)
 
 
@@ -867,7 +1279,7 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, int code, double slo
     """``elman_loss_and_grad`` on arguments already checked by ``_step_args`` (or by the model,
     which checks the same things once for its own messages): a stack of one layer in one
     direction (see ``_stack_step``)."""
-    value, layer_grads, dWhy, dby, dh0, dx, h_last, grad_norms = step_results(
+    value, layer_grads, dWhy, dby, dh0, dx, h_last, grad_norms, _, _ = step_results(
         inputs, targets, h0[None], ((Wxh, Whh, bh),), 1, Why, by, code, slope, carry, k, windows,
         cross_entropy, sum_reduction, input_grad, None, threads)
     dWxh, dWhh, dbh = layer_grads[0]

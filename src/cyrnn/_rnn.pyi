@@ -39,20 +39,23 @@ def shard_count(T: int, B: int, I: int, H: int, O: int, num_layers: int = 1,
                 num_directions: int = 1) -> int: ...
 
 
-# the private entry points, on arguments the model has checked
+# the private entry points, on arguments the model has checked. `cell`: 0 Elman, 1 LSTM (takes
+# c0; h_last is the pair (h_last, c_last); grads has "c0"), 2 GRU (layers[j] = (Wxh, Whh, bh,
+# bhn); grads["layers"][j] ends with dbhn); see numpy_fused._stack_step
 def _stack_step(
     inputs: npt.NDArray[Any], targets: npt.NDArray[Any], h0: FloatArray,
-    layers: tuple[tuple[FloatArray, FloatArray, FloatArray], ...], num_directions: int,
+    layers: tuple[tuple[FloatArray, ...], ...], num_directions: int,
     Why: FloatArray, by: FloatArray, code: int, slope: float, carry: Optional[FloatArray],
     k: int, windows: Optional[npt.NDArray[Any]], cross_entropy: bool, sum_reduction: bool,
     input_grad: bool, masks: Optional[FloatArray], threads: Optional[int] = None,
-) -> tuple[float, dict[str, Any], FloatArray, Optional[FloatArray]]: ...
+    cell: int = 0, c0: Optional[FloatArray] = None,
+) -> tuple[float, dict[str, Any], Any, Optional[FloatArray]]: ...
 def _stack_outputs(
     inputs: npt.NDArray[Any], h0: FloatArray,
-    layers: tuple[tuple[FloatArray, FloatArray, FloatArray], ...], num_directions: int,
+    layers: tuple[tuple[FloatArray, ...], ...], num_directions: int,
     Why: FloatArray, by: FloatArray, code: int, slope: float, out_code: int,
-    threads: Optional[int] = None,
-) -> tuple[FloatArray, FloatArray]: ...
+    threads: Optional[int] = None, cell: int = 0, c0: Optional[FloatArray] = None,
+) -> tuple[FloatArray, Any]: ...
 
 # the other private entry points and test hooks
 def __getattr__(name: str) -> Any: ...

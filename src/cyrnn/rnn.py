@@ -764,16 +764,17 @@ class RNN:
     # -----------------------------------------------------------------------------------------
 
     def _fusable(self, loss, batch, t_idx):
-        """Whether the whole step can run as one fused kernel call: an Elman cell, an output
-        layer, a loss on every step of every sequence, cross-entropy on logits or plain MSE."""
-        if (self._CELL != "elman" or self.output_size is None or t_idx is not None
-                or batch.lengths is not None):
+        """Whether the whole step can run as one fused kernel call: any cell (Elman, LSTM,
+        GRU), an output layer, a loss on every step of every sequence, cross-entropy on logits
+        or plain MSE."""
+        if self.output_size is None or t_idx is not None or batch.lengths is not None:
             return False
         return (loss == "cross_entropy" and self.output in ("softmax", "linear")) or (
             loss == "mse" and self.output == "linear")
 
     def _cells(self, weights):
-        """Each layer-direction's ``(Wxh, Whh, bh)``, in ``h0`` order."""
+        """Each layer-direction's ``(Wxh, Whh, bh)`` (GRU: ``(Wxh, Whh, bh, bhn)``), in ``h0``
+        order."""
         p, arch = weights[0], self.architecture
         return tuple(tuple(p[name] for name in arch.cell_names(j)) for j in range(arch.num_states))
 
@@ -788,6 +789,24 @@ class RNN:
         carry = _checks.carry_array(carry, T, self.dtype)
         longest, windows = (0, None) if window is None else _checks.window_sizes(window, T)
         flags = (loss == "cross_entropy", reduction == "sum", input_grad)
+        cell = ("elman", "lstm", "gru").index(self._CELL)  # the stack kernels' cell codes
+        if cell:
+            # the gated cells: the stack step for every depth (code and slope unused)
+            value, found, h_last, grad_norms = self._kernels._stack_step(
+                batch.inputs, target, batch.h0, self._cells(weights),
+                self.architecture.num_directions, p["Why"], p["by"], 0, 0.0, carry, longest,
+                windows, *flags, masks, self.threads, cell, batch.c0)
+            c_last = None
+            if cell == 1:
+                h_last, c_last = h_last
+            grads = {}
+            for j, cell_grads in enumerate(found["layers"]):
+                grads.update(zip(self.architecture.cell_names(j), cell_grads))
+            for name in ("Why", "by", "h0", "c0", "x"):
+                if name in found:
+                    grads[name] = found[name]
+            return types.SimpleNamespace(loss=value, h_last=h_last, c_last=c_last, grads=grads,
+                                         grad_norms=grad_norms)
         if self.architecture.num_states == 1:
             value, grads, h_last, grad_norms = self._kernels._elman_step(
                 batch.inputs, target, batch.h0[0], p["Wxh"], p["Whh"], p["bh"], p["Why"],
@@ -808,8 +827,15 @@ class RNN:
                                      grad_norms=grad_norms)
 
     def _fused_outputs(self, batch, weights):
-        """``(y, h_last (L*D, B, H))`` of a model with an output layer, in one kernel call."""
+        """``(y, h_last (L*D, B, H))`` of a model with an output layer, in one kernel call (an
+        LSTM's ``h_last`` the pair ``(h_last, c_last)``)."""
         p, nonlinearity, slope = weights
+        cell = ("elman", "lstm", "gru").index(self._CELL)  # the stack kernels' cell codes
+        if cell:
+            return self._kernels._stack_outputs(
+                batch.inputs, batch.h0, self._cells(weights), self.architecture.num_directions,
+                p["Why"], p["by"], 0, 0.0, losses.OUTPUTS.index(self.output), self.threads, cell,
+                batch.c0)
         if self.architecture.num_states == 1:
             y, h_last = self._kernels.elman_forward(
                 batch.inputs, batch.h0[0], p["Wxh"], p["Whh"], p["bh"], p["Why"], p["by"],

@@ -224,12 +224,23 @@ def _elman_step(inputs, targets, h0, Wxh, Whh, bh, Why, by, code, slope, carry, 
     return value, grads, hs[-1].copy(), grad_norms
 
 
-def _stack_weights(layers, num_directions, Why, by, code, slope):
+def _numpy_kernels():
+    """The NumPy backend's layer kernels (Elman and gated), which the stack twin composes."""
+    from . import get_backend
+    return get_backend("numpy")
+
+
+# the stack kernels' cell codes (argument ``cell``)
+STACK_CELLS = ("elman", "lstm", "gru")
+
+
+def _stack_weights(layers, num_directions, Why, by, code, slope, cell=0):
     """The architecture and the ``(params, nonlinearity, slope)`` snapshot that ``cyrnn.stack``
     composes, from a stack kernel's arguments."""
-    Wxh0, Whh0, _ = layers[0]
-    H, I = Wxh0.shape
-    arch = Architecture(I, H, Why.shape[0], len(layers) // num_directions, num_directions)
+    Wxh0, Whh0 = layers[0][:2]
+    H, I = Whh0.shape[1], Wxh0.shape[1]
+    arch = Architecture(I, H, Why.shape[0], len(layers) // num_directions, num_directions,
+                        cell=STACK_CELLS[cell])
     params = {}
     for j, cell in enumerate(layers):
         params.update(zip(arch.cell_names(j), cell))
@@ -239,16 +250,23 @@ def _stack_weights(layers, num_directions, Why, by, code, slope):
 
 def _stack_step(inputs, targets, h0, layers, num_directions, Why, by, code, slope, carry,
                 longest, windows, cross_entropy, sum_reduction, input_grad, masks, threads=None,
-                kern=numpy_backend):
+                cell=0, c0=None, kern=None):
     """A stack's training step on checked arguments (the twin of the compiled one).
 
     ``layers``: per layer-direction ``j = l*D + d`` its ``(Wxh, Whh, bh)``; ``h0`` (L*D, B, H);
     ``masks``: None or the dropout multipliers (L-1, T, B, D*H) of the layer outputs that feed
     the next layer; the rest as ``_elman_step``. Returns ``(loss, grads, h_last, grad_norms)``
     with ``grads = {"layers": [(dWxh, dWhh, dbh) per j], "Why", "by", "h0", "x"}``. ``kern``:
-    the layer kernels it composes (the NumPy ones).
+    the layer kernels it composes (None: the NumPy backend's).
+
+    ``cell``: 0 Elman, 1 LSTM, 2 GRU (``STACK_CELLS``; ``code`` and ``slope`` then unused).
+    The gated cells' weights have G = 4H (LSTM) or 3H (GRU) rows, PyTorch's gate order; GRU's
+    ``layers[j]`` is ``(Wxh, Whh, bh, bhn)`` and its ``grads["layers"][j]`` ends with ``dbhn``.
+    LSTM takes ``c0`` (L*D, B, H), adds ``grads["c0"]`` and returns ``h_last`` as the pair
+    ``(h_last, c_last)``.
     """
-    arch, weights = _stack_weights(layers, num_directions, Why, by, code, slope)
+    arch, weights = _stack_weights(layers, num_directions, Why, by, code, slope, cell)
+    kern = _numpy_kernels() if kern is None else kern
     T, B = inputs.shape[:2]
     result = stack.loss_and_grad(
         kern, arch, weights, inputs, h0,
@@ -256,18 +274,26 @@ def _stack_step(inputs, targets, h0, layers, num_directions, Why, by, code, slop
         loss="cross_entropy" if cross_entropy else "mse", output="linear",
         reduction="sum" if sum_reduction else "mean",
         window=(longest if windows is None else windows) if longest else None, carry=carry,
-        masks=masks, input_grad=input_grad)
+        masks=masks, input_grad=input_grad, c0=c0 if cell == 1 else None)
     g = result.grads
     grads = {"layers": [tuple(g[name] for name in arch.cell_names(j))
                         for j in range(arch.num_states)],
              "Why": g["Why"], "by": g["by"], "h0": g["h0"]}
     if "x" in g:
         grads["x"] = g["x"]
-    return result.loss, grads, result.h_last, result.grad_norms
+    h_last = result.h_last
+    if cell == 1:
+        grads["c0"] = g["c0"]
+        h_last = (h_last, result.c_last)
+    return result.loss, grads, h_last, result.grad_norms
 
 
 def _stack_outputs(inputs, h0, layers, num_directions, Why, by, code, slope, out_code,
-                   threads=None, kern=numpy_backend):
-    """A stack's outputs ``(y (T, B, O), h_last (L*D, B, H))`` on checked arguments."""
-    arch, weights = _stack_weights(layers, num_directions, Why, by, code, slope)
-    return stack.outputs(kern, arch, weights, inputs, h0, losses.OUTPUTS[out_code])[:2]
+                   threads=None, cell=0, c0=None, kern=None):
+    """A stack's outputs ``(y (T, B, O), h_last (L*D, B, H))`` on checked arguments (an LSTM's
+    ``h_last`` the pair ``(h_last, c_last)``; see ``_stack_step``)."""
+    arch, weights = _stack_weights(layers, num_directions, Why, by, code, slope, cell)
+    kern = _numpy_kernels() if kern is None else kern
+    y, h_last, c_last = stack.outputs(kern, arch, weights, inputs, h0, losses.OUTPUTS[out_code],
+                                      c0=c0 if cell == 1 else None)
+    return y, (h_last if cell != 1 else (h_last, c_last))
