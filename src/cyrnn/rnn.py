@@ -24,7 +24,7 @@ from typing import Any, Optional, TypeVar, Union, overload
 import numpy as np
 import numpy.typing as npt
 
-from . import _checks, interop, kernels, losses, stack, truncation
+from . import _checks, cells, interop, kernels, losses, stack, truncation
 from ._typing import (ArrayDict, BackendName, FloatArray, InitScheme, IntArray, LossName,
                       Nonlinearity, OutputName, Reduction, Seed, StrPath, TargetSteps)
 from .data import Vocabulary
@@ -306,16 +306,15 @@ class RNN:
         """
         weights = self.weights()
         batch = self._inputs(x, h0, lengths)
-        if self.output_size is not None and batch.lengths is None and self._CELL == "elman":
-            # the common case in one kernel call
+        if self.output_size is not None and batch.lengths is None:
+            # the common case in one kernel call (an LSTM's last states: the pair (h, c))
             y, h_last = self._fused_outputs(batch, weights)
+            h_last, c_last = h_last if isinstance(h_last, tuple) else (h_last, None)
         else:
             y, h_last, c_last = stack.outputs(self._kernels, self.architecture, weights,
                                               batch.inputs, batch.h0, self.output, batch.lengths,
                                               batch.c0)
-            if c_last is not None:
-                return self._to_user_layout(y, batch), self._states_out(h_last, c_last, batch)
-        return self._to_user_layout(y, batch), self._state_out(h_last, batch)
+        return self._to_user_layout(y, batch), self._states_out(h_last, c_last, batch)
 
     def loss_and_grad(
         self,
@@ -789,7 +788,7 @@ class RNN:
         carry = _checks.carry_array(carry, T, self.dtype)
         longest, windows = (0, None) if window is None else _checks.window_sizes(window, T)
         flags = (loss == "cross_entropy", reduction == "sum", input_grad)
-        cell = ("elman", "lstm", "gru").index(self._CELL)  # the stack kernels' cell codes
+        cell = cells.CELLS.index(self._CELL)  # the stack kernels' cell codes
         if cell:
             # the gated cells: the stack step for every depth (code and slope unused)
             value, found, h_last, grad_norms = self._kernels._stack_step(
@@ -830,7 +829,7 @@ class RNN:
         """``(y, h_last (L*D, B, H))`` of a model with an output layer, in one kernel call (an
         LSTM's ``h_last`` the pair ``(h_last, c_last)``)."""
         p, nonlinearity, slope = weights
-        cell = ("elman", "lstm", "gru").index(self._CELL)  # the stack kernels' cell codes
+        cell = cells.CELLS.index(self._CELL)  # the stack kernels' cell codes
         if cell:
             return self._kernels._stack_outputs(
                 batch.inputs, batch.h0, self._cells(weights), self.architecture.num_directions,
