@@ -595,3 +595,17 @@ def test_fit_many_gated_models_equals_serial(executor):
         assert [s["loss"] for s in history.steps] == [s["loss"] for s in ref_history.steps]
         for name, p in ref.params.items():
             assert model.params[name].tobytes() == p.tobytes(), name
+
+
+@pytest.mark.parametrize("cls", GATED, ids=GATED_IDS)
+def test_gradient_norms_and_decay(backend, cls):
+    from cyrnn.diagnostics import gradient_decay, gradient_norms
+
+    model = cls(3, 4, 3, num_layers=2, output="softmax", seed=0, backend=backend)
+    x = np.random.default_rng(0).integers(0, 3, (6, 2))
+    norms = gradient_norms(model, x, x, target_steps="last", truncate=TBPTT(3, 3))
+    assert norms.shape == (6,) and np.isfinite(norms).all()
+    decay = gradient_decay(model, 8, batch_size=4, seed=0)
+    assert decay.shape == (8,) and np.isfinite(decay).all()
+    assert decay[-1] == pytest.approx(1.0, rel=0.2)  # the unit error itself (plus layer 0's)
+    assert decay[0] < decay[-1]

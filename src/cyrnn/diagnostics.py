@@ -54,9 +54,12 @@ def gradient_decay(model: RNN, T: int, *, batch_size: int = 16, seed: Seed = Non
     the returned norms, normalised by ``||r||``, are then the norms of ``r^T dh_T/dh_t``: how
     much of a unit error ``T - t`` steps later reaches state ``t``.
 
+    For an LSTM the norms are those of the gradient reaching ``h_t`` (its cell state ``c_t``
+    carries the gradient too, and is not counted).
+
     Parameters
     ----------
-    model : cyrnn.RNN
+    model : cyrnn.RNN, cyrnn.LSTM or cyrnn.GRU
     T : int
     batch_size : int
     seed : int, optional
@@ -71,7 +74,8 @@ def gradient_decay(model: RNN, T: int, *, batch_size: int = 16, seed: Seed = Non
     x = rng.standard_normal((T, batch_size, model.input_size)).astype(model.dtype)
     weights = model.weights()
     h0 = np.zeros((arch.num_states, batch_size, arch.hidden_size), dtype=model.dtype)
-    fwd = stack.forward(model.kernels, arch, weights, x, h0)
+    c0 = np.zeros_like(h0) if "c" in arch.cell_type.states else None  # an LSTM's cell state
+    fwd = stack.forward(model.kernels, arch, weights, x, h0, c0=c0)
     r = rng.standard_normal((batch_size, arch.top_size)).astype(model.dtype)
     r /= np.linalg.norm(r)
     # the error on the last layer's states at the last step only (no output layer)
