@@ -603,7 +603,7 @@ def test_gradient_norms_and_decay(backend, cls):
 
     model = cls(3, 4, 3, num_layers=2, output="softmax", seed=0, backend=backend)
     x = np.random.default_rng(0).integers(0, 3, (6, 2))
-    norms = gradient_norms(model, x, x, target_steps="last", truncate=TBPTT(3, 3))
+    norms = gradient_norms(model, x, x[-1], target_steps="last", truncate=TBPTT(3, 3))
     assert norms.shape == (6,) and np.isfinite(norms).all()
     decay = gradient_decay(model, 8, batch_size=4, seed=0)
     assert decay.shape == (8,) and np.isfinite(decay).all()
