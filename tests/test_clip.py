@@ -56,7 +56,7 @@ def test_clipped_to_max_norm_when_above(dtype):
     for k in SHAPES:
         assert grads[k].dtype == dtype
         np.testing.assert_allclose(grads[k], before[k] * coef, rtol=1e-6 if dtype == np.float32 else 1e-14)
-    for k in INPUT_GRAD_KEYS:
+    for k in [k for k in INPUT_GRAD_KEYS if k in grads]:  # an Elman model has no c0
         np.testing.assert_array_equal(grads[k], before[k])
 
 
@@ -212,7 +212,7 @@ def test_clip_value(dtype):
         assert id(grads[k]) == ids[k] and grads[k].dtype == dtype
         np.testing.assert_array_equal(grads[k], np.clip(before[k], -1.5, 1.5))
         assert np.abs(grads[k]).max() == pytest.approx(1.5)  # scale 3: some entries were clipped
-    for k in INPUT_GRAD_KEYS:
+    for k in [k for k in INPUT_GRAD_KEYS if k in grads]:  # an Elman model has no c0
         np.testing.assert_array_equal(grads[k], before[k])
 
 

@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 
 import cyrnn
-from cyrnn import kernels
+from cyrnn import _checks, kernels
 
 from conftest import TOL
 
-NONLINEARITIES = ("tanh", "relu", "sigmoid", "leaky_relu", "identity")
+NONLINEARITIES = _checks.NONLINEARITIES  # every nonlinearity the library knows
 
 
 def _case(rng, dtype, tokens, loss, T=7, B=3, I=5, H=6, O=4):

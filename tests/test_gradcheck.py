@@ -17,7 +17,7 @@ import cyrnn
 from cyrnn import _checks
 from cyrnn.kernels import numpy_backend
 
-NONLINEARITIES = ("tanh", "relu", "sigmoid", "leaky_relu", "identity")
+NONLINEARITIES = _checks.NONLINEARITIES  # every nonlinearity the library knows
 # (output, loss) pairs: the three defaults, the logits forms, mse through a sigmoid, no output layer
 COMBOS = (
     ("softmax", "cross_entropy"),

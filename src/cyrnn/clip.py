@@ -18,7 +18,7 @@ from ._typing import FloatArray
 __all__ = ["INPUT_GRAD_KEYS", "grad_norm", "clip_grad_norm", "clip_grad_value"]
 
 #: Keys of ``loss_and_grad``'s gradients that belong to inputs, skipped when ``keys=None``.
-INPUT_GRAD_KEYS = ("h0", "x")
+INPUT_GRAD_KEYS = ("h0", "c0", "x")
 
 _CHUNK = 1 << 16  # elements per float64 block when summing squares of lower-precision arrays
 

@@ -200,6 +200,14 @@ def params_from_keras(layers: Any, dense: Any = None, *, cell: str = "elman") ->
                                  f"{kernel.shape} and {recurrent.shape}")
             H = recurrent.shape[0]
             G = len(gates) * H
+            if recurrent.shape != (H, G):
+                raise ValueError(f"{where}: recurrent_kernel expected shape (hidden_size, "
+                                 f"{len(gates)} * hidden_size) (the gates side by side in "
+                                 f"columns), got {recurrent.shape}")
+            if kernel.shape[1] != G:
+                raise ValueError(f"{where}: kernel expected shape (inputs, {G}) (the "
+                                 f"{len(gates)} gates of {H} units side by side in columns), "
+                                 f"got {kernel.shape}")
             if arch is None:
                 arch = Architecture(kernel.shape[0], H, None, len(layers), D, cell)
             n_in = arch.layer_input_size(layer)
