@@ -374,9 +374,6 @@ def test_grad_norm_counts_parameters_only(cls):
     assert history.steps[0]["grad_norm"] == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="cyrnn.clip.INPUT_GRAD_KEYS is ('h0', 'x'): an LSTM's "
-                   "'c0' counts as a parameter gradient in grad_norm/clip_grad_norm(keys=None) "
-                   "(clip.py is not this branch's; fit and the estimators filter it out)")
 def test_clip_skips_the_lstm_initial_cell_state_gradient():
     model = LSTM(3, 4, 3, output="softmax", seed=0)
     x = np.random.default_rng(0).integers(0, 3, (5, 2))
