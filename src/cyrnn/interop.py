@@ -200,14 +200,15 @@ def params_from_keras(layers: Any, dense: Any = None, *, cell: str = "elman") ->
                                  f"{kernel.shape} and {recurrent.shape}")
             H = recurrent.shape[0]
             G = len(gates) * H
-            if recurrent.shape != (H, G):
+            if recurrent.shape[0] == len(gates) * recurrent.shape[1] != recurrent.shape[1]:
                 raise ValueError(f"{where}: recurrent_kernel expected shape (hidden_size, "
-                                 f"{len(gates)} * hidden_size) (the gates side by side in "
-                                 f"columns), got {recurrent.shape}")
+                                 f"{len(gates)} * hidden_size), got {recurrent.shape}: "
+                                 f"transposed? (the gates side by side in columns)")
             if kernel.shape[1] != G:
-                raise ValueError(f"{where}: kernel expected shape (inputs, {G}) (the "
-                                 f"{len(gates)} gates of {H} units side by side in columns), "
-                                 f"got {kernel.shape}")
+                rows = "inputs" if kernel.shape[0] == G else kernel.shape[0]
+                raise ValueError(f"{where}: kernel expected shape ({rows}, {G}), got "
+                                 f"{kernel.shape} (the {len(gates)} gates of {H} units side by "
+                                 f"side in columns)")
             if arch is None:
                 arch = Architecture(kernel.shape[0], H, None, len(layers), D, cell)
             n_in = arch.layer_input_size(layer)
