@@ -2,6 +2,12 @@
 
     python bench/compare_report.py bench/compare.json [more.json ...] > bench/COMPARE.md
 
+The LSTM / GRU rows (``test_compare_gated``, ``test_gemm_limit_gated``) get a "Gated cells"
+section with its own targets; ``--gated-only`` renders that section alone (with the checks and
+the run details), for a run of ``-k gated``:
+
+    python bench/compare_report.py --gated-only bench/compare_gated.json > bench/GATED.md
+
 With several files (repeated runs on a noisy machine), each cell is the median of the runs'
 medians, taken over the runs in which other processes kept less than ``--max-foreign`` cores busy
 (``extra_info["foreign_cores"]``); a cell measured only under load is marked with ``*``.
@@ -14,11 +20,16 @@ import sys
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(__file__))
-from peers import CONFIGS, OPS, PEERS, STACK_CONFIGS, STACK_PEERS, flops, shape_of, stack_of  # noqa: E402
+from peers import (CELLS, CONFIGS, GATED_CONFIGS, GATED_PEERS, OPS, PEERS, STACK_CONFIGS,  # noqa: E402
+                   STACK_PEERS, flops, machine_limit_shape, shape_of, stack_of)
 
 RUN_COMMAND = (
     "PYTHONPATH=src env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
     "python -m pytest bench/test_compare.py -p no:cacheprovider --benchmark-json={path}"
+)
+GATED_RUN_COMMAND = (
+    "PYTHONPATH=src env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
+    "python -m pytest bench/test_compare.py -k gated -p no:cacheprovider --benchmark-json={path}"
 )
 
 INTRO = """\
@@ -292,10 +303,166 @@ def stacks_table(cells, threads):
     return lines
 
 
+GATED_INTRO = """\
+LSTM and GRU at the six configurations above (`bench/test_compare.py::test_compare_gated`, same
+timing, thread control and checks as the Elman tables): **cyrnn-cython** / **cyrnn-numpy**
+(`cyrnn.LSTM` / `cyrnn.GRU`, compiled and NumPy twin, `forward` and `loss_and_grad(...,
+input_grad=False)`); **torch** (`nn.LSTM` / `nn.GRU` + `nn.Linear`, the same identity embedding
+for tokens and the same losses as the Elman peer, `loss.backward()`, no `torch.compile`; on the
+CPU torch runs `nn.LSTM` through oneDNN's fused RNN primitive, forward and backward
+(`aten::mkldnn_rnn_layer` / `mkldnn_rnn_layer_backward` in torch's profiler), but `nn.GRU`
+through ATen's per-step cell ops, differentiated by autograd op by op: torch has no fused CPU GRU,
+so its GRU rows are the slower peer by construction); **jax** (one `lax.scan` over PyTorch's cell
+equations: LSTM gates `i, f, g, o`, `c = f*c + i*g`, `h = o*tanh(c)`; GRU gates `r, z, n`, linear
+before reset, `n = tanh(x W_in^T + b_in + r*(h W_hn^T + b_hn))`, `h = (1-z)*n + z*h`; input
+projection and head outside the scan, `jax.jit(jax.value_and_grad(...))`). All start from cyrnn's
+`seed=0` weights (`Wxh (G, I)`, `Whh (G, H)`, `bh (G,)`, GRU's `bhn (H,)`; torch's `bias_ih`
+carries `bh`, `bias_hh` is zero but for GRU's n-part, `bhn`); before timing, cyrnn is checked
+against torch and torch, JAX and the twin against cyrnn (loss 1e-4, every gradient 1e-3,
+outputs 1e-4, relative).
+
+FLOPs counted (matrix products only, the gates' elementwise work is not counted), with
+`G = 4H` (LSTM) or `3H` (GRU): forward `F = 2*T*B*(I*G + H*G + H*O)` (tokens: no `I*G`, a row
+gather), training step (forward+backward) `3*F - 2*T*B*I*G` (dense) or `3*F` (tokens), the same
+accounting as the Elman rows with `H` gate rows replaced by `G`. The **GEMM limit** is one NumPy
+float32 matmul `(T*B, H) x (H, G)` (`2*T*B*H*G` FLOPs) timed in the same run at the same thread
+count; **% of GEMM** is cyrnn's counted GFLOP/s (for the op of the row) over that matmul's
+GFLOP/s.
+"""
+
+# the gated targets (cyrnn-cython, training step = forward+backward, median)
+GATED_SPEED_TARGETS = {"charlm": 2.0, "small": 2.0, "long": 2.0, "charlm_batched": 1.3,
+                       "medium": 1.3, "large": 1.15}  # x the best peer at 1 thread
+GATED_GEMM_TARGETS = {"medium": 0.75, "large": 0.75}  # fraction of the GEMM limit at 1 thread
+GATED_TWIN_TARGETS = {"charlm": 4.0}  # x the NumPy twin at 1 thread
+
+
+def gemm_cell(cells, gconfig, threads):
+    return cells.get((gconfig, "matmul", "numpy-matmul", threads))
+
+
+def gemm_gflops(cells, gconfig, threads):
+    cell = gemm_cell(cells, gconfig, threads)
+    if cell is None:
+        return None
+    M, K, N = machine_limit_shape(gconfig)
+    return 2 * M * K * N / cell["median"] / 1e9
+
+
+def gated_table(cells, threads):
+    head = ["config", "cell", "op", *[f"{p} (ms)" for p in GATED_PEERS], "cython / best peer",
+            "cython / numpy twin", "cyrnn GFLOP/s", "GEMM (ms)", "GEMM GFLOP/s", "cyrnn % of GEMM"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for config in CONFIGS:
+        for cell_name in CELLS:
+            g_config = f"{config}_{cell_name}"
+            for op in OPS:
+                row = [config, cell_name.upper(), "training step" if op != "forward" else op]
+                row += [fmt_ms(cells.get((g_config, op, p, threads))) for p in GATED_PEERS]
+                cy = cells.get((g_config, op, "cyrnn-cython", threads))
+                best, name = best_peer(cells, g_config, op, threads)
+                row.append(f"{fmt_ratio(ratio(cy, best))} ({name})" if best else "-")
+                row.append(fmt_ratio(ratio(cy, cells.get((g_config, op, "cyrnn-numpy", threads)))))
+                g = gflops(cells, g_config, op, "cyrnn-cython", threads)
+                m = gemm_gflops(cells, g_config, threads)
+                row.append("-" if g is None else f"{g:.1f}")
+                row.append(fmt_ms(gemm_cell(cells, g_config, threads)))
+                row.append("-" if m is None else f"{m:.1f}")
+                row.append("-" if g is None or m is None else f"{100 * g / m:.0f}%")
+                lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def gated_twin_table(cells):
+    lines = ["| cell | op | threads | cyrnn-cython (ms) | cyrnn-numpy (ms) | cython / numpy twin |",
+             "|---|---|---|---|---|---|"]
+    for cell_name in CELLS:
+        g_config = f"charlm_{cell_name}"
+        for op in OPS:
+            for threads in THREAD_SETTINGS:
+                cy = cells.get((g_config, op, "cyrnn-cython", threads))
+                tw = cells.get((g_config, op, "cyrnn-numpy", threads))
+                if cy is None and tw is None:
+                    continue
+                lines.append(f"| {cell_name.upper()} | {op} | {threads} | {fmt_ms(cy)} | {fmt_ms(tw)} | "
+                             f"{fmt_ratio(ratio(cy, tw))} |")
+    return lines
+
+
+def gated_targets(cells):
+    fb = "forward+backward"
+    lines = ["| cell | target | measured | met |", "|---|---|---|---|"]
+    for cell_name in CELLS:
+        def add(text, value, ok):
+            lines.append(f"| {cell_name.upper()} | {text} | {value} | {'yes' if ok else 'no'} |")
+
+        for config, goal in GATED_SPEED_TARGETS.items():
+            g_config = f"{config}_{cell_name}"
+            cy = cells.get((g_config, fb, "cyrnn-cython", 1))
+            best, name = best_peer(cells, g_config, fb, 1)
+            r = ratio(cy, best)
+            if r is None:
+                add(f"{config}: >= {goal}x best peer (1 thread)", "not measured", False)
+            else:
+                add(f"{config}: >= {goal}x best peer (1 thread)", f"{r:.2f}x ({name})", r >= goal)
+        for config, goal in GATED_GEMM_TARGETS.items():
+            g_config = f"{config}_{cell_name}"
+            g, m = gflops(cells, g_config, fb, "cyrnn-cython", 1), gemm_gflops(cells, g_config, 1)
+            if g is None or m is None:
+                add(f"{config}: >= {goal:.0%} of the GEMM limit (1 thread)", "not measured", False)
+            else:
+                add(f"{config}: >= {goal:.0%} of the GEMM limit (1 thread)",
+                    f"{g / m:.0%} ({g:.1f} of {m:.1f} GFLOP/s)", g / m >= goal)
+        for op, what in ((fb, "training step"), ("forward", "forward (not a target, shown)")):
+            behind, seen = [], 0
+            for config in CONFIGS:
+                g_config = f"{config}_{cell_name}"
+                cy = cells.get((g_config, op, "cyrnn-cython", 2))
+                best, name = best_peer(cells, g_config, op, 2)
+                r = ratio(cy, best)
+                if r is None:
+                    continue
+                seen += 1
+                if r < 1:
+                    behind.append(f"{config} ({r:.2f}x vs {name})")
+            if not seen:
+                continue
+            text = "slower in: " + ", ".join(behind) if behind else f"none slower ({seen} configs)"
+            if op == fb:
+                add("never slower than the best peer at 2 threads (training step)", text, not behind)
+            else:
+                lines.append(f"| {cell_name.upper()} | {what}: never slower than the best peer at 2 threads "
+                             f"| {text} | {'(yes)' if not behind else '(no)'} |")
+        for config, goal in GATED_TWIN_TARGETS.items():
+            g_config = f"{config}_{cell_name}"
+            r = ratio(cells.get((g_config, fb, "cyrnn-cython", 1)), cells.get((g_config, fb, "cyrnn-numpy", 1)))
+            if r is None:
+                add(f"{config}: >= {goal}x the NumPy twin (1 thread)", "not measured", False)
+            else:
+                add(f"{config}: >= {goal}x the NumPy twin (1 thread)", f"{r:.2f}x", r >= goal)
+    return lines
+
+
+def gated_section(cells):
+    out = ["## Gated cells", "", GATED_INTRO]
+    for threads in THREAD_SETTINGS:
+        out += [f"### Gated cells, {thread_label(threads)}: median time (ms), cyrnn's ratios and "
+                "the GEMM limit", ""]
+        out += gated_table(cells, threads)
+        out.append("")
+    out += ["### Gated cells: cyrnn against its NumPy twin at charlm (B=1)", ""]
+    out += gated_twin_table(cells)
+    out += ["", "### Gated cells: targets (cyrnn-cython, training step = forward+backward, median; "
+            "best peer = faster of torch and jax)", ""]
+    out += gated_targets(cells)
+    out.append("")
+    return out
+
+
 def checks_table(meta):
     lines = ["| config | peer | loss rel. err. | worst gradient rel. err. | output rel. err. |",
              "|---|---|---|---|---|"]
-    for config in (*CONFIGS, *STACK_CONFIGS):
+    for config in (*CONFIGS, *STACK_CONFIGS, *GATED_CONFIGS):
         for peer in PEERS:
             check = meta["checks"].get((config, peer))
             if check is None:
@@ -311,6 +478,11 @@ def main(argv=None):
     parser.add_argument("json", nargs="+")
     parser.add_argument("--max-foreign", type=float, default=0.3,
                         help="runs with more cores busy elsewhere are used only when no other run exists")
+    parser.add_argument("--gated-only", action="store_true",
+                        help="only the LSTM / GRU section (for a run of pytest -k gated)")
+    parser.add_argument("--title", default="cyrnn's LSTM and GRU against PyTorch and JAX",
+                        help="heading of the --gated-only page")
+    parser.add_argument("--note", default="", help="a paragraph put under the --gated-only heading")
     args = parser.parse_args(argv)
     cells, meta = load(args.json, args.max_foreign)
     machine = meta["machine_info"] or {}
@@ -318,6 +490,21 @@ def main(argv=None):
     configs = "\n".join(
         f"| {name} | {c.B} | {c.T} | {f'{c.I} tokens' if c.tokens else c.I} | {c.H} | {c.O} |"
         for name, c in CONFIGS.items())
+    has_gated = any(key[0] in GATED_CONFIGS for key in cells)
+    if args.gated_only:
+        out = [f"# {args.title}", ""]
+        if args.note:
+            out += [args.note, ""]
+        out += ["| config | B | T | input | H | O |", "|---|---|---|---|---|---|", configs, ""]
+        out += gated_section(cells)
+        out += ["## Agreement with cyrnn (same weights, checked before timing)", "",
+                "Relative errors (Frobenius norm for arrays) against cyrnn's cython backend; cyrnn's own "
+                "row is against torch. A peer outside loss 1e-4, gradients 1e-3 or outputs 1e-4 "
+                "fails its test and is not timed.", ""]
+        out += checks_table(meta)
+        out += run_section(args, cells, meta, machine, versions, GATED_RUN_COMMAND, "--gated-only ")
+        print("\n".join(out))
+        return
     out = [INTRO.format(configs=configs), "## Results", ""]
     for threads in THREAD_SETTINGS:
         out += [f"### {thread_label(threads)}: median time (ms) and cyrnn's ratios", ""]
@@ -332,6 +519,8 @@ def main(argv=None):
             out += [f"### Stacks, {thread_label(threads)}: median time (ms) and cyrnn's ratios", ""]
             out += stacks_table(cells, threads)
             out.append("")
+    if has_gated:
+        out += gated_section(cells)
     out += ["## Targets (forward+backward, float32, median; best peer = faster of torch and jax)", ""]
     out += targets(cells)
     out += ["", "## Agreement with cyrnn (same weights, checked before timing)", "",
@@ -339,6 +528,12 @@ def main(argv=None):
             "row is against the naive loop (against torch for the stacks). A peer outside loss 1e-4, gradients 1e-3 or outputs 1e-4 "
             "fails its test and is not timed.", ""]
     out += checks_table(meta)
+    out += run_section(args, cells, meta, machine, versions, RUN_COMMAND, "")
+    print("\n".join(out))
+
+
+def run_section(args, cells, meta, machine, versions, run_command, report_flags):
+    out = []
     loaded = sorted((k for k, c in cells.items() if c["loaded"]), key=lambda k: tuple(map(str, k)))
     foreign = sorted(meta["foreign"])
     dropped = sum(f >= args.max_foreign for f in foreign) - sum(c["all_runs"] for c in cells.values() if c["loaded"])
@@ -392,11 +587,12 @@ def main(argv=None):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     paths = [os.path.relpath(p, repo) if os.path.abspath(p).startswith(repo + os.sep) else os.path.abspath(p)
              for p in args.json]
+    target = "bench/GATED.md" if report_flags else "bench/COMPARE.md"
     out += ["", "Reproduce (from the repository root, with the extension built in place: one pytest "
             "run per JSON file, run one after another, then this report):", "", "```bash",
-            *(RUN_COMMAND.format(path=p) for p in paths),
-            f"python bench/compare_report.py {' '.join(paths)} > bench/COMPARE.md", "```"]
-    print("\n".join(out))
+            *(run_command.format(path=p) for p in paths),
+            f"python bench/compare_report.py {report_flags}{' '.join(paths)} > {target}", "```"]
+    return out
 
 
 if __name__ == "__main__":

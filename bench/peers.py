@@ -11,7 +11,15 @@ Every peer computes, in float32, for one configuration ``(B, T, I or V tokens, H
   ``cyrnn.RNN.loss_and_grad(..., input_grad=False)`` returns (cyrnn also returns ``dL/dh0``;
   the gradient of dense inputs is switched off, as the peers compute parameter gradients only).
 
-All peers start from the same weights: those of ``cyrnn.RNN(..., seed=0)``.
+Gated cells (config names ``<config>_lstm`` / ``<config>_gru``, ``GATED_CONFIGS``): the same
+problem with ``cyrnn.LSTM`` / ``cyrnn.GRU`` (PyTorch's equations, gate orders and layouts),
+torch's ``nn.LSTM`` / ``nn.GRU`` and JAX ``lax.scan`` LSTM / GRU cells (GRU linear before reset:
+``n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))``); parameters ``Wxh (G, I)``, ``Whh (G, H)``,
+``bh (G,)`` (bias_ih + bias_hh; GRU: bias_ih alone for the n-part) and GRU's ``bhn (H,)``
+(bias_hh's n-part), ``G = 4H`` or ``3H``. The naive loop is Elman only.
+
+All peers start from the same weights: those of ``cyrnn.RNN(..., seed=0)`` (``cyrnn.LSTM`` /
+``cyrnn.GRU`` for the gated configs).
 ``Peer.check_forward()`` and ``Peer.check_forward_backward()`` run the peer once (untimed) and
 return its results as NumPy arrays keyed like cyrnn's, so the benchmark can compare them with
 cyrnn's before timing anything.
@@ -61,11 +69,33 @@ STACK_PEERS = ("cyrnn-cython", "torch", "jax")
 Stack = namedtuple("Stack", "base layers directions")
 _STACK_NAME = re.compile(r"^(?P<base>.+?)(?:_l(?P<layers>[0-9]+))?(?P<bi>_bi)?$")
 
+# gated cells: "<config>_lstm" / "<config>_gru" (and "<stack name>_lstm" ...), see cell_of
+CELLS = ("lstm", "gru")
+GATES = {"elman": 1, "lstm": 4, "gru": 3}
+GATED_CONFIGS = tuple(f"{config}_{cell}" for config in CONFIGS for cell in CELLS)
+GATED_PEERS = ("cyrnn-cython", "cyrnn-numpy", "torch", "jax")
+
+
+def cell_of(config):
+    """``(cell, name without the cell)``: ``"medium_lstm"`` is ``("lstm", "medium")``,
+    ``"medium"`` is ``("elman", "medium")``."""
+    for cell in CELLS:
+        if config.endswith("_" + cell):
+            return cell, config[:-len(cell) - 1]
+    return "elman", config
+
+
+def gate_size(config):
+    """Rows of ``Whh``: ``H`` (Elman), ``4H`` (LSTM), ``3H`` (GRU)."""
+    return GATES[cell_of(config)[0]] * shape_of(config).H
+
 
 def stack_of(config):
     """``Stack(base config name, layers L, directions D)`` of a config name: ``"medium"`` is
     ``("medium", 1, 1)``, ``"medium_l2"`` two layers, ``"medium_bi"`` one bidirectional layer,
-    ``"medium_l3_bi"`` three bidirectional layers."""
+    ``"medium_l3_bi"`` three bidirectional layers. A cell suffix (``_lstm``, ``_gru``) is
+    ignored here (``cell_of`` reads it)."""
+    config = cell_of(config)[1]
     if config in CONFIGS:
         return Stack(config, 1, 1)
     m = _STACK_NAME.match(config)
@@ -98,13 +128,16 @@ def layer_suffix(layer, direction):
 def param_shapes(config):
     """cyrnn's parameter names and shapes for ``config`` (the stacked API's layout)."""
     c, (_, L, D) = shape_of(config), stack_of(config)
+    cell, G = cell_of(config)[0], gate_size(config)
     shapes = {}
     for layer in range(L):
         for direction in range(D):
             sfx = layer_suffix(layer, direction)
-            shapes["Wxh" + sfx] = (c.H, c.I if layer == 0 else D * c.H)
-            shapes["Whh" + sfx] = (c.H, c.H)
-            shapes["bh" + sfx] = (c.H,)
+            shapes["Wxh" + sfx] = (G, c.I if layer == 0 else D * c.H)
+            shapes["Whh" + sfx] = (G, c.H)
+            shapes["bh" + sfx] = (G,)
+            if cell == "gru":
+                shapes["bhn" + sfx] = (c.H,)
     shapes.update(Why=(c.O, D * c.H), by=(c.O,))
     return shapes
 
@@ -114,9 +147,11 @@ def param_names(config):
 
 
 def torch_names(config):
-    """cyrnn parameter name -> ``nn.RNN`` / ``nn.Linear`` parameter name (``rnn.``/``fc.``
-    prefixed); ``bh`` maps to ``bias_ih`` (``bias_hh`` is held at zero)."""
+    """cyrnn parameter name -> ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` / ``nn.Linear`` parameter
+    name (``rnn.``/``fc.`` prefixed); ``bh`` maps to ``bias_ih`` (``bias_hh`` is held at zero),
+    GRU's ``bhn`` to ``bias_hh``, whose n-part (the last H entries) it is."""
     _, L, D = stack_of(config)
+    cell = cell_of(config)[0]
     names = {}
     for layer in range(L):
         for direction in range(D):
@@ -124,6 +159,8 @@ def torch_names(config):
             names["Wxh" + sfx] = "rnn.weight_ih" + tsfx
             names["Whh" + sfx] = "rnn.weight_hh" + tsfx
             names["bh" + sfx] = "rnn.bias_ih" + tsfx
+            if cell == "gru":
+                names["bhn" + sfx] = "rnn.bias_hh" + tsfx
     names.update(Why="fc.weight", by="fc.bias")
     return names
 
@@ -147,7 +184,8 @@ def make_model(config, backend="cython"):
     c, (_, L, D) = shape_of(config), stack_of(config)
     output = "softmax" if c.tokens else "linear"
     stack = {} if (L, D) == (1, 1) else {"num_layers": L, "bidirectional": D == 2}
-    model = cyrnn.RNN(c.I, c.H, c.O, output=output, dtype="float32", seed=0, backend=backend, **stack)
+    cls = {"elman": cyrnn.RNN, "lstm": cyrnn.LSTM, "gru": cyrnn.GRU}[cell_of(config)[0]]
+    model = cls(c.I, c.H, c.O, output=output, dtype="float32", seed=0, backend=backend, **stack)
     expected = param_shapes(config)
     found = {k: v.shape for k, v in model.params.items()}
     if found != expected:
@@ -174,12 +212,15 @@ def forward_flops(config):
     """Matrix-product FLOPs of the forward pass: ``2 T B (I H + H H + H O)``; token inputs are a
     row gather, so no ``I H`` term. A stack of ``L`` layers and ``D`` directions: each layer and
     direction ``2 T B (I_l H + H H)`` with ``I_0 = I`` (0 for tokens) and ``I_l = D H`` above,
-    and the head ``2 T B D H O``."""
+    and the head ``2 T B D H O``. Gated cells: ``G = 4H`` (LSTM) or ``3H`` (GRU) rows in place of
+    ``H`` in the recurrent layers, ``2 T B (I_l G + H G)`` per layer and direction (the gates'
+    elementwise work is not counted)."""
     c, (_, L, D) = shape_of(config), stack_of(config)
+    G = gate_size(config)
     total = 0
     for layer in range(L):
-        ih = (0 if c.tokens else c.I * c.H) if layer == 0 else D * c.H * c.H
-        total += D * (ih + c.H * c.H)
+        ih = (0 if c.tokens else c.I * G) if layer == 0 else D * c.H * G
+        total += D * (ih + c.H * G)
     return 2 * c.T * c.B * (total + D * c.H * c.O)
 
 
@@ -194,14 +235,16 @@ def flops(config, op):
     if op == "forward":
         return f
     c, D = shape_of(config), stack_of(config).directions
-    dx = 0 if c.tokens else 2 * c.T * c.B * c.I * c.H * D
+    dx = 0 if c.tokens else 2 * c.T * c.B * c.I * gate_size(config) * D
     return 3 * f - dx
 
 
 def machine_limit_shape(config):
-    """The (M, K) x (K, N) product of the machine-limit benchmark: (T*B, H) x (H, H)."""
+    """The (M, K) x (K, N) product of the machine-limit benchmark: (T*B, H) x (H, G), with
+    ``G = H`` for Elman cells (the original (H, H)), ``4H`` for LSTM, ``3H`` for GRU (the GEMM
+    limit of the gated rows)."""
     c = shape_of(config)
-    return c.T * c.B, c.H, c.H
+    return c.T * c.B, c.H, gate_size(config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,8 +451,13 @@ class TorchPeer(Peer):
                 self.embed.weight.copy_(torch.eye(c.I))
             self.embed.weight.requires_grad_(False)
         # time-major (T, B, I)
-        self.rnn = nn.RNN(c.I, c.H, num_layers=L, bidirectional=D == 2, nonlinearity="tanh",
-                          batch_first=False)
+        self.cell = cell_of(config)[0]
+        if self.cell == "elman":
+            self.rnn = nn.RNN(c.I, c.H, num_layers=L, bidirectional=D == 2, nonlinearity="tanh",
+                              batch_first=False)
+        else:  # torch's CPU nn.LSTM / nn.GRU (oneDNN where torch uses it)
+            kind = nn.LSTM if self.cell == "lstm" else nn.GRU
+            self.rnn = kind(c.I, c.H, num_layers=L, bidirectional=D == 2, batch_first=False)
         self.fc = nn.Linear(D * c.H, c.O)
         self.names = torch_names(config)
         modules = {"rnn.": self.rnn, "fc.": self.fc}
@@ -418,13 +466,19 @@ class TorchPeer(Peer):
             for param in self.rnn.parameters():
                 param.zero_()  # bias_hh_l*: PyTorch adds it to bias_ih, which carries bh
             for ours, theirs in self.names.items():
-                self.named[theirs].copy_(torch.from_numpy(np.asarray(params[ours], dtype=np.float32)))
+                self._view(ours, self.named[theirs]).copy_(
+                    torch.from_numpy(np.asarray(params[ours], dtype=np.float32)))
         x, target = make_data(config)
         self.x = torch.from_numpy(x)
         self.target = torch.from_numpy(target)
         if c.tokens:
             self.target_flat = self.target.reshape(-1)
         self.params = list(self.rnn.parameters()) + list(self.fc.parameters())
+
+    def _view(self, ours, tensor):
+        """The part of torch's ``tensor`` that is cyrnn's ``ours``: all of it, but for GRU's
+        ``bhn``, the n-part (last H entries) of ``bias_hh``."""
+        return tensor[2 * self.c.H:] if ours.startswith("bhn") else tensor
 
     def set_threads(self, threads):
         if threads == "default":
@@ -462,7 +516,8 @@ class TorchPeer(Peer):
 
     def check_forward_backward(self):
         loss = self.forward_backward()
-        return float(loss.item()), {ours: self.named[theirs].grad.numpy().copy()
+        # bh = bias_ih + bias_hh, so dL/dbh is bias_ih's gradient; GRU's bhn: bias_hh's n-part
+        return float(loss.item()), {ours: self._view(ours, self.named[theirs].grad).numpy().copy()
                                     for ours, theirs in self.names.items()}
 
 
@@ -487,15 +542,42 @@ class JaxPeer(Peer):
         self.x = jnp.asarray(x.astype(np.int32) if c.tokens else x)
         self.target = jnp.asarray(target.astype(np.int32) if c.tokens else target)
 
-        def scan(whh, xw, reverse):
-            whh_t = whh.T
+        cell = cell_of(config)[0]
+        H = c.H
 
-            def step(h, xw_t):
-                h = jnp.tanh(xw_t + h @ whh_t)
-                return h, h
+        def scan(p, sfx, xw, reverse):
+            whh_t = p["Whh" + sfx].T
+            h0 = jnp.zeros((c.B, H), jnp.float32)
+
+            if cell == "lstm":  # PyTorch's nn.LSTM, gates i, f, g, o
+                def step(carry, xw_t):
+                    h, cc = carry
+                    a = xw_t + h @ whh_t
+                    i, f = jax.nn.sigmoid(a[:, :H]), jax.nn.sigmoid(a[:, H:2 * H])
+                    g, o = jnp.tanh(a[:, 2 * H:3 * H]), jax.nn.sigmoid(a[:, 3 * H:])
+                    cc = f * cc + i * g
+                    h = o * jnp.tanh(cc)
+                    return (h, cc), h
+                init = (h0, h0)
+            elif cell == "gru":  # PyTorch's nn.GRU, gates r, z, n, linear before reset
+                bhn = p["bhn" + sfx]
+
+                def step(h, xw_t):
+                    a = h @ whh_t  # xw_t carries bias_ih (+ bias_hh for r, z)
+                    r = jax.nn.sigmoid(xw_t[:, :H] + a[:, :H])
+                    z = jax.nn.sigmoid(xw_t[:, H:2 * H] + a[:, H:2 * H])
+                    n = jnp.tanh(xw_t[:, 2 * H:] + r * (a[:, 2 * H:] + bhn))
+                    h = (1 - z) * n + z * h
+                    return h, h
+                init = h0
+            else:
+                def step(h, xw_t):
+                    h = jnp.tanh(xw_t + h @ whh_t)
+                    return h, h
+                init = h0
 
             # reverse=True runs from the last step to the first and stores each state at its step
-            _, hs = lax.scan(step, jnp.zeros((c.B, c.H), jnp.float32), xw, reverse=reverse)
+            _, hs = lax.scan(step, init, xw, reverse=reverse)
             return hs
 
         def logits(p, x):
@@ -509,7 +591,7 @@ class JaxPeer(Peer):
                         xw = jnp.take(wxh.T, x, axis=0) + bh  # (T, B, H)
                     else:
                         xw = inputs @ wxh.T + bh
-                    outs.append(scan(p["Whh" + sfx], xw, reverse=direction == 1))
+                    outs.append(scan(p, sfx, xw, reverse=direction == 1))
                 inputs = outs[0] if D == 1 else jnp.concatenate(outs, axis=-1)
             return inputs @ p["Why"].T + p["by"]
 
@@ -560,6 +642,8 @@ def build(peer, config):
     if peer == "cyrnn-numpy":
         return CyrnnPeer(config, "numpy")
     if peer == "naive-numpy":
+        if cell_of(config)[0] != "elman":
+            raise ValueError("the naive loop is an Elman RNN")
         return NaivePeer(config)
     if peer == "torch":
         return TorchPeer(config)

@@ -14,6 +14,17 @@ one layer), torch and JAX against cyrnn. Only these rows:
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m pytest bench/test_compare.py \
         -k test_compare_stack --benchmark-json=bench/compare_stack.json
 
+``test_compare_gated`` / ``test_gemm_limit_gated``: LSTM and GRU at the six configurations
+(``<config>_lstm`` / ``<config>_gru``: ``cyrnn.LSTM`` / ``cyrnn.GRU`` and their NumPy twins,
+torch's ``nn.LSTM`` / ``nn.GRU``, JAX ``lax.scan`` cells), forward and training step, THREADS;
+cyrnn is checked against torch, torch, JAX and the twin against cyrnn. The GEMM limit is one
+float32 ``(T*B, H) x (H, G)`` NumPy matmul (G = 4H or 3H) at the same thread count. Only these
+rows (``-k "gated and lstm"`` / ``-k "gated and gru"`` for one cell):
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m pytest bench/test_compare.py \
+        -k gated --benchmark-json=bench/compare_gated.json
+    python bench/compare_report.py --gated-only bench/compare_gated.json > bench/GATED.md
+
 Run (see bench/COMPARE.md for the results and the exact command):
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m pytest bench/test_compare.py \
@@ -187,6 +198,10 @@ def test_compare(benchmark, blas_threads, config, peer, op):
         config_shape=peers.shape_of(config)._asdict(), stack=peers.stack_of(config)._asdict(),
         check=found, versions=_versions_once(),
     )
+    cell = peers.cell_of(config)[0]
+    if cell != "elman":
+        benchmark.extra_info.update(cell=cell, base_config=peers.cell_of(config)[1],
+                                    gate_size=peers.gate_size(config))
     fn = peer_obj.forward if op == "forward" else peer_obj.forward_backward
     skip = NAIVE_LIMIT if peer == "naive-numpy" else None
     with peers.peer_threads_context(peer, threads):
@@ -205,9 +220,30 @@ def test_compare_stack(benchmark, blas_threads, config, peer, op):
 
 
 @pytest.mark.parametrize("blas_threads", THREADS, indirect=True, ids=_ids(THREADS, "threads"))
+@pytest.mark.parametrize("op", peers.OPS)
+@pytest.mark.parametrize("peer", peers.GATED_PEERS)
+@pytest.mark.parametrize("cell", peers.CELLS)
+@pytest.mark.parametrize("config", list(peers.CONFIGS))
+def test_compare_gated(benchmark, blas_threads, config, cell, peer, op):
+    """The LSTM / GRU rows (config ``<config>_<cell>``): same measurement as ``test_compare``."""
+    test_compare(benchmark, blas_threads, f"{config}_{cell}", peer, op)
+
+
+@pytest.mark.parametrize("blas_threads", THREADS, indirect=True, ids=_ids(THREADS, "threads"))
+@pytest.mark.parametrize("cell", peers.CELLS)
+@pytest.mark.parametrize("config", list(peers.CONFIGS))
+def test_gemm_limit_gated(benchmark, blas_threads, config, cell):
+    """The GEMM limit of the gated rows: one NumPy float32 product (T*B, H) x (H, G), G = 4H
+    (LSTM) or 3H (GRU)."""
+    test_machine_limit(benchmark, blas_threads, f"{config}_{cell}")
+    benchmark.extra_info.update(cell=cell, base_config=config)
+
+
+@pytest.mark.parametrize("blas_threads", THREADS, indirect=True, ids=_ids(THREADS, "threads"))
 @pytest.mark.parametrize("config", list(peers.CONFIGS))
 def test_machine_limit(benchmark, blas_threads, config):
-    """One NumPy float32 product (T*B, H) x (H, H): what the BLAS reaches at this size."""
+    """One NumPy float32 product (T*B, H) x (H, H) (x (H, G) for a gated config name): what the
+    BLAS reaches at this size."""
     M, K, N = peers.machine_limit_shape(config)
     rng = np.random.default_rng(0)
     a = rng.standard_normal((M, K)).astype(np.float32)

@@ -64,6 +64,83 @@ def test_gradient_flow_plot_is_optional(tmp_path):
     assert out.stat().st_size > 1000
 
 
+def _final_table(stdout, first_column):
+    """The rows of the table after the header starting with ``first_column``: name -> numbers."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(first_column))
+    rows = {}
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        name, values = line[:10].strip(), line[10:].split()
+        rows[name] = [float(v) for v in values[:4] if v[0].isdigit() or v[0] in "-n"]
+    return rows
+
+
+def _curves(stdout):
+    """The per-epoch table (after its ``epoch`` header): model -> values over the epochs."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("epoch"))
+    names = [lines[start][5 + 10 * k:15 + 10 * k].strip()
+             for k in range((len(lines[start]) - 5) // 10)]
+    columns = {name: [] for name in names}
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        for name, value in zip(names, line.split()[1:]):
+            columns[name].append(float(value))
+    return columns
+
+
+MODELS = ["tanh RNN", "IRNN", "LSTM", "GRU"]
+
+
+def test_adding_example_compares_the_four_models():
+    """The table has the four models with finite MSEs; the baseline is printed; every model's
+    curve starts untrained (far above 1/6) and the trained LSTM and GRU come down to the
+    baseline's neighbourhood (the fast mode is too short to go far below it)."""
+    result = _run("adding.py")
+    assert result.returncode == 0, result.stderr
+    assert "MSE = 1/6 = 0.1667" in result.stdout
+    table = _final_table(result.stdout, "model")
+    assert list(table) == MODELS
+    for name, (params, mse, ratio, seconds) in table.items():
+        assert params > 0 and np.isfinite(mse) and mse == pytest.approx(ratio / 6, abs=1e-3)
+    curves = _curves(result.stdout)
+    assert list(curves) == MODELS and all(len(c) == 5 for c in curves.values())
+    for name in ("LSTM", "GRU"):
+        assert curves[name][-1] < curves[name][0] / 4 and curves[name][-1] < 0.2
+
+
+def test_copy_example_compares_the_four_models():
+    """The table has the four models with finite losses and recall fractions; the baseline
+    10 log 8 / (T + 20) is printed (T = 5 in the fast mode); the LSTM's loss went down from its
+    untrained value to within 15% of the baseline."""
+    import math
+
+    result = _run("copy_task.py")
+    assert result.returncode == 0, result.stderr
+    assert f"= {10 * math.log(8) / 25:.4f} nats per step" in result.stdout
+    table = _final_table(result.stdout, "model")
+    assert list(table) == MODELS
+    for name, (params, loss, ratio, recall) in table.items():
+        assert params > 0 and np.isfinite(loss) and 0 <= recall <= 1
+        assert ratio == pytest.approx(loss / (10 * math.log(8) / 25), abs=1e-3)
+    curves = _curves(result.stdout)
+    assert list(curves) == MODELS
+    lstm = curves["LSTM"]
+    assert lstm[-1] < lstm[0] / 2 and lstm[-1] < 1.15 * 10 * math.log(8) / 25
+
+
+@pytest.mark.parametrize("name", ["adding.py", "copy_task.py"])
+def test_gated_examples_plot_is_optional(name, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "curves.png"
+    result = _run(name, "--plot", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_size > 1000
+
+
 @pytest.mark.parametrize("backend_name", ["cython", "numpy"])
 def test_rnn_learns_the_sine_wave(backend_name):
     """Next-value prediction of a noisy sine (noise std 0.02, so MSE floor 4e-4): the validation
