@@ -797,9 +797,6 @@ def test_torch_dicts_with_the_wrong_gate_count():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason=(
-    "model.save() of an LSTM/GRU raises KeyError: 'nonlinearity' (_modelfile.file_config reads "
-    "every CONFIG_KEYS entry from config(), which gated models do not have)"))
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_save_and_load_round_trip(tmp_path, cell):
     model = CELLS[cell](I, H, O, num_layers=2, bidirectional=True, dtype="float64", seed=0)

@@ -13,12 +13,14 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import FunctionTransformer  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
-from cyrnn.sklearn import EXPECTED_FAILED_CHECKS, RNNClassifier, RNNRegressor  # noqa: E402
+from cyrnn.sklearn import (RNNClassifier, RNNRegressor,  # noqa: E402
+                           expected_failed_checks)
 
 
 @parametrize_with_checks(
-    [RNNClassifier(), RNNRegressor()],
-    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS[type(est).__name__])
+    [RNNClassifier(), RNNRegressor(), RNNClassifier(cell="lstm"), RNNRegressor(cell="lstm"),
+     RNNClassifier(cell="gru"), RNNRegressor(cell="gru")],
+    expected_failed_checks=expected_failed_checks)
 def test_sklearn_contract(estimator, check):
     check(estimator)
 
@@ -94,8 +96,9 @@ def test_bad_input(sequences):
         RNNClassifier().predict(X)
     with pytest.raises(NotFittedError):
         RNNRegressor().predict(X)
-    with pytest.raises(ValueError, match="cell: expected one of 'elman', got 'lstm'"):
-        RNNClassifier(cell="lstm").fit(X, y)
+    with pytest.raises(ValueError, match="cell: expected one of 'elman', 'lstm', 'gru', got "
+                                         "'peephole'"):
+        RNNClassifier(cell="peephole").fit(X, y)
     clf = RNNClassifier(max_iter=1).fit(X, y)
     with pytest.raises(ValueError, match="X has 2 features per step, but RNNClassifier is "
                                          "expecting 3"):

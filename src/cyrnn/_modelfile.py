@@ -11,6 +11,15 @@ only when its value differs from the 0.1 behaviour (1 layer, one direction, no d
 file of a single-layer model is exactly a 0.1 file; the reader fills in missing layer keys with
 those defaults, so 0.1 files load. A cyrnn 0.1 reader refuses a configuration with keys it does
 not know, so it refuses the file of a stack instead of loading it as one layer.
+
+The cell (``CELL_KEY``: ``"elman"``, ``"lstm"`` or ``"gru"``) is stored the same way: only when
+it is not ``"elman"``, so an Elman file is byte for byte what it was, and a 0.1 reader refuses
+the file of an LSTM or GRU (an unknown key) instead of loading its gate-stacked arrays as an
+Elman model. A gated cell has no nonlinearity of its own (its sigmoids and tanh are part of the
+cell), yet its file keeps every key of ``CONFIG_KEYS`` (every file has them) with the defaults
+``nonlinearity="tanh"``, ``negative_slope=0.01``; any other value is refused, on writing and on
+reading, as is ``init="identity"`` (an Elman initialisation): a file claiming a ``relu`` LSTM
+describes no model cyrnn has, and loading it silently as an ordinary LSTM would hide that.
 """
 import json
 import math
@@ -29,10 +38,12 @@ from . import losses, optim
 from ._checks import NONLINEARITIES
 from .data import Vocabulary
 from .init import INITS
+from . import cells
+from .cells import CELLS
 from .layers import Architecture
 
 __all__ = ["ModelFileError", "Contents", "write", "read", "FORMAT", "VERSION", "CONFIG_KEYS",
-           "LAYER_KEYS", "MAX_LAYERS"]
+           "LAYER_KEYS", "CELL_KEY", "GATED_DEFAULTS", "MAX_LAYERS"]
 
 FORMAT = "cyrnn-model"
 VERSION = 1
@@ -42,6 +53,10 @@ CONFIG_KEYS = ("input_size", "hidden_size", "output_size", "nonlinearity", "nega
                "output", "init", "dtype", "batch_first")
 #: The shape of a stack, with the value a file without the key stands for.
 LAYER_KEYS = {"num_layers": 1, "bidirectional": False, "dropout": 0.0}
+#: The recurrent cell (``cyrnn.cells.CELLS``); a file without the key holds an Elman model.
+CELL_KEY = "cell"
+#: What a gated cell's file holds for the Elman-only keys of ``CONFIG_KEYS``: their defaults.
+GATED_DEFAULTS = {"nonlinearity": "tanh", "negative_slope": 0.01}
 #: Most layers a file may describe: bounds the work of listing the members a configuration
 #: implies, which happens before the size of the arrays is checked against the file's.
 MAX_LAYERS = 1024
@@ -95,7 +110,7 @@ class ModelFileError(ValueError):
 class Contents(NamedTuple):
     """What a model file holds, checked."""
 
-    #: Every key of ``CONFIG_KEYS`` and ``LAYER_KEYS`` (the defaults filled in).
+    #: Every key of ``CONFIG_KEYS``, ``LAYER_KEYS`` and ``CELL_KEY`` (the defaults filled in).
     config: dict
     #: Parameter arrays by name, in ``Architecture.param_shapes()`` order.
     params: dict
@@ -111,16 +126,30 @@ class Contents(NamedTuple):
 
 
 def architecture(config):
-    """The ``Architecture`` of a configuration (missing layer keys: their defaults)."""
+    """The ``Architecture`` of a configuration (missing layer and cell keys: their defaults)."""
     return Architecture(config["input_size"], config["hidden_size"], config["output_size"],
-                        config.get("num_layers", 1), 2 if config.get("bidirectional", False) else 1)
+                        config.get("num_layers", 1), 2 if config.get("bidirectional", False) else 1,
+                        config.get(CELL_KEY, "elman"))
 
 
 def file_config(config):
-    """The configuration a file stores, from a model's ``config()`` (or any mapping with the
-    keys of ``CONFIG_KEYS`` and optionally ``LAYER_KEYS``; other keys, such as ``backend`` and
-    ``threads``, are choices of the process that runs the model, not of the model, and are left
-    out). Layer keys at their default are left out (see the module docstring)."""
+    """The configuration a file stores, from a model's ``config()`` plus its ``cell`` (or any
+    mapping with the keys of ``CONFIG_KEYS`` and optionally ``LAYER_KEYS`` and ``CELL_KEY``; a
+    gated cell may leave out ``nonlinearity`` and ``negative_slope``, which its ``config()``
+    lacks; other keys, such as ``backend`` and ``threads``, are choices of the process that runs
+    the model, not of the model, and are left out). Layer keys at their default and the cell
+    ``"elman"`` are left out (see the module docstring)."""
+    cell = config.get(CELL_KEY, "elman")
+    if cell not in CELLS:
+        raise ValueError(f"cell: expected one of {', '.join(CELLS)}, got {cell!r}")
+    if cell != "elman":
+        for key, default in GATED_DEFAULTS.items():
+            if key in config and config[key] != default:
+                raise ValueError(f"{key}: a {cell} cell has none (its gates are part of the "
+                                 f"cell); expected {default!r} or no value, got {config[key]!r}")
+        if config.get("init") == "identity":
+            raise ValueError(f"init: 'identity' (IRNN) is for Elman cells, not {cell}")
+        config = {**GATED_DEFAULTS, **config}
     stored = {key: config[key] for key in CONFIG_KEYS}
     stored["dtype"] = np.dtype(stored["dtype"]).name
     stored["negative_slope"] = float(stored["negative_slope"])
@@ -132,7 +161,22 @@ def file_config(config):
               "bidirectional": bool(config.get("bidirectional", False)),
               "dropout": float(config.get("dropout", 0.0))}
     stored.update({key: value for key, value in values.items() if value != LAYER_KEYS[key]})
+    if cell != "elman":
+        stored[CELL_KEY] = cell
     return stored
+
+
+def _cell_of(config, params):
+    """The cell of a configuration without a ``cell`` key: from the rows of ``Whh`` (G, H), or
+    "elman" when they say nothing (the shape check of ``write`` then reports the problem)."""
+    Whh = params.get("Whh")
+    shape = np.shape(Whh) if Whh is not None else ()
+    if len(shape) == 2 and shape[1] == config.get("hidden_size"):
+        by_gates = {cells.get(name).gates: name for name in CELLS}
+        rows, H = shape
+        if rows % H == 0 and rows // H in by_gates:
+            return by_gates[rows // H]
+    return "elman"
 
 
 def write(path, config, params, *, vocab=None, optimizer_state=None, extra=None):
@@ -143,21 +187,29 @@ def write(path, config, params, *, vocab=None, optimizer_state=None, extra=None)
     path : str or os.PathLike
         Written as given (NumPy appends ``.npz`` when missing; this function does not).
     config : mapping
-        The model's configuration (``RNN.config()``), see ``file_config``.
+        The model's configuration (``RNN.config()``), see ``file_config``. Without a ``cell``
+        key the cell is the one the parameters' shapes imply (``config()`` does not name it:
+        ``Whh`` has ``H``, ``3H`` or ``4H`` rows for Elman, GRU or LSTM).
     params : mapping of str to ndarray
         Exactly the parameters the configuration implies (``Architecture.param_shapes()``),
-        stored in their own dtype.
+        with their shapes, stored in their own dtype.
     vocab : cyrnn.Vocabulary, optional
     optimizer_state : dict, optional
         ``Optimizer.state_dict()``.
     extra : dict, optional
         JSON-serializable user metadata.
     """
+    if CELL_KEY not in config:
+        config = {**config, CELL_KEY: _cell_of(config, params)}
     stored = file_config(config)
     shapes = architecture(stored).param_shapes()
     if set(params) != set(shapes):
         raise ValueError(f"params: expected {sorted(shapes)} for this configuration, got "
                          f"{sorted(params)}")
+    for name, shape in shapes.items():
+        if np.shape(params[name]) != shape:
+            raise ValueError(f"params[{name!r}]: expected shape {shape} for this "
+                             f"configuration, got {np.shape(params[name])}")
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -375,7 +427,7 @@ def _check_config(config, path):
     if not isinstance(config, dict):
         fail(f"expected a JSON object, got {_json_type(config)}")
     missing = [key for key in CONFIG_KEYS if key not in config]
-    unexpected = sorted(set(config) - set(CONFIG_KEYS) - set(LAYER_KEYS))
+    unexpected = sorted(set(config) - set(CONFIG_KEYS) - set(LAYER_KEYS) - {CELL_KEY})
     if missing or unexpected:
         fail(f"missing {missing}, unexpected {_shown(unexpected)}")
     for key in ("input_size", "hidden_size", "output_size"):
@@ -406,6 +458,17 @@ def _check_config(config, path):
     if type(dropout) not in (int, float) or not 0 <= dropout < 1:  # NaN fails too
         fail(f"dropout: expected a number in [0, 1), got {_shown(dropout)}")
     config["dropout"] = float(dropout)
+    # the cell (absent in files of cyrnn 0.1 and of Elman models)
+    cell = config.setdefault(CELL_KEY, "elman")
+    if not isinstance(cell, str) or cell not in CELLS:
+        fail(f"cell: expected one of {', '.join(CELLS)}, got {_shown(cell)}")
+    if cell != "elman":
+        for key, default in GATED_DEFAULTS.items():
+            if config[key] != default or type(config[key]) is not type(default):
+                fail(f"{key}: a {cell} cell has none; its file holds {default!r}, got "
+                     f"{_shown(config[key])}")
+        if config["init"] == "identity":
+            fail(f"init: 'identity' (IRNN) is for Elman cells, not {cell}")
     return config
 
 

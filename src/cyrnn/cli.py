@@ -1,7 +1,8 @@
 """The ``cyrnn`` command: ``demo``, ``train``, ``sample`` and ``info``.
 
     cyrnn demo                          train on the Zen of Python; print the loss and samples
-    cyrnn train TEXT_FILE [options]     a character-level language model; saves a checkpoint
+    cyrnn train TEXT_FILE [options]     a character-level language model (--cell elman, lstm or
+                                        gru); saves a checkpoint
     cyrnn sample MODEL [options]        generate text from a saved model
     cyrnn info                          backend, BLAS, SIMD code in use and version
 
@@ -21,7 +22,7 @@ from . import __version__, backend_info, optim
 from ._modelfile import MAX_LAYERS
 from .data import Vocabulary, train_val_split
 from .io import ModelFileError, load, load_checkpoint
-from .rnn import RNN
+from .rnn import GRU, LSTM, RNN
 from .train import Checkpoint, fit
 
 
@@ -95,8 +96,16 @@ _BIDIRECTIONAL_REFUSED = (
     "sequences, built in Python with cyrnn.RNN(..., bidirectional=True)")
 
 
+#: The model class of each ``--cell``.
+_CELLS = {"elman": RNN, "lstm": LSTM, "gru": GRU}
+
+
 @_stops_quietly_on_closed_output
 def train(args):
+    if args.nonlinearity is not None and args.cell != "elman":
+        print(f"cyrnn train: --nonlinearity is for --cell elman; the gates of --cell {args.cell} "
+              f"have their own functions (sigmoid and tanh)", file=sys.stderr)
+        return 2
     if args.bidirectional:
         print(_BIDIRECTIONAL_REFUSED, file=sys.stderr)
         return 2
@@ -113,9 +122,10 @@ def train(args):
     ids = vocab.encode(text)
     train_ids, val_ids = (train_val_split(ids, args.val_fraction) if args.val_fraction > 0
                           else (ids, None))
-    model = RNN(len(vocab), args.hidden, len(vocab), num_layers=args.num_layers,
-                dropout=args.dropout, nonlinearity=args.nonlinearity, output="softmax",
-                dtype=args.dtype, seed=args.seed, backend=args.backend)
+    options = {} if args.cell != "elman" else {"nonlinearity": args.nonlinearity or "tanh"}
+    model = _CELLS[args.cell](len(vocab), args.hidden, len(vocab), num_layers=args.num_layers,
+                              dropout=args.dropout, output="softmax", dtype=args.dtype,
+                              seed=args.seed, backend=args.backend, **options)
     model.vocab = vocab
     checkpoint = args.checkpoint or os.path.splitext(os.path.basename(args.text_file))[0] + ".npz"
     callbacks = [Checkpoint(checkpoint, best_only=val_ids is not None)]
@@ -176,7 +186,7 @@ def _dropout(text):
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="cyrnn", description="Elman RNNs trained by BPTT.")
+    parser = argparse.ArgumentParser(prog="cyrnn", description="Recurrent networks (Elman, LSTM, GRU) trained by BPTT.")
     parser.add_argument("--version", action="version", version=f"cyrnn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND",
                                 help="what to do; 'cyrnn COMMAND --help' describes its options")
@@ -212,9 +222,14 @@ def _parser():
     p.add_argument("--dropout", type=_dropout, default=0.0, metavar="P",
                    help="dropout on the outputs of every layer but the last, in training only "
                         "(in [0, 1); needs --num-layers 2 or more; default 0)")
-    p.add_argument("--nonlinearity", default="tanh",
+    p.add_argument("--cell", default="elman", choices=tuple(_CELLS),
+                   help="recurrent cell: elman (h = f(x Wxh + h Whh + b), cyrnn.RNN), lstm "
+                        "(long short-term memory, cyrnn.LSTM) or gru (gated recurrent unit, "
+                        "cyrnn.GRU); default elman")
+    p.add_argument("--nonlinearity", default=None,
                    choices=("tanh", "relu", "sigmoid", "leaky_relu", "identity"),
-                   help="hidden unit function (default tanh)")
+                   help="hidden unit function of an elman cell (default tanh); refused for "
+                        "lstm and gru, whose gates have their own")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                    help="floating-point precision of the weights (default float32)")
     p.add_argument("--epochs", type=int, default=10, help="passes over the text (default 10)")

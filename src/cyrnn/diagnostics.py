@@ -54,9 +54,12 @@ def gradient_decay(model: RNN, T: int, *, batch_size: int = 16, seed: Seed = Non
     the returned norms, normalised by ``||r||``, are then the norms of ``r^T dh_T/dh_t``: how
     much of a unit error ``T - t`` steps later reaches state ``t``.
 
+    For an LSTM the norms are those of the gradient reaching ``h_t`` (its cell state ``c_t``
+    carries the gradient too, and is not counted).
+
     Parameters
     ----------
-    model : cyrnn.RNN
+    model : cyrnn.RNN, cyrnn.LSTM or cyrnn.GRU
     T : int
     batch_size : int
     seed : int, optional
@@ -71,7 +74,8 @@ def gradient_decay(model: RNN, T: int, *, batch_size: int = 16, seed: Seed = Non
     x = rng.standard_normal((T, batch_size, model.input_size)).astype(model.dtype)
     weights = model.weights()
     h0 = np.zeros((arch.num_states, batch_size, arch.hidden_size), dtype=model.dtype)
-    fwd = stack.forward(model.kernels, arch, weights, x, h0)
+    c0 = np.zeros_like(h0) if "c" in arch.cell_type.states else None  # an LSTM's cell state
+    fwd = stack.forward(model.kernels, arch, weights, x, h0, c0=c0)
     r = rng.standard_normal((batch_size, arch.top_size)).astype(model.dtype)
     r /= np.linalg.norm(r)
     # the error on the last layer's states at the last step only (no output layer)
@@ -116,12 +120,14 @@ def gradient_check(model: RNN, x: npt.ArrayLike, target: npt.ArrayLike, *,
       truncation), in each direction's own processing order; the layers above read these
       states. A ``RandomizedTruncation`` is copied, so that the analytic gradient and the
       surrogate use the same draws (the one passed in is not advanced).
+      The states are those of the model's cell (an LSTM's ``h`` and ``c`` alike), stepped by
+      the backend's layer kernels (``rnn_forward``, ``lstm_forward``, ``gru_forward``).
     - dropout (a model with ``dropout > 0`` and several layers): pass ``dropout_seed``; every
       evaluation draws its masks from that same seed, so they are fixed.
 
     Parameters
     ----------
-    model : cyrnn.RNN
+    model : cyrnn.RNN, cyrnn.LSTM or cyrnn.GRU
     x, target : array-like
         As in ``loss_and_grad`` (dense inputs are cast to float64).
     eps : float, optional
@@ -134,7 +140,8 @@ def gradient_check(model: RNN, x: npt.ArrayLike, target: npt.ArrayLike, *,
     -------
     dict of str to float
         For every parameter, then ``"h0"`` (the gradient with respect to the initial states,
-        zeros when ``h0`` is not given) and, for dense inputs unless ``input_grad=False``,
+        zeros when ``h0`` is not given; for an LSTM also ``"c0"``, its initial cell states,
+        ``h0`` then being the pair ``(h0, c0)``) and, for dense inputs unless ``input_grad=False``,
         ``"x"``: ``max |a - n| / max(max |a|, max |n|)`` over the entries, where ``a`` is the
         analytic gradient and ``n`` the central difference (0 when both are zero). The error
         is relative to the largest entry of that gradient rather than entry by entry: entries
@@ -182,9 +189,15 @@ def gradient_check(model: RNN, x: npt.ArrayLike, target: npt.ArrayLike, *,
 
     _, grads, _ = checked.loss_and_grad(x, target, h0=h0, truncate=fresh(truncate),
                                         dropout_seed=fresh(seed), **args)
-    h0 = np.zeros_like(grads["h0"]) if h0 is None else np.array(h0, dtype=np.float64)
+    # the initial states (an LSTM's h0 and c0, each perturbed in place): zeros when not given
+    names = [f"{state}0" for state in checked.architecture.cell_type.states]
+    if h0 is None:
+        states = [np.zeros_like(grads[name]) for name in names]
+    else:  # the call above checked h0: an array, or an LSTM's pair
+        states = [np.array(a, dtype=np.float64) for a in (h0 if len(names) > 1 else (h0,))]
+    h0 = states[0] if len(states) == 1 else tuple(states)
     variables = dict(checked.params)  # the live arrays: perturbed in place
-    variables["h0"] = h0
+    variables.update(zip(names, states))
     if "x" in grads:
         variables["x"] = x
 
@@ -238,9 +251,12 @@ def _surrogate(model, x, target, h0, truncate, seed, args):
                                     positions, model.dtype, model.batch_first)
     masks = model.dropout_masks(batch.T, batch.B, seed)
     kern = model.kernels
-    # every layer-direction's states at the point of the check, held fixed by the truncation
-    fixed = [record.hs for record in stack.forward(kern, arch, model.weights(), batch.inputs,
-                                                   batch.h0, batch.lengths, masks).records]
+    # every layer-direction's states (an LSTM's h and c) at the point of the check, held fixed
+    # by the truncation
+    cell = arch.cell_type
+    fixed = [tuple(getattr(record, f"{state}s") for state in cell.states)
+             for record in stack.forward(kern, arch, model.weights(), batch.inputs, batch.h0,
+                                         batch.lengths, masks, c0=batch.c0).records]
     expected = model.loss_and_grad(x, target, h0=h0, truncate=None, dropout_seed=seed,
                                    **{**args, "input_grad": False})[0]
 
@@ -254,12 +270,13 @@ def _surrogate(model, x, target, h0, truncate, seed, args):
             outputs = []
             for d in range(arch.num_directions):
                 j = layer * arch.num_directions + d
-                Wxh, Whh, bh = (p[name] for name in arch.cell_names(j))
-                P = (Wxh.T.take(X, axis=0) if X.dtype.kind in "iu" else X @ Wxh.T) + bh
+                cell_params = tuple(p[name] for name in arch.cell_names(j))
+                P = stack._project(X, cell_params[0], cell_params[2])
                 if d:
                     P = reversal(P)
-                states = _truncated_states(kern, P, b.h0[j], Whh, fixed[j], window, carry,
-                                           b.lengths, nonlinearity, slope)
+                state0 = (b.h0[j],) if b.c0 is None else (b.h0[j], b.c0[j])
+                states = _truncated_states(kern, cell, P, state0, cell_params, fixed[j], window,
+                                           carry, b.lengths, (nonlinearity, slope))
                 outputs.append(reversal(states) if d else states)
             X = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)
             if masks is not None and layer < arch.num_layers - 1:
@@ -277,28 +294,35 @@ def _surrogate(model, x, target, h0, truncate, seed, args):
     return loss_value
 
 
-def _truncated_states(kern, P, h0, Whh, fixed, window, carry, lengths, nonlinearity, slope):
-    """One layer-direction's states (T, B, H), in its processing order, recomputed as a
-    truncation sees them: each from the fixed state ``window[t]`` steps earlier, or with each
-    step's entering state ``fixed + carry (h - fixed)``; steps run by the backend's kernel."""
+def _truncated_states(kern, cell, P, state0, cell_params, fixed, window, carry, lengths,
+                      activation):
+    """One layer-direction's output states h (T, B, H), in its processing order, recomputed as
+    a truncation sees them: each from the fixed state (every state of the cell: an LSTM's
+    ``h`` and ``c``) ``window[t]`` steps earlier, or with each step's entering state
+    ``fixed + carry (state - fixed)``; steps run by the cell's layer kernel
+    (``cyrnn.cells``)."""
     T = P.shape[0]
 
-    def run(segment, h, valid):
-        return kern.rnn_forward(np.ascontiguousarray(segment), np.ascontiguousarray(h), Whh,
-                                nonlinearity, negative_slope=slope, lengths=valid)[-1]
+    def run(segment, state, valid):
+        record = cell.forward(kern, np.ascontiguousarray(segment),
+                              tuple(np.ascontiguousarray(s) for s in state), cell_params, valid,
+                              activation)
+        return record.last
 
-    out = np.empty_like(P)
+    out = np.empty(P.shape[:2] + state0[0].shape[-1:], dtype=P.dtype)
     if window is not None:
         looks = np.broadcast_to(np.asarray(window), (T,))
         for t in range(T):
             start = t - int(looks[t]) + 1
-            first, h = (0, h0) if start < 0 else (start, fixed[start])
+            first, state = (0, state0) if start < 0 else (start, tuple(f[start] for f in fixed))
             valid = None if lengths is None else np.clip(lengths - first, 0, t + 1 - first)
-            out[t] = run(P[first:t + 1], h, valid)
+            out[t] = run(P[first:t + 1], state, valid)[0]
         return out
-    h = h0
+    state = state0
     for s in range(T):
-        entering = h if carry is None else fixed[s] + carry[s] * (h - fixed[s])
+        entering = state if carry is None else tuple(
+            f[s] + carry[s] * (h - f[s]) for f, h in zip(fixed, state))
         valid = None if lengths is None else np.clip(lengths - s, 0, 1)
-        h = out[s] = run(P[s:s + 1], entering, valid)
+        state = run(P[s:s + 1], entering, valid)
+        out[s] = state[0]
     return out

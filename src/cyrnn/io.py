@@ -12,7 +12,12 @@ shape: ``num_layers``, ``bidirectional`` and ``dropout``. These three are stored
 differ from a single-layer unidirectional model without dropout, whose file is therefore exactly
 what cyrnn 0.1 wrote (and reads); a file without them is read as such a model, so files written
 by cyrnn 0.1 load. cyrnn 0.1 refuses a configuration with keys it does not know: it cannot
-mistake the file of a stack for a single layer. The parameters a configuration implies, with
+mistake the file of a stack for a single layer. The cell is stored the same way, as ``"cell":
+"lstm"`` or ``"gru"`` and never for Elman: an Elman file is unchanged, and cyrnn 0.1 refuses the
+file of an LSTM or GRU; ``load`` builds ``cyrnn.RNN``, ``cyrnn.LSTM`` or ``cyrnn.GRU`` (GRU files
+hold the extra parameters ``bhn``). A gated cell has no nonlinearity: its file holds the defaults
+``nonlinearity="tanh"`` and ``negative_slope=0.01``, and any other value is refused (as is
+``init="identity"``, an Elman initialisation). The parameters a configuration implies, with
 their names and shapes, are ``cyrnn.layers.Architecture(...).param_shapes()``.
 
 Loading treats the file as hostile. It opens the archive itself (not ``np.load``) and, before
@@ -47,7 +52,7 @@ a wrong type or size anywhere, non-finite values, ...) raises ``ModelFileError``
 """
 from . import _modelfile, kernels
 from ._modelfile import ModelFileError, _short
-from .rnn import RNN
+from .rnn import GRU, LSTM, RNN
 
 __all__ = ["ModelFileError", "save", "load", "load_checkpoint"]
 
@@ -55,6 +60,10 @@ FORMAT = _modelfile.FORMAT
 VERSION = _modelfile.VERSION
 #: The model options a file stores besides the shape (which the parameters' names give).
 _OPTIONS = ("dropout", "nonlinearity", "negative_slope", "output", "init", "dtype", "batch_first")
+#: The options of an Elman cell only: a gated cell's file holds their defaults.
+_ELMAN_OPTIONS = ("nonlinearity", "negative_slope")
+#: The class ``load`` builds for each cell of a file.
+MODEL_CLASSES = {"elman": RNN, "lstm": LSTM, "gru": GRU}
 
 
 def save(model, path, *, optimizer=None, extra=None):
@@ -62,7 +71,7 @@ def save(model, path, *, optimizer=None, extra=None):
 
     Parameters
     ----------
-    model : cyrnn.RNN
+    model : cyrnn.RNN, cyrnn.LSTM or cyrnn.GRU
     path : str or os.PathLike
         Written as given (NumPy appends ``.npz`` when missing; this function does not).
     optimizer : cyrnn.optim.Optimizer, optional
@@ -70,7 +79,8 @@ def save(model, path, *, optimizer=None, extra=None):
     extra : dict, optional
         JSON-serializable user metadata (e.g. the epoch), returned by ``load_checkpoint``.
     """
-    _modelfile.write(path, model.config(), model.params, vocab=getattr(model, "vocab", None),
+    _modelfile.write(path, {**model.config(), "cell": model.architecture.cell}, model.params,
+                     vocab=getattr(model, "vocab", None),
                      optimizer_state=None if optimizer is None else optimizer.state_dict(),
                      extra=extra)
 
@@ -86,7 +96,8 @@ def load(path, *, backend=None):
 
     Returns
     -------
-    cyrnn.RNN
+    cyrnn.RNN, cyrnn.LSTM or cyrnn.GRU
+        The class of the file's cell (``"cell"`` in its configuration; Elman when absent).
 
     Raises
     ------
@@ -109,7 +120,7 @@ def load_checkpoint(path, *, backend=None):
 
     Returns
     -------
-    model : cyrnn.RNN
+    model : cyrnn.RNN, cyrnn.LSTM or cyrnn.GRU
     optimizer_state : dict or None
         In the form of ``Optimizer.state_dict()``; rebuild with
         ``cyrnn.optim.make_optimizer(state["type"], model.params, **state["config"])``
@@ -128,10 +139,12 @@ def load_checkpoint(path, *, backend=None):
     kernels.get_backend(backend)  # a bad argument is the caller's error, not the file's
     contents = _modelfile.read(path)
     config = contents.config
+    cls = MODEL_CLASSES[config["cell"]]
+    options = {key: config[key] for key in _OPTIONS
+               if cls is RNN or key not in _ELMAN_OPTIONS}  # a gated file holds their defaults
     try:
         # from_params copies the arrays; the layers and directions come from their names
-        model = RNN.from_params(contents.params, **{key: config[key] for key in _OPTIONS},
-                                backend=backend)
+        model = cls.from_params(contents.params, **options, backend=backend)
     except (TypeError, ValueError, KeyError) as exc:
         raise ModelFileError(path, f"invalid parameters: {_short(exc)}") from None
     except Exception as exc:  # anything else a hostile file could provoke

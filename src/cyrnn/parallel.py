@@ -17,6 +17,10 @@ the limit is taken once per process while any ``fit_many`` work runs in it, so c
 never race on it) and the model's own kernels get ``threads=1``. Each model's randomness comes from
 its own seed (initialisation, dropout) and ``fit``'s ``seed`` (shuffling), so the trained weights
 are bit-identical to a serial run, whatever the executor or the number of workers.
+
+The models may be ``cyrnn.RNN``, ``cyrnn.LSTM`` and ``cyrnn.GRU``, mixed: processes and Dask
+receive and return them pickled (``RNN.__getstate__``: the constructor arguments and the
+arrays; pickle records the class, so an LSTM comes back an LSTM).
 """
 from __future__ import annotations
 
@@ -52,7 +56,7 @@ def fit_many(
 
     Parameters
     ----------
-    models : sequence of cyrnn.RNN
+    models : sequence of cyrnn.RNN (LSTM and GRU included)
     data : dataset, or list of datasets
         One ``fit`` dataset (a token stream, or ``(inputs, targets[, lengths])``) that every model
         trains on, or a list with one dataset per model (e.g. a model per series). A ``list`` is
@@ -77,7 +81,7 @@ def fit_many(
 
     Returns
     -------
-    list of (cyrnn.RNN, cyrnn.History)
+    list of (model, cyrnn.History)
         In the order of ``models``. With threads, the models are the ones passed in (trained in
         place); with processes or Dask, trained copies (the ones passed in are unchanged).
 

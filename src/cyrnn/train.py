@@ -201,7 +201,7 @@ def fit(
 
     Parameters
     ----------
-    model : cyrnn.RNN
+    model : cyrnn.RNN, cyrnn.LSTM or cyrnn.GRU
     train : ndarray of int (N,), or tuple ``(inputs, targets)`` / ``(inputs, targets, lengths)``
         A token stream for language modelling (the target is the next token), cut into batches
         by ``partition``; or a dataset of sequences in the model's layout (time-major
@@ -215,9 +215,9 @@ def fit(
     batch_size, seq_len : int
         Sequences per batch; steps per batch (token streams only).
     partition : {"sequential", "random"}
-        Token streams: ``"sequential"`` carries the hidden state from batch to batch (for a
-        unidirectional model: a bidirectional one starts every chunk from zeros; the
-        gradient is cut between batches: chunked truncated BPTT), ``"random"`` shuffles
+        Token streams: ``"sequential"`` carries the hidden state from batch to batch (an
+        LSTM's pair ``(h, c)``; for a unidirectional model: a bidirectional one starts every
+        chunk from zeros; the gradient is cut between batches: chunked truncated BPTT), ``"random"`` shuffles
         independent subsequences and resets the state (see ``cyrnn.data``).
     optimizer : str or cyrnn.optim.Optimizer
         A name for ``cyrnn.optim.make_optimizer`` (with ``lr`` and ``weight_decay``), or an
@@ -294,6 +294,9 @@ def fit(
                     x, target, h0=h0, lengths=lengths, loss=loss_name, reduction=reduction,
                     target_steps=target_steps, truncate=truncate, input_grad=False,
                 )
+                # the parameters' gradients only: not those of the initial state (an LSTM's
+                # "c0" beside "h0"), which no update reads and no norm should count
+                grads = {name: g for name, g in grads.items() if name in model.params}
                 norm = clip_grad_norm(grads, clip_norm) if clip_norm else grad_norm(grads)
                 done += 1
                 record = {"step": done, "epoch": epoch, "loss": value, "grad_norm": norm,
