@@ -166,19 +166,6 @@ def file_config(config):
     return stored
 
 
-def _cell_of(config, params):
-    """The cell of a configuration without a ``cell`` key: from the rows of ``Whh`` (G, H), or
-    "elman" when they say nothing (the shape check of ``write`` then reports the problem)."""
-    Whh = params.get("Whh")
-    shape = np.shape(Whh) if Whh is not None else ()
-    if len(shape) == 2 and shape[1] == config.get("hidden_size"):
-        by_gates = {cells.get(name).gates: name for name in CELLS}
-        rows, H = shape
-        if rows % H == 0 and rows // H in by_gates:
-            return by_gates[rows // H]
-    return "elman"
-
-
 def write(path, config, params, *, vocab=None, optimizer_state=None, extra=None):
     """Write a model file.
 
@@ -187,9 +174,8 @@ def write(path, config, params, *, vocab=None, optimizer_state=None, extra=None)
     path : str or os.PathLike
         Written as given (NumPy appends ``.npz`` when missing; this function does not).
     config : mapping
-        The model's configuration (``RNN.config()``), see ``file_config``. Without a ``cell``
-        key the cell is the one the parameters' shapes imply (``config()`` does not name it:
-        ``Whh`` has ``H``, ``3H`` or ``4H`` rows for Elman, GRU or LSTM).
+        The model's configuration (``RNN.config()``) and its ``cell`` (``"elman"`` when not
+        given), see ``file_config``.
     params : mapping of str to ndarray
         Exactly the parameters the configuration implies (``Architecture.param_shapes()``),
         with their shapes, stored in their own dtype.
@@ -199,8 +185,7 @@ def write(path, config, params, *, vocab=None, optimizer_state=None, extra=None)
     extra : dict, optional
         JSON-serializable user metadata.
     """
-    if CELL_KEY not in config:
-        config = {**config, CELL_KEY: _cell_of(config, params)}
+    config = {CELL_KEY: "elman", **config}
     stored = file_config(config)
     shapes = architecture(stored).param_shapes()
     if set(params) != set(shapes):

@@ -644,7 +644,8 @@ class RNN:
         # files, imports this module; this module never imports cyrnn.io)
         from . import _modelfile
 
-        _modelfile.write(path, self.config(), self.params, vocab=self.vocab,
+        _modelfile.write(path, {**self.config(), "cell": self.architecture.cell}, self.params,
+                         vocab=self.vocab,
                          optimizer_state=None if optimizer is None else optimizer.state_dict(),
                          extra=extra)
 
