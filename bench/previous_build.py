@@ -40,6 +40,8 @@ def median_time(step, seconds=1.5, least=5):
 
 results = {}
 for name, c in CONFIGS.items():
+    if ONLY and name not in ONLY:
+        continue
     rng = np.random.default_rng(0)
     if c.tokens:
         x, y = rng.integers(0, c.I, (c.T, c.B)), rng.integers(0, c.O, (c.T, c.B))
@@ -56,10 +58,14 @@ print(json.dumps(results))
 """.replace("HERE", repr(HERE))
 
 
-def measure(src):
+def measure_script(only):
+    return MEASURE.replace("ONLY", repr(tuple(only)))
+
+
+def measure(src, only=()):
     env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
-    out = subprocess.run([sys.executable, "-c", MEASURE], env=env, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", measure_script(only)], env=env,
+                         capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
@@ -68,11 +74,12 @@ def main():
     parser.add_argument("previous", help="src/ of the earlier build (built in place)")
     parser.add_argument("current", help="src/ of this build (built in place)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--configs", nargs="*", default=(), help="only these (default: all)")
     args = parser.parse_args()
     runs = {"previous": [], "current": []}
     for _ in range(args.rounds):
         for label in ("previous", "current"):
-            runs[label].append(measure(getattr(args, label)))
+            runs[label].append(measure(getattr(args, label), args.configs))
     from threadpoolctl import threadpool_info
 
     print("# This build against the previous one: single-layer training step\n")

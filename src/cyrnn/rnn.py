@@ -780,9 +780,9 @@ class RNN:
 
     def _fused(self, batch, weights, target, loss, reduction, window, carry, input_grad, masks):
         """The training step for the common case, in one kernel call (same results as the
-        composition). The inputs and targets were checked by ``_checks.batch`` and ``loss_targets``, the
-        parameters by ``_weights``, so the kernel's own checks (a tenth of the time of a char-LM
-        step) are skipped."""
+        composition). The inputs and targets were checked by ``_checks.batch`` and
+        ``loss_targets``, the parameters by ``weights``, so the kernel's own checks (a tenth of
+        the time of a char-LM step) are skipped."""
         (p, nonlinearity, slope), T, B = weights, batch.T, batch.B
         code = _checks.NONLINEARITIES.index(nonlinearity)
         target = target.reshape((T, B) + target.shape[1:])
@@ -790,40 +790,29 @@ class RNN:
         longest, windows = (0, None) if window is None else _checks.window_sizes(window, T)
         flags = (loss == "cross_entropy", reduction == "sum", input_grad)
         cell = cells.CELLS.index(self._CELL)  # the stack kernels' cell codes
-        if cell:
-            # the gated cells: the stack step for every depth (code and slope unused)
-            value, found, h_last, grad_norms = self._kernels._stack_step(
-                batch.inputs, target, batch.h0, self._cells(weights),
-                self.architecture.num_directions, p["Why"], p["by"], 0, 0.0, carry, longest,
-                windows, *flags, masks, self.threads, cell, batch.c0)
-            c_last = None
-            if cell == 1:
-                h_last, c_last = h_last
-            grads = {}
-            for j, cell_grads in enumerate(found["layers"]):
-                grads.update(zip(self.architecture.cell_names(j), cell_grads))
-            for name in ("Why", "by", "h0", "c0", "x"):
-                if name in found:
-                    grads[name] = found[name]
-            return types.SimpleNamespace(loss=value, h_last=h_last, c_last=c_last, grads=grads,
-                                         grad_norms=grad_norms)
-        if self.architecture.num_states == 1:
+        if cell == 0 and self.architecture.num_states == 1:
             value, grads, h_last, grad_norms = self._kernels._elman_step(
                 batch.inputs, target, batch.h0[0], p["Wxh"], p["Whh"], p["bh"], p["Why"],
                 p["by"], code, slope, carry, longest, windows, *flags, self.threads)
             grads["h0"], h_last = grads["h0"][None], h_last[None]
-        else:
-            value, found, h_last, grad_norms = self._kernels._stack_step(
-                batch.inputs, target, batch.h0, self._cells(weights),
-                self.architecture.num_directions, p["Why"], p["by"], code, slope, carry,
-                longest, windows, *flags, masks, self.threads)
-            grads = {}
-            for j, cell in enumerate(found["layers"]):
-                grads.update(zip(self.architecture.cell_names(j), cell))
-            for name in ("Why", "by", "h0", "x"):
-                if name in found:
-                    grads[name] = found[name]
-        return types.SimpleNamespace(loss=value, h_last=h_last, grads=grads,
+            return types.SimpleNamespace(loss=value, h_last=h_last, grads=grads,
+                                         grad_norms=grad_norms)
+        if cell:
+            code, slope = 0, 0.0  # the gated cells' activations are their own
+        value, found, h_last, grad_norms = self._kernels._stack_step(
+            batch.inputs, target, batch.h0, self._cells(weights),
+            self.architecture.num_directions, p["Why"], p["by"], code, slope, carry, longest,
+            windows, *flags, masks, self.threads, cell, batch.c0)
+        c_last = None
+        if self._CELL == "lstm":
+            h_last, c_last = h_last
+        grads = {}
+        for j, cell_grads in enumerate(found["layers"]):
+            grads.update(zip(self.architecture.cell_names(j), cell_grads))
+        for name in ("Why", "by", "h0", "c0", "x"):
+            if name in found:
+                grads[name] = found[name]
+        return types.SimpleNamespace(loss=value, h_last=h_last, c_last=c_last, grads=grads,
                                      grad_norms=grad_norms)
 
     def _fused_outputs(self, batch, weights):
