@@ -32,6 +32,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from . import _checks
+
 CELLS = ("elman", "lstm", "gru")
 
 
@@ -46,6 +48,42 @@ class Cell:
     def extra_shapes(self, hidden_size: int) -> dict[str, tuple[int, ...]]:
         """Shapes of the cell's parameters beyond ``Wxh``, ``Whh`` and ``bh``."""
         return {}
+
+    @property
+    def code(self) -> int:
+        """The kernels' number of this cell (its index in ``CELLS``)."""
+        return CELLS.index(self.name)
+
+    # a normalized or regularized recurrence (cyrnn.norms): one kernel pair for every cell
+
+    def forward_with(self, kern: Any, P: np.ndarray, state0: tuple, cell_params: tuple,
+                     lengths: Optional[np.ndarray], activation: tuple,
+                     lay: Any) -> types.SimpleNamespace:
+        """``forward`` with the options ``lay`` of ``cyrnn.norms.regime`` (``cell_params``
+        holding the weight-dropped ``Whh``)."""
+        act = (_checks.NONLINEARITIES.index(activation[0]), activation[1])
+        c0 = state0[1] if len(state0) > 1 else None
+        bhn = cell_params[3] if len(cell_params) > 3 else None
+        rec = kern.recurrence_forward(
+            self.code, P, state0[0], c0, cell_params[1], bhn, act=act, norm=lay.norm,
+            gh=lay.gh, gc=lay.gc, bc=lay.bc, stats=lay.stats, rmask=lay.rmask, zh=lay.zh,
+            zc=lay.zc, lengths=lengths)
+        hs = rec["hs"]
+        last = (hs[-1],) if c0 is None else (hs[-1], rec["cs"][-1])
+        return types.SimpleNamespace(hs=hs, last=last, rec=rec)
+
+    def backward_with(self, kern: Any, record: types.SimpleNamespace, dh_out: np.ndarray,
+                      cell_params: tuple, lengths: Optional[np.ndarray], activation: tuple,
+                      lay: Any, carry: Optional[np.ndarray] = None) -> tuple:
+        """``backward`` through ``forward_with``: ``(dP, dR, dstate0, grad_norms, extra)``,
+        ``extra`` holding the gradients of the gains ``gh``, ``gc``, ``bc`` and GRU's
+        ``bhn``."""
+        act = (_checks.NONLINEARITIES.index(activation[0]), activation[1])
+        dP, dR, dh0, dc0, norms, extra = kern.recurrence_backward(
+            self.code, record.rec, dh_out, cell_params[1], act=act, norm=lay.norm, gh=lay.gh,
+            gc=lay.gc, bc=lay.bc, rmask=lay.rmask, zh=lay.zh, zc=lay.zc, lengths=lengths,
+            carry=carry)
+        return dP, dR, ((dh0,) if dc0 is None else (dh0, dc0)), norms, extra
 
 
 class Elman(Cell):

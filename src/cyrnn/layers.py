@@ -12,6 +12,11 @@ Parameter names: the first layer's forward direction keeps the names of a single
 (``Wxh``, ``Whh``, ``bh``); layer ``l > 0`` adds ``_l{l}`` and the reverse direction
 ``_reverse``, as PyTorch's ``weight_ih_l1_reverse``: ``Wxh_l1_reverse``. The output layer is
 ``Why (O, D*H)``, ``by (O,)``.
+
+A normalized recurrence (``norm="layer"`` or ``"batch"``, see ``cyrnn.norms``) adds per
+layer-direction the gains ``gx (G,)`` of the input term and ``gh (G,)`` of the recurrent term
+and, for the LSTM, the gain ``gc (H,)`` and bias ``bc (H,)`` of the cell state's normalization,
+with the same suffixes (``gx_l1_reverse``), after that layer-direction's other parameters.
 """
 from __future__ import annotations
 
@@ -29,6 +34,9 @@ from .cells import Cell
 from .init import init_gated, init_head, init_params
 
 CELL_PARAMS = ("Wxh", "Whh", "bh")
+NORM_PARAMS = ("gx", "gh")  # the LSTM adds NORM_CELL_PARAMS
+NORM_CELL_PARAMS = ("gc", "bc")
+NORMS = ("layer", "batch")
 HEAD_PARAMS = ("Why", "by")
 
 
@@ -46,6 +54,16 @@ class Architecture:
     num_layers: int = 1
     num_directions: int = 1
     cell: str = "elman"
+    norm: Optional[str] = None
+    recurrent_dropout: float = 0.0
+    zoneout: float = 0.0
+    weight_drop: float = 0.0
+
+    @property
+    def plain(self) -> bool:
+        """No normalization and no regularization inside the recurrence: the plain cell."""
+        return self.norm is None and not (self.recurrent_dropout or self.zoneout
+                                          or self.weight_drop)
 
     @property
     def cell_type(self) -> Cell:
@@ -88,6 +106,15 @@ class Architecture:
         s = self.suffix(j // self.num_directions, j % self.num_directions)
         return tuple(name + s for name in CELL_PARAMS + self.cell_type.extra_params)
 
+    def norm_names(self, j: int) -> tuple[str, ...]:
+        """Names of layer-direction ``j``'s normalization parameters: ``(gx, gh)`` and, for the
+        LSTM, ``(gc, bc)``; empty without a normalization."""
+        if self.norm is None:
+            return ()
+        s = self.suffix(j // self.num_directions, j % self.num_directions)
+        names = NORM_PARAMS + (NORM_CELL_PARAMS if self.cell == "lstm" else ())
+        return tuple(name + s for name in names)
+
     def param_shapes(self) -> Mapping[str, tuple[int, ...]]:
         """Name and shape of every parameter, in ``params`` order: each layer-direction's
         ``Wxh (H, in), Whh (H, H), bh (H,)``, then the output layer ``Why (O, D*H), by (O,)``
@@ -107,10 +134,22 @@ class Architecture:
             shapes[bh] = (G,)
             for name, shape in zip(more, extra.values()):
                 shapes[name] = shape
+            for name in self.norm_names(j):
+                shapes[name] = (G,) if name.startswith(NORM_PARAMS) else (H,)
         if self.output_size is not None:
             shapes["Why"] = (self.output_size, self.top_size)
             shapes["by"] = (self.output_size,)
         return shapes
+
+    def norm_init(self, j: int) -> dict[str, npt.NDArray[np.float64]]:
+        """Layer-direction ``j``'s normalization parameters as initialised (no random draw):
+        gains 1 for layer normalization (Ba et al.), 0.1 for batch normalization (Cooijmans et
+        al.), the cell-state bias ``bc`` 0."""
+        H, G = self.hidden_size, self.gate_size
+        gain = 1.0 if self.norm == "layer" else 0.1
+        sizes = {"gx": G, "gh": G, "gc": H, "bc": H}
+        return {name: np.full(sizes[name[:2]], 0.0 if name.startswith("bc") else gain)
+                for name in self.norm_names(j)}
 
     def init_params(self, scheme: str, rng: np.random.Generator) -> dict[str, npt.NDArray[np.float64]]:
         """Freshly drawn float64 parameters (``cyrnn.init.init_params`` per layer-direction).
@@ -121,7 +160,11 @@ class Architecture:
         """
         I, H, O = self.input_size, self.hidden_size, self.output_size
         if self.num_states == 1 and self.cell == "elman":
-            return init_params(scheme, I, H, O, rng)  # type: ignore[arg-type]
+            params = init_params(scheme, I, H, O, rng)  # type: ignore[arg-type]
+            if self.norm is None:
+                return params
+            head = {name: params.pop(name) for name in HEAD_PARAMS if name in params}
+            return params | self.norm_init(0) | head
         params: dict[str, npt.NDArray[np.float64]] = {}
         for j, layer, _ in self.layer_directions():
             n_in = self.layer_input_size(layer)
@@ -131,6 +174,7 @@ class Architecture:
                 drawn = init_gated(scheme, self.cell, n_in, H, rng)  # type: ignore[arg-type]
             for name, key in zip(self.cell_names(j), CELL_PARAMS + self.cell_type.extra_params):
                 params[name] = drawn[key]
+            params.update(self.norm_init(j))
         if O is not None:
             params["Why"], params["by"] = init_head(scheme, self.top_size, O, rng)  # type: ignore[arg-type]
         return params

@@ -24,12 +24,12 @@ from typing import Any, Optional, TypeVar, Union, overload
 import numpy as np
 import numpy.typing as npt
 
-from . import _checks, cells, interop, kernels, losses, stack, truncation
-from ._typing import (ArrayDict, BackendName, FloatArray, InitScheme, IntArray, LossName,
+from . import _checks, cells, interop, kernels, losses, norms, stack, truncation
+from ._typing import (ArrayDict, BackendName, FloatArray, InitScheme, IntArray, LossName, NormName,
                       Nonlinearity, OutputName, Reduction, Seed, StrPath, TargetSteps)
 from .data import Vocabulary
 from .init import INITS
-from .layers import Architecture
+from .layers import NORMS, Architecture
 from .optim import Optimizer
 from .truncation import Truncate
 
@@ -85,6 +85,20 @@ class RNN:
         Threads a call may use; ``None`` follows ``cyrnn.set_num_threads`` or the automatic
         choice (the CPUs available). Only the speed depends on it, never the results: see
         ``cyrnn.get_num_threads``. Settable later as ``model.threads``.
+    norm : {None, "layer", "batch"}
+        Normalize the input term and the recurrent term of every layer (and an LSTM's cell
+        state) at every step, each with its own gain: layer normalization (Ba et al. 2016) or
+        recurrent batch normalization with per-step statistics (Cooijmans et al. 2016). See
+        ``cyrnn.norms`` for the equations; the gains are parameters (``gx``, ``gh``, ``gc``,
+        ``bc``), batch normalization's running statistics are ``model.running``.
+    recurrent_dropout : float in [0, 1)
+        Variational dropout of ``h_{t-1}`` in the recurrent product (Gal & Ghahramani 2016): one
+        mask per sequence, reused at every step; training only.
+    zoneout : float in [0, 1)
+        Each unit of the state keeps its previous value with this probability at each step in
+        training (Krueger et al. 2016); the expectation at inference.
+    weight_drop : float in [0, 1)
+        DropConnect on ``Whh`` (Merity et al. 2017): one mask per call; training only.
 
     Attributes
     ----------
@@ -94,7 +108,12 @@ class RNN:
         layer, ``Why (O, D*H), by (O,)``, in the model dtype. Update them in place (optimizers
         do).
     generator : numpy.random.Generator
-        Source of the dropout masks.
+        Source of the dropout masks (and of the regularizers' masks).
+    running : dict of ndarray
+        With ``norm="batch"``: the running statistics per layer-direction and step
+        (``mean_x``, ``var_x`` (S, G), ``mean_h``, ``var_h`` (S, G), the LSTM's ``mean_c``,
+        ``var_c`` (S, H), suffixed as the parameters), S the longest sequence trained on;
+        updated by every training call, saved with the model, never seen by optimizers.
 
     Notes
     -----
@@ -141,23 +160,31 @@ class RNN:
         backend: Optional[BackendName] = None,
         batch_first: bool = False,
         threads: Optional[int] = None,
+        norm: Optional[NormName] = None,
+        recurrent_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        weight_drop: float = 0.0,
     ) -> None:
         self._configure(input_size, hidden_size, output_size, num_layers=num_layers,
                         bidirectional=bidirectional, dropout=dropout, nonlinearity=nonlinearity,
                         negative_slope=negative_slope, output=output, init=init, dtype=dtype,
-                        backend=backend, batch_first=batch_first, threads=threads)
+                        backend=backend, batch_first=batch_first, threads=threads, norm=norm,
+                        recurrent_dropout=recurrent_dropout, zoneout=zoneout,
+                        weight_drop=weight_drop)
         rng = np.random.default_rng(seed)
         drawn = self.architecture.init_params(init, rng)
         self.params = {name: np.ascontiguousarray(p, dtype=self.dtype) for name, p in drawn.items()}
         # the dropout masks: a stream of its own, so that dropout leaves the initialisation of a
         # seed unchanged
         self.generator = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])  # type: ignore[attr-defined]
+        self.running = norms.init_running(self.architecture, self.dtype)
         self.vocab = None  # a cyrnn.data.Vocabulary for character models: text in and out
 
     def _configure(self, input_size, hidden_size, output_size, *, num_layers=1,
                    bidirectional=False, dropout=0.0, nonlinearity="tanh", negative_slope=0.01,
                    output="linear", init="uniform", dtype="float32", backend=None,
-                   batch_first=False, threads=None):
+                   batch_first=False, threads=None, norm=None, recurrent_dropout=0.0,
+                   zoneout=0.0, weight_drop=0.0):
         """Check and set every attribute but the parameters and the generator."""
         self.threads = _checks.optional_positive_int("threads", threads)
         self.input_size = _checks.positive_int("input_size", input_size)
@@ -188,9 +215,16 @@ class RNN:
         self.batch_first = bool(batch_first)
         self._kernels = kernels.get_backend(backend)
         self.backend = self._kernels.name
+        if norm is not None and norm not in NORMS:
+            raise ValueError(f"norm: expected None, {', '.join(map(repr, NORMS))}, got {norm!r}")
+        self.norm = norm
+        self.recurrent_dropout = _checks.probability("recurrent_dropout", recurrent_dropout)
+        self.zoneout = _checks.probability("zoneout", zoneout)
+        self.weight_drop = _checks.probability("weight_drop", weight_drop)
         self._architecture = Architecture(self.input_size, self.hidden_size, self.output_size,
                                           self.num_layers, 2 if self.bidirectional else 1,
-                                          self._CELL)
+                                          self._CELL, norm, self.recurrent_dropout,
+                                          self.zoneout, self.weight_drop)
 
     @property
     def architecture(self) -> Architecture:
@@ -256,6 +290,7 @@ class RNN:
         shapes = model.architecture.param_shapes()
         model.params = {name: np.zeros(shape, dtype=model.dtype) for name, shape in shapes.items()}
         model.generator = np.random.default_rng()
+        model.running = norms.init_running(model.architecture, model.dtype)
         model.vocab = None
         model.set_params(arrays)
         return model
@@ -306,14 +341,15 @@ class RNN:
         """
         weights = self.weights()
         batch = self._inputs(x, h0, lengths)
-        if self.output_size is not None and batch.lengths is None:
+        regime = self._inference_regime(weights, batch.T, batch.B)
+        if self.output_size is not None and batch.lengths is None and regime is None:
             # the common case in one kernel call (an LSTM's last states: the pair (h, c))
             y, h_last = self._fused_outputs(batch, weights)
             h_last, c_last = h_last if isinstance(h_last, tuple) else (h_last, None)
         else:
             y, h_last, c_last = stack.outputs(self._kernels, self.architecture, weights,
                                               batch.inputs, batch.h0, self.output, batch.lengths,
-                                              batch.c0)
+                                              batch.c0, regime)
         return self._to_user_layout(y, batch), self._states_out(h_last, c_last, batch)
 
     def loss_and_grad(
@@ -421,17 +457,32 @@ class RNN:
         width = self.output_size if self.output_size is not None else self.architecture.top_size
         target = _checks.loss_targets(target, loss, self.output, width, batch, target_steps,
                                       (t_idx, b_idx), self.dtype, self.batch_first)
-        masks = self.dropout_masks(batch.T, batch.B, dropout_seed) if need_grads else None
+        arch = self.architecture
+        rng = self.generator if dropout_seed is None else np.random.default_rng(dropout_seed)
+        masks = self._dropout_masks(batch.T, batch.B, rng) if need_grads else None
+        regime = None
+        if not arch.plain:
+            if window is not None:
+                raise ValueError(
+                    "truncate: a look-back window (an int k, or TBPTT(k1, k2) with k2 != k1) is "
+                    "not available with norm, recurrent_dropout, zoneout or weight_drop; use "
+                    "full BPTT, TBPTT(k) or RandomizedTruncation")
+            if need_grads and arch.norm == "batch" and batch.B < 2:
+                raise ValueError("norm='batch': training needs at least 2 sequences per batch "
+                                 f"(batch statistics), got {batch.B}")
+            regime = norms.regime(arch, weights[0], batch.T, batch.B, self.dtype, need_grads,
+                                  rng, self.running)
 
-        if need_grads and self._fusable(loss, batch, t_idx):
+        if need_grads and regime is None and self._fusable(loss, batch, t_idx):
             result = self._fused(batch, weights, target, loss, reduction, window, carry,
                                  input_grad, masks)
         else:
             result = stack.loss_and_grad(
-                self._kernels, self.architecture, weights, batch.inputs, batch.h0, target,
+                self._kernels, arch, weights, batch.inputs, batch.h0, target,
                 loss=loss, output=self.output, reduction=reduction, lengths=batch.lengths,
                 positions=(t_idx, b_idx), window=window, carry=carry, masks=masks,
-                need_grads=need_grads, input_grad=input_grad, c0=batch.c0)
+                need_grads=need_grads, input_grad=input_grad, c0=batch.c0, regime=regime,
+                running=self.running if need_grads else None)
             if need_grads:  # in params order (BPTT found them from the top layer down)
                 grads = result.grads
                 result.grads = {name: grads[name] for name in (*weights[0], "h0", "c0", "x")
@@ -454,10 +505,13 @@ class RNN:
         sequences of ``steps`` steps applies, or None (no dropout, or a single layer): each
         layer output but the last's zeroed with probability ``dropout``, the rest scaled by
         ``1 / (1 - dropout)``, drawn from ``seed`` or else from ``self.generator``."""
+        rng = self.generator if seed is None else np.random.default_rng(seed)
+        return self._dropout_masks(steps, batch_size, rng)
+
+    def _dropout_masks(self, steps, batch_size, rng):
         arch, p = self.architecture, self.dropout
         if p == 0 or arch.num_layers == 1:
             return None
-        rng = self.generator if seed is None else np.random.default_rng(seed)
         keep = rng.random((arch.num_layers - 1, steps, batch_size, arch.top_size)) >= p
         return keep.astype(self.dtype) * self.dtype.type(1 / (1 - p))
 
@@ -473,6 +527,28 @@ class RNN:
     def sample(self, prime: Union[Sequence[int], IntArray], n: int, temperature: float = ...,
                top_k: Optional[int] = ..., seed: Seed = ...,
                h0: Optional[npt.ArrayLike] = ...) -> IntArray: ...
+
+    def _forward_at(self, x, h0, start):
+        """``forward`` of inputs that start at step ``start`` of their sequences (for the
+        per-step statistics of batch normalization)."""
+        if self.norm != "batch":
+            return self.forward(x, h0=h0)
+        weights = self.weights()
+        batch = self._inputs(x, h0, None)
+        y, h_last, c_last = stack.outputs(
+            self._kernels, self.architecture, weights, batch.inputs, batch.h0, self.output,
+            None, batch.c0, self._inference_regime(weights, batch.T, batch.B, start))
+        return self._to_user_layout(y, batch), self._states_out(h_last, c_last, batch)
+
+    def _inference_regime(self, weights, T, B, start=0):
+        """The recurrence options of an inference call (``cyrnn.norms.regime``), or None where
+        it runs the plain cell (no normalization, no zoneout: recurrent dropout and weight drop
+        act in training only)."""
+        arch = self.architecture
+        if arch.norm is None and not arch.zoneout:
+            return None
+        return norms.regime(arch, weights[0], T, B, self.dtype, False, None, self.running,
+                            start)
 
     def sample(self, prime: Union[str, Sequence[int], IntArray], n: int,
                temperature: float = 1.0, top_k: Optional[int] = None, seed: Seed = None,
@@ -534,10 +610,12 @@ class RNN:
         if ids.size > 1:
             # the prime but its last token, on the same snapshot of the weights
             fwd = stack.forward(self._kernels, self.architecture, weights, batch.tokens[:-1],
-                                state[0], c0=state[1])
+                                state[0], c0=state[1],
+                                regime=self._inference_regime(weights, ids.size - 1, 1))
             state = (fwd.h_last, fwd.c_last)
         uniforms = np.random.default_rng(seed).random(n)
-        if self.architecture.num_states == 1 and self._CELL == "elman":
+        plain = self._inference_regime(weights, 1, 1) is None
+        if self.architecture.num_states == 1 and self._CELL == "elman" and plain:
             p, nonlinearity, slope = weights
             out, _ = self._kernels.sample_tokens(
                 np.ascontiguousarray(p["Wxh"].T), p["bh"], p["Whh"], p["Why"], p["by"],
@@ -547,12 +625,13 @@ class RNN:
             )
         else:
             out = self._sample_stack(weights, state, int(batch.tokens[-1, 0]), uniforms,
-                                     temperature, top_k)
+                                     temperature, top_k, ids.size - 1)
         return self.vocab.decode(out) if as_text else out
 
-    def _sample_stack(self, weights, state, token, uniforms, temperature, top_k):
+    def _sample_stack(self, weights, state, token, uniforms, temperature, top_k, start=0):
         """``sample`` for a stack: one forward step of the whole stack per token, the draw as
-        ``sample_tokens`` makes it (``cyrnn.kernels.numpy_sample``)."""
+        ``sample_tokens`` makes it (``cyrnn.kernels.numpy_sample``); the first token is step
+        ``start`` (for per-step statistics)."""
         from .kernels import numpy_sample
 
         V = self.input_size
@@ -563,7 +642,8 @@ class RNN:
         for i, u in enumerate(uniforms):
             ids[0, 0] = token
             fwd = stack.forward(self._kernels, self.architecture, weights, ids, state[0],
-                                c0=state[1])
+                                c0=state[1], regime=self._inference_regime(weights, 1, 1,
+                                                                           start + i))
             z = stack.logits(self.architecture, weights, fwd.top)[0, 0]
             if not np.isfinite(z).all():
                 raise numpy_sample._nonfinite_logits(i)
@@ -628,9 +708,10 @@ class RNN:
         time_axis = 1 if (self.batch_first and y.ndim == 3) else 0
         last = np.take(y, [-1], axis=time_axis)
         predictions = []
-        for _ in range(n):
+        step = y.shape[time_axis]  # the step each prediction is fed in at
+        for i in range(n):
             predictions.append(last)
-            last, h = self.forward(last, h0=h)
+            last, h = self._forward_at(last, h, step + i)
         return np.concatenate(predictions, axis=time_axis)
 
     # -----------------------------------------------------------------------------------------
@@ -727,7 +808,7 @@ class RNN:
         (``save``/``cyrnn.load``) stays free of pickle; this is for shipping a live model
         between processes."""
         return {"config": self.config(), "params": self.params, "vocab": self.vocab,
-                "generator": self.generator}
+                "generator": self.generator, "running": self.running}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         config = dict(state["config"])
@@ -739,6 +820,7 @@ class RNN:
                                                  and a.flags.aligned):
                 params[name] = np.array(a, dtype=self.dtype, order="C")
         self.generator = state["generator"]
+        self.running = state.get("running") or norms.init_running(self.architecture, self.dtype)
         self.vocab = state["vocab"]
         self.weights()  # every array of the expected shape, dtype and layout, or a clear error
 
@@ -907,11 +989,16 @@ class _GatedRNN(RNN):
         backend: Optional[BackendName] = None,
         batch_first: bool = False,
         threads: Optional[int] = None,
+        norm: Optional[NormName] = None,
+        recurrent_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        weight_drop: float = 0.0,
     ) -> None:
         super().__init__(input_size, hidden_size, output_size, num_layers=num_layers,
                          bidirectional=bidirectional, dropout=dropout, output=output, init=init,
                          dtype=dtype, seed=seed, backend=backend, batch_first=batch_first,
-                         threads=threads)
+                         threads=threads, norm=norm, recurrent_dropout=recurrent_dropout,
+                         zoneout=zoneout, weight_drop=weight_drop)
 
 
 class LSTM(_GatedRNN):

@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import losses
+from . import losses, norms
 from ._typing import LossName, OutputName, Reduction
 from .layers import Architecture
 
@@ -67,26 +67,41 @@ def _cell(weights, arch, j):
 
 
 def _project(X, Wxh, bh):
-    """P (T, B, H) = X Wxh^T + bh: a row gather of Wxh^T for token ids (T, B), else one GEMM."""
+    """P (T, B, H) = X Wxh^T + bh (without ``bh`` for None): a row gather of Wxh^T for token ids
+    (T, B), else one GEMM."""
     if X.dtype.kind in "iu":
         P = Wxh.T.take(X, axis=0)
     else:
         T, B, n_in = X.shape
         # (T*B, H) = (T*B, in) (in, H)
         P = (X.reshape(T * B, n_in) @ Wxh.T).reshape(T, B, -1)
-    P += bh
+    if bh is not None:
+        P += bh
     return P
+
+
+def _regular_cell(params, lay):
+    """The cell parameters a normalized or regularized layer-direction runs with: ``Whh``
+    weight-dropped (``Whh * wmask``) in training."""
+    if lay.wmask is None:
+        return params
+    return (params[0], params[1] * lay.wmask) + params[2:]
 
 
 def forward(kern: Any, arch: Architecture, weights: tuple, inputs: np.ndarray, h0: np.ndarray,
             lengths: Optional[np.ndarray] = None, masks: Optional[np.ndarray] = None,
-            c0: Optional[np.ndarray] = None) -> types.SimpleNamespace:
+            c0: Optional[np.ndarray] = None, regime: Optional[list] = None,
+            running: Optional[dict] = None) -> types.SimpleNamespace:
     """States of every layer-direction for time-major ``inputs`` (T, B) ids or (T, B, I) values
     and ``h0`` (L*D, B, H) (and, for LSTM, the cell states ``c0`` (L*D, B, H)). Returns a
     namespace with ``inputs`` (each layer's input), ``records`` (each layer-direction's
     ``cyrnn.cells`` record, in its processing order: ``hs`` (T + 1, B, H) and what its backward
     pass needs), ``top`` (T, B, D*H) (the last layer's output), ``h_last`` and ``c_last``
-    (L*D, B, H) (None but for LSTM) and ``reversal``."""
+    (L*D, B, H) (None but for LSTM) and ``reversal``.
+
+    ``regime`` (``cyrnn.norms.regime``, None for the plain cells) holds each layer-direction's
+    normalization and regularization; with batch normalization in training, the running
+    statistics in ``running`` are updated in place."""
     _, nonlinearity, slope = weights
     T, B = inputs.shape[:2]
     D, cell = arch.num_directions, arch.cell_type
@@ -101,11 +116,23 @@ def forward(kern: Any, arch: Architecture, weights: tuple, inputs: np.ndarray, h
         for d in range(D):
             j = layer * D + d
             params = _cell(weights, arch, j)
-            P = _project(X, params[0], params[2])
+            lay = None if regime is None else regime[j]
+            P = _project(X, params[0], params[2] if lay is None else None)
             if d:
                 P = reversal(P)
             state0 = (h0[j],) if c0 is None else (h0[j], c0[j])
-            record = cell.forward(kern, P, state0, params, lengths, (nonlinearity, slope))
+            if lay is None:
+                record = cell.forward(kern, P, state0, params, lengths, (nonlinearity, slope))
+            else:
+                xrec = None
+                if lay.norm:  # P = N_x(X Wxh^T) * gx + bh
+                    P, xrec = norms.normalize_inputs(P, lay, lengths)
+                P += params[2]
+                record = cell.forward_with(kern, P, state0, _regular_cell(params, lay), lengths,
+                                           (nonlinearity, slope), lay)
+                record.xrec = xrec
+                if running is not None and lay.norm == norms.BATCH:
+                    norms.update_running(running, arch, j, xrec, record.rec)
             records.append(record)
             h_last[j] = record.last[0]
             if c_last is not None:
@@ -132,7 +159,8 @@ def logits(arch: Architecture, weights: tuple, top: np.ndarray) -> np.ndarray:
 def backward(kern: Any, arch: Architecture, weights: tuple, fwd: types.SimpleNamespace,
              dz: np.ndarray, lengths: Optional[np.ndarray] = None, window: Any = None,
              carry: Optional[np.ndarray] = None, input_grad: bool = True,
-             masks: Optional[np.ndarray] = None) -> tuple[dict, Optional[np.ndarray]]:
+             masks: Optional[np.ndarray] = None,
+             regime: Optional[list] = None) -> tuple[dict, Optional[np.ndarray]]:
     """Every gradient from dL/dz (T, B, O) (dL/d top states without an output layer).
 
     Returns ``(grads, grad_norms)``: ``grads`` keyed by parameter name plus ``"h0"`` (L*D, B, H)
@@ -174,23 +202,40 @@ def backward(kern: Any, arch: Architecture, weights: tuple, fwd: types.SimpleNam
             g = dout if D == 1 else np.ascontiguousarray(dout[..., d * H:(d + 1) * H])
             if d:
                 g = fwd.reversal(g)
+            lay = None if regime is None else regime[j]
             # the cell's BPTT: dP (pre-activations), dR (recurrent product), d(initial state)
-            dP, dR, dstate0, norms, extra = cell.backward(kern, record, g, params, lengths,
-                                                          activation, window, carry)
+            if lay is None:
+                dP, dR, dstate0, step_norms, extra = cell.backward(kern, record, g, params,
+                                                                   lengths, activation, window,
+                                                                   carry)
+                hin = record.hs[:-1]
+            else:
+                dP, dR, dstate0, step_norms, extra = cell.backward_with(
+                    kern, record, g, _regular_cell(params, lay), lengths, activation, lay, carry)
+                hin = record.hs[:-1] if lay.rmask is None else record.hs[:-1] * lay.rmask
             dh0[j] = dstate0[0]
             if dc0 is not None:
                 dc0[j] = dstate0[1]
-            if norms is not None and d:
-                norms = fwd.reversal.norms(norms)
-            if squares is not None and norms is not None:
-                squares += np.square(norms, dtype=np.float64)
+            if step_norms is not None and d:
+                step_norms = fwd.reversal.norms(step_norms)
+            if squares is not None and step_norms is not None:
+                squares += np.square(step_norms, dtype=np.float64)
             else:
                 squares = None
             # dWhh (G, H) = dR^T (G, T*B) h_{t-1} (T*B, H);  dbh = sum of dP (any order of rows)
-            grads[names[1]] = dR.reshape(T * B, G).T @ record.hs[:-1].reshape(T * B, H)
+            grads[names[1]] = dR.reshape(T * B, G).T @ hin.reshape(T * B, H)
             grads[names[2]] = dP.reshape(T * B, G).sum(axis=0)
-            for name, value in zip(names[3:], extra.values()):
-                grads[name] = value
+            if lay is not None and lay.wmask is not None:
+                grads[names[1]] *= lay.wmask  # through Whh * wmask
+            for name in names[3:]:  # the cell's own (GRU: bhn)
+                grads[name] = extra[name[:3]]
+            if lay is not None and lay.norm:
+                nnames = arch.norm_names(j)
+                dP, grads[nnames[0]] = norms.normalize_inputs_backward(dP, record.xrec, lay,
+                                                                       lengths)
+                grads[nnames[1]] = extra["gh"]
+                for name in nnames[2:]:
+                    grads[name] = extra[name[:2]]
             dP2 = (fwd.reversal(dP) if d else dP).reshape(T * B, G)  # in step with X
             if tokens:
                 # the projection gathered row id of Wxh^T: scatter-add dP's rows back there
@@ -220,7 +265,8 @@ def loss_and_grad(kern: Any, arch: Architecture, weights: tuple, inputs: np.ndar
                   positions: tuple = (None, None), window: Any = None,
                   carry: Optional[np.ndarray] = None, masks: Optional[np.ndarray] = None,
                   need_grads: bool = True, input_grad: bool = True,
-                  c0: Optional[np.ndarray] = None) -> types.SimpleNamespace:
+                  c0: Optional[np.ndarray] = None, regime: Optional[list] = None,
+                  running: Optional[dict] = None) -> types.SimpleNamespace:
     """Forward pass, loss and (with ``need_grads``) BPTT of one batch.
 
     ``positions`` are the time and sequence indices of the outputs that carry a loss (each
@@ -229,7 +275,7 @@ def loss_and_grad(kern: Any, arch: Architecture, weights: tuple, inputs: np.ndar
     ``c_last`` (L*D, B, H) (None but for LSTM), ``grads`` (see ``backward``; None without
     ``need_grads``) and ``grad_norms``.
     """
-    fwd = forward(kern, arch, weights, inputs, h0, lengths, masks, c0)
+    fwd = forward(kern, arch, weights, inputs, h0, lengths, masks, c0, regime, running)
     z = logits(arch, weights, fwd.top)
     t_idx, b_idx = positions
     # (N, O) logits of the positions that carry a loss -> loss and dL/dz there
@@ -244,16 +290,17 @@ def loss_and_grad(kern: Any, arch: Architecture, weights: tuple, inputs: np.ndar
             dz = np.zeros_like(z)
             dz[t_idx, b_idx] = dz_sel
         result.grads, result.grad_norms = backward(kern, arch, weights, fwd, dz, lengths, window,
-                                                   carry, input_grad, masks)
+                                                   carry, input_grad, masks, regime)
     return result
 
 
 def outputs(kern: Any, arch: Architecture, weights: tuple, inputs: np.ndarray, h0: np.ndarray,
             output: OutputName, lengths: Optional[np.ndarray] = None,
-            c0: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+            c0: Optional[np.ndarray] = None,
+            regime: Optional[list] = None) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """``(y, h_last, c_last)``: ``y = g(z)`` (T, B, O) (the top states without an output
     layer), the last states (``c_last`` None but for LSTM)."""
-    fwd = forward(kern, arch, weights, inputs, h0, lengths, c0=c0)
+    fwd = forward(kern, arch, weights, inputs, h0, lengths, c0=c0, regime=regime)
     z = logits(arch, weights, fwd.top)
     y = losses.apply_output(output, z) if arch.output_size is not None else z
     return y, fwd.h_last, fwd.c_last

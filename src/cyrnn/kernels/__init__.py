@@ -30,11 +30,13 @@ BACKENDS: tuple[BackendName, ...] = ("cython", "numpy")
 KERNEL_NAMES = ("rnn_forward", "rnn_backward", "rnn_backward_window", "embedding_grad",
                 "sample_tokens", "elman_loss_and_grad", "elman_forward",
                 "lstm_forward", "lstm_backward", "lstm_backward_window",
-                "gru_forward", "gru_backward", "gru_backward_window")
+                "gru_forward", "gru_backward", "gru_backward_window",
+                "recurrence_forward", "recurrence_backward")
 # where each backend's kernels live: compiled extension modules, and their NumPy twins
 _CYTHON_MODULES = ("cyrnn._rnn", "cyrnn._sample", "cyrnn._gated")
 _NUMPY_MODULES = ("cyrnn.kernels.numpy_backend", "cyrnn.kernels.numpy_sample",
-                  "cyrnn.kernels.numpy_fused", "cyrnn.kernels.numpy_gated")
+                  "cyrnn.kernels.numpy_fused", "cyrnn.kernels.numpy_gated",
+                  "cyrnn.kernels.numpy_recurrence")
 
 
 # entry points on pre-checked arguments, for the model class, which checks them itself: the
@@ -56,6 +58,11 @@ def _collect(name, module_names):
         from . import numpy_fused
         backend._stack_step = functools.partial(numpy_fused._stack_step, kern=backend)
         backend._stack_outputs = functools.partial(numpy_fused._stack_outputs, kern=backend)
+    if not hasattr(backend, "recurrence_forward"):
+        # a build without the compiled normalized/regularized layer: its NumPy twin
+        from . import numpy_recurrence
+        backend.recurrence_forward = numpy_recurrence.recurrence_forward
+        backend.recurrence_backward = numpy_recurrence.recurrence_backward
     missing = [k for k in KERNEL_NAMES + _PRIVATE_NAMES if not hasattr(backend, k)]
     if missing:
         raise ImportError(f"backend {name!r} lacks kernels {missing}")
