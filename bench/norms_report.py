@@ -1,0 +1,54 @@
+"""Markdown report of bench/test_norms.py: ``python bench/norms_report.py run.json > bench/NORMS.md``."""
+import json
+import sys
+
+VARIANTS = ("plain", "layer", "batch", "layer-numpy", "torch-loop")
+
+
+def main(path):
+    with open(path) as fh:
+        run = json.load(fh)
+    times, info = {}, {}
+    for bench in run["benchmarks"]:
+        e = bench["extra_info"]
+        key = (e["config"], e["cell"], str(e["threads"]))
+        times.setdefault(key, {})[e["variant"]] = bench["stats"]["median"] * 1e3
+        info.setdefault(str(e["threads"]), e.get("threadpool_info"))
+        load = e.get("foreign_cores")
+        if load is not None:
+            info.setdefault("load", []).append(load)
+    print("# Normalized recurrences: cost of the normalization, and against a PyTorch loop\n")
+    print("Training step (`loss_and_grad(..., input_grad=False)`), float32, median ms; "
+          "`bench/test_norms.py` (its docstring says what each row runs). Ratios from the same "
+          "run: **layer / plain** is what layer normalization costs (target <= 1.25), "
+          "**torch-loop / layer** how much faster cyrnn's layer-normed cell is than the same "
+          "model as a per-step PyTorch loop.\n")
+    print("| config | cell | threads | " + " | ".join(f"{v} (ms)" for v in VARIANTS)
+          + " | layer / plain | batch / plain | numpy / compiled (layer) | torch-loop / layer |")
+    print("|" + "---|" * (3 + len(VARIANTS) + 4))
+    for (config, cell, threads), row in sorted(times.items()):
+        cells = [f"{row[v]:.3g}" if v in row else "-" for v in VARIANTS]
+
+        def ratio(a, b):
+            return f"{row[a] / row[b]:.2f}x" if a in row and b in row else "-"
+
+        print(f"| {config} | {cell} | {threads} | " + " | ".join(cells) + " | "
+              + " | ".join([ratio("layer", "plain"), ratio("batch", "plain"),
+                            ratio("layer-numpy", "layer"), ratio("torch-loop", "layer")]) + " |")
+    loads = info.get("load", [])
+    if loads:
+        print(f"\nForeign load while timing (cores busy in other processes): median "
+              f"{sorted(loads)[len(loads) // 2]:.2f}, max {max(loads):.2f} (2 CPUs).")
+    print("\nBLAS libraries (threadpoolctl) at one thread:\n")
+    print("| library | version | architecture | num_threads |")
+    print("|---|---|---|---|")
+    for lib in info.get("1") or []:
+        print(f"| {lib.get('filepath', '').rsplit('/', 1)[-1]} | {lib.get('version')} | "
+              f"{lib.get('architecture', '')} | {lib.get('num_threads')} |")
+    print("\nReproduce:\n\n```bash\nPYTHONPATH=src env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
+          "python -m pytest bench/test_norms.py -p no:cacheprovider --benchmark-json=/tmp/norms.json\n"
+          "python bench/norms_report.py /tmp/norms.json > bench/NORMS.md\n```")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,141 @@
+"""Normalized recurrences: what a layer-normed (or batch-normed) training step costs over the plain
+one, and against the way PyTorch users get a layer-normed cell today (a per-step Python loop).
+
+Rows, float32, training step (``loss_and_grad(..., input_grad=False)``) at the medium and
+charlm-batch sizes of ``peers.CONFIGS``, for the Elman (tanh), LSTM and GRU cells:
+
+- ``plain``: ``cyrnn.RNN`` / ``LSTM`` / ``GRU`` (compiled backend);
+- ``layer``, ``batch``: the same model with ``norm="layer"`` / ``norm="batch"``;
+- ``layer-numpy``: ``norm="layer"`` on the NumPy backend;
+- ``torch-loop``: the same layer-normed model written as PyTorch users write it: the input
+  projection and its ``F.layer_norm`` over all steps, then a Python loop over steps of
+  ``h @ Whh^T``, ``F.layer_norm`` and the cell's gate arithmetic (for the LSTM also
+  ``F.layer_norm`` of the cell state), the head, the loss and ``loss.backward()``. It starts
+  from cyrnn's weights and is checked against cyrnn (loss 1e-4, gradients 1e-3 relative)
+  before it is timed.
+
+Run (one thread and nothing pinned; report in bench/NORMS.md):
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m pytest bench/test_norms.py \
+        -p no:cacheprovider --benchmark-json=/tmp/norms.json
+    python bench/norms_report.py /tmp/norms.json > bench/NORMS.md
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import peers  # noqa: E402
+from test_compare import _ids, _measure, _rel, _versions_once  # noqa: E402
+
+CONFIGS = ("charlm_batched", "medium")
+CELLS = ("elman", "lstm", "gru")
+VARIANTS = ("plain", "layer", "batch", "layer-numpy", "torch-loop")
+THREADS = (1, "default")
+
+_cache = {}
+
+
+def _model(config, cell, variant):
+    import cyrnn
+
+    c = peers.CONFIGS[config]
+    cls = {"elman": cyrnn.RNN, "lstm": cyrnn.LSTM, "gru": cyrnn.GRU}[cell]
+    norm = {"plain": None, "batch": "batch"}.get(variant, "layer")
+    backend = "numpy" if variant == "layer-numpy" else "cython"
+    return cls(c.I, c.H, c.O, output="softmax" if c.tokens else "linear", dtype="float32",
+               seed=0, backend=backend, norm=norm)
+
+
+class TorchLoop:
+    """The layer-normed cell as a per-step PyTorch loop, from a cyrnn model's parameters."""
+
+    def __init__(self, config, cell, model):
+        import torch
+
+        self.torch, self.cell, self.c = torch, cell, peers.CONFIGS[config]
+        self.p = {k: torch.tensor(v, requires_grad=True) for k, v in model.params.items()}
+        x, y = peers.make_data(config)
+        self.x = torch.tensor(x)
+        self.y = torch.tensor(y)
+
+    def loss(self):
+        torch, F, p, c = self.torch, self.torch.nn.functional, self.p, self.c
+        H, G = c.H, p["Whh"].shape[0]
+        T, B = self.x.shape[:2]
+        if c.tokens:
+            proj = p["Wxh"].t()[self.x]  # (T, B, G): a row gather of Wxh^T
+        else:
+            proj = self.x @ p["Wxh"].t()
+        P = F.layer_norm(proj, (G,), weight=p["gx"], eps=1e-5) + p["bh"]
+        h = torch.zeros(B, H)
+        cs = torch.zeros(B, H)
+        outs = []
+        for t in range(T):
+            R = F.layer_norm(h @ p["Whh"].t(), (G,), weight=p["gh"], eps=1e-5)
+            if self.cell == "elman":
+                h = torch.tanh(P[t] + R)
+            elif self.cell == "lstm":
+                a = P[t] + R
+                i, f, g, o = a.chunk(4, dim=1)
+                i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+                cs = f * cs + i * g
+                h = o * torch.tanh(F.layer_norm(cs, (H,), weight=p["gc"], bias=p["bc"], eps=1e-5))
+            else:
+                r = torch.sigmoid(P[t, :, :H] + R[:, :H])
+                z = torch.sigmoid(P[t, :, H:2 * H] + R[:, H:2 * H])
+                n = torch.tanh(P[t, :, 2 * H:] + r * (R[:, 2 * H:] + p["bhn"]))
+                h = (1 - z) * n + z * h
+            outs.append(h)
+        z = torch.stack(outs) @ p["Why"].t() + p["by"]
+        if c.tokens:
+            return F.cross_entropy(z.reshape(T * B, -1), self.y.reshape(-1))
+        return F.mse_loss(z, self.y)
+
+    def step(self):
+        for v in self.p.values():
+            v.grad = None
+        loss = self.loss()
+        loss.backward()
+        return float(loss)
+
+
+def _runner(config, cell, variant):
+    key = (config, cell, variant)
+    if key not in _cache:
+        x, y = peers.make_data(config)
+        if variant == "torch-loop":
+            pytest.importorskip("torch")
+            model = _model(config, cell, "layer")
+            loop = TorchLoop(config, cell, model)
+            loss, grads, _ = model.loss_and_grad(x, y, input_grad=False)
+            found = loop.step()
+            assert abs(found - loss) <= 1e-4 * abs(loss), (found, loss)
+            for name, g in grads.items():
+                if name in loop.p:
+                    err = _rel(loop.p[name].grad.numpy(), g)
+                    assert err <= 1e-3, (name, err)
+            _cache[key] = loop.step
+        else:
+            model = _model(config, cell, variant)
+            _cache[key] = lambda: model.loss_and_grad(x, y, input_grad=False)
+    return _cache[key]
+
+
+@pytest.mark.parametrize("blas_threads", THREADS, indirect=True, ids=_ids(THREADS, "threads"))
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("config", CONFIGS)
+def test_norm_step(benchmark, blas_threads, config, cell, variant):
+    threads = blas_threads
+    fn = _runner(config, cell, variant)
+    benchmark.group = f"{config} {cell} {threads} thread(s)"
+    benchmark.extra_info.update(config=config, cell=cell, variant=variant, threads=threads,
+                                versions=_versions_once())
+    if variant == "torch-loop":
+        import torch
+
+        torch.set_num_threads(1 if threads == 1 else os.cpu_count() or 1)
+    _measure(benchmark, fn)
