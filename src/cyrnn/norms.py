@@ -173,15 +173,18 @@ def normalize_inputs_backward(dPn: np.ndarray, rec: Any, lay: Any,
 def update_running(running: dict, arch: Architecture, j: int, xrec: Any, record: dict) -> None:
     """Fold one training call's batch statistics of layer-direction ``j`` into the running
     ones, per step: ``running = (1 - momentum) running + momentum * batch`` with the unbiased
-    variance; running statistics grow to the longest sequence seen (new steps start at mean 0,
-    variance 1). Steps with fewer than two sequences leave them unchanged."""
+    variance; running statistics grow to the last step that at least two sequences of the
+    batch reach (new steps start at mean 0, variance 1): steps that fewer sequences reach (the
+    padding past them, or one sequence alone) leave them unchanged."""
     count = record["count"]
-    T = count.shape[0]
+    T = int((count >= 2).sum())  # counts never grow with t: the steps that two sequences reach
+    if T == 0:
+        return
+    count = count[:T]
     batch = {"x": (xrec.mean, xrec.var), "h": (record["mean_h"], record["var_h"])}
     if "mean_c" in record:
         batch["c"] = (record["mean_c"], record["var_c"])
-    use = count >= 2
-    unbias = np.where(use, count / np.maximum(count - 1, 1), 0)[:, None]
+    unbias = (count / (count - 1))[:, None]
     for term, (m_name, v_name) in running_names(arch, j).items():
         mean, var = running[m_name], running[v_name]
         if mean.shape[0] < T:
@@ -189,12 +192,12 @@ def update_running(running: dict, arch: Architecture, j: int, xrec: Any, record:
             more = T - mean.shape[0]
             mean = np.concatenate([mean, np.zeros((more, width), mean.dtype)])
             var = np.concatenate([var, np.ones((more, width), var.dtype)])
-        b_mean, b_var = batch[term]
+        b_mean, b_var = batch[term][0][:T], batch[term][1][:T]
         head_m, head_v = mean[:T], var[:T]
         new_m = (1 - MOMENTUM) * head_m + MOMENTUM * b_mean
         new_v = (1 - MOMENTUM) * head_v + MOMENTUM * (b_var * unbias)
-        head_m[use] = new_m[use]
-        head_v[use] = new_v[use]
+        head_m[...] = new_m
+        head_v[...] = new_v
         running[m_name], running[v_name] = mean, var
 
 
