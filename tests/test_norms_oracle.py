@@ -144,14 +144,16 @@ def activation(name, a):
 
 
 def ref_stack(cell, P, X, h0, c0, L, D, lengths, norm, *, training, running=None,
-              masks=None, zoneout=0.0, nonlinearity="tanh"):
+              masks=None, zoneout=0.0, nonlinearity="tanh", carry=None):
     """``(top (T, B, D*H), h_last (L*D, B, H), c_last or None)`` of the equations above.
 
     ``P`` the parameters (torch leaves, cyrnn names), ``X`` (T, B, I) values, ``h0``, ``c0``
     (L*D, B, H). ``norm`` None, "layer" or "batch"; batch normalization uses the batch's
     statistics with ``training`` (and then feeds ``running``, a ``RunningRef``) or ``running``'s.
     ``masks`` (training): ``{"layers": (L-1, T, B, D*H) or None, j: {"rmask", "zh", "zc",
-    "wmask"}}``; at inference zoneout is the rate ``zoneout`` everywhere."""
+    "wmask"}}``; at inference zoneout is the rate ``zoneout`` everywhere. ``carry`` (T,): the
+    states entering processing step t are ``h.detach() + carry[t] (h - h.detach())`` (and
+    ``c``) for every use in the step; a padded step keeps the state itself."""
     Tn, Bn = X.shape[:2]
     Hn = h0.shape[-1]
     lens = np.full(Bn, Tn) if lengths is None else np.asarray(lengths)
@@ -187,7 +189,13 @@ def ref_stack(cell, P, X, h0, c0, L, D, lengths, norm, *, training, running=None
                     continue
                 Pt = A[t] if kind is None else N("x", A[t], t) * P["gx" + s]
                 Pt = Pt + P["bh" + s]
-                hin = h if m.get("rmask") is None else h * m["rmask"]
+                hp, cp = h, c
+                if carry is not None:
+                    k = float(carry[t])
+                    hp = h.detach() + k * (h - h.detach())
+                    if cell == "lstm":
+                        cp = c.detach() + k * (c - c.detach())
+                hin = hp if m.get("rmask") is None else hp * m["rmask"]
                 R = hin @ W.T
                 Rn = R if kind is None else N("h", R, t) * P["gh" + s]
                 c_new = None
@@ -195,14 +203,14 @@ def ref_stack(cell, P, X, h0, c0, L, D, lengths, norm, *, training, running=None
                     h_new = activation(nonlinearity, Pt + Rn)
                 elif cell == "lstm":
                     i, f, g, o = (Pt + Rn).chunk(4, -1)
-                    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                    c_new = torch.sigmoid(f) * cp + torch.sigmoid(i) * torch.tanh(g)
                     cn = c_new if kind is None else N("c", c_new, t) * P["gc" + s] + P["bc" + s]
                     h_new = torch.sigmoid(o) * torch.tanh(cn)
                 else:
                     r = torch.sigmoid(Pt[:, :Hn] + Rn[:, :Hn])
                     z = torch.sigmoid(Pt[:, Hn:2 * Hn] + Rn[:, Hn:2 * Hn])
                     n = torch.tanh(Pt[:, 2 * Hn:] + r * (Rn[:, 2 * Hn:] + P["bhn" + s]))
-                    h_new = (1 - z) * n + z * h
+                    h_new = (1 - z) * n + z * hp
                 if training and m.get("zh") is not None:
                     zh = m["zh"][t]
                     zc = m["zc"][t] if cell == "lstm" else None
@@ -211,9 +219,9 @@ def ref_stack(cell, P, X, h0, c0, L, D, lengths, norm, *, training, running=None
                 else:
                     zh = zc = None
                 if zh is not None:
-                    h_new = zh * h + (1 - zh) * h_new
+                    h_new = zh * hp + (1 - zh) * h_new
                     if cell == "lstm":
-                        c_new = zc * c + (1 - zc) * c_new
+                        c_new = zc * cp + (1 - zc) * c_new
                 h = torch.where(on, h_new, h)
                 if cell == "lstm":
                     c = torch.where(on, c_new, c)
@@ -247,7 +255,7 @@ def ref_loss(z_sel, t_sel, loss, reduction):
 
 
 def reference(model, x, h0, c0, target, *, lengths, target_steps, loss, reduction, training,
-              running=None, masks=None):
+              running=None, masks=None, carry=None):
     """Loss, gradients (cyrnn names, ``h0``, ``c0`` for the LSTM, ``x`` for values), the last
     states and the outputs ``y`` (T, B, O or D*H) of the reference for ``model``."""
     cell = model._CELL
@@ -262,7 +270,7 @@ def reference(model, x, h0, c0, target, *, lengths, target_steps, loss, reductio
     top, h_last, c_last = ref_stack(cell, P, X, h0_t, c0_t, model.num_layers, D, lengths,
                                     model.norm, training=training, running=running,
                                     masks=masks, zoneout=model.zoneout,
-                                    nonlinearity=model.nonlinearity)
+                                    nonlinearity=model.nonlinearity, carry=carry)
     z = top if model.output_size is None else top @ P["Why"].T + P["by"]
     z_sel, t_sel = select(z, target, target_steps, lengths, loss)
     value = ref_loss(z_sel, t_sel, loss, reduction)
@@ -643,3 +651,68 @@ def test_regularizers_against_reference(backend, case):
     assert_close("h_last (forward)", h_got, h_want, context)
     if lstm:
         assert_close("c_last (forward)", c_got, c_want, context)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. carry truncation (TBPTT(k, k), RandomizedTruncation) with normalization and regularizers
+# ---------------------------------------------------------------------------------------------
+
+CARRY_CASES = [
+    dict(cell="lstm", norm="layer", L=2, bi=True, tokens=False, lengths=True, regs=False,
+         trunc="tbptt"),
+    dict(cell="lstm", norm="batch", L=1, bi=True, tokens=False, lengths=True, regs=True,
+         trunc="randomized"),
+    dict(cell="gru", norm="batch", L=2, bi=False, tokens=True, lengths=True, regs=False,
+         trunc="randomized"),
+    dict(cell="gru", norm=None, L=1, bi=True, tokens=False, lengths=True, regs=True,
+         trunc="tbptt"),
+    dict(cell="elman", norm="batch", L=2, bi=True, tokens=False, lengths=False, regs=True,
+         trunc="tbptt"),
+    dict(cell="elman", norm="layer", L=1, bi=False, tokens=False, lengths=True, regs=False,
+         trunc="randomized"),
+]
+CARRY_IDS = ["{cell}-{norm}-L{L}-{d}-{r}-{trunc}".format(
+    d="bi" if c["bi"] else "uni", r="regs" if c["regs"] else "noregs", **c)
+    for c in CARRY_CASES]
+
+
+@pytest.mark.parametrize("case", CARRY_CASES, ids=CARRY_IDS)
+def test_carry_truncation_against_reference(backend, case):
+    """A carry scale enters every layer-direction's processing step ``s`` as
+    ``h.detach() + c_s (h - h.detach())`` (and ``c``): for the recurrent product, the GRU's
+    ``z h`` and zoneout's ``h_{t-1}`` alike."""
+    rng = np.random.default_rng(13)
+    case = dict(case, head=True, mse=True)
+    regs = dict(recurrent_dropout=0.3, zoneout=0.4, weight_drop=0.25) if case["regs"] else {}
+    model = build(case, backend, seed=2, **regs)
+    for name in model.params:  # larger recurrent weights: the truncation changes more
+        if name.startswith("Whh"):
+            model.params[name] *= 3.0
+    lstm = case["cell"] == "lstm"
+    S = case["L"] * (2 if case["bi"] else 1)
+    x, h0, c0 = inputs_of(case, rng)
+    state = (h0, c0) if lstm else h0
+    lengths = LENGTHS if case["lengths"] else None
+    target = rng.normal(size=(T, B, O))
+    if case["trunc"] == "tbptt":
+        truncate, carry = cyrnn.TBPTT(2, 2), cyrnn.TBPTT(2, 2).carry(T)
+    else:
+        truncate = cyrnn.RandomizedTruncation(0.5, seed=7)
+        carry = cyrnn.RandomizedTruncation(0.5, seed=7).carry(T)
+    value, grads, s_last = model.loss_and_grad(x, target, state, lengths, loss="mse",
+                                               truncate=truncate, dropout_seed=31)
+    masks = documented_masks(model, 31, T) if regs else None
+    want_value, want, h_want, c_want, _ = reference(
+        model, x, h0, c0, target, lengths=lengths, target_steps="all", loss="mse",
+        reduction="mean", training=True, masks=masks, carry=carry)
+    context = f"[{model!r} {case}]"
+    assert_close("loss", value, want_value, context)
+    h_got, c_got = states(model, s_last, S)
+    assert_close("h_last", h_got, h_want, context)
+    if lstm:
+        assert_close("c_last", c_got, c_want, context)
+    compare_grads(grads, want, S, context)
+    # the truncation matters
+    _, full, _ = model.loss_and_grad(x, target, state, lengths, loss="mse", dropout_seed=31)
+    assert any(not np.allclose(full[n], grads[n], rtol=1e-6, atol=1e-9) for n in grads
+               if n.startswith("Whh"))
