@@ -504,3 +504,25 @@ def test_save_load_regularized_model(tmp_path, cell):
     path = tmp_path / "model.npz"
     model.save(path)
     assert_same_model(cyrnn.io.load(path), model, x, state)
+
+
+@pytest.mark.xfail(strict=True,
+                   reason="running statistics grow to the padded length T, not to the longest "
+                          "sequence: steps no sequence reached keep mean 0, variance 1, and "
+                          "inference uses those instead of the last trained step's")
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_padding_beyond_every_length_is_not_a_trained_step(cell):
+    """Trained on T = 4 with lengths at most 2, a model infers at steps 2 and 3 with step 1's
+    statistics, as if it had been trained on T = 2."""
+    model = make_model(cell, "numpy", "batch")
+    x, _, _, state, target = make_batch(model, np.random.default_rng(14))
+    short = np.array([2, 1, 2])
+    model.loss_and_grad(x, target, state, short)
+    cut = make_model(cell, "numpy", "batch")
+    for name in cut.params:
+        cut.params[name][...] = model.params[name]
+    cut.loss_and_grad(x[:2], target[:2], state, short)
+    for name in model.running:  # the same statistics over the steps some sequence reached
+        np.testing.assert_allclose(model.running[name][:2], cut.running[name], rtol=1e-13)
+    np.testing.assert_allclose(model.forward(x, state)[0], cut.forward(x, state)[0],
+                               rtol=1e-12, atol=1e-14)
