@@ -506,10 +506,6 @@ def test_save_load_regularized_model(tmp_path, cell):
     assert_same_model(cyrnn.io.load(path), model, x, state)
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="running statistics grow to the padded length T, not to the longest "
-                          "sequence: steps no sequence reached keep mean 0, variance 1, and "
-                          "inference uses those instead of the last trained step's")
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_padding_beyond_every_length_is_not_a_trained_step(cell):
     """Trained on T = 4 with lengths at most 2, a model infers at steps 2 and 3 with step 1's
