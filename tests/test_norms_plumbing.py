@@ -123,6 +123,11 @@ def test_fit_needs_two_sequences_per_batch_with_batch_norm():
     with pytest.raises(ValueError, match=r"norm='batch': training needs at least 2 sequences "
                                          r"per batch \(batch statistics\), got 1"):
         fit(model, _delay_task(n=4), batch_size=1)
+    # 9 sequences in batches of 4: the last one joins the batch before
+    history = fit(model, _delay_task(n=9), batch_size=4, epochs=2, seed=0)
+    assert len(history.steps) == 4
+    # without batch normalization, it is a batch of its own
+    assert len(fit(RNN(2, 4, 2, seed=0), _delay_task(n=9), batch_size=4, seed=0).steps) == 3
 
 
 def test_checkpoint_callback_keeps_the_running_statistics(tmp_path):

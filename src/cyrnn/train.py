@@ -14,7 +14,8 @@ from typing import Any, Literal, Optional, Union
 
 import numpy as np
 
-from . import _checks, data as data_mod, io
+from . import _checks, data as data_mod
+from .io import save as save_model
 from ._typing import ArrayDict, Dataset, LossName, Reduction, Seed, StrPath, TargetSteps
 from .clip import clip_grad_norm, clip_grad_value, grad_norm
 from .optim import Optimizer, make_optimizer
@@ -164,7 +165,8 @@ class Checkpoint(Callback):
                 return False
             self.best = value
         # cyrnn.io.save: with a norm="batch" model's running statistics
-        io.save(state.model, self.path, optimizer=state.optimizer, extra={"epoch": state.epoch})
+        save_model(state.model, self.path, optimizer=state.optimizer,
+                   extra={"epoch": state.epoch})
         return False
 
 
@@ -273,7 +275,8 @@ def fit(
     that each step meets the statistics it was trained with; with ``partition="random"`` (a
     fresh state per subsequence) validation reads each stream in one call, steps beyond
     ``seq_len`` taking the last step's statistics, as generation does. Each training batch
-    needs at least 2 sequences (``batch_size >= 2``).
+    needs at least 2 sequences (``batch_size >= 2``); of a dataset of sequences, a last batch
+    of one sequence joins the batch before it.
     """
     epochs = _checks.positive_int("epochs", epochs)
     steps = None if steps is None else _checks.positive_int("steps", steps)
@@ -485,7 +488,8 @@ def _num_sequences(x, model):
 
 def _dataset_batches(data, batch_size, rng, model, target_steps="all"):
     """Batches of a ``(inputs, targets[, lengths])`` dataset along its sequence axis, shuffled
-    when ``rng`` is given. Targets of every step share the inputs' layout; those of the last
+    when ``rng`` is given (training: then a ``norm="batch"`` model's last batch has at least 2
+    sequences when there are 2). Targets of every step share the inputs' layout; those of the last
     step only (``target_steps="last"``) have the sequences first."""
     if not isinstance(data, tuple) or len(data) not in (2, 3):
         raise TypeError("data: expected a 1-D token stream or a tuple (inputs, targets[, lengths])")
@@ -500,8 +504,11 @@ def _dataset_batches(data, batch_size, rng, model, target_steps="all"):
         raise ValueError(f"targets: expected {N} sequences like inputs, got shape {targets.shape}")
     order = rng.permutation(N) if rng is not None else np.arange(N)
     batches = []
-    for start in range(0, N, batch_size):
-        idx = order[start:start + batch_size]
+    starts = list(range(0, N, batch_size))
+    if rng is not None and model.norm == "batch" and len(starts) > 1 and N - starts[-1] == 1:
+        starts.pop()  # training on batch statistics: a last sequence joins the batch before
+    for start, stop in zip(starts, starts[1:] + [N]):
+        idx = order[start:stop]
         batch = (np.take(inputs, idx, axis=axis), np.take(targets, idx, axis=target_axis))
         if lengths is not None:
             batch += (lengths[idx],)
