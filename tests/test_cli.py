@@ -554,3 +554,58 @@ def test_bad_layer_options_are_usage_errors(corpus, capsys, argv):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "usage" in err and argv[0] in err
+
+
+# ---------------------------------------------------------------------------------------------
+# normalized and regularized recurrences
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell, argv, expected", [
+    ("lstm", ["--norm", "layer"], {"norm": "layer"}),
+    ("gru", ["--norm", "batch"], {"norm": "batch"}),
+    ("elman", ["--norm", "batch", "--val-fraction", "0"], {"norm": "batch"}),
+    ("elman", ["--recurrent-dropout", "0.2"], {"recurrent_dropout": 0.2}),
+    ("gru", ["--zoneout", "0.1"], {"zoneout": 0.1}),
+    ("lstm", ["--weight-drop", "0.3", "--zoneout", "0.05"], {"weight_drop": 0.3, "zoneout": 0.05}),
+], ids=["lstm-layer", "gru-batch", "elman-batch-no-val", "recurrent-dropout", "zoneout",
+        "weight-drop-zoneout"])
+def test_train_with_a_recurrence_option(tmp_path, corpus, capsys, cell, argv, expected):
+    path = tmp_path / "m.npz"
+    code = main(["train", str(corpus), "--steps", "8", "--hidden", "8", "--batch-size", "4",
+                 "--seq-len", "10", "--cell", cell, "--checkpoint", str(path), *argv])
+    assert code == 0, capsys.readouterr().err
+    assert "done: 8 steps" in capsys.readouterr().out
+    model = cyrnn.load(path)
+    config = model.config()
+    defaults = {"norm": None, "recurrent_dropout": 0.0, "zoneout": 0.0, "weight_drop": 0.0}
+    assert {k: config[k] for k in defaults} == {**defaults, **expected}
+    if "norm" in expected:
+        assert {"gx", "gh"} <= set(model.params)
+    if expected.get("norm") == "batch":
+        # per step of a chunk (--seq-len 10), trained: not the initial mean 0, variance 1
+        assert model.running and all(a.shape[0] == 10 for a in model.running.values())
+        assert np.any(model.running["mean_x"] != 0) and np.all(model.running["var_x"] >= 0)
+    else:
+        assert model.running == {}
+    text = _sample_text(capsys, path, "--prime", "the ", "-n", "12", "--seed", "1")
+    assert text.startswith("the ") and len(text) == 16
+
+
+def test_batch_norm_needs_two_streams(tmp_path, corpus, capsys):
+    assert main(["train", str(corpus), "--steps", "2", "--norm", "batch", "--batch-size", "1",
+                 "--checkpoint", str(tmp_path / "m.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cyrnn train: --norm batch normalizes over the streams of a batch")
+    assert not (tmp_path / "m.npz").exists()
+
+
+@pytest.mark.parametrize("argv", [["--norm", "group"], ["--zoneout", "1"],
+                                  ["--recurrent-dropout", "-0.1"], ["--weight-drop", "nan"],
+                                  ["--zoneout", "a lot"]])
+def test_bad_recurrence_options_are_usage_errors(corpus, capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(["train", str(corpus), *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage" in err and argv[0] in err

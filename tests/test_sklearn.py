@@ -19,7 +19,9 @@ from cyrnn.sklearn import (RNNClassifier, RNNRegressor,  # noqa: E402
 
 @parametrize_with_checks(
     [RNNClassifier(), RNNRegressor(), RNNClassifier(cell="lstm"), RNNRegressor(cell="lstm"),
-     RNNClassifier(cell="gru"), RNNRegressor(cell="gru")],
+     RNNClassifier(cell="gru"), RNNRegressor(cell="gru"),
+     RNNClassifier(cell="gru", norm="layer", zoneout=0.1, recurrent_dropout=0.1),
+     RNNRegressor(norm="batch", weight_drop=0.1)],
     expected_failed_checks=expected_failed_checks)
 def test_sklearn_contract(estimator, check):
     check(estimator)
@@ -217,3 +219,71 @@ def test_digits_example_fast():
     results = module.main(["--fast"])
     accuracy, seconds = results["threads"]
     assert accuracy > 0.85
+
+
+# ---------------------------------------------------------------------------------------------
+# normalized and regularized recurrences
+# ---------------------------------------------------------------------------------------------
+
+
+def test_recurrence_options_reach_the_model(sequences):
+    X, y = sequences
+    options = {"norm": "layer", "recurrent_dropout": 0.1, "zoneout": 0.05, "weight_drop": 0.2}
+    defaults = {"norm": None, "recurrent_dropout": 0.0, "zoneout": 0.0, "weight_drop": 0.0}
+    for cls in (RNNClassifier, RNNRegressor):
+        assert {k: cls().get_params()[k] for k in defaults} == defaults
+        est = cls(cell="lstm", max_iter=1, random_state=0, **options)
+        assert {k: est.get_params()[k] for k in options} == options
+        target = y if cls is RNNClassifier else X[:, :, 0].sum(axis=1)
+        model = est.fit(X, target).model_
+        assert {k: model.config()[k] for k in options} == options
+        assert {"gx", "gh", "gc", "bc"} <= set(model.params)
+        assert sklearn.base.clone(est).get_params() == est.get_params()
+
+
+def test_layer_normalized_lstm_learns(sequences):
+    X, y = sequences
+    clf = RNNClassifier(cell="lstm", norm="layer", zoneout=0.05, max_iter=30,
+                        random_state=0).fit(X, y)
+    assert clf.score(X, y) > 0.85
+    assert clf.loss_curve_[-1] < clf.loss_curve_[0]
+
+
+def test_batch_norm_estimator(sequences):
+    X, y = sequences
+    # 33 sequences in batches of 8: the last one joins the batch before (batch statistics)
+    clf = RNNClassifier(norm="batch", batch_size=8, max_iter=5, random_state=0)
+    clf.fit(X[:33], y[:33])
+    model = clf.model_
+    assert model.running and all(a.shape[0] == 6 for a in model.running.values())
+    # predictions use the running statistics: a sequence's does not depend on the others
+    together = clf.predict_proba(X)
+    alone = np.vstack([clf.predict_proba(X[i:i + 1]) for i in range(5)])
+    np.testing.assert_allclose(alone, together[:5], rtol=1e-12)
+    with pytest.raises(ValueError, match="it needs at least 2 sequences, got 1 sample"):
+        RNNClassifier(norm="batch").fit(X[:2], ["a", "b"], sample_weight=[1.0, 0.0])
+    with pytest.raises(ValueError, match="sample_weight: with norm='batch' the weights must be "
+                                         "equal"):
+        RNNClassifier(norm="batch").fit(X, y, sample_weight=np.r_[np.ones(40), 2 * np.ones(40)])
+    # equal weights (and zeros) are fine
+    RNNClassifier(norm="batch", max_iter=1).fit(X, y, sample_weight=np.r_[np.ones(79), 0.0])
+    # pickles with its statistics
+    again = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(again.predict_proba(X), together)
+
+
+def test_early_stopping_restores_the_running_statistics_of_the_best_epoch(sequences):
+    X, y = sequences
+    target = X[:, :, 0].sum(axis=1)
+    reg = RNNRegressor(norm="batch", early_stopping=True, n_iter_no_change=2, max_iter=10,
+                       random_state=0)
+    scores = iter([1.0, 2.0, 3.0, 4.0])
+    reg._mean_loss = lambda data: next(scores)  # validation: epoch 1 the best, then worse
+    reg.fit(X, target)
+    assert reg.n_iter_ == 3
+    first = RNNRegressor(norm="batch", early_stopping=True, max_iter=1,
+                         random_state=0).fit(X, target)
+    for name, p in first.model_.params.items():
+        np.testing.assert_array_equal(reg.model_.params[name], p)
+    for name, a in first.model_.running.items():
+        np.testing.assert_array_equal(reg.model_.running[name], a)

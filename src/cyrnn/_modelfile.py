@@ -20,6 +20,18 @@ cell), yet its file keeps every key of ``CONFIG_KEYS`` (every file has them) wit
 ``nonlinearity="tanh"``, ``negative_slope=0.01``; any other value is refused, on writing and on
 reading, as is ``init="identity"`` (an Elman initialisation): a file claiming a ``relu`` LSTM
 describes no model cyrnn has, and loading it silently as an ordinary LSTM would hide that.
+
+The normalization and the regularizers inside the recurrence (``RECURRENCE_KEYS``: ``norm``,
+``recurrent_dropout``, ``zoneout``, ``weight_drop``, see ``cyrnn.norms``) are stored the same
+way again: only when they differ from the plain cell (``None`` and ``0.0``), so the file of a
+model without them is byte for byte what it was, and a reader that does not know them refuses
+the file (an unknown key) instead of running the model without them. A normalized model's
+gains (``gx``, ``gh``, an LSTM's ``gc``, ``bc``) are parameters like the others. A
+``norm="batch"`` model also stores its running statistics (``model.running``): the metadata's
+``running_steps`` gives their number of steps ``S`` (0 before any training) and each one is a
+member ``running/<name>.npy`` of shape ``(S, width)`` in the model's dtype, checked like the
+parameters; missing, mis-shaped or non-finite statistics (or a negative variance) are refused
+with their names, as is ``running_steps`` in the file of a model without batch normalization.
 """
 import json
 import math
@@ -40,10 +52,12 @@ from .data import Vocabulary
 from .init import INITS
 from . import cells
 from .cells import CELLS
-from .layers import Architecture
+from .layers import NORMS, Architecture
+from .norms import running_names
 
 __all__ = ["ModelFileError", "Contents", "write", "read", "FORMAT", "VERSION", "CONFIG_KEYS",
-           "LAYER_KEYS", "CELL_KEY", "GATED_DEFAULTS", "MAX_LAYERS"]
+           "LAYER_KEYS", "CELL_KEY", "GATED_DEFAULTS", "RECURRENCE_KEYS", "MAX_LAYERS",
+           "MAX_RUNNING_STEPS"]
 
 FORMAT = "cyrnn-model"
 VERSION = 1
@@ -57,10 +71,16 @@ LAYER_KEYS = {"num_layers": 1, "bidirectional": False, "dropout": 0.0}
 CELL_KEY = "cell"
 #: What a gated cell's file holds for the Elman-only keys of ``CONFIG_KEYS``: their defaults.
 GATED_DEFAULTS = {"nonlinearity": "tanh", "negative_slope": 0.01}
+#: The normalization and regularizers inside the recurrence, with the value a file without the
+#: key stands for (the plain cell).
+RECURRENCE_KEYS = {"norm": None, "recurrent_dropout": 0.0, "zoneout": 0.0, "weight_drop": 0.0}
+#: Most steps of running statistics a file may describe (bounds the listing work like
+#: ``MAX_LAYERS``; the bytes they imply are bounded with the parameters').
+MAX_RUNNING_STEPS = 1 << 24
 #: Most layers a file may describe: bounds the work of listing the members a configuration
 #: implies, which happens before the size of the arrays is checked against the file's.
 MAX_LAYERS = 1024
-_META_KEYS = {"format", "version", "config", "vocab", "optimizer", "extra"}
+_META_KEYS = {"format", "version", "config", "vocab", "optimizer", "extra", "running_steps"}
 _OPTIMIZER_KEYS = {"type", "config", "steps"}
 
 #: Largest metadata document read (bytes of JSON).
@@ -110,7 +130,8 @@ class ModelFileError(ValueError):
 class Contents(NamedTuple):
     """What a model file holds, checked."""
 
-    #: Every key of ``CONFIG_KEYS``, ``LAYER_KEYS`` and ``CELL_KEY`` (the defaults filled in).
+    #: Every key of ``CONFIG_KEYS``, ``LAYER_KEYS``, ``CELL_KEY`` and ``RECURRENCE_KEYS`` (the
+    #: defaults filled in).
     config: dict
     #: Parameter arrays by name, in ``Architecture.param_shapes()`` order.
     params: dict
@@ -118,6 +139,9 @@ class Contents(NamedTuple):
     #: ``Optimizer.state_dict()`` form (buffers included), or None.
     optimizer_state: Optional[dict]
     extra: Any
+    #: The running statistics of a ``norm="batch"`` model by name (``(S, width)`` each); empty
+    #: for any other model.
+    running: Optional[dict] = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,10 +150,23 @@ class Contents(NamedTuple):
 
 
 def architecture(config):
-    """The ``Architecture`` of a configuration (missing layer and cell keys: their defaults)."""
+    """The ``Architecture`` of a configuration (missing layer, cell and recurrence keys: their
+    defaults)."""
+    options = {key: config.get(key, default) for key, default in RECURRENCE_KEYS.items()}
     return Architecture(config["input_size"], config["hidden_size"], config["output_size"],
                         config.get("num_layers", 1), 2 if config.get("bidirectional", False) else 1,
-                        config.get(CELL_KEY, "elman"))
+                        config.get(CELL_KEY, "elman"), **options)
+
+
+def running_shapes(arch):
+    """Name and width of every running statistic of a ``norm="batch"`` architecture (each is
+    ``(S, width)``): ``G`` for the input and recurrent terms, ``H`` for an LSTM's cell state."""
+    widths = {}
+    for j in range(arch.num_states):
+        for term, names in running_names(arch, j).items():
+            for name in names:
+                widths[name] = arch.hidden_size if term == "c" else arch.gate_size
+    return widths
 
 
 def file_config(config):
@@ -163,10 +200,21 @@ def file_config(config):
     stored.update({key: value for key, value in values.items() if value != LAYER_KEYS[key]})
     if cell != "elman":
         stored[CELL_KEY] = cell
+    norm = config.get("norm")
+    if norm is not None and norm not in NORMS:
+        raise ValueError(f"norm: expected None, {', '.join(map(repr, NORMS))}, got {norm!r}")
+    if norm is not None:
+        stored["norm"] = norm
+    for key in ("recurrent_dropout", "zoneout", "weight_drop"):
+        value = float(config.get(key, 0.0))
+        if not 0 <= value < 1:  # NaN fails too
+            raise ValueError(f"{key}: expected a number in [0, 1), got {value!r}")
+        if value != RECURRENCE_KEYS[key]:
+            stored[key] = value
     return stored
 
 
-def write(path, config, params, *, vocab=None, optimizer_state=None, extra=None):
+def write(path, config, params, *, vocab=None, optimizer_state=None, extra=None, running=None):
     """Write a model file.
 
     Parameters
@@ -184,10 +232,15 @@ def write(path, config, params, *, vocab=None, optimizer_state=None, extra=None)
         ``Optimizer.state_dict()``.
     extra : dict, optional
         JSON-serializable user metadata.
+    running : mapping of str to ndarray, optional
+        The running statistics (``model.running``) of a ``norm="batch"`` model, which needs
+        them: every one its architecture implies, ``(S, width)`` with one ``S``; refused for
+        any other model unless empty.
     """
     config = {CELL_KEY: "elman", **config}
     stored = file_config(config)
-    shapes = architecture(stored).param_shapes()
+    arch = architecture(stored)
+    shapes = arch.param_shapes()
     if set(params) != set(shapes):
         raise ValueError(f"params: expected {sorted(shapes)} for this configuration, got "
                          f"{sorted(params)}")
@@ -195,6 +248,7 @@ def write(path, config, params, *, vocab=None, optimizer_state=None, extra=None)
         if np.shape(params[name]) != shape:
             raise ValueError(f"params[{name!r}]: expected shape {shape} for this "
                              f"configuration, got {np.shape(params[name])}")
+    stats = _running_to_write(arch, running)
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -203,7 +257,11 @@ def write(path, config, params, *, vocab=None, optimizer_state=None, extra=None)
         "optimizer": None,
         "extra": extra if extra is not None else {},
     }
+    if stats is not None:
+        meta["running_steps"] = next(iter(stats.values())).shape[0] if stats else 0
     arrays = {f"param/{name}": params[name] for name in shapes}
+    if stats:
+        arrays.update({f"running/{name}": a for name, a in stats.items()})
     if optimizer_state is not None:
         meta["optimizer"] = {k: v for k, v in optimizer_state.items() if k != "buffers"}
         arrays.update({f"optim/{name}": a for name, a in optimizer_state["buffers"].items()})
@@ -214,6 +272,41 @@ def write(path, config, params, *, vocab=None, optimizer_state=None, extra=None)
     arrays[_META] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     with open(os.fspath(path), "wb") as fh:
         np.savez(fh, **arrays)
+
+
+def _running_to_write(arch, running):
+    """The running statistics a file of ``arch`` stores (None: no ``norm="batch"``), checked:
+    what the writer refuses, the reader would refuse too."""
+    widths = running_shapes(arch)
+    if not widths:
+        if running:
+            raise ValueError(f"running: a model without norm='batch' has no running statistics, "
+                             f"got {sorted(running)}")
+        return None
+    if running is None:
+        raise ValueError("running: a norm='batch' model is saved with its running statistics "
+                         f"(model.running: {', '.join(widths)}); pass running=")
+    missing, extra = set(widths) - set(running), set(running) - set(widths)
+    if missing or extra:
+        raise ValueError(f"running: missing {sorted(missing)}, unexpected {sorted(extra)}")
+    steps = {np.shape(running[name])[0] if np.ndim(running[name]) else None for name in widths}
+    if len(steps) != 1 or None in steps:
+        raise ValueError("running: expected every statistic of shape (S, width) with one S, got "
+                         f"shapes {[np.shape(running[name]) for name in widths]}")
+    S = steps.pop()
+    if S > MAX_RUNNING_STEPS:
+        raise ValueError(f"running: a model file holds at most {MAX_RUNNING_STEPS} steps of "
+                         f"running statistics, got {S}")
+    stats = {}
+    for name, width in widths.items():
+        a = np.asarray(running[name])
+        if a.shape != (S, width):
+            raise ValueError(f"running[{name!r}]: expected shape {(S, width)}, got {a.shape}")
+        if not np.isfinite(a).all() or (name.startswith("var_") and (a < 0).any()):
+            raise ValueError(f"running[{name!r}]: expected finite values"
+                             + (" >= 0" if name.startswith("var_") else ""))
+        stats[name] = a
+    return stats
 
 
 def read(path):
@@ -258,7 +351,10 @@ def _read(fh, path):
         meta = _parse_metadata(raw, path)
         config = _check_config(meta["config"], path)
         dtype = np.dtype(config["dtype"])
-        shapes = architecture(config).param_shapes()
+        arch = architecture(config)
+        shapes = arch.param_shapes()
+        running_widths = running_shapes(arch)
+        steps = _check_running_steps(meta, running_widths, config, path)
         vocab = _check_vocabulary(meta["vocab"], config, path)
         optimizer_state, buffer_shapes = _check_optimizer(meta["optimizer"], shapes, dtype, path)
 
@@ -266,6 +362,8 @@ def _read(fh, path):
                     for name, shape in shapes.items()}
         expected.update({f"optim/{key}.npy": (f"optimizer buffer {key}", shape)
                          for key, shape in buffer_shapes.items()})
+        expected.update({f"running/{name}.npy": (f"running statistic {name}", (steps, width))
+                         for name, width in running_widths.items()})
         missing = [what for name, (what, _) in expected.items() if name not in members]
         if missing:
             shown = ", ".join(missing[:5]) + (f", ... ({len(missing)} in all)" if len(missing) > 5 else "")
@@ -287,7 +385,13 @@ def _read(fh, path):
     params = {name: arrays.pop(f"param/{name}.npy") for name in shapes}
     if optimizer_state is not None:
         optimizer_state["buffers"] = {key: arrays.pop(f"optim/{key}.npy") for key in buffer_shapes}
-    return Contents(config, params, vocab, optimizer_state, meta["extra"])
+    running = {name: arrays.pop(f"running/{name}.npy") for name in running_widths}
+    for name, a in running.items():
+        if not np.isfinite(a).all():
+            raise ModelFileError(path, f"running statistic {name}: non-finite values")
+        if name.startswith("var_") and (a < 0).any():
+            raise ModelFileError(path, f"running statistic {name}: negative variances")
+    return Contents(config, params, vocab, optimizer_state, meta["extra"], running)
 
 
 def _members(archive, path):
@@ -412,7 +516,8 @@ def _check_config(config, path):
     if not isinstance(config, dict):
         fail(f"expected a JSON object, got {_json_type(config)}")
     missing = [key for key in CONFIG_KEYS if key not in config]
-    unexpected = sorted(set(config) - set(CONFIG_KEYS) - set(LAYER_KEYS) - {CELL_KEY})
+    unexpected = sorted(set(config) - set(CONFIG_KEYS) - set(LAYER_KEYS) - {CELL_KEY}
+                        - set(RECURRENCE_KEYS))
     if missing or unexpected:
         fail(f"missing {missing}, unexpected {_shown(unexpected)}")
     for key in ("input_size", "hidden_size", "output_size"):
@@ -454,7 +559,37 @@ def _check_config(config, path):
                      f"{_shown(config[key])}")
         if config["init"] == "identity":
             fail(f"init: 'identity' (IRNN) is for Elman cells, not {cell}")
+    # the recurrence's normalization and regularizers (absent in files of plain models)
+    config = {**RECURRENCE_KEYS, **config}
+    norm = config["norm"]
+    if norm is not None and (not isinstance(norm, str) or norm not in NORMS):
+        fail(f"norm: expected null, {', '.join(map(repr, NORMS))}, got {_shown(norm)}")
+    for key in ("recurrent_dropout", "zoneout", "weight_drop"):
+        value = config[key]
+        if type(value) not in (int, float) or not 0 <= value < 1:  # NaN fails too
+            fail(f"{key}: expected a number in [0, 1), got {_shown(value)}")
+        config[key] = float(value)
     return config
+
+
+def _check_running_steps(meta, widths, config, path):
+    """The number of steps ``S`` of the running statistics (None without ``norm="batch"``)."""
+    steps = meta.get("running_steps")
+    if not widths:
+        if steps is not None:
+            raise ModelFileError(
+                path, f"metadata: running_steps {_shown(steps)} for a model without "
+                      f"norm='batch' (norm={config['norm']!r})")
+        return None
+    if steps is None:
+        raise ModelFileError(
+            path, "running statistics missing: a norm='batch' model's file holds them "
+                  f"(metadata running_steps and members running/<name>.npy for "
+                  f"{_listed(list(widths), most=6)}); this file has none")
+    if type(steps) is not int or not 0 <= steps <= MAX_RUNNING_STEPS:
+        raise ModelFileError(path, f"metadata: running_steps: expected an int in "
+                                   f"[0, {MAX_RUNNING_STEPS}], got {_shown(steps)}")
+    return steps
 
 
 def _check_vocabulary(data, config, path):

@@ -21,7 +21,7 @@ import numpy as np
 from . import __version__, backend_info, optim
 from ._modelfile import MAX_LAYERS
 from .data import Vocabulary, train_val_split
-from .io import ModelFileError, load, load_checkpoint
+from .io import ModelFileError, load, load_checkpoint, save
 from .rnn import GRU, LSTM, RNN
 from .train import Checkpoint, fit
 
@@ -113,6 +113,10 @@ def train(args):
         print("cyrnn train: --dropout acts between layers: it needs --num-layers 2 or more",
               file=sys.stderr)
         return 2
+    if args.norm == "batch" and args.batch_size < 2:
+        print("cyrnn train: --norm batch normalizes over the streams of a batch: it needs "
+              "--batch-size 2 or more", file=sys.stderr)
+        return 2
     with open(args.text_file, encoding="utf-8") as fh:
         text = fh.read()
     if len(text) < 2 * args.seq_len:
@@ -125,7 +129,9 @@ def train(args):
     options = {} if args.cell != "elman" else {"nonlinearity": args.nonlinearity or "tanh"}
     model = _CELLS[args.cell](len(vocab), args.hidden, len(vocab), num_layers=args.num_layers,
                               dropout=args.dropout, output="softmax", dtype=args.dtype,
-                              seed=args.seed, backend=args.backend, **options)
+                              seed=args.seed, backend=args.backend, norm=args.norm,
+                              recurrent_dropout=args.recurrent_dropout, zoneout=args.zoneout,
+                              weight_drop=args.weight_drop, **options)
     model.vocab = vocab
     checkpoint = args.checkpoint or os.path.splitext(os.path.basename(args.text_file))[0] + ".npz"
     callbacks = [Checkpoint(checkpoint, best_only=val_ids is not None)]
@@ -135,7 +141,7 @@ def train(args):
                   optimizer=args.optimizer, lr=args.lr, clip_norm=args.clip_norm or None,
                   callbacks=callbacks, seed=args.seed, verbose=True, log_every=args.log_every)
     if val_ids is None:
-        model.save(checkpoint)
+        save(model, checkpoint)
     print(f"done: {len(history.steps)} steps; model in {checkpoint}")
     return 0
 
@@ -174,8 +180,9 @@ def _layers(text):
     return value
 
 
-def _dropout(text):
-    """``--dropout``: a number in [0, 1)."""
+def _probability(text):
+    """``--dropout``, ``--recurrent-dropout``, ``--zoneout``, ``--weight-drop``: a number in
+    [0, 1)."""
     try:
         value = float(text)
     except ValueError:
@@ -219,7 +226,7 @@ def _parser():
     p.add_argument("--bidirectional", action="store_true",
                    help="refused: a character model generates text forwards, one character at "
                         "a time, which a model reading the text backwards too cannot do")
-    p.add_argument("--dropout", type=_dropout, default=0.0, metavar="P",
+    p.add_argument("--dropout", type=_probability, default=0.0, metavar="P",
                    help="dropout on the outputs of every layer but the last, in training only "
                         "(in [0, 1); needs --num-layers 2 or more; default 0)")
     p.add_argument("--cell", default="elman", choices=tuple(_CELLS),
@@ -230,6 +237,21 @@ def _parser():
                    choices=("tanh", "relu", "sigmoid", "leaky_relu", "identity"),
                    help="hidden unit function of an elman cell (default tanh); refused for "
                         "lstm and gru, whose gates have their own")
+    p.add_argument("--norm", default=None, choices=("layer", "batch"),
+                   help="normalize the input and recurrent terms of every step (and an lstm's "
+                        "cell state): layer normalization, or batch normalization with running "
+                        "statistics per step of a chunk (--seq-len), used when validating and "
+                        "sampling; default none")
+    p.add_argument("--recurrent-dropout", type=_probability, default=0.0, metavar="P",
+                   help="variational dropout of the state in the recurrent product, one mask "
+                        "per sequence, in training only (in [0, 1); default 0)")
+    p.add_argument("--zoneout", type=_probability, default=0.0, metavar="P",
+                   help="each unit of the state keeps its previous value with probability P "
+                        "in training, in expectation when validating and sampling (in [0, 1); "
+                        "default 0)")
+    p.add_argument("--weight-drop", type=_probability, default=0.0, metavar="P",
+                   help="DropConnect on the recurrent weights, one mask per update, in "
+                        "training only (in [0, 1); default 0)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                    help="floating-point precision of the weights (default float32)")
     p.add_argument("--epochs", type=int, default=10, help="passes over the text (default 10)")

@@ -124,6 +124,12 @@ def gradient_check(model: RNN, x: npt.ArrayLike, target: npt.ArrayLike, *,
       the backend's layer kernels (``rnn_forward``, ``lstm_forward``, ``gru_forward``).
     - dropout (a model with ``dropout > 0`` and several layers): pass ``dropout_seed``; every
       evaluation draws its masks from that same seed, so they are fixed.
+    - a normalized or regularized recurrence (``norm``, ``recurrent_dropout``, ``zoneout``,
+      ``weight_drop``): the training call's function, with batch statistics for
+      ``norm="batch"`` (which needs at least 2 sequences) and the masks of ``dropout_seed``;
+      without one, the check fixes ``dropout_seed=0`` for a model with recurrent
+      regularizers, so every evaluation applies the same masks (the model's generator is not
+      used). Truncation is checked for plain recurrences only (full BPTT here).
 
     Parameters
     ----------
@@ -173,6 +179,14 @@ def gradient_check(model: RNN, x: npt.ArrayLike, target: npt.ArrayLike, *,
         raise ValueError(
             "dropout_seed: a model with dropout between layers draws new masks at every call; "
             "pass dropout_seed= so that every evaluation of the check uses the same masks")
+    arch = model.architecture
+    if seed is None and (arch.recurrent_dropout or arch.zoneout or arch.weight_drop):
+        seed = 0  # the regularizers' masks: the same in every evaluation
+    if truncate is not None and not arch.plain:
+        raise ValueError(
+            "truncate: gradient_check's truncation surrogate runs the plain cell; a model with "
+            "norm, recurrent_dropout, zoneout or weight_drop is checked with full BPTT "
+            "(truncate=None)")
 
     options = {k: v for k, v in model.config().items() if k not in _SHAPE_KEYS}
     options["dtype"] = "float64"

@@ -9,6 +9,11 @@ PyTorch's ``nn.RNN`` keeps, per layer ``l`` and direction, ``weight_ih_l{l}[_rev
 adds; cyrnn keeps the same matrices in the same orientation and one bias, their sum. The
 mapping is by name only (``cyrnn.layers`` names the parameters), so it serves any dict keyed like
 ``params``, gradients included. Used by ``RNN.from_torch`` and ``RNN.to_torch_state``.
+
+Neither layout has a place for cyrnn's normalized or regularized recurrences (``norm``,
+``recurrent_dropout``, ``zoneout``, ``weight_drop``, see ``cyrnn.norms``): exporting such a
+model is refused with a ``ValueError`` naming the option, rather than writing weights that
+describe a different network.
 """
 from __future__ import annotations
 
@@ -133,13 +138,56 @@ def torch_names(arch: Architecture, *, rnn_prefix: str = "rnn.",
     return names
 
 
+#: Why each recurrence option has no counterpart in ``torch.nn.RNN``/``LSTM``/``GRU`` or Keras's
+#: recurrent layers.
+_UNEXPORTABLE = {
+    "norm": "normalizes the input and recurrent terms (and an LSTM's cell state) inside every "
+            "step, with gains of its own{stats}, which these layers do not compute",
+    "zoneout": "mixes each new state with the previous one (at random in training, in "
+               "expectation at inference), which these layers do not do",
+    "recurrent_dropout": "drops units of the state in the recurrent product in training, which "
+                         "these layers cannot express",
+    "weight_drop": "drops weights of the recurrent matrix in training, which these layers "
+                   "cannot express",
+}
+
+
+def check_exportable(arch: Architecture, layout: str) -> None:
+    """Refuse (``ValueError``) to export a model whose recurrence ``layout`` (e.g. ``"torch"``)
+    cannot represent: a normalization or a regularizer inside the recurrence."""
+    if arch.plain:
+        return
+    problems, training_only = [], []
+    for key in ("norm", "zoneout", "recurrent_dropout", "weight_drop"):
+        value = getattr(arch, key)
+        if value is None or value == 0:
+            continue
+        stats = " and running statistics" if value == "batch" else ""
+        problems.append(f"{key}={value!r} {_UNEXPORTABLE[key].format(stats=stats)}")
+        if key in ("recurrent_dropout", "weight_drop"):
+            training_only.append(key)
+    message = f"cannot export to the {layout} layout: {'; '.join(problems)}"
+    if len(training_only) < len(problems):
+        message += "; the weights alone would describe a different network"
+    else:
+        # inference is the plain cell's: the weights are the same, the option is training only
+        message += (f"; a model loaded with these weights computes the same at inference but "
+                    f"would train without {' and '.join(training_only)}. To export the trained "
+                    f"weights for inference, build a model without "
+                    f"{'them' if len(training_only) > 1 else 'it'} from the same parameters: "
+                    f"type(model).from_params(model.params, output=model.output, ...)")
+    raise ValueError(message)
+
+
 def to_torch_state(arch: Architecture, arrays: Mapping[str, Any], *, rnn_prefix: str = "rnn.",
                    output_prefix: str = "fc.") -> dict[str, np.ndarray]:
     """``arrays`` keyed like ``params`` (the parameters, or their gradients) under torch's
     names, as copies. A merged bias ``bh`` goes to ``bias_ih`` and ``bias_hh`` is zero (GRU: but
     its n-part, ``bhn``), so a torch-side comparison of gradients reads ``bias_ih`` (and GRU's
     n-part of ``bias_hh``). Keys that are not parameters (a gradient dict's ``h0``, ``c0`` and
-    ``x``) are left out."""
+    ``x``) are left out. A normalized or regularized recurrence is refused
+    (``check_exportable``)."""
+    check_exportable(arch, "torch.nn.RNN/LSTM/GRU")
     names = torch_names(arch, rnn_prefix=rnn_prefix, output_prefix=output_prefix)
     missing = [name for name in names if name not in arrays]
     if missing:
@@ -251,7 +299,9 @@ def params_from_keras(layers: Any, dense: Any = None, *, cell: str = "elman") ->
 def keras_weights(arch: Architecture, params: Mapping[str, Any]) -> tuple[list, Optional[list]]:
     """``(layers, dense)``: the inverse of ``params_from_keras``, as lists of new arrays
     (``Bidirectional`` layers' six arrays for a bidirectional model; GRU with
-    ``reset_after=True``)."""
+    ``reset_after=True``). A normalized or regularized recurrence is refused
+    (``check_exportable``)."""
+    check_exportable(arch, "Keras SimpleRNN/LSTM/GRU")
     gates = _KERAS_GATES[arch.cell]
     H = arch.hidden_size
     inverse = np.argsort(gates)

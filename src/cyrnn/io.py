@@ -20,6 +20,15 @@ hold the extra parameters ``bhn``). A gated cell has no nonlinearity: its file h
 ``init="identity"``, an Elman initialisation). The parameters a configuration implies, with
 their names and shapes, are ``cyrnn.layers.Architecture(...).param_shapes()``.
 
+The normalization and regularizers of the recurrence (``norm``, ``recurrent_dropout``,
+``zoneout``, ``weight_drop``) are stored the same way again, only when set: a file without
+them is unchanged, and a cyrnn that does not know them refuses the file rather than running the
+model without them. A normalized model's gains are parameters like the others. A
+``norm="batch"`` model's running statistics (``model.running``) are stored as
+``running/<name>.npy`` members of shape ``(S, width)``, ``S`` (possibly 0) given by the
+metadata's ``running_steps``; a ``norm="batch"`` file without them, or with statistics of the
+wrong shape or dtype, non-finite values or negative variances, is refused with their names.
+
 Loading treats the file as hostile. It opens the archive itself (not ``np.load``) and, before
 it decompresses the data of any array:
 
@@ -50,6 +59,8 @@ a wrong type or size anywhere, non-finite values, ...) raises ``ModelFileError``
 ``ValueError`` whose message names the file and the problem. Errors opening the path itself
 (``FileNotFoundError``, ``PermissionError``, ``IsADirectoryError``) are raised as they are.
 """
+import numpy as np
+
 from . import _modelfile, kernels
 from ._modelfile import ModelFileError, _short
 from .rnn import GRU, LSTM, RNN
@@ -59,7 +70,8 @@ __all__ = ["ModelFileError", "save", "load", "load_checkpoint"]
 FORMAT = _modelfile.FORMAT
 VERSION = _modelfile.VERSION
 #: The model options a file stores besides the shape (which the parameters' names give).
-_OPTIONS = ("dropout", "nonlinearity", "negative_slope", "output", "init", "dtype", "batch_first")
+_OPTIONS = ("dropout", "nonlinearity", "negative_slope", "output", "init", "dtype", "batch_first",
+            "norm", "recurrent_dropout", "zoneout", "weight_drop")
 #: The options of an Elman cell only: a gated cell's file holds their defaults.
 _ELMAN_OPTIONS = ("nonlinearity", "negative_slope")
 #: The class ``load`` builds for each cell of a file.
@@ -78,11 +90,13 @@ def save(model, path, *, optimizer=None, extra=None):
         Its ``state_dict()`` is stored so that training can resume bit-identically.
     extra : dict, optional
         JSON-serializable user metadata (e.g. the epoch), returned by ``load_checkpoint``.
+
+    A ``norm="batch"`` model's running statistics (``model.running``) are stored with it.
     """
     _modelfile.write(path, {**model.config(), "cell": model.architecture.cell}, model.params,
                      vocab=getattr(model, "vocab", None),
                      optimizer_state=None if optimizer is None else optimizer.state_dict(),
-                     extra=extra)
+                     extra=extra, running=getattr(model, "running", None))
 
 
 def load(path, *, backend=None):
@@ -150,4 +164,7 @@ def load_checkpoint(path, *, backend=None):
     except Exception as exc:  # anything else a hostile file could provoke
         raise ModelFileError(path, f"unreadable ({type(exc).__name__}: {_short(exc)})") from exc
     model.vocab = contents.vocab
+    # norm="batch": the statistics as read (shapes, dtype and values checked), as new arrays
+    model.running = {name: np.array(a, dtype=model.dtype, order="C")
+                     for name, a in (contents.running or {}).items()}
     return model, contents.optimizer_state, contents.extra

@@ -76,13 +76,25 @@ _GATED_EXPECTED_FAILURES = {
 }
 
 
+#: What ``expected_failed_checks`` adds for ``norm="batch"``.
+_BATCH_NORM_EXPECTED_FAILURES = {
+    name: "with norm='batch' unequal sample weights are refused: the weighted loss is computed "
+          "per group of equal weights, and batch statistics over a group are not those of the "
+          "batch"
+    for name in ("check_sample_weights_not_overwritten",
+                 "check_sample_weight_equivalence_on_dense_data")}
+
+
 def expected_failed_checks(estimator: Any) -> dict[str, str]:
     """The checks of ``sklearn.utils.estimator_checks`` that cannot hold for ``estimator``,
     with the reason: ``check_estimator(est, expected_failed_checks=expected_failed_checks(est))``
-    (``EXPECTED_FAILED_CHECKS[name]`` for its Elman cell, more for LSTM and GRU)."""
+    (``EXPECTED_FAILED_CHECKS[name]`` for its Elman cell, more for LSTM and GRU and for
+    ``norm="batch"``)."""
     failed = dict(EXPECTED_FAILED_CHECKS[type(estimator).__name__])
     if getattr(estimator, "cell", "elman") != "elman":
         failed.update(_GATED_EXPECTED_FAILURES)
+    if getattr(estimator, "norm", None) == "batch":
+        failed.update(_BATCH_NORM_EXPECTED_FAILURES)
     return failed
 
 
@@ -118,6 +130,10 @@ class _RNNEstimator(BaseEstimator):
         verbose: bool = False,
         backend: Optional[str] = None,
         threads: Optional[int] = None,
+        norm: Optional[str] = None,
+        recurrent_dropout: float = 0.0,
+        zoneout: float = 0.0,
+        weight_drop: float = 0.0,
     ) -> None:
         self.cell = cell
         self.hidden_size = hidden_size
@@ -143,6 +159,10 @@ class _RNNEstimator(BaseEstimator):
         self.verbose = verbose
         self.backend = backend
         self.threads = threads
+        self.norm = norm
+        self.recurrent_dropout = recurrent_dropout
+        self.zoneout = zoneout
+        self.weight_drop = weight_drop
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -247,6 +267,14 @@ class _RNNEstimator(BaseEstimator):
         keep = sample_weight > 0
         if not keep.any():
             raise ValueError("sample_weight: every weight is 0, nothing to train on")
+        if self.norm == "batch" and keep.sum() < 2:
+            raise ValueError(f"norm='batch' trains on batch statistics: it needs at least 2 "
+                             f"sequences, got {int(keep.sum())} sample")
+        if self.norm == "batch" and np.unique(sample_weight[keep]).size > 1:
+            raise ValueError(
+                "sample_weight: with norm='batch' the weights must be equal (or 0): unequal "
+                "weights split each batch by weight, and batch statistics over the parts are "
+                "not those of the batch")
         if not keep.all():  # a weight of 0 is the same as leaving the sequence out
             x, targets, sample_weight = x[keep], targets[keep], sample_weight[keep]
             lengths = None if lengths is None else lengths[keep]
@@ -274,12 +302,15 @@ class _RNNEstimator(BaseEstimator):
     def _train(self, train, val, epochs):
         x, targets, lengths, weights = train
         batch_size = min(self.batch_size, x.shape[0])
-        best_params, waited = None, 0
+        best_params, best_running, waited = None, None, 0
         for _ in range(epochs):
             order = self._shuffle.permutation(x.shape[0])
             total, count = 0.0, 0.0
-            for start in range(0, x.shape[0], batch_size):
-                idx = order[start:start + batch_size]
+            starts = list(range(0, x.shape[0], batch_size))
+            if self.norm == "batch" and len(starts) > 1 and x.shape[0] - starts[-1] == 1:
+                starts.pop()  # batch statistics need 2 sequences: the last one joins the batch before
+            for start, stop in zip(starts, starts[1:] + [x.shape[0]]):
+                idx = order[start:stop]
                 value, grads = self._loss(x[idx], targets[idx],
                                           None if lengths is None else lengths[idx], weights[idx],
                                           need_grads=True)
@@ -310,6 +341,8 @@ class _RNNEstimator(BaseEstimator):
                 self.best_loss_ = monitored
                 if val is not None:
                     best_params = {k: p.copy() for k, p in self.model_.params.items()}
+                    # norm="batch": the statistics that go with those weights
+                    best_running = {k: a.copy() for k, a in self.model_.running.items()}
             if waited >= self.n_iter_no_change:
                 if self.verbose:
                     print(f"No improvement by at least tol={self.tol} for "
@@ -317,6 +350,7 @@ class _RNNEstimator(BaseEstimator):
                 break
         if best_params is not None:
             self.model_.set_params(best_params)
+            self.model_.running = best_running
 
     def _loss(self, x, targets, lengths, weights, need_grads):
         """Weighted mean loss of a batch (and its gradient): one call when the weights are
@@ -407,7 +441,8 @@ class _RNNEstimator(BaseEstimator):
             features, self.hidden_size, self._output_size(), num_layers=self.num_layers,
             bidirectional=self.bidirectional, dropout=self.dropout, output=self._output(),
             init=self.init, dtype=self.dtype, seed=seed, backend=self.backend, batch_first=True,
-            threads=self.threads, **options)
+            threads=self.threads, norm=self.norm, recurrent_dropout=self.recurrent_dropout,
+            zoneout=self.zoneout, weight_drop=self.weight_drop, **options)
 
     def _optimizer_kwargs(self):
         return {"lr": self.lr, "weight_decay": self.weight_decay}
@@ -457,6 +492,11 @@ class RNNClassifier(ClassifierMixin, _RNNEstimator):
         The recurrent cell: ``model_`` is a ``cyrnn.RNN``, ``cyrnn.LSTM`` or ``cyrnn.GRU``.
     hidden_size, num_layers, bidirectional, dropout, init, dtype, backend, threads
         As in ``cyrnn.RNN`` (``init="identity"`` is for the Elman cell only).
+    norm, recurrent_dropout, zoneout, weight_drop
+        The normalization and regularizers of the recurrence, as in ``cyrnn.RNN``. With
+        ``norm="batch"``, every training batch holds at least 2 sequences (a last batch of one
+        joins the one before), predictions use the running statistics, and the sample weights
+        of a fit must be equal (the batch statistics are those of the whole batch).
     nonlinearity : str
         As in ``cyrnn.RNN``, for ``cell="elman"``; ignored for the gated cells (see the
         module docstring).
@@ -590,7 +630,8 @@ class RNNRegressor(RegressorMixin, _RNNEstimator):
                  optimizer="adam", lr=0.01, weight_decay=0.0, max_iter=100, batch_size=32,
                  clip_norm=5.0, truncate=None, early_stopping=False, validation_fraction=0.1,
                  n_iter_no_change=10, tol=1e-4, warm_start=False, random_state=None,
-                 verbose=False, backend=None, threads=None, target_steps="last"):
+                 verbose=False, backend=None, threads=None, norm=None, recurrent_dropout=0.0,
+                 zoneout=0.0, weight_drop=0.0, target_steps="last"):
         super().__init__(
             cell=cell, hidden_size=hidden_size, num_layers=num_layers,
             bidirectional=bidirectional, dropout=dropout, nonlinearity=nonlinearity, init=init,
@@ -598,7 +639,9 @@ class RNNRegressor(RegressorMixin, _RNNEstimator):
             max_iter=max_iter, batch_size=batch_size, clip_norm=clip_norm, truncate=truncate,
             early_stopping=early_stopping, validation_fraction=validation_fraction,
             n_iter_no_change=n_iter_no_change, tol=tol, warm_start=warm_start,
-            random_state=random_state, verbose=verbose, backend=backend, threads=threads)
+            random_state=random_state, verbose=verbose, backend=backend, threads=threads,
+            norm=norm, recurrent_dropout=recurrent_dropout, zoneout=zoneout,
+            weight_drop=weight_drop)
         self.target_steps = target_steps
 
     def __sklearn_tags__(self):

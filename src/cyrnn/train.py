@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional, Union
 import numpy as np
 
 from . import _checks, data as data_mod
+from .io import save as save_model
 from ._typing import ArrayDict, Dataset, LossName, Reduction, Seed, StrPath, TargetSteps
 from .clip import clip_grad_norm, clip_grad_value, grad_norm
 from .optim import Optimizer, make_optimizer
@@ -82,7 +83,8 @@ class EarlyStopping(Callback):
     patience : int >= 1
     min_delta : float >= 0
     restore_best : bool
-        At the end of training, copy the best epoch's parameters back into the model.
+        At the end of training, copy the best epoch's parameters back into the model (and a
+        ``norm="batch"`` model's running statistics of that epoch).
     """
 
     monitor: str
@@ -92,6 +94,7 @@ class EarlyStopping(Callback):
     best: float
     best_epoch: Optional[int]
     _best_params: Optional[ArrayDict]
+    _best_running: Optional[ArrayDict]
 
     def __init__(self, monitor: str = "val_loss", patience: int = 3, min_delta: float = 0.0,
                  restore_best: bool = True) -> None:
@@ -104,6 +107,7 @@ class EarlyStopping(Callback):
         self.best = math.inf
         self.best_epoch = None
         self._best_params = None
+        self._best_running = None
         self._waited = 0
 
     def on_epoch_end(self, state: _State) -> bool:
@@ -114,6 +118,8 @@ class EarlyStopping(Callback):
             self.best, self.best_epoch, self._waited = value, state.epoch, 0
             if self.restore_best:
                 self._best_params = {k: p.copy() for k, p in state.model.params.items()}
+                self._best_running = {k: a.copy() for k, a in
+                                      getattr(state.model, "running", {}).items()}
             return False
         self._waited += 1
         return self._waited >= self.patience
@@ -121,6 +127,8 @@ class EarlyStopping(Callback):
     def on_train_end(self, state: _State) -> None:
         if self.restore_best and self._best_params is not None:
             state.model.set_params(self._best_params)
+            if self._best_running:
+                state.model.running = self._best_running
 
 
 class Checkpoint(Callback):
@@ -156,7 +164,9 @@ class Checkpoint(Callback):
             if not value < self.best:
                 return False
             self.best = value
-        state.model.save(self.path, optimizer=state.optimizer, extra={"epoch": state.epoch})
+        # cyrnn.io.save: with a norm="batch" model's running statistics
+        save_model(state.model, self.path, optimizer=state.optimizer,
+                   extra={"epoch": state.epoch})
         return False
 
 
@@ -251,6 +261,22 @@ def fit(
     Returns
     -------
     History
+
+    Notes
+    -----
+    A model's normalization and regularizers (``norm``, ``recurrent_dropout``, ``zoneout``,
+    ``weight_drop``) act as ``loss_and_grad`` applies them: masks drawn from
+    ``model.generator`` at every update, batch statistics in training and the running ones in
+    validation. With ``norm="batch"``, the running statistics are kept per step of a training
+    call, so on a token stream they are per step *of a chunk*: with ``partition="sequential"``
+    the state is carried on but every chunk restarts at step 0 of the statistics (step ``t``'s
+    pool the ``t``-th steps of all chunks, ``S = seq_len``), and validation on a stream then
+    reads it in chunks of ``seq_len`` too, the state carried (``evaluate(seq_len=...)``), so
+    that each step meets the statistics it was trained with; with ``partition="random"`` (a
+    fresh state per subsequence) validation reads each stream in one call, steps beyond
+    ``seq_len`` taking the last step's statistics, as generation does. Each training batch
+    needs at least 2 sequences (``batch_size >= 2``); of a dataset of sequences, a last batch
+    of one sequence joins the batch before it.
     """
     epochs = _checks.positive_int("epochs", epochs)
     steps = None if steps is None else _checks.positive_int("steps", steps)
@@ -336,8 +362,11 @@ def fit(
                 "skipped": skipped,
             }
             if val is not None:
+                # per-step statistics of chunks: validate chunk by chunk (see Notes)
+                chunked = stream and partition == "sequential" and model.norm == "batch"
                 summary["val_loss"] = evaluate(model, val, batch_size=batch_size, loss=loss_name,
-                                               reduction=reduction, target_steps=target_steps)
+                                               reduction=reduction, target_steps=target_steps,
+                                               seq_len=seq_len if chunked else None)
             if loss_name == "cross_entropy":
                 summary["perplexity"] = _perplexity(summary["loss"])
                 if val is not None:
@@ -355,12 +384,17 @@ def fit(
 
 
 def evaluate(model: RNN, data: Dataset, *, batch_size: int = 32, loss: Optional[LossName] = None,
-             reduction: Reduction = "mean", target_steps: TargetSteps = "all") -> float:
+             reduction: Reduction = "mean", target_steps: TargetSteps = "all",
+             seq_len: Optional[int] = None) -> float:
     """Mean loss of ``model`` on ``data`` (a token stream or a dataset tuple, as in ``fit``),
-    forward only.
+    forward only (inference: a ``norm="batch"`` model's running statistics, no masks).
 
     A token stream is read as ``min(batch_size, N - 1)`` contiguous streams in one call, the
-    state carried through; the loss is the mean over all predicted tokens.
+    state carried through; the loss is the mean over all predicted tokens. With ``seq_len``,
+    the streams are read in chunks of ``seq_len`` steps instead, the state carried from chunk
+    to chunk (not for a bidirectional model), as ``fit``'s sequential partition trains: each
+    chunk starts at step 0 of a ``norm="batch"`` model's per-step statistics. ``seq_len`` does
+    not apply to a dataset of sequences.
     """
     if _is_stream(data):
         ids = _stream_ids(data)
@@ -371,9 +405,26 @@ def evaluate(model: RNN, data: Dataset, *, batch_size: int = 32, loss: Optional[
         cut = ids[: B * L + 1]
         x = cut[:-1].reshape(B, L).T
         y = cut[1:].reshape(B, L).T
-        if model.batch_first:
-            x, y = x.T, y.T
-        return model.evaluate(x, y, loss=loss, reduction=reduction)[0]
+        if seq_len is None:
+            if model.batch_first:
+                x, y = x.T, y.T
+            return model.evaluate(x, y, loss=loss, reduction=reduction)[0]
+        seq_len = _checks.positive_int("seq_len", seq_len)
+        total, h = 0.0, None
+        for start in range(0, L, seq_len):
+            xs, ys = x[start:start + seq_len], y[start:start + seq_len]
+            if model.batch_first:
+                xs, ys = xs.T, ys.T
+            value, h = model.evaluate(xs, ys, h0=h, loss=loss, reduction="sum")
+            if model.bidirectional:
+                h = None
+            total += value
+        if reduction == "sum":
+            return total
+        name = model.resolve_loss(loss)
+        width = 1 if name == "cross_entropy" else (model.output_size or
+                                                   model.architecture.top_size)
+        return total / (B * L * width)
     # sums per batch, divided at the end by the count the mean runs over (positions for
     # cross-entropy, elements for mse/bce): batching must not reweight anything
     loss = model.resolve_loss(loss)
@@ -437,7 +488,8 @@ def _num_sequences(x, model):
 
 def _dataset_batches(data, batch_size, rng, model, target_steps="all"):
     """Batches of a ``(inputs, targets[, lengths])`` dataset along its sequence axis, shuffled
-    when ``rng`` is given. Targets of every step share the inputs' layout; those of the last
+    when ``rng`` is given (training: then a ``norm="batch"`` model's last batch has at least 2
+    sequences when there are 2). Targets of every step share the inputs' layout; those of the last
     step only (``target_steps="last"``) have the sequences first."""
     if not isinstance(data, tuple) or len(data) not in (2, 3):
         raise TypeError("data: expected a 1-D token stream or a tuple (inputs, targets[, lengths])")
@@ -452,8 +504,11 @@ def _dataset_batches(data, batch_size, rng, model, target_steps="all"):
         raise ValueError(f"targets: expected {N} sequences like inputs, got shape {targets.shape}")
     order = rng.permutation(N) if rng is not None else np.arange(N)
     batches = []
-    for start in range(0, N, batch_size):
-        idx = order[start:start + batch_size]
+    starts = list(range(0, N, batch_size))
+    if rng is not None and model.norm == "batch" and len(starts) > 1 and N - starts[-1] == 1:
+        starts.pop()  # training on batch statistics: a last sequence joins the batch before
+    for start, stop in zip(starts, starts[1:] + [N]):
+        idx = order[start:stop]
         batch = (np.take(inputs, idx, axis=axis), np.take(targets, idx, axis=target_axis))
         if lengths is not None:
             batch += (lengths[idx],)
