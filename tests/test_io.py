@@ -1581,8 +1581,6 @@ def test_optimizer_state_of_a_normalized_model_resumes(tmp_path):
         assert loaded.running[name].tobytes() == a.tobytes(), name
 
 
-@pytest.mark.xfail(reason="RNN.save (rnn.py) does not pass model.running to the writer yet; "
-                          "cyrnn.io.save does", raises=ValueError, strict=False)
 def test_model_save_of_batch_norm(tmp_path):
     model = _trained_recurrence(cyrnn.GRU, None, np.float32, norm="batch")
     model.save(tmp_path / "m.npz")

@@ -12,8 +12,8 @@ determinism, inference behaviour and input checks.
    weight drop do nothing.
 4. Bad arguments, inputs left unchanged, ``model.running`` touched by training calls only;
    float32 follows float64; ``batch_first`` is a transpose.
-5. Persistence: pickling keeps the options and the running statistics; model files do not yet
-   (two strict xfails, see their reasons).
+5. Persistence: pickling and model files keep the options, the gains and the running
+   statistics.
 """
 import numpy as np
 import pytest
@@ -482,9 +482,6 @@ def test_pickle_keeps_options_and_running_statistics(cell, norm):
     assert_same_model(pickle.loads(pickle.dumps(model)), model, x, state)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="model files do not know norm: save() of a normalized model raises "
-                          "'params: expected [...] for this configuration, got [... gh, gx]'")
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("norm", ["layer", "batch"])
 def test_save_load_normalized_model(tmp_path, cell, norm):
@@ -494,9 +491,6 @@ def test_save_load_normalized_model(tmp_path, cell, norm):
     assert_same_model(cyrnn.io.load(path), model, x, state)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="model files drop recurrent_dropout, zoneout and weight_drop: the "
-                          "loaded model has 0.0 for each, so zoneout's inference differs")
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_save_load_regularized_model(tmp_path, cell):
     model, x, state = trained_model(cell, None, zoneout=0.2, recurrent_dropout=0.1,

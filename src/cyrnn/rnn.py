@@ -728,7 +728,7 @@ class RNN:
         _modelfile.write(path, {**self.config(), "cell": self.architecture.cell}, self.params,
                          vocab=self.vocab,
                          optimizer_state=None if optimizer is None else optimizer.state_dict(),
-                         extra=extra)
+                         extra=extra, running=self.running)
 
     @classmethod
     def from_torch(cls: type[_RNNType], state_dict: Mapping[str, npt.ArrayLike], *,
