@@ -305,6 +305,11 @@ class RNN:
             shape += f", dropout={self.dropout}"
         if self._CELL == "elman":
             shape += f", nonlinearity={self.nonlinearity!r}"
+        if self.norm is not None:
+            shape += f", norm={self.norm!r}"
+        for name in ("recurrent_dropout", "zoneout", "weight_drop"):
+            if getattr(self, name):
+                shape += f", {name}={getattr(self, name)}"
         return (
             f"{type(self).__name__}(input_size={self.input_size}, hidden_size={self.hidden_size}, "
             f"output_size={self.output_size}{shape}, output={self.output!r}, "
