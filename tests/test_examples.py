@@ -190,3 +190,73 @@ def test_readme_snippet_runs(index, tmp_path):
     result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
                             text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
+
+
+NORMALIZED = ["tanh", "tanh LN", "tanh BN", "LSTM", "LSTM LN", "LSTM BN"]
+
+
+def _titled_tables(stdout, prefix):
+    """The tables whose title line starts with ``prefix``: title -> {row name: numbers}, the
+    row name in the first 10 characters, the header line after the title skipped."""
+    lines = stdout.splitlines()
+    tables = {}
+    for i, line in enumerate(lines):
+        if line.startswith(prefix):
+            rows = {}
+            for row in lines[i + 2:]:
+                if not row.strip():
+                    break
+                rows[row[:10].strip()] = [float(v) for v in row[10:].split()]
+            tables[line] = rows
+    return tables
+
+
+def test_normalized_example_measures_the_six_models():
+    """Every table has the six models with finite numbers. At initialisation (which training
+    cannot change, so the same on every backend) every normalized model passes at least 1000x
+    more of the last step's error back to step 0 than its plain twin, on both tasks (measured
+    over seeds 0-3 in the fast mode: 10 to 40 orders of magnitude more; after training no
+    such order holds, so none is asserted). Training lowers every validation curve."""
+    result = _run("normalized.py")
+    assert result.returncode == 0, result.stderr
+    assert "MSE = 1/6 = 0.1667" in result.stdout
+    flows = _titled_tables(result.stdout, "gradient flow, ")
+    assert len(flows) == 4
+    for title, rows in flows.items():
+        assert list(rows) == NORMALIZED, title
+        for name, values in rows.items():
+            assert len(values) == 6 and np.all(np.isfinite(values)) and min(values) >= 0, name
+            assert values[-1] == pytest.approx(values[0] / values[-2], rel=0.01, abs=1e-300)
+    for task in ("text", "adding problem"):
+        rows = next(r for t, r in flows.items() if t.startswith(f"gradient flow, {task}, at "
+                                                                   "initialisation"))
+        for kind in ("tanh", "LSTM"):
+            for norm in (" LN", " BN"):
+                assert rows[kind + norm][-1] > 1e3 * rows[kind][-1], (task, kind + norm)
+    curves = _curves(result.stdout)  # the first per-epoch table: text bits per char
+    assert list(curves) == NORMALIZED and all(len(c) == 3 for c in curves.values())
+    for name, curve in curves.items():
+        assert np.all(np.isfinite(curve)) and curve[-1] < curve[0], name
+    adding = _curves(result.stdout.split("adding problem: test MSE per epoch", 1)[1])
+    assert list(adding) == NORMALIZED
+    for name, curve in adding.items():  # from untrained (about 1) to the mean's neighbourhood
+        assert len(curve) == 3 and curve[-1] < curve[0] and curve[-1] < 0.25, name
+    table = _titled_tables(result.stdout, "summary: ")
+    (summary,) = table.values()
+    assert list(summary) == NORMALIZED
+    for name, (params, bits, train_bits, _, mse, ratio, _) in summary.items():
+        assert params > 0 and np.isfinite(bits) and np.isfinite(train_bits)
+        assert mse == pytest.approx(ratio / 6, abs=1e-3)
+
+
+def test_normalized_example_plot_is_optional(tmp_path):
+    """``--plot`` saves a PNG where matplotlib is installed and says so where it is not."""
+    out = tmp_path / "normalized.png"
+    result = _run("normalized.py", "--plot", str(out))
+    assert result.returncode == 0, result.stderr
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed: no plot" in result.stdout and not out.exists()
+    else:
+        assert out.stat().st_size > 1000
