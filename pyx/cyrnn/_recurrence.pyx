@@ -7,8 +7,10 @@ results and errors) and documents the contract and the equations; ``cyrnn.kernel
 docstrings onto these functions. Each public ``def`` checks its arguments and allocates its
 results, then calls a private ``def`` over the ``floating`` fused type (Cython dispatches
 float32/float64 there, once) that runs the whole time loop in one ``nogil`` block: per step one
-matrix product (``_blas.pxd``) and fused loops over raw pointers for the epilogues, which run
-the cells' own (``_cells.pxi``, ``_gated.h``, ``_act.pxd``).
+matrix product (``_blas.pxd``) and fused loops over raw pointers for the epilogues: the cells'
+own (``_cells.pxi``, ``_gated.h``, ``_act.pxd``), the per-row loops of layer normalization and
+of the LSTM's normalized output (``_recurrence.h``, SIMD builds chosen at run time like
+``_gated.h``), and here the column loops of batch normalization, zoneout, lengths and carry.
 
 Arrays are time-major and C-contiguous: a (T, B, G) array is T blocks of B rows of G values. A
 step's loops run over all B rows as the twin does, then the rows of sequences that have ended
@@ -30,6 +32,37 @@ from cyrnn import _checks
 cnp.import_array()
 
 include "_cells.pxi"
+
+cdef extern from "_recurrence.h" nogil:
+    void layer_norm_f32 "cyrnn_layer_norm_f32"(float* x, float* xhat, float* rstd,
+                                               const float* gain, float eps, long rows, long n)
+    void layer_norm_f64 "cyrnn_layer_norm_f64"(double* x, double* xhat, double* rstd,
+                                               const double* gain, double eps, long rows,
+                                               long n)
+    void layer_norm_backward_f32 "cyrnn_layer_norm_backward_f32"(float* d, const float* xhat,
+                                                                 const float* rstd, long rows,
+                                                                 long n)
+    void layer_norm_backward_f64 "cyrnn_layer_norm_backward_f64"(double* d, const double* xhat,
+                                                                 const double* rstd, long rows,
+                                                                 long n)
+    void normalized_output_f32 "cyrnn_normalized_output_f32"(
+        const float* gates, const float* chat, const float* gc, const float* bc, float* h,
+        long rows, long H)
+    void normalized_output_f64 "cyrnn_normalized_output_f64"(
+        const double* gates, const double* chat, const double* gc, const double* bc, double* h,
+        long rows, long H)
+    void normalized_output_backward_f32 "cyrnn_normalized_output_backward_f32"(
+        const float* g, const float* gates, const float* chat, const float* gc, const float* bc,
+        float* u, float* dchat, float* dgc, float* dbc, long rows, long H)
+    void normalized_output_backward_f64 "cyrnn_normalized_output_backward_f64"(
+        const double* g, const double* gates, const double* chat, const double* gc,
+        const double* bc, double* u, double* dchat, double* dgc, double* dbc, long rows, long H)
+    void lstm_backward_from_dc_f32 "cyrnn_lstm_backward_from_dc_f32"(
+        float* dc, const float* g, const float* u, const float* gates, const float* c_prev,
+        float* da, long rows, long H)
+    void lstm_backward_from_dc_f64 "cyrnn_lstm_backward_from_dc_f64"(
+        double* dc, const double* g, const double* u, const double* gates,
+        const double* c_prev, double* da, long rows, long H)
 
 # codes of the cells and of the normalizations, as cyrnn.kernels.numpy_recurrence
 cdef enum:
@@ -67,68 +100,11 @@ cdef inline Py_ssize_t count_active(const Py_ssize_t* lengths, Py_ssize_t t,
     return n
 
 
-# ---------------------------------------------------------------------------------------------
-# reductions, in double, with eight partial sums in a fixed order (the compiler vectorizes them)
-# ---------------------------------------------------------------------------------------------
-
-cdef inline double total(const floating* x, Py_ssize_t n) noexcept nogil:
-    """sum_i x[i]."""
-    cdef double partial[8]
-    cdef Py_ssize_t i = 0, j
-    for j in range(8):
-        partial[j] = 0
-    while i + 8 <= n:
-        for j in range(8):
-            partial[j] += x[i + j]
-        i += 8
-    while i < n:
-        partial[0] += x[i]
-        i += 1
-    return (((partial[0] + partial[4]) + (partial[1] + partial[5]))
-            + ((partial[2] + partial[6]) + (partial[3] + partial[7])))
-
-
-cdef inline double dot(const floating* x, const floating* y, Py_ssize_t n) noexcept nogil:
-    """sum_i x[i] y[i], each product rounded to the float type first (as NumPy's x * y)."""
-    cdef double partial[8]
-    cdef Py_ssize_t i = 0, j
-    for j in range(8):
-        partial[j] = 0
-    while i + 8 <= n:
-        for j in range(8):
-            partial[j] += <floating> (x[i + j] * y[i + j])
-        i += 8
-    while i < n:
-        partial[0] += <floating> (x[i] * y[i])
-        i += 1
-    return (((partial[0] + partial[4]) + (partial[1] + partial[5]))
-            + ((partial[2] + partial[6]) + (partial[3] + partial[7])))
-
-
-cdef inline double squared_deviation(const floating* x, floating m, Py_ssize_t n) noexcept nogil:
-    """sum_i (x[i] - m)^2."""
-    cdef double partial[8]
-    cdef Py_ssize_t i = 0, j
-    cdef floating d
-    for j in range(8):
-        partial[j] = 0
-    while i + 8 <= n:
-        for j in range(8):
-            d = x[i + j] - m
-            partial[j] += d * d
-        i += 8
-    while i < n:
-        d = x[i] - m
-        partial[0] += d * d
-        i += 1
-    return (((partial[0] + partial[4]) + (partial[1] + partial[5]))
-            + ((partial[2] + partial[6]) + (partial[3] + partial[7])))
-
-
 cdef inline floating inverse_std(floating var) noexcept nogil:
     """1 / sqrt(var + eps), in the float type."""
     cdef floating eps = <floating> EPS
-    return 1 / <floating> sqrt(var + eps)
+    cdef floating one = 1
+    return one / <floating> sqrt(var + eps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,21 +115,11 @@ cdef inline floating inverse_std(floating var) noexcept nogil:
 cdef inline void layer_norm(floating* x, floating* xhat, floating* rstd, const floating* gain,
                             Py_ssize_t rows, Py_ssize_t n) noexcept nogil:
     """Each row over its n values: xhat = (x - mean) * rstd, rstd (rows,) = 1/sqrt(var + eps),
-    biased variance."""
-    cdef Py_ssize_t b, j
-    cdef floating m, r
-    cdef floating* xb
-    cdef floating* hb
-    for b in range(rows):
-        xb = x + b * n
-        hb = xhat + b * n
-        m = <floating> (total(xb, n) / n)
-        r = inverse_std(<floating> (squared_deviation(xb, m, n) / n))
-        rstd[b] = r
-        for j in range(n):
-            hb[j] = (xb[j] - m) * r
-    if gain != NULL:
-        scale_columns(x, xhat, gain, rows, n)
+    biased variance (_recurrence.h)."""
+    if floating is float:
+        layer_norm_f32(x, xhat, rstd, gain, <float> EPS, rows, n)
+    else:
+        layer_norm_f64(x, xhat, rstd, gain, EPS, rows, n)
 
 
 cdef inline void batch_norm(floating* x, floating* xhat, floating* rstd, floating* mean,
@@ -235,18 +201,10 @@ cdef inline void normalize(int norm, floating* x, floating* xhat, floating* rstd
 
 cdef inline void layer_norm_backward(floating* d, const floating* xhat, const floating* rstd,
                                      Py_ssize_t rows, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t b, j
-    cdef floating m1, m2, r
-    cdef floating* db
-    cdef const floating* xb
-    for b in range(rows):
-        db = d + b * n
-        xb = xhat + b * n
-        m1 = <floating> (total(db, n) / n)
-        m2 = <floating> (dot(db, xb, n) / n)
-        r = rstd[b]
-        for j in range(n):
-            db[j] = r * (db[j] - m1 - xb[j] * m2)
+    if floating is float:
+        layer_norm_backward_f32(d, xhat, rstd, rows, n)
+    else:
+        layer_norm_backward_f64(d, xhat, rstd, rows, n)
 
 
 cdef inline void batch_norm_backward(floating* d, const floating* xhat, const floating* rstd,
@@ -329,21 +287,20 @@ cdef inline void scale_columns(floating* out, const floating* x, const floating*
 cdef inline void kept_part(floating* out, const floating* z, const floating* g,
                            Py_ssize_t n) noexcept nogil:
     """out = (1 - z) * g: the part of a gradient that reaches the cell through zoneout."""
+    cdef floating one = 1  # a typed 1: a bare literal would compute in double
     cdef Py_ssize_t i
     for i in range(n):
-        out[i] = (1 - z[i]) * g[i]
+        out[i] = (one - z[i]) * g[i]
 
 
 cdef inline void normalized_output(const floating* gates, const floating* chat,
                                    const floating* gc, const floating* bc, floating* h,
                                    Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
     """The LSTM's h (rows, H) = o tanh(chat gc + bc), o the last block of gates (rows, 4H)."""
-    cdef Py_ssize_t b, j
-    cdef const floating* o
-    for b in range(rows):
-        o = gates + b * 4 * H + 3 * H
-        for j in range(H):
-            h[b * H + j] = o[j] * tanh_(chat[b * H + j] * gc[j] + bc[j])
+    if floating is float:
+        normalized_output_f32(gates, chat, gc, bc, h, rows, H)
+    else:
+        normalized_output_f64(gates, chat, gc, bc, h, rows, H)
 
 
 cdef inline void normalized_output_backward(const floating* g, const floating* gates,
@@ -354,24 +311,18 @@ cdef inline void normalized_output_backward(const floating* g, const floating* g
                                             Py_ssize_t t) noexcept nogil:
     """Through h = o u, u = tanh(chat gc + bc), from g = dL/dh (rows, H): u, dL/dchat = du gc
     with du = g o (1 - u^2); the gradients of gc and bc (H,) grow by the active rows' du chat
-    and du."""
-    cdef Py_ssize_t b, j, k
-    cdef floating uu
-    cdef const floating* o
+    and du. Rows of inactive sequences are skipped (nothing reads them)."""
+    cdef Py_ssize_t b, G = 4 * H
+    if lengths == NULL:
+        if floating is float:
+            normalized_output_backward_f32(g, gates, chat, gc, bc, u, dchat, dgc, dbc, rows, H)
+        else:
+            normalized_output_backward_f64(g, gates, chat, gc, bc, u, dchat, dgc, dbc, rows, H)
+        return
     for b in range(rows):
-        o = gates + b * 4 * H + 3 * H
-        for j in range(H):
-            k = b * H + j
-            uu = tanh_(chat[k] * gc[j] + bc[j])
-            u[k] = uu
-            dchat[k] = g[k] * o[j] * (1 - uu * uu)  # du
         if active(lengths, t, b):
-            for j in range(H):
-                k = b * H + j
-                dgc[j] += dchat[k] * chat[k]
-                dbc[j] += dchat[k]
-        for j in range(H):
-            dchat[b * H + j] *= gc[j]
+            normalized_output_backward(g + b * H, gates + b * G, chat + b * H, gc, bc,
+                                       u + b * H, dchat + b * H, dgc, dbc, 1, H, NULL, t)
 
 
 cdef inline void lstm_backward_from_dc(floating* dc, const floating* g, const floating* u,
@@ -380,22 +331,10 @@ cdef inline void lstm_backward_from_dc(floating* dc, const floating* g, const fl
                                        Py_ssize_t H) noexcept nogil:
     """The LSTM's backward epilogue when h = o u does not read c: from dc = dL/dc_t (rows, H)
     (in place: dc f on return, towards c_{t-1}) and g = dL/dh_t: da (rows, 4H)."""
-    cdef Py_ssize_t b, j, k
-    cdef floating i, f, gg, o, d
-    cdef const floating* gb
-    cdef floating* db
-    for b in range(rows):
-        gb = gates + b * 4 * H
-        db = da + b * 4 * H
-        for j in range(H):
-            k = b * H + j
-            i, f, gg, o = gb[j], gb[H + j], gb[2 * H + j], gb[3 * H + j]
-            d = dc[k]
-            db[j] = d * gg * (i * (1 - i))
-            db[H + j] = d * c_prev[k] * (f * (1 - f))
-            db[2 * H + j] = d * i * (1 - gg * gg)
-            db[3 * H + j] = g[k] * u[k] * (o * (1 - o))
-            dc[k] = d * f
+    if floating is float:
+        lstm_backward_from_dc_f32(dc, g, u, gates, c_prev, da, rows, H)
+    else:
+        lstm_backward_from_dc_f64(dc, g, u, gates, c_prev, da, rows, H)
 
 
 cdef inline void commit(floating* h, const floating* h_prev, floating* gates, const floating* zh,
@@ -406,6 +345,7 @@ cdef inline void commit(floating* h, const floating* h_prev, floating* gates, co
     c_tilde with zc), on the rows of active sequences; the others keep their states, their
     gates are zero."""
     cdef Py_ssize_t b, j, k
+    cdef floating one = 1  # a typed 1: a bare literal would compute in double
     for b in range(B):
         if not active(lengths, t, b):
             memset(gates + b * G, 0, G * sizeof(floating))
@@ -416,11 +356,11 @@ cdef inline void commit(floating* h, const floating* h_prev, floating* gates, co
         if zh != NULL:
             for j in range(H):
                 k = b * H + j
-                h[k] = zh[k] * h_prev[k] + (1 - zh[k]) * h[k]
+                h[k] = zh[k] * h_prev[k] + (one - zh[k]) * h[k]
         if zc != NULL:
             for j in range(H):
                 k = b * H + j
-                c[k] = zc[k] * c_prev[k] + (1 - zc[k]) * c_tilde[k]
+                c[k] = zc[k] * c_prev[k] + (one - zc[k]) * c_tilde[k]
 
 
 cdef inline void carry_back(floating* g_h, const floating* back, const floating* rmask,
