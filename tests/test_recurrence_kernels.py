@@ -197,6 +197,12 @@ def test_kernels_release_the_gil_and_run_in_threads():
 # registration, signatures
 # ---------------------------------------------------------------------------------------------
 
+def test_codes_and_eps_match_the_twin():
+    assert compiled.CONSTANTS == {name: getattr(twin, name) for name in compiled.CONSTANTS}
+    assert (ELMAN, LSTM, GRU, NONE, LAYER, BATCH, BATCH_FIXED) == (
+        twin.ELMAN, twin.LSTM, twin.GRU, twin.NONE, twin.LAYER, twin.BATCH, twin.BATCH_FIXED)
+
+
 def test_compiled_backend_runs_the_compiled_kernels():
     backend = kernels.get_backend("cython")
     assert backend.recurrence_forward is compiled.recurrence_forward

@@ -76,6 +76,9 @@ cdef enum:
     BATCH_FIXED = 3
 
 cdef double EPS = 1e-5  # inside the square root of every normalization
+# the constants above by the twin's names, for the test that keeps the two in step
+CONSTANTS = {"ELMAN": ELMAN, "LSTM": LSTM, "GRU": GRU, "NONE": NONE, "LAYER": LAYER,
+             "BATCH": BATCH, "BATCH_FIXED": BATCH_FIXED, "EPS": EPS}
 _GATES = (1, 4, 3)  # gate blocks per cell: G = _GATES[cell] * H
 _INT32_MAX = 2**31 - 1  # BLAS takes sizes as 32-bit ints
 
