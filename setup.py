@@ -51,7 +51,7 @@ if SANITIZE:
     extra_link_args = sanitizers
 
 # one extension per module, all built with the same options: cyrnn._x from pyx/cyrnn/_x.pyx
-MODULES = ("cyrnn._rnn", "cyrnn._sample", "cyrnn._gated")
+MODULES = ("cyrnn._rnn", "cyrnn._sample", "cyrnn._gated", "cyrnn._recurrence")
 
 extensions = [
     Extension(
@@ -59,7 +59,7 @@ extensions = [
         ["pyx/" + name.replace(".", "/") + ".pyx"],
         depends=["pyx/cyrnn/_cpu.h", "pyx/cyrnn/_smallgemm.h", "pyx/cyrnn/_elementwise.h",
                  "pyx/cyrnn/_gated.h", "pyx/cyrnn/_gated_window.pxi", "pyx/cyrnn/_stack.pxi",
-                 "pyx/cyrnn/_hooks.pxi"],
+                 "pyx/cyrnn/_hooks.pxi", "pyx/cyrnn/_cells.pxi", "pyx/cyrnn/_recurrence.h"],
         include_dirs=[np.get_include(), "pyx/cyrnn"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_22_API_VERSION"),
                        ("CYRNN_MAX_BUILD", str(SIMD_BUILDS[SIMD]))],

@@ -2,10 +2,10 @@
 
 Two backends implement the same kernels (``KERNEL_NAMES``) with the same arguments and results:
 
-- ``"cython"``: the compiled extensions ``cyrnn._rnn``, ``cyrnn._sample`` and ``cyrnn._gated``
-  (built from ``pyx/cyrnn/*.pyx``);
-- ``"numpy"``: ``cyrnn.kernels.numpy_backend``, ``numpy_sample``, ``numpy_fused`` and
-  ``numpy_gated``, pure NumPy.
+- ``"cython"``: the compiled extensions ``cyrnn._rnn``, ``cyrnn._sample``, ``cyrnn._gated`` and
+  ``cyrnn._recurrence`` (built from ``pyx/cyrnn/*.pyx``);
+- ``"numpy"``: ``cyrnn.kernels.numpy_backend``, ``numpy_sample``, ``numpy_fused``,
+  ``numpy_gated`` and ``numpy_recurrence``, pure NumPy.
 
 The process default is the compiled backend when it imports, else NumPy (with a warning). The
 environment variable ``CYRNN_BACKEND=numpy`` (or ``cython``) sets it explicitly; asking for the
@@ -33,10 +33,12 @@ KERNEL_NAMES = ("rnn_forward", "rnn_backward", "rnn_backward_window", "embedding
                 "gru_forward", "gru_backward", "gru_backward_window",
                 "recurrence_forward", "recurrence_backward")
 # where each backend's kernels live: compiled extension modules, and their NumPy twins
-_CYTHON_MODULES = ("cyrnn._rnn", "cyrnn._sample", "cyrnn._gated")
+_CYTHON_MODULES = ("cyrnn._rnn", "cyrnn._sample", "cyrnn._gated", "cyrnn._recurrence")
 _NUMPY_MODULES = ("cyrnn.kernels.numpy_backend", "cyrnn.kernels.numpy_sample",
                   "cyrnn.kernels.numpy_fused", "cyrnn.kernels.numpy_gated",
                   "cyrnn.kernels.numpy_recurrence")
+# compiled modules a build may lack: their kernels fall back to the NumPy twins (below)
+_OPTIONAL_CYTHON_MODULES = ("cyrnn._recurrence",)
 
 
 # entry points on pre-checked arguments, for the model class, which checks them itself: the
@@ -49,7 +51,12 @@ def _collect(name, module_names):
     """A namespace with every kernel of ``KERNEL_NAMES`` found in ``module_names``."""
     backend = types.SimpleNamespace(name=name)
     for module_name in module_names:
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            if module_name not in _OPTIONAL_CYTHON_MODULES:
+                raise
+            continue
         for kernel in KERNEL_NAMES + _PRIVATE_NAMES:
             if hasattr(module, kernel):
                 setattr(backend, kernel, getattr(module, kernel))
@@ -59,7 +66,7 @@ def _collect(name, module_names):
         backend._stack_step = functools.partial(numpy_fused._stack_step, kern=backend)
         backend._stack_outputs = functools.partial(numpy_fused._stack_outputs, kern=backend)
     if not hasattr(backend, "recurrence_forward"):
-        # a build without the compiled normalized/regularized layer: its NumPy twin
+        # a build without cyrnn._recurrence (the normalized/regularized layer): its NumPy twin
         from . import numpy_recurrence
         backend.recurrence_forward = numpy_recurrence.recurrence_forward
         backend.recurrence_backward = numpy_recurrence.recurrence_backward
