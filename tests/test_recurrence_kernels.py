@@ -335,3 +335,42 @@ def test_models_agree_across_backends(cls, options, dtype):
     for key in g1:
         assert_close(g2[key], g1[key], np.dtype(dtype).type, key)
     assert_close(o2, o1, np.dtype(dtype).type, "forward")
+
+
+# ---------------------------------------------------------------------------------------------
+# layer normalization of whole-sequence rows (the input term of a layer-normed recurrence)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+@pytest.mark.parametrize("rows, width", [(1, 1), (7, 3), (40, 37), (3, 130)])
+def test_layer_norm_rows_matches_the_twin(dtype, rtol, rows, width):
+    rng = np.random.default_rng(rows * width)
+    x = (rng.standard_normal((rows, width)) * 3 + 1).astype(dtype)
+    gain = rng.standard_normal(width).astype(dtype)
+    dy = rng.standard_normal((rows, width)).astype(dtype)
+    before = x.copy(), gain.copy(), dy.copy()
+    found = compiled.layer_norm_rows(x, gain)
+    expected = twin.layer_norm_rows(x, gain)
+    for a, b in zip(found, expected):
+        assert a.dtype == dtype and a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol)
+    back = compiled.layer_norm_rows_backward(dy, found[1], found[2], gain)
+    want = twin.layer_norm_rows_backward(dy, expected[1], expected[2], gain)
+    for a, b in zip(back, want):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=rtol * 10, atol=rtol * 10)
+    for a, b in zip((x, gain, dy), before):
+        np.testing.assert_array_equal(a, b)  # inputs unchanged
+
+
+@pytest.mark.parametrize("args, error, match", [
+    ((np.zeros((2, 3)), np.ones(4)), ValueError, "gain"),
+    ((np.zeros((2, 3)), np.ones(3, np.float32)), TypeError, "gain"),
+    ((np.zeros(3), np.ones(3)), ValueError, "x"),
+    (([[0.0, 1.0]], np.ones(2)), TypeError, "x"),
+    ((np.zeros((2, 3), np.int64), np.ones(3)), TypeError, "x"),
+])
+def test_layer_norm_rows_refuses_bad_arguments(args, error, match):
+    with pytest.raises(error, match=match):
+        compiled.layer_norm_rows(*args)

@@ -157,7 +157,7 @@ def _stub_parameters(node):
     return rows
 
 
-STUBS = [(stub, name) for stub in ("_rnn.pyi", "_sample.pyi", "_gated.pyi") for name in _stub_functions(stub)]
+STUBS = [(stub, name) for stub in ("_rnn.pyi", "_sample.pyi", "_gated.pyi", "_recurrence.pyi") for name in _stub_functions(stub)]
 
 
 @pytest.mark.parametrize("stub, name", STUBS)
@@ -179,7 +179,7 @@ def test_stubs_match_the_numpy_twins_and_the_compiled_kernels(stub, name):
 
 
 def test_every_compiled_kernel_has_a_stub():
-    stubbed = set().union(*(_stub_functions(s) for s in ("_rnn.pyi", "_sample.pyi", "_gated.pyi")))
+    stubbed = set().union(*(_stub_functions(s) for s in ("_rnn.pyi", "_sample.pyi", "_gated.pyi", "_recurrence.pyi")))
     assert set(kernels.KERNEL_NAMES) <= stubbed
 
 

@@ -850,3 +850,49 @@ def recurrence_backward(cell, rec, dh_out, Whh, *, act=(0, 0.0), norm=NONE, gh=N
     _backward(a.dh_out, a, a.rec, out)
     extra = {name: out[name] for name in ("gh", "gc", "bc", "bhn") if out[name] is not None}
     return out["dP"], out["dR"], out["dh0"], out["dc0"], out["grad_norms"], extra
+
+
+# ---------------------------------------------------------------------------------------------
+# layer normalization of whole-sequence rows: the input term N_x(X Wxh^T) * gx of every step
+# ---------------------------------------------------------------------------------------------
+
+def _rows_forward(floating[:, ::1] y, floating[:, ::1] xhat, floating[:, ::1] rstd,
+                  const floating[::1] gain):
+    cdef Py_ssize_t rows = y.shape[0], n = y.shape[1]
+    if rows and n:
+        with nogil:
+            layer_norm(&y[0, 0], &xhat[0, 0], &rstd[0, 0], &gain[0], rows, n)
+
+
+def _rows_backward(floating[:, ::1] d, const floating[:, ::1] xhat,
+                   const floating[:, ::1] rstd):
+    cdef Py_ssize_t rows = d.shape[0], n = d.shape[1]
+    if rows and n:
+        with nogil:
+            layer_norm_backward(&d[0, 0], &xhat[0, 0], &rstd[0, 0], rows, n)
+
+
+def _rows_args(name, x, gain):
+    """``x`` (N, G) and ``gain`` (G,) checked: C-contiguous float arrays of one dtype."""
+    x = _checks.float_array(name, x, 2, None)
+    gain = _array("gain", gain, (x.shape[1],), x.dtype)
+    return x, gain
+
+
+def layer_norm_rows(x, gain):
+    x, gain = _rows_args("x", x, gain)
+    y = np.array(x, order="C")  # normalized in place: the caller's x stays as it was
+    xhat = np.empty_like(y)
+    rstd = np.empty((y.shape[0], 1), y.dtype)
+    _rows_forward(y, xhat, rstd, gain)
+    return y, xhat, rstd
+
+
+def layer_norm_rows_backward(dy, xhat, rstd, gain):
+    dy, gain = _rows_args("dy", dy, gain)
+    xhat = _array("xhat", xhat, dy.shape, dy.dtype)
+    rstd = _array("rstd", rstd, (dy.shape[0], 1), dy.dtype)
+    dgain = (dy * xhat).sum(axis=0)
+    d = dy * gain  # dL/dxhat, then dL/dx in place
+    _rows_backward(d, xhat, rstd)
+    return d, dgain

@@ -123,15 +123,16 @@ def regime(arch: Architecture, params: dict, T: int, B: int, dtype: Any, trainin
     return layers
 
 
-def normalize_inputs(P: np.ndarray, lay: Any, lengths: Optional[np.ndarray]):
+def normalize_inputs(kern: Any, P: np.ndarray, lay: Any, lengths: Optional[np.ndarray]):
     """``(N_x(P) * gx, record)`` for the input terms ``P`` (T, B, G) of one layer-direction in
     its processing order; ``record`` is what ``normalize_inputs_backward`` needs and, in
-    training with batch statistics, the statistics per step."""
+    training with batch statistics, the statistics per step. Layer normalization runs the
+    backend's ``layer_norm_rows`` over all ``T*B`` rows at once."""
     T, B, G = P.shape
     if lay.norm == LAYER:
-        xhat, rstd, _, _ = normalize(P.reshape(T * B, G), LAYER)
-        xhat = xhat.reshape(T, B, G)
-        rec = types.SimpleNamespace(xhat=xhat, rstd=rstd.reshape(T, B, 1))
+        y, xhat, rstd = kern.layer_norm_rows(P.reshape(T * B, G), lay.gx)
+        rec = types.SimpleNamespace(xhat=xhat.reshape(T, B, G), rstd=rstd.reshape(T, B, 1))
+        return y.reshape(T, B, G), rec
     elif lay.norm == BATCH_FIXED:
         mean, var = lay.xstats
         rstd = 1 / np.sqrt(var + P.dtype.type(1e-5))
@@ -149,17 +150,19 @@ def normalize_inputs(P: np.ndarray, lay: Any, lengths: Optional[np.ndarray]):
     return rec.xhat * lay.gx, rec
 
 
-def normalize_inputs_backward(dPn: np.ndarray, rec: Any, lay: Any,
+def normalize_inputs_backward(kern: Any, dPn: np.ndarray, rec: Any, lay: Any,
                               lengths: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """``(dP, dgx)``: the gradients of the raw input terms and of the gain ``gx`` from those of
     the normalized ones, ``dPn`` (T, B, G)."""
     T, B, G = dPn.shape
+    if lay.norm == LAYER:
+        dP, dgx = kern.layer_norm_rows_backward(dPn.reshape(T * B, G),
+                                                rec.xhat.reshape(T * B, G),
+                                                rec.rstd.reshape(T * B, 1), lay.gx)
+        return dP.reshape(T, B, G), dgx
     dgx = (dPn * rec.xhat).reshape(T * B, G).sum(axis=0)
     dxhat = dPn * lay.gx
-    if lay.norm == LAYER:
-        dP = normalize_backward(dxhat.reshape(T * B, G), rec.xhat.reshape(T * B, G),
-                                rec.rstd.reshape(T * B, 1), LAYER).reshape(T, B, G)
-    elif lay.norm == BATCH_FIXED:
+    if lay.norm == BATCH_FIXED:
         dP = dxhat * rec.rstd
     else:
         active = _active(lengths, T, B)

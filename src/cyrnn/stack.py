@@ -126,7 +126,7 @@ def forward(kern: Any, arch: Architecture, weights: tuple, inputs: np.ndarray, h
             else:
                 xrec = None
                 if lay.norm:  # P = N_x(X Wxh^T) * gx + bh
-                    P, xrec = norms.normalize_inputs(P, lay, lengths)
+                    P, xrec = norms.normalize_inputs(kern, P, lay, lengths)
                 P += params[2]
                 record = cell.forward_with(kern, P, state0, _regular_cell(params, lay), lengths,
                                            (nonlinearity, slope), lay)
@@ -231,7 +231,7 @@ def backward(kern: Any, arch: Architecture, weights: tuple, fwd: types.SimpleNam
                 grads[name] = extra[name[:3]]
             if lay is not None and lay.norm:
                 nnames = arch.norm_names(j)
-                dP, grads[nnames[0]] = norms.normalize_inputs_backward(dP, record.xrec, lay,
+                dP, grads[nnames[0]] = norms.normalize_inputs_backward(kern, dP, record.xrec, lay,
                                                                        lengths)
                 grads[nnames[1]] = extra["gh"]
                 for name in nnames[2:]:

@@ -31,7 +31,8 @@ KERNEL_NAMES = ("rnn_forward", "rnn_backward", "rnn_backward_window", "embedding
                 "sample_tokens", "elman_loss_and_grad", "elman_forward",
                 "lstm_forward", "lstm_backward", "lstm_backward_window",
                 "gru_forward", "gru_backward", "gru_backward_window",
-                "recurrence_forward", "recurrence_backward")
+                "recurrence_forward", "recurrence_backward", "layer_norm_rows",
+                "layer_norm_rows_backward")
 # where each backend's kernels live: compiled extension modules, and their NumPy twins
 _CYTHON_MODULES = ("cyrnn._rnn", "cyrnn._sample", "cyrnn._gated", "cyrnn._recurrence")
 _NUMPY_MODULES = ("cyrnn.kernels.numpy_backend", "cyrnn.kernels.numpy_sample",
@@ -68,8 +69,9 @@ def _collect(name, module_names):
     if not hasattr(backend, "recurrence_forward"):
         # a build without cyrnn._recurrence (the normalized/regularized layer): its NumPy twin
         from . import numpy_recurrence
-        backend.recurrence_forward = numpy_recurrence.recurrence_forward
-        backend.recurrence_backward = numpy_recurrence.recurrence_backward
+        for kernel in ("recurrence_forward", "recurrence_backward", "layer_norm_rows",
+                       "layer_norm_rows_backward"):
+            setattr(backend, kernel, getattr(numpy_recurrence, kernel))
     missing = [k for k in KERNEL_NAMES + _PRIVATE_NAMES if not hasattr(backend, k)]
     if missing:
         raise ImportError(f"backend {name!r} lacks kernels {missing}")

@@ -37,7 +37,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import numpy as np
+import numpy.typing as npt
 
+from .._typing import FloatArray
 from .numpy_backend import _activate, _derivative
 from .numpy_gated import GRUCell, LSTMCell, _active_rows, _norm, _scaled
 
@@ -101,9 +103,14 @@ def normalize_backward(dxhat, xhat, rstd, norm, active=None):
     return dx if active is None else np.where(active, dx, 0)
 
 
-def recurrence_forward(cell: int, P, h0, c0, Whh, bhn, *, act: tuple = (0, 0.0), norm: int = NONE,
-                       gh=None, gc=None, bc=None, stats: Optional[tuple] = None, rmask=None,
-                       zh=None, zc=None, lengths=None) -> dict[str, Any]:
+def recurrence_forward(
+    cell: int, P: FloatArray, h0: FloatArray, c0: Optional[FloatArray], Whh: FloatArray,
+    bhn: Optional[FloatArray], *, act: tuple = (0, 0.0), norm: int = 0,
+    gh: Optional[FloatArray] = None, gc: Optional[FloatArray] = None,
+    bc: Optional[FloatArray] = None, stats: Optional[tuple] = None,
+    rmask: Optional[FloatArray] = None, zh: Optional[FloatArray] = None,
+    zc: Optional[FloatArray] = None, lengths: Optional[npt.ArrayLike] = None
+) -> dict[str, Any]:
     """Run one layer of cell ``cell`` (``ELMAN``, ``LSTM``, ``GRU``) over all steps.
 
     Arguments (time-major, C-contiguous, one float dtype; checked by the caller):
@@ -185,9 +192,14 @@ def recurrence_forward(cell: int, P, h0, c0, Whh, bhn, *, act: tuple = (0, 0.0),
     return rec
 
 
-def recurrence_backward(cell: int, rec: dict[str, Any], dh_out, Whh, *, act: tuple = (0, 0.0),
-                        norm: int = NONE, gh=None, gc=None, bc=None, rmask=None, zh=None,
-                        zc=None, lengths=None, carry=None) -> tuple:
+def recurrence_backward(
+    cell: int, rec: dict[str, Any], dh_out: FloatArray, Whh: FloatArray, *,
+    act: tuple = (0, 0.0), norm: int = 0, gh: Optional[FloatArray] = None,
+    gc: Optional[FloatArray] = None, bc: Optional[FloatArray] = None,
+    rmask: Optional[FloatArray] = None, zh: Optional[FloatArray] = None,
+    zc: Optional[FloatArray] = None, lengths: Optional[npt.ArrayLike] = None,
+    carry: Optional[npt.ArrayLike] = None
+) -> tuple:
     """Full BPTT through ``recurrence_forward``'s layer (same arguments, its record ``rec``,
     ``dh_out`` (T, B, H) the gradient reaching each ``h_t`` from its own output, ``carry`` (T,)
     the scale of what step t passes back).
@@ -278,3 +290,19 @@ def recurrence_backward(cell: int, rec: dict[str, Any], dh_out, Whh, *, act: tup
             back_c = _scaled(dcf + c_direct, scale)
             g_c = back_c if on is None else np.where(on, back_c, g_c)
     return dP, dR, g_h, g_c, grad_norms, extra
+
+
+def layer_norm_rows(x: FloatArray, gain: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Layer normalization of every row of ``x`` (N, G) over its G values, times ``gain`` (G,):
+    ``(y, xhat, rstd)`` with ``xhat = (x - mean) * rstd``, ``rstd`` (N, 1) ``= 1 / sqrt(var +
+    eps)`` (biased variance, eps = 1e-5) and ``y = xhat * gain``. The input term of a
+    layer-normed recurrence, over all steps at once (``cyrnn.norms``)."""
+    xhat, rstd, _, _ = normalize(x, LAYER)
+    return xhat * gain, xhat, rstd
+
+
+def layer_norm_rows_backward(dy: FloatArray, xhat: FloatArray, rstd: FloatArray,
+                             gain: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """``(dx, dgain)`` from ``dy = dL/dy`` (N, G) through ``layer_norm_rows``."""
+    dgain = (dy * xhat).sum(axis=0)
+    return normalize_backward(dy * gain, xhat, rstd, LAYER), dgain
