@@ -34,12 +34,12 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+from torch_oracle import RTOL, assert_close, leaf, np_grad, one_torch_thread  # noqa: E402,F401
 
 import cyrnn  # noqa: E402
 
 F = torch.nn.functional
 
-RTOL = 1e-9
 EPS = 1e-5
 MOMENTUM = 0.1
 T, B, I, H, O = 5, 4, 5, 3, 2
@@ -48,33 +48,9 @@ CELLS = {"elman": cyrnn.RNN, "lstm": cyrnn.LSTM, "gru": cyrnn.GRU}
 GATES = {"elman": 1, "lstm": 4, "gru": 3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def assert_close(name, got, want, context=""):
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, f"{name}: cyrnn shape {got.shape}, reference {want.shape}"
-    scale = float(np.max(np.abs(want), initial=0.0)) or 1.0
-    np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL * scale,
-                               err_msg=f"{name} differs from the reference {context}")
-
-
-def leaf(a):
-    return torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=True)
-
-
-def np_grad(t):
-    return np.zeros(tuple(t.shape)) if t.grad is None else t.grad.detach().numpy()
 
 
 def suffix(layer, d):

@@ -41,6 +41,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+from torch_oracle import RTOL, assert_close, leaf, np_grad, one_torch_thread  # noqa: E402,F401
 
 import cyrnn  # noqa: E402
 
@@ -48,7 +49,6 @@ F = torch.nn.functional
 pack_padded_sequence = torch.nn.utils.rnn.pack_padded_sequence
 pad_packed_sequence = torch.nn.utils.rnn.pad_packed_sequence
 
-RTOL = 1e-9
 T, B, I, H, O = 6, 3, 4, 3, 5
 LENGTHS = np.array([6, 2, 4])  # unsorted: pack_padded_sequence(enforce_sorted=False)
 ARCHS = [(1, False), (1, True), (2, False), (2, True), (3, False), (3, True)]
@@ -59,33 +59,6 @@ PAIRS = [("softmax", "cross_entropy"), ("linear", "mse"), ("sigmoid", "bce")]
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: torch's thread pool only adds spin-waits (several times slower on a busy
-    machine); restored for the modules after this one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-
-def assert_close(name, got, want, context=""):
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, f"{name}: cyrnn shape {got.shape}, torch {want.shape} {context}"
-    scale = float(np.max(np.abs(want), initial=0.0)) or 1.0
-    np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL * scale,
-                               err_msg=f"{name} differs from torch {context}")
-
-
-def leaf(a):
-    return torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=True)
-
-
-def np_grad(t):
-    return np.zeros(tuple(t.shape)) if t.grad is None else t.grad.detach().numpy()
 
 
 def torch_twin(model):
