@@ -26,8 +26,9 @@ from cyrnn._act cimport (SIGMOID, activate, add_row_sums, add_to_rows, elementwi
                          elementwise_widest, exp_build, exp_f32_build, exp_inplace,
                          rows_build_f32, rows_build_f64, times_derivative)
 from cyrnn._blas cimport (BLAS_GEMV_SINGLE_THREAD_MAX_WORK, BLAS_SINGLE_THREAD_MAX_WORK,
-                          blas_threads, dgemm_build, gemm, own_kernel_available, sgemm_build,
-                          sum_of_squares)
+                          blas_threads, dgemm_build, dpack_panels, gemm, gemm_panels,
+                          on_own_kernel, own_kernel_available, panel_columns, sgemm_build,
+                          spack_panels, sum_of_squares)
 from scipy.linalg.cython_blas cimport sgemm
 
 import threading

@@ -216,14 +216,18 @@ NAME##_row(int nv, O##MASK tail, long K, REAL alpha, const REAL* a, long inc_a, 
     }                                                                                          \
 }                                                                                              \
                                                                                                \
-__attribute__((target(TARGET))) static void                                                   \
-NAME(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long lda, const REAL* W, \
-     long ldw, int beta, REAL* C, long ldc)                                                   \
+/* W is row-major (K, N) with leading dimension ldw, or with `panels` (ldw unused) packed as \
+ * cyrnn_pack_panels lays it out: the panels of LANES * NV columns one after the other, each  \
+ * its K rows contiguous. The arithmetic is the same either way (the same bits result).        \
+ */                                                                                            \
+__attribute__((target(TARGET), always_inline)) static inline void                             \
+NAME##_any(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long lda,          \
+           const REAL* W, long ldw, int panels, int beta, REAL* C, long ldc)                  \
 {                                                                                              \
-    long k0, j0, i0, Kp, width, blocks, b;                                                     \
+    long k0, j0, i0, Kp, width, blocks, b, ldb;                                                \
     int mr, nv, rest;                                                                          \
     O##MASK tail;                                                                              \
-    if (M == 1) {                                                                              \
+    if (M == 1 && !panels) {                                                                   \
         long inc_a = trans_a ? lda : 1;                                                        \
         for (j0 = 0; j0 < N; j0 += LANES * ROW_NV) {                                           \
             width = N - j0 < LANES * ROW_NV ? N - j0 : LANES * ROW_NV;                         \
@@ -240,8 +244,11 @@ NAME(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long lda, c
         const REAL* Ak = trans_a ? A + k0 * lda : A + k0;                                      \
         Kp = K - k0 < KC ? K - k0 : KC;                                                        \
         for (j0 = 0; j0 < N; j0 += LANES * NV) {                                               \
-            const REAL* Wb = W + k0 * ldw + j0;                                                \
+            const REAL* Wb;                                                                    \
             width = N - j0 < LANES * NV ? N - j0 : LANES * NV;                                 \
+            /* the panel of W: rows k0 .. k0 + Kp of columns j0 .. j0 + width */               \
+            ldb = panels ? width : ldw;                                                        \
+            Wb = panels ? W + j0 * K + k0 * width : W + k0 * ldw + j0;                         \
             nv = (int) ((width + LANES - 1) / LANES);                                          \
             rest = (int) (width - LANES * (nv - 1));  /* 1..LANES in the last vector */        \
             tail = O##TAIL(rest);                                                              \
@@ -259,13 +266,27 @@ NAME(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long lda, c
             }                                                                                  \
         }                                                                                      \
     }                                                                                          \
+}                                                                                              \
+                                                                                               \
+__attribute__((target(TARGET))) static void                                                   \
+NAME(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long lda, const REAL* W, \
+     long ldw, int beta, REAL* C, long ldc)                                                   \
+{                                                                                              \
+    NAME##_any(trans_a, M, N, K, alpha, A, lda, W, ldw, 0, beta, C, ldc);                     \
+}                                                                                              \
+                                                                                               \
+__attribute__((target(TARGET))) static void                                                   \
+NAME##_panels(long M, long N, long K, REAL alpha, const REAL* A, long lda, const REAL* Wp,    \
+              int beta, REAL* C, long ldc)                                                    \
+{                                                                                              \
+    NAME##_any(0, M, N, K, alpha, A, lda, Wp, 0, 1, beta, C, ldc);                            \
 }
 
 /* dispatch on the block shape, so that each is compiled with constant loop bounds; shapes
  * beyond a build's MR x NV (or ROW_NV) are never called and compile to nothing */
 #define CYRNN_BLOCK(NAME, MR, NV, ta, m, n)                                                    \
     if ((m) <= (MR) && (n) <= (NV))                                                            \
-        NAME##_block(ta, m, n, tail, Kp, alpha, Ab, lda, Wb, ldw, beta, Cb, ldc);
+        NAME##_block(ta, m, n, tail, Kp, alpha, Ab, lda, Wb, ldb, beta, Cb, ldc);
 #define CYRNN_ROWS(NAME, MR, NV, ta, n)                                                        \
     switch (mr) {                                                                              \
     case 6: CYRNN_BLOCK(NAME, MR, NV, ta, 6, n) break;                                         \
@@ -324,10 +345,20 @@ CYRNN_GEMM(cyrnn_dgemm_avx2, Yd_, double, 4, 4, 3, 8, 512, "avx2,fma")
         cyrnn_##P##gemm_avx512(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);        \
     else                                                                                       \
         cyrnn_##P##gemm_avx2(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);
+#define CYRNN_RUN_PANELS(P)                                                                    \
+    if (which == 2)                                                                            \
+        cyrnn_##P##gemm_avx512_panels(M, N, K, alpha, A, lda, Wp, beta, C, ldc);              \
+    else                                                                                       \
+        cyrnn_##P##gemm_avx2_panels(M, N, K, alpha, A, lda, Wp, beta, C, ldc);
+/* the columns of a panel of each build: LANES * NV above */
+#define CYRNN_PANEL_COLUMNS(single, which)                                                     \
+    ((which) == 2 ? ((single) ? 64 : 32) : (which) == 1 ? ((single) ? 24 : 12) : 0)
 
 #else  /* no x86 kernels: cyrnn_own_kernel_available() is 0, every product goes to BLAS */
 
 #define CYRNN_RUN_BUILD(P)
+#define CYRNN_RUN_PANELS(P)
+#define CYRNN_PANEL_COLUMNS(single, which) 0
 
 #endif
 
@@ -360,5 +391,51 @@ CYRNN_ENTRY(s, float)
 CYRNN_ENTRY(d, double)
 #undef CYRNN_ENTRY
 #undef CYRNN_RUN_BUILD
+
+/* A weight matrix that a recurrence multiplies by at every step, packed once per call for the
+ * widest build here. Read in place, a row-major W (K, N) is a panel of LANES * NV columns at a
+ * time, K rows a full row of W apart: at K, N ~ 1024..4096 each row of a panel is a new page
+ * (a TLB miss) and the hardware prefetcher does not follow: a product with few rows (a batch
+ * of 16..64) runs much slower than the same product on a packed copy, which it streams.
+ *
+ *   cyrnn_panel_columns(single)   the columns of a panel (0: no build here, do not pack)
+ *   cyrnn_<s|d>pack_panels(W, K, N, ldw, Wp)
+ *       Wp (K * N values) = W (K, N) as panels of cyrnn_panel_columns columns (the last one
+ *       narrower), one after the other, each its K rows of `width` values contiguous
+ *   cyrnn_<s|d>gemm_panels(M, N, K, alpha, A, lda, Wp, beta, C, ldc)
+ *       C (M, N) = alpha * A (M, K) W (K, N) + beta * C as cyrnn_<s|d>gemm_small with W so
+ *       packed: the same arithmetic, the same bits; 0 (C untouched) where there is no build
+ */
+static inline long cyrnn_panel_columns(int single)
+{
+    return CYRNN_PANEL_COLUMNS(single, cyrnn_own_kernel_available());
+}
+
+#define CYRNN_PANELS(P, REAL, SINGLE)                                                          \
+static inline void cyrnn_##P##pack_panels(const REAL* W, long K, long N, long ldw, REAL* Wp)  \
+{                                                                                              \
+    long panel = cyrnn_panel_columns(SINGLE), j0, k, j, width;                                 \
+    for (j0 = 0; j0 < N; j0 += panel) {                                                        \
+        width = N - j0 < panel ? N - j0 : panel;                                               \
+        for (k = 0; k < K; k++)                                                                \
+            for (j = 0; j < width; j++)                                                        \
+                Wp[j0 * K + k * width + j] = W[k * ldw + j0 + j];                              \
+    }                                                                                          \
+}                                                                                              \
+static inline int cyrnn_##P##gemm_panels(long M, long N, long K, REAL alpha, const REAL* A,   \
+                                         long lda, const REAL* Wp, int beta, REAL* C,         \
+                                         long ldc)                                             \
+{                                                                                              \
+    int which = cyrnn_own_kernel_available();                                                  \
+    if (M <= 0 || N <= 0 || K <= 0 || which < 1)                                               \
+        return 0;                                                                              \
+    CYRNN_RUN_PANELS(P)                                                                        \
+    return 1;                                                                                  \
+}
+CYRNN_PANELS(s, float, 1)
+CYRNN_PANELS(d, double, 0)
+#undef CYRNN_PANELS
+#undef CYRNN_RUN_PANELS
+#undef CYRNN_PANEL_COLUMNS
 
 #endif

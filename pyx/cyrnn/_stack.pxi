@@ -199,6 +199,8 @@ ctypedef struct LayerArgs:
     void* WxhT      # (n_in, H), a contiguous copy of Wxh^T (see transposed_weights)
     void* Whh       # (H, H)
     void* WhhT      # (H, H), a contiguous copy of Whh^T
+    void* WhhT_panels  # the gated cells' Whh^T (H, G) and Whh (G, H) packed for gemm_panels
+    void* Whh_panels   # (see transposed_weights), or NULL; WhhT is then NULL
     void* bh        # (H,)
     void* h0        # (B, H)
     # states, hs[t + 1] the state at step t (both directions): forward, (T + 1, B, H) and
@@ -371,7 +373,10 @@ cdef void gated_forward(const StepArgs* a, const LayerArgs* p, floating* hs) noe
         h_prev = h + BH if reverse else h - BH
         # LSTM: a_t (B, 4H) = P_t + h_prev Whh^T, in place; GRU: R (B, 3H) = h_prev Whh^T
         out = gates + t * BG if lstm else R
-        if WhhT != NULL:
+        if p.WhhT_panels != NULL:
+            gemm_panels(<int> B, <int> G, <int> H, 1, h_prev, <int> H,
+                        <const floating*> p.WhhT_panels, 1 if lstm else 0, out, <int> G)
+        elif WhhT != NULL:
             gemm(False, False, <int> B, <int> G, <int> H, 1, h_prev, <int> H, WhhT, <int> G,
                  1 if lstm else 0, out, <int> G)
         else:
@@ -587,6 +592,7 @@ cdef void gated_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
     cdef floating* cs = <floating*> p.cs
     cdef floating* gates = <floating*> p.gates
     cdef const floating* Whh = <const floating*> p.Whh
+    cdef const floating* Whh_panels = <const floating*> p.Whh_panels
     cdef const floating* Wxh = <const floating*> p.Wxh
     cdef const floating* x = <const floating*> p.x
     cdef const floating* z = <const floating*> a.z
@@ -632,16 +638,22 @@ cdef void gated_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
                                    dP + t * BG, scale, B, H)
                 if scale == 0:
                     memset(gh, 0, BH * sizeof(floating))
-                else:
+                elif Whh_panels != NULL:
                     # gh (B, H) = scale da_t (B, 4H) Whh (4H, H)
+                    gemm_panels(<int> B, <int> H, <int> G, scale, dP + t * BG, <int> G,
+                                Whh_panels, 0, gh, <int> H)
+                else:
                     gemm(False, False, <int> B, <int> H, <int> G, scale, dP + t * BG, <int> G,
                          Whh, <int> H, 0, gh, <int> H)
             else:
                 gru_cell_backward(gh, gates + t * BG, <const floating*> p.hn + t * BH,
                                   hs + (t + 2 if reverse else t) * BH, dP + t * BG, dR + t * BG,
                                   gb, scale, B, H)
-                if scale != 0:
+                if scale != 0 and Whh_panels != NULL:
                     # gb (B, H) += scale dR_t (B, 3H) Whh (3H, H)
+                    gemm_panels(<int> B, <int> H, <int> G, scale, dR + t * BG, <int> G,
+                                Whh_panels, 1, gb, <int> H)
+                elif scale != 0:
                     gemm(False, False, <int> B, <int> H, <int> G, scale, dR + t * BG, <int> G,
                          Whh, <int> H, 1, gb, <int> H)
                 swap = gh
@@ -898,14 +910,37 @@ cdef object transposed_copy(W):
     return out
 
 
-cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens):
-    """Contiguous copies of Wxh^T and Whh^T for layer_forward, or None where not worth one.
-    Whh^T serves from a batch of two on (a single row is a GEMV either way). For token ids,
-    Wxh^T's rows gather and scatter faster than Wxh's strided columns once there are at least as
-    many tokens as rows to transpose. For the whole-sequence products, from the size on which
-    products may run on cyrnn's own kernel (which needs the untransposed operand); below it the
-    copy costs more than it saves."""
+cdef object panel_copy(W):
+    """W (K, N), C-contiguous, packed as pack_panels lays it out for gemm_panels: a new 1-D
+    array of K*N values."""
+    cdef Py_ssize_t K = W.shape[0], N = W.shape[1]
+    out = empty((K * N,), W.dtype)
+    cdef void* src = data(W)
+    cdef void* dst = data(out)
+    if W.dtype == np.float32:
+        with nogil:
+            spack_panels(<const float*> src, K, N, N, <float*> dst)
+    else:
+        with nogil:
+            dpack_panels(<const double*> src, K, N, N, <double*> dst)
+    return out
+
+
+cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens, bint gated):
+    """Copies of the weights for layer_forward and gated_backward, or None where not worth one:
+    ``(WxhT, WhhT, WhhT_panels, Whh_panels)``.
+
+    Contiguous Wxh^T and Whh^T: Whh^T serves from a batch of two on (a single row is a GEMV
+    either way). For token ids, Wxh^T's rows gather and scatter faster than Wxh's strided
+    columns once there are at least as many tokens as rows to transpose. For the whole-sequence
+    products, from the size on which products may run on cyrnn's own kernel (which needs the
+    untransposed operand); below it the copy costs more than it saves.
+
+    The gated cells' per-step products, R_t = h_prev Whh^T (B, H) x (H, G) forward and dh_prev =
+    dP_t Whh (B, G) x (G, H) backward, where they run on cyrnn's own kernel for a batch of two
+    or more: Whh^T and Whh packed in panels (pack_panels, which says why), in place of WhhT."""
     cdef Py_ssize_t G = Whh.shape[0], H = Whh.shape[1], I = Wxh.shape[1]
+    cdef bint single = Whh.dtype == np.float32
     # (for a batch of one only where a GEMV would be large enough for BLAS to thread it)
     WhhT = (transposed_copy(Whh)
             if B >= TRANSPOSE_MIN_BATCH or G * H > BLAS_GEMV_SINGLE_THREAD_MAX_WORK else None)
@@ -913,7 +948,12 @@ cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens)
         WxhT = transposed_copy(Wxh) if I <= T * B else None
     else:
         WxhT = transposed_copy(Wxh) if T * B * I * G > BLAS_SINGLE_THREAD_MAX_WORK else None
-    return WxhT, WhhT
+    WhhT_panels = Whh_panels = None
+    if gated and B >= 2 and panel_columns(single) != 0 and on_own_kernel(B, G, H):
+        WhhT_panels = panel_copy(WhhT if WhhT is not None else transposed_copy(Whh))
+        Whh_panels = panel_copy(Whh)
+        WhhT = None
+    return WxhT, WhhT, WhhT_panels, Whh_panels
 
 
 cdef class Shard:
@@ -1030,7 +1070,7 @@ cdef int fill_step(StepArgs* a, Shard buf, inputs, targets, h0, masks, layers, l
     for j in range(L * D):
         l = j // D
         Wxh, Whh, bh = layers[j][0], layers[j][1], layers[j][2]
-        WxhT, WhhT = transposed[j]
+        WxhT, WhhT, WhhT_panels, Whh_panels = transposed[j]
         p = &a.layers[j]
         if cell:
             p.gates = data(buf.gates[j])
@@ -1041,6 +1081,7 @@ cdef int fill_step(StepArgs* a, Shard buf, inputs, targets, h0, masks, layers, l
                 p.bhn, p.xw, p.hn = data(layers[j][3]), data(buf.xw[j]), data(buf.hn[j])
                 p.dbhn = data(buf.dbhn[j]) if step else NULL
         p.Wxh, p.WxhT, p.Whh, p.WhhT, p.bh = data(Wxh), data(WxhT), data(Whh), data(WhhT), data(bh)
+        p.WhhT_panels, p.Whh_panels = data(WhhT_panels), data(Whh_panels)
         p.h0 = at(h0, j * state_bytes)
         p.hs = data(hs[j])
         p.n_in = Wxh.shape[1]
@@ -1075,7 +1116,8 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
     # the thread count matters only when there are shards to share (and is looked up only then)
     cdef int n_threads = 1 if shards == 1 else max(1, min(_threads.resolve(threads), shards))
     cdef list transposed = [transposed_weights(layers[j][0], layers[j][1], T, per,
-                                               tokens and j < D) for j in range(LD)]
+                                               tokens and j < D, cell != CELL_ELMAN)
+                            for j in range(LD)]
     WhyT = (transposed_copy(Why)
             if T * per * D * H * O > BLAS_SINGLE_THREAD_MAX_WORK else None)
     step_args = np.zeros(shards * sizeof(StepArgs), dtype=np.uint8)
