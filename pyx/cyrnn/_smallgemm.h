@@ -142,7 +142,7 @@ static inline int cyrnn_blas_threads(void* blas_function)
  * MR, NV, ROW_NV, target) defines cyrnn_<name>(trans_a, M, N, K, ...). A block holds MR rows x
  * NV vectors of C (AVX-512: 6 x 4 in 24 of its 32 registers; AVX2: 4 x 3 in 12 of 16); a single
  * row holds up to ROW_NV vectors. */
-#define CYRNN_GEMM(NAME, O, REAL, LANES, MR, NV, ROW_NV, KC, TARGET)                           \
+#define CYRNN_GEMM(NAME, O, REAL, LANES, MR, NV, ROW_NV, KC, MC, TARGET)                       \
                                                                                                \
 /* One block: rows [0, mr) and vectors [0, nv) of C, the last vector masked by `tail`. With    \
  * constant arguments (every call below passes literals) the loops unroll into straight code. */\
@@ -224,7 +224,7 @@ __attribute__((target(TARGET), always_inline)) static inline void               
 NAME##_any(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long lda,          \
            const REAL* W, long ldw, int panels, int beta, REAL* C, long ldc)                  \
 {                                                                                              \
-    long k0, j0, i0, Kp, width, blocks, b, ldb;                                                \
+    long k0, g0, j0, i0, Kp, width, blocks, b, ldb;                                            \
     int mr, nv, rest;                                                                          \
     O##MASK tail;                                                                              \
     if (M == 1 && !panels) {                                                                   \
@@ -239,9 +239,14 @@ NAME##_any(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long 
         return;                                                                                \
     }                                                                                          \
     /* the shared dimension in parts of KC, so that a panel of W stays in cache while every    \
-     * block of rows passes it; the parts after the first accumulate */                       \
-    for (k0 = 0; k0 < K; k0 += Kp, beta = 1) {                                                 \
-        const REAL* Ak = trans_a ? A + k0 * lda : A + k0;                                      \
+     * block of rows passes it; the parts after the first accumulate. The rows in groups of    \
+     * MC, so that the part of A they read stays in cache while every panel of W passes it     \
+     * (a weight gradient, dP^T h, has thousands of rows) */                                   \
+    for (k0 = 0; k0 < K; k0 += Kp, beta = 1)                                                   \
+    for (g0 = 0; g0 < M; g0 += MC) {                                                           \
+        const REAL* Ak = trans_a ? A + k0 * lda + g0 : A + g0 * lda + k0;                      \
+        REAL* Cg = C + g0 * ldc;                                                               \
+        long Mg = M - g0 < MC ? M - g0 : MC;                                                   \
         Kp = K - k0 < KC ? K - k0 : KC;                                                        \
         for (j0 = 0; j0 < N; j0 += LANES * NV) {                                               \
             const REAL* Wb;                                                                    \
@@ -253,11 +258,11 @@ NAME##_any(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long 
             rest = (int) (width - LANES * (nv - 1));  /* 1..LANES in the last vector */        \
             tail = O##TAIL(rest);                                                              \
             /* as few row blocks as MR allows, of even sizes: 8 rows run as 4 + 4, not 6 + 2 */\
-            blocks = (M + MR - 1) / MR;                                                        \
+            blocks = (Mg + MR - 1) / MR;                                                       \
             for (b = 0, i0 = 0; b < blocks; b++, i0 += mr) {                                   \
                 const REAL* Ab = trans_a ? Ak + i0 : Ak + i0 * lda;                            \
-                REAL* Cb = C + i0 * ldc + j0;                                                  \
-                mr = (int) (M / blocks + (b < M % blocks));                                    \
+                REAL* Cb = Cg + i0 * ldc + j0;                                                 \
+                mr = (int) (Mg / blocks + (b < Mg % blocks));                                  \
                 if (trans_a) {                                                                 \
                     CYRNN_COLUMNS(NAME, MR, NV, 1)                                             \
                 } else {                                                                       \
@@ -327,11 +332,13 @@ NAME##_panels(long M, long N, long K, REAL alpha, const REAL* A, long lda, const
     }
 
 /* KC, the rows of W per pass: 512 (a 4-vector AVX-512 panel of 512 rows is 128 KiB, in L2;
- * for AVX2, 96-512 measured alike or worse the smaller) */
-CYRNN_GEMM(cyrnn_sgemm_avx512, Zs_, float, 16, 6, 4, 16, 512, "avx512f")
-CYRNN_GEMM(cyrnn_dgemm_avx512, Zd_, double, 8, 6, 4, 16, 512, "avx512f")
-CYRNN_GEMM(cyrnn_sgemm_avx2, Ys_, float, 8, 4, 3, 8, 512, "avx2,fma")
-CYRNN_GEMM(cyrnn_dgemm_avx2, Yd_, double, 4, 4, 3, 8, 512, "avx2,fma")
+ * for AVX2, 96-512 measured alike or worse the smaller). MC, the rows of C per group: 96 (16
+ * AVX-512 blocks; 512 x 96 floats of A are 192 KiB, beside the panel in L2); 48-192 measured
+ * alike, no groups (all rows at once) a sixth slower at M = 1024..4096 */
+CYRNN_GEMM(cyrnn_sgemm_avx512, Zs_, float, 16, 6, 4, 16, 512, 96, "avx512f")
+CYRNN_GEMM(cyrnn_dgemm_avx512, Zd_, double, 8, 6, 4, 16, 512, 96, "avx512f")
+CYRNN_GEMM(cyrnn_sgemm_avx2, Ys_, float, 8, 4, 3, 8, 512, 96, "avx2,fma")
+CYRNN_GEMM(cyrnn_dgemm_avx2, Yd_, double, 4, 4, 3, 8, 512, 96, "avx2,fma")
 
 #undef CYRNN_GEMM
 #undef CYRNN_BLOCK
