@@ -48,6 +48,9 @@ cdef enum:
     # of arithmetic at one core's speed: starting a thread costs tens of microseconds)
     MAX_SHARDS = 8
     MIN_SHARDED_WORK = 1 << 23
+    # ... and with at least 32 sequences a shard where Whh has more values than this (8 MiB of
+    # float32, past the L2 caches and most of a shared L3)
+    LARGE_WEIGHTS = 1 << 21
     # workspaces kept between calls, per thread (see Workspace)
     MAX_KEPT_BYTES = 256 << 20
     # from this batch size on, rnn_forward multiplies by a transposed copy of Whh (see there)

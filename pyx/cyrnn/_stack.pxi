@@ -863,18 +863,26 @@ _workspace = Workspace()
 
 
 def shard_count(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t O,
-                Py_ssize_t num_layers=1, Py_ssize_t num_directions=1):
+                Py_ssize_t num_layers=1, Py_ssize_t num_directions=1, Py_ssize_t gate_width=0):
     """How many shards of the batch the compiled training step runs: fixed by the problem's
     sizes alone, never by the thread count, so that a step gives bit-identical results on any
     number of threads. One shard for small steps (starting a thread costs more than it saves)
     and for batches under 16; else a power of two, with at least 16 sequences per shard from a
-    batch of 32 on (8 below), and at most MAX_SHARDS. The work is the forward pass's
-    multiply-adds: T*B*D*H*((I + H) + (L - 1)*(D*H + H) + O) for L layers of D directions."""
+    batch of 32 on (8 below), 32 where Whh (G, H) has more than LARGE_WEIGHTS values, and at
+    most MAX_SHARDS. The work is the forward pass's multiply-adds: T*B*D*(G*((I + H) + (L - 1)
+    *(D*H + H)) + H*O) for L layers of D directions, with the gate width G = ``gate_width``
+    (4H for LSTM, 3H for GRU; H for Elman, the default).
+
+    Every shard streams Whh once a step: where it is larger than the caches, a product of few
+    rows waits on memory, and each shard more adds a full pass over Whh at every step."""
+    cdef Py_ssize_t G = gate_width if gate_width > 0 else H
     cdef Py_ssize_t shards = 1, low = 16 if B >= 32 else 8
     cdef Py_ssize_t D = num_directions
-    cdef Py_ssize_t per_row = D * H * ((I + H) + (num_layers - 1) * (D * H + H) + O)
+    cdef Py_ssize_t per_row = D * (G * ((I + H) + (num_layers - 1) * (D * H + H)) + H * O)
     if B < 16 or T * B * per_row < MIN_SHARDED_WORK:
         return 1
+    if G * H > LARGE_WEIGHTS:
+        low = 32
     while shards * 2 <= MAX_SHARDS and B // (shards * 2) >= low:
         shards *= 2
     return shards
@@ -1111,7 +1119,7 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
     cdef Py_ssize_t LD = len(layers), L = LD // D, H = Why.shape[1] // D
     cdef Py_ssize_t I = layers[0][0].shape[1]
     cdef bint tokens = inputs.dtype.kind in "iu"
-    cdef Py_ssize_t shards = shard_count(T, B, I, H, O, L, D)
+    cdef Py_ssize_t shards = shard_count(T, B, I, H, O, L, D, layers[0][1].shape[0])
     cdef Py_ssize_t per = B // shards, extra = B % shards, s, b0, b1, j
     # the thread count matters only when there are shards to share (and is looked up only then)
     cdef int n_threads = 1 if shards == 1 else max(1, min(_threads.resolve(threads), shards))
