@@ -43,6 +43,9 @@ cnp.import_array()
 cdef enum:
     # rows of a BPTT block in the fused step (see shard_buffers)
     BLOCK_ROWS = 256
+    # a gated weight gradient of at most this many columns is computed transposed (see
+    # weight_gradient)
+    NARROW_GRADIENT = 128
     # the training step in shards of the batch (see shard_count): at most this many, and only
     # from this much work, T*B*H*(H + I + O) multiply-adds of the forward pass, on (about 0.1 ms
     # of arithmetic at one core's speed: starting a thread costs tens of microseconds)

@@ -260,6 +260,7 @@ ctypedef struct StepArgs:
     void* dout
     void* dP
     void* dR
+    void* gradT     # (NARROW_GRADIENT * G) the transpose of a narrow weight gradient
     Py_ssize_t L, D, longest, T, B, H, O, block  # (no field I: complex.h defines a macro I)
     Py_ssize_t G    # gate width: H (Elman), 4H (LSTM), 3H (GRU)
     int cell        # CELL_ELMAN, CELL_LSTM or CELL_GRU
@@ -576,6 +577,22 @@ cdef void layer_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
                 dWxh[j * I + n] = dWxhT[n * H + j]
 
 
+cdef void weight_gradient(floating* dW, const floating* dA, const floating* X, Py_ssize_t G,
+                          Py_ssize_t N, Py_ssize_t rows, floating* work) noexcept nogil:
+    """dW (G, N) = dA^T (G, rows) X (rows, N), for dA (rows, G) and X (rows, N). Where N is at
+    most NARROW_GRADIENT and below G (a gated weight gradient with few inputs or a small H), as
+    its transpose dW^T (N, G) = X^T dA into work (N*G values), then transposed into dW: the
+    same sums, but on rows of G columns, which fill the product kernel's blocks, rather than of
+    N, which leave most of them empty."""
+    if N <= NARROW_GRADIENT and N < G and work != NULL:
+        gemm(True, False, <int> N, <int> G, <int> rows, 1, X, <int> N, dA, <int> G, 0, work,
+             <int> G)
+        transpose_into(dW, work, N, G)
+    else:
+        gemm(True, False, <int> G, <int> N, <int> rows, 1, dA, <int> G, X, <int> N, 0, dW,
+             <int> N)
+
+
 cdef void gated_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
                          floating* dout) noexcept nogil:
     """BPTT through one gated layer-direction and its weight gradients (see layer_backward):
@@ -666,8 +683,8 @@ cdef void gated_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
         gated_backward_window(a, p, dout, dP, dR)
     # 3. dWhh (G, H) = dR^T (G, T*B) h_prev (T*B, H); dbh = column sums of dP; GRU: dbhn =
     # column sums of dR's n-part
-    gemm(True, False, <int> G, <int> H, <int> TB, 1, dR, <int> G,
-         hs + (2 if reverse else 0) * BH, <int> H, 0, <floating*> p.dWhh, <int> H)
+    weight_gradient(<floating*> p.dWhh, dR, hs + (2 if reverse else 0) * BH, G, H, TB,
+                    <floating*> a.gradT)
     memset(p.dbh, 0, G * sizeof(floating))
     add_row_sums(<floating*> p.dbh, dP, TB, G)
     if not lstm:
@@ -691,8 +708,7 @@ cdef void gated_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
                 dWxh[j * I + tokens[n]] += grad_row[j]
     else:
         # dWxh (G, I) = dP^T (G, T*B) x (T*B, I)
-        gemm(True, False, <int> G, <int> I, <int> TB, 1, dP, <int> G, x, <int> I, 0, dWxh,
-             <int> I)
+        weight_gradient(dWxh, dP, x, G, I, TB, <floating*> a.gradT)
         if dx != NULL:
             # dx (T*B, I) (+)= dP (T*B, G) Wxh (G, I)
             gemm(False, False, <int> TB, <int> I, <int> G, 1, dP, <int> G, Wxh, <int> I,
@@ -974,7 +990,7 @@ cdef class Shard:
     # xw and hn (GRU), dbhn (GRU); R, dout, dP, dR (GRU), dc0 (LSTM) as in StepArgs
     cdef list hs, x, dX, dWxh, dWxhT, dWhh, dbh, cs, gates, xw, hn, dbhn
     cdef object top, z, layer_args, da, work, squares, grad_norms, depth, depth_next
-    cdef object dWhy, dby, dh0, dx, R, dout, dP, dR, dc0
+    cdef object dWhy, dby, dh0, dx, R, dout, dP, dR, dc0, gradT
     cdef Py_ssize_t block, nbytes, B
 
     def __init__(self, bint step, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -997,14 +1013,15 @@ cdef class Shard:
         arrays = self.hs + self.x + [self.top, self.z] + self.cs + self.gates + self.xw + self.hn
         arrays.append(self.R)
         self.dbhn = []
-        self.dout = self.dP = self.dR = self.dc0 = None
+        self.dout = self.dP = self.dR = self.dc0 = self.gradT = None
         if step and cell:
+            self.gradT = empty((NARROW_GRADIENT * G,), dtype)
             self.dout = empty((T, B, H), dtype)
             self.dP = empty((T, B, G), dtype)
             self.dR = empty((T, B, G), dtype) if gru else None
             self.dc0 = empty((LD, B, H), dtype) if lstm else None
             self.dbhn = [empty((H,), dtype) for j in range(LD)] if gru else []
-            arrays += self.dbhn + [self.dout, self.dP, self.dR, self.dc0]
+            arrays += self.dbhn + [self.dout, self.dP, self.dR, self.dc0, self.gradT]
         if step:
             # BPTT by blocks of about BLOCK_ROWS (step, sequence) rows: large enough for
             # efficient GEMMs, small enough that da is a fraction of the states (a window
@@ -1068,6 +1085,7 @@ cdef int fill_step(StepArgs* a, Shard buf, inputs, targets, h0, masks, layers, l
     a.code, a.slope, a.scale = code, slope, scale
     a.cell, a.G = cell, layers[0][1].shape[0]
     a.R, a.dout, a.dP, a.dR = data(buf.R), data(buf.dout), data(buf.dP), data(buf.dR)
+    a.gradT = data(buf.gradT)
     if step:
         # a forward pass has states and outputs only: the step's other buffers are for it
         a.da, a.work = data(buf.da), data(buf.work)
