@@ -950,7 +950,8 @@ cdef object panel_copy(W):
     return out
 
 
-cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens, bint gated):
+cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens, bint gated,
+                              bint backward):
     """Copies of the weights for layer_forward and gated_backward, or None where not worth one:
     ``(WxhT, WhhT, WhhT_panels, Whh_panels)``.
 
@@ -962,7 +963,8 @@ cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens,
 
     The gated cells' per-step products, R_t = h_prev Whh^T (B, H) x (H, G) forward and dh_prev =
     dP_t Whh (B, G) x (G, H) backward, where they run on cyrnn's own kernel for a batch of two
-    or more: Whh^T and Whh packed in panels (pack_panels, which says why), in place of WhhT."""
+    or more: Whh^T and Whh (``backward`` only) packed in panels (pack_panels, which says why),
+    in place of WhhT."""
     cdef Py_ssize_t G = Whh.shape[0], H = Whh.shape[1], I = Wxh.shape[1]
     cdef bint single = Whh.dtype == np.float32
     # (for a batch of one only where a GEMV would be large enough for BLAS to thread it)
@@ -975,7 +977,7 @@ cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens,
     WhhT_panels = Whh_panels = None
     if gated and B >= 2 and panel_columns(single) != 0 and on_own_kernel(B, G, H):
         WhhT_panels = panel_copy(WhhT if WhhT is not None else transposed_copy(Whh))
-        Whh_panels = panel_copy(Whh)
+        Whh_panels = panel_copy(Whh) if backward else None
         WhhT = None
     return WxhT, WhhT, WhhT_panels, Whh_panels
 
@@ -1142,7 +1144,8 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
     # the thread count matters only when there are shards to share (and is looked up only then)
     cdef int n_threads = 1 if shards == 1 else max(1, min(_threads.resolve(threads), shards))
     cdef list transposed = [transposed_weights(layers[j][0], layers[j][1], T, per,
-                                               tokens and j < D, cell != CELL_ELMAN)
+                                               tokens and j < D, cell != CELL_ELMAN,
+                                               targets is not None)
                             for j in range(LD)]
     WhyT = (transposed_copy(Why)
             if T * per * D * H * O > BLAS_SINGLE_THREAD_MAX_WORK else None)
