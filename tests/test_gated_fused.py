@@ -69,10 +69,10 @@ def close(a, b, tol):
 
 
 def check_step(backend, cell, L, D, tokens, ce, sum_red, trunc, use_masks, input_grad, T, B,
-               dtype, seed=0, threads=None):
+               dtype, seed=0, threads=None, sizes=(7, 5, 6)):
     rng = np.random.default_rng(seed)
     kern = kernels.get_backend(backend)
-    I, H, O = 7, 5, 6
+    I, H, O = sizes
     layers, Why, by, inputs, h0, c0 = make(cell, L, D, I, H, O, T, B, tokens, dtype, rng)
     targets = (rng.integers(0, O, (T, B)).astype(np.intp) if ce
                else rng.standard_normal((T, B, O)).astype(dtype))
@@ -131,6 +131,18 @@ def test_step_equals_composition(backend, cell, L, D, dtype):
     for i, (tokens, ce, sum_red, trunc) in enumerate(rows):
         check_step(backend, cell, L, D, tokens, ce, sum_red, trunc, use_masks=i % 2 == 0,
                    input_grad=i % 3 != 0, T=4, B=3, dtype=dtype, seed=i)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell", [1, 2])
+@pytest.mark.parametrize("D", [1, 2])
+@pytest.mark.parametrize("trunc", [None, "carry", "window"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_step_at_sizes_with_packed_weights(backend, cell, D, trunc, dtype):
+    # B * G * H past BLAS_SINGLE_THREAD_MAX_WORK: the compiled recurrences multiply by Whh
+    # packed in panels (transposed_weights); 7 sequences: none of them a multiple of a block
+    check_step(backend, cell, 2, D, False, True, False, trunc, use_masks=True, input_grad=True,
+               T=5, B=7, dtype=dtype, sizes=(16, 136, 10))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

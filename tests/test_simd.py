@@ -109,6 +109,29 @@ def test_product_in_parts_of_the_shared_dimension(rng, dtype, build, K, trans_a,
 
 
 @needs_build
+@pytest.mark.parametrize("M, N, K", [(1, 1, 1), (2, 17, 5), (7, 64, 3), (13, 100, 33),
+                                     (16, 257, 513), (6, 129, 1500), (19, 300, 64)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_product_on_packed_panels_is_the_same_product(rng, dtype, M, N, K, accumulate):
+    # the gated cells' recurrences multiply by Whh packed in panels: the same arithmetic as on
+    # Whh in place, so the same bits (a single row included: it takes the blocked path)
+    A = rng.normal(size=(M, K)).astype(dtype)
+    W = rng.normal(size=(K, N)).astype(dtype)
+    C = rng.normal(size=(M, N)).astype(dtype)
+    expected = C.copy()
+    if M > 1:
+        own_product(A, W, expected, -0.5, accumulate)
+    else:  # (a single row in place runs the row kernel: compare with float64)
+        expected = -0.5 * (A.astype(np.float64) @ W) + (C if accumulate else 0)
+    if not _rnn._panel_product(A, W, C, -0.5, accumulate):
+        pytest.skip("this CPU has no build of cyrnn's own kernel")
+    if M > 1:
+        np.testing.assert_array_equal(C, expected)
+    else:
+        close(C, expected, TOL[dtype])
+
+
+@needs_build
 def test_product_hook_rejects_bad_arrays():
     A = np.ones((2, 3), np.float32)
     with pytest.raises(TypeError, match="of C's dtype"):

@@ -148,6 +148,19 @@ def test_shard_count_depends_on_sizes_only():
         assert n == 1 or B // n >= 8
 
 
+def test_shard_count_of_gated_cells_counts_the_gates():
+    count = kernels.cython_backend.shard_count
+    # the gate width G counts in the work: an LSTM of this size is sharded, Elman is not
+    assert count(30, 16, 16, 64, 16) == 1
+    assert count(30, 16, 16, 64, 16, gate_width=256) == 2
+    # a Whh (G, H) past the caches: at least 32 sequences a shard (Elman's H*H is not past)
+    assert count(50, 64, 512, 1024, 512, gate_width=4096) == 2
+    assert count(50, 64, 512, 1024, 512, gate_width=3072) == 2
+    assert count(50, 64, 512, 1024, 512, gate_width=1024) == 4
+    assert count(50, 32, 512, 1024, 512, gate_width=4096) == 1
+    assert count(50, 32, 128, 256, 128, gate_width=1024) == 2
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
 def test_thread_arguments_are_checked(bad):
     exc = TypeError if not isinstance(bad, int) or isinstance(bad, bool) else ValueError

@@ -23,6 +23,16 @@ cdef extern from "_smallgemm.h" nogil:
     int dgemm_build "cyrnn_dgemm_build"(int which, int trans_a, long M, long N, long K,
                                         double alpha, const double* A, long lda,
                                         const double* W, long ldw, int beta, double* C, long ldc)
+    long panel_columns "cyrnn_panel_columns"(int single)
+    void spack_panels "cyrnn_spack_panels"(const float* W, long K, long N, long ldw, float* Wp)
+    void dpack_panels "cyrnn_dpack_panels"(const double* W, long K, long N, long ldw,
+                                           double* Wp)
+    int sgemm_panels "cyrnn_sgemm_panels"(long M, long N, long K, float alpha, const float* A,
+                                          long lda, const float* Wp, int beta, float* C,
+                                          long ldc)
+    int dgemm_panels "cyrnn_dgemm_panels"(long M, long N, long K, double alpha,
+                                          const double* A, long lda, const double* Wp,
+                                          int beta, double* C, long ldc)
 
 cdef enum:
     # Which products run on cyrnn's own kernel (_smallgemm.h) and which on BLAS, by M*N*K.
@@ -42,23 +52,29 @@ cdef enum:
     OWN_KERNEL_MAX_WORK_AVX2 = 1 << 22
 
 
+cdef inline bint on_own_kernel(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K) noexcept nogil:
+    """Whether gemm runs C (M, N) = A (M, K) B (K, N) (B untransposed) on cyrnn's own kernel:
+    where the CPU has a build of it, a single row always, and every product above
+    BLAS_SINGLE_THREAD_MAX_WORK (see there)."""
+    cdef long long work = <long long> M * N * K
+    cdef int build = own_kernel_available()  # 2 AVX-512, 1 AVX2, 0 none
+    return build != 0 and (M == 1 or (
+        work > BLAS_SINGLE_THREAD_MAX_WORK
+        and not (build == 1 and work > OWN_KERNEL_MAX_WORK_AVX2
+                 and blas_threads(<void*> sgemm) == 1)))
+
+
 cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
                       floating alpha, const floating* A, int lda,
                       const floating* B, int ldb,
                       floating beta, floating* C, int ldc) noexcept nogil:
     """C (M, N) = alpha op(A) (M, K) op(B) (K, N) + beta C, all row-major, beta 0 or 1.
 
-    Products with B untransposed run on cyrnn's own kernel where the CPU has a build of it: a
-    single row always, and every product above BLAS_SINGLE_THREAD_MAX_WORK (see there).
+    Products with B untransposed run on cyrnn's own kernel where on_own_kernel says so.
     Otherwise a single row (M = 1, e.g. a batch of one) goes to GEMV, which OpenBLAS runs with
     less overhead, c (N,) = alpha op(B)^T a (K,) + beta c, and the rest to GEMM.
     """
-    cdef long long work = <long long> M * N * K
-    cdef int build = own_kernel_available()  # 2 AVX-512, 1 AVX2, 0 none
-    if build and not trans_b and (M == 1 or (
-            work > BLAS_SINGLE_THREAD_MAX_WORK
-            and not (build == 1 and work > OWN_KERNEL_MAX_WORK_AVX2
-                     and blas_threads(<void*> sgemm) == 1))):
+    if not trans_b and on_own_kernel(M, N, K):
         if floating is float:
             if sgemm_small(trans_a, M, N, K, alpha, A, lda, B, ldb, beta != 0, C, ldc):
                 return
@@ -87,6 +103,18 @@ cdef inline void gemm(bint trans_a, bint trans_b, int M, int N, int K,
         sgemm(&tb, &ta, &N, &M, &K, &alpha, <float*> B, &ldb, <float*> A, &lda, &beta, C, &ldc)
     else:
         dgemm(&tb, &ta, &N, &M, &K, &alpha, <double*> B, &ldb, <double*> A, &lda, &beta, C, &ldc)
+
+
+cdef inline void gemm_panels(int M, int N, int K, floating alpha, const floating* A, int lda,
+                             const floating* Wp, floating beta, floating* C,
+                             int ldc) noexcept nogil:
+    """C (M, N) = alpha A (M, K) W (K, N) + beta C, row-major, beta 0 or 1, with W packed by
+    pack_panels (so only where panel_columns is not 0): the same product, and the same bits, as
+    gemm on cyrnn's own kernel with W in place."""
+    if floating is float:
+        sgemm_panels(M, N, K, alpha, A, lda, Wp, beta != 0, C, ldc)
+    else:
+        dgemm_panels(M, N, K, alpha, A, lda, Wp, beta != 0, C, ldc)
 
 
 cdef inline double sum_of_squares(Py_ssize_t n, const floating* x) noexcept nogil:

@@ -47,6 +47,38 @@ def _own_kernel_product(A, W, C, double alpha, bint accumulate, bint trans_a=Fal
     return bool(ran)
 
 
+def _panel_product(A, W, C, double alpha, bint accumulate):
+    """``C = alpha A @ W (+ C if accumulate)`` in place as the recurrences of the gated cells
+    run it, on W packed in panels (``panel_copy``, ``gemm_panels``), on the widest build here,
+    for C-contiguous 2-D arrays of one float dtype. Returns False, with C untouched, where the
+    CPU has no build of cyrnn's own kernel."""
+    for name, a in (("A", A), ("W", W), ("C", C)):
+        if not (isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64)
+                and a.dtype == C.dtype and a.ndim == 2 and a.flags.c_contiguous):
+            raise TypeError(f"{name} must be a C-contiguous 2-D float32 or float64 array, of "
+                            f"C's dtype")
+    if not C.flags.writeable:
+        raise ValueError("C must be writeable")
+    cdef int M = A.shape[0], K = A.shape[1], N = W.shape[1]
+    if K != W.shape[0] or C.shape != (M, N):
+        raise ValueError(f"shapes {A.shape} @ {W.shape} -> {C.shape} do not match")
+    if panel_columns(C.dtype == np.float32) == 0:
+        return False
+    Wp = panel_copy(W)
+    cdef void* p_A = data(A)
+    cdef void* p_W = data(Wp)
+    cdef void* p_C = data(C)
+    if C.dtype == np.float32:
+        with nogil:
+            gemm_panels(M, N, K, <float> alpha, <const float*> p_A, K, <const float*> p_W,
+                        <float> accumulate, <float*> p_C, N)
+    else:
+        with nogil:
+            gemm_panels(M, N, K, alpha, <const double*> p_A, K, <const double*> p_W,
+                        <double> accumulate, <double*> p_C, N)
+    return True
+
+
 def _elementwise_build(int which, x, h=None, int code=0, double slope=0.01):
     """f(x) (or, given h, x * f'(a) from h = f(a)) as a new float32 array, through one build of
     the float32 elementwise loops: 0 the baseline, 1 AVX2, 2 AVX-512. None where this CPU cannot

@@ -26,8 +26,9 @@ from cyrnn._act cimport (SIGMOID, activate, add_row_sums, add_to_rows, elementwi
                          elementwise_widest, exp_build, exp_f32_build, exp_inplace,
                          rows_build_f32, rows_build_f64, times_derivative)
 from cyrnn._blas cimport (BLAS_GEMV_SINGLE_THREAD_MAX_WORK, BLAS_SINGLE_THREAD_MAX_WORK,
-                          blas_threads, dgemm_build, gemm, own_kernel_available, sgemm_build,
-                          sum_of_squares)
+                          blas_threads, dgemm_build, dpack_panels, gemm, gemm_panels,
+                          on_own_kernel, own_kernel_available, panel_columns, sgemm_build,
+                          spack_panels, sum_of_squares)
 from scipy.linalg.cython_blas cimport sgemm
 
 import threading
@@ -42,11 +43,17 @@ cnp.import_array()
 cdef enum:
     # rows of a BPTT block in the fused step (see shard_buffers)
     BLOCK_ROWS = 256
+    # a gated weight gradient of at most this many columns is computed transposed (see
+    # weight_gradient)
+    NARROW_GRADIENT = 128
     # the training step in shards of the batch (see shard_count): at most this many, and only
     # from this much work, T*B*H*(H + I + O) multiply-adds of the forward pass, on (about 0.1 ms
     # of arithmetic at one core's speed: starting a thread costs tens of microseconds)
     MAX_SHARDS = 8
     MIN_SHARDED_WORK = 1 << 23
+    # ... and with at least 32 sequences a shard where Whh has more values than this (8 MiB of
+    # float32, past the L2 caches and most of a shared L3)
+    LARGE_WEIGHTS = 1 << 21
     # workspaces kept between calls, per thread (see Workspace)
     MAX_KEPT_BYTES = 256 << 20
     # from this batch size on, rnn_forward multiplies by a transposed copy of Whh (see there)

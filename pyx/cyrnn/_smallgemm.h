@@ -142,7 +142,7 @@ static inline int cyrnn_blas_threads(void* blas_function)
  * MR, NV, ROW_NV, target) defines cyrnn_<name>(trans_a, M, N, K, ...). A block holds MR rows x
  * NV vectors of C (AVX-512: 6 x 4 in 24 of its 32 registers; AVX2: 4 x 3 in 12 of 16); a single
  * row holds up to ROW_NV vectors. */
-#define CYRNN_GEMM(NAME, O, REAL, LANES, MR, NV, ROW_NV, KC, TARGET)                           \
+#define CYRNN_GEMM(NAME, O, REAL, LANES, MR, NV, ROW_NV, KC, MC, TARGET)                       \
                                                                                                \
 /* One block: rows [0, mr) and vectors [0, nv) of C, the last vector masked by `tail`. With    \
  * constant arguments (every call below passes literals) the loops unroll into straight code. */\
@@ -216,14 +216,18 @@ NAME##_row(int nv, O##MASK tail, long K, REAL alpha, const REAL* a, long inc_a, 
     }                                                                                          \
 }                                                                                              \
                                                                                                \
-__attribute__((target(TARGET))) static void                                                   \
-NAME(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long lda, const REAL* W, \
-     long ldw, int beta, REAL* C, long ldc)                                                   \
+/* W is row-major (K, N) with leading dimension ldw, or with `panels` (ldw unused) packed as \
+ * cyrnn_pack_panels lays it out: the panels of LANES * NV columns one after the other, each  \
+ * its K rows contiguous. The arithmetic is the same either way (the same bits result).        \
+ */                                                                                            \
+__attribute__((target(TARGET), always_inline)) static inline void                             \
+NAME##_any(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long lda,          \
+           const REAL* W, long ldw, int panels, int beta, REAL* C, long ldc)                  \
 {                                                                                              \
-    long k0, j0, i0, Kp, width, blocks, b;                                                     \
+    long k0, g0, j0, i0, Kp, width, blocks, b, ldb;                                            \
     int mr, nv, rest;                                                                          \
     O##MASK tail;                                                                              \
-    if (M == 1) {                                                                              \
+    if (M == 1 && !panels) {                                                                   \
         long inc_a = trans_a ? lda : 1;                                                        \
         for (j0 = 0; j0 < N; j0 += LANES * ROW_NV) {                                           \
             width = N - j0 < LANES * ROW_NV ? N - j0 : LANES * ROW_NV;                         \
@@ -235,22 +239,30 @@ NAME(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long lda, c
         return;                                                                                \
     }                                                                                          \
     /* the shared dimension in parts of KC, so that a panel of W stays in cache while every    \
-     * block of rows passes it; the parts after the first accumulate */                       \
-    for (k0 = 0; k0 < K; k0 += Kp, beta = 1) {                                                 \
-        const REAL* Ak = trans_a ? A + k0 * lda : A + k0;                                      \
+     * block of rows passes it; the parts after the first accumulate. The rows in groups of    \
+     * MC, so that the part of A they read stays in cache while every panel of W passes it     \
+     * (a weight gradient, dP^T h, has thousands of rows) */                                   \
+    for (k0 = 0; k0 < K; k0 += Kp, beta = 1)                                                   \
+    for (g0 = 0; g0 < M; g0 += MC) {                                                           \
+        const REAL* Ak = trans_a ? A + k0 * lda + g0 : A + g0 * lda + k0;                      \
+        REAL* Cg = C + g0 * ldc;                                                               \
+        long Mg = M - g0 < MC ? M - g0 : MC;                                                   \
         Kp = K - k0 < KC ? K - k0 : KC;                                                        \
         for (j0 = 0; j0 < N; j0 += LANES * NV) {                                               \
-            const REAL* Wb = W + k0 * ldw + j0;                                                \
+            const REAL* Wb;                                                                    \
             width = N - j0 < LANES * NV ? N - j0 : LANES * NV;                                 \
+            /* the panel of W: rows k0 .. k0 + Kp of columns j0 .. j0 + width */               \
+            ldb = panels ? width : ldw;                                                        \
+            Wb = panels ? W + j0 * K + k0 * width : W + k0 * ldw + j0;                         \
             nv = (int) ((width + LANES - 1) / LANES);                                          \
             rest = (int) (width - LANES * (nv - 1));  /* 1..LANES in the last vector */        \
             tail = O##TAIL(rest);                                                              \
             /* as few row blocks as MR allows, of even sizes: 8 rows run as 4 + 4, not 6 + 2 */\
-            blocks = (M + MR - 1) / MR;                                                        \
+            blocks = (Mg + MR - 1) / MR;                                                       \
             for (b = 0, i0 = 0; b < blocks; b++, i0 += mr) {                                   \
                 const REAL* Ab = trans_a ? Ak + i0 : Ak + i0 * lda;                            \
-                REAL* Cb = C + i0 * ldc + j0;                                                  \
-                mr = (int) (M / blocks + (b < M % blocks));                                    \
+                REAL* Cb = Cg + i0 * ldc + j0;                                                 \
+                mr = (int) (Mg / blocks + (b < Mg % blocks));                                  \
                 if (trans_a) {                                                                 \
                     CYRNN_COLUMNS(NAME, MR, NV, 1)                                             \
                 } else {                                                                       \
@@ -259,13 +271,27 @@ NAME(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long lda, c
             }                                                                                  \
         }                                                                                      \
     }                                                                                          \
+}                                                                                              \
+                                                                                               \
+__attribute__((target(TARGET))) static void                                                   \
+NAME(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long lda, const REAL* W, \
+     long ldw, int beta, REAL* C, long ldc)                                                   \
+{                                                                                              \
+    NAME##_any(trans_a, M, N, K, alpha, A, lda, W, ldw, 0, beta, C, ldc);                     \
+}                                                                                              \
+                                                                                               \
+__attribute__((target(TARGET))) static void                                                   \
+NAME##_panels(long M, long N, long K, REAL alpha, const REAL* A, long lda, const REAL* Wp,    \
+              int beta, REAL* C, long ldc)                                                    \
+{                                                                                              \
+    NAME##_any(0, M, N, K, alpha, A, lda, Wp, 0, 1, beta, C, ldc);                            \
 }
 
 /* dispatch on the block shape, so that each is compiled with constant loop bounds; shapes
  * beyond a build's MR x NV (or ROW_NV) are never called and compile to nothing */
 #define CYRNN_BLOCK(NAME, MR, NV, ta, m, n)                                                    \
     if ((m) <= (MR) && (n) <= (NV))                                                            \
-        NAME##_block(ta, m, n, tail, Kp, alpha, Ab, lda, Wb, ldw, beta, Cb, ldc);
+        NAME##_block(ta, m, n, tail, Kp, alpha, Ab, lda, Wb, ldb, beta, Cb, ldc);
 #define CYRNN_ROWS(NAME, MR, NV, ta, n)                                                        \
     switch (mr) {                                                                              \
     case 6: CYRNN_BLOCK(NAME, MR, NV, ta, 6, n) break;                                         \
@@ -306,11 +332,13 @@ NAME(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long lda, c
     }
 
 /* KC, the rows of W per pass: 512 (a 4-vector AVX-512 panel of 512 rows is 128 KiB, in L2;
- * for AVX2, 96-512 measured alike or worse the smaller) */
-CYRNN_GEMM(cyrnn_sgemm_avx512, Zs_, float, 16, 6, 4, 16, 512, "avx512f")
-CYRNN_GEMM(cyrnn_dgemm_avx512, Zd_, double, 8, 6, 4, 16, 512, "avx512f")
-CYRNN_GEMM(cyrnn_sgemm_avx2, Ys_, float, 8, 4, 3, 8, 512, "avx2,fma")
-CYRNN_GEMM(cyrnn_dgemm_avx2, Yd_, double, 4, 4, 3, 8, 512, "avx2,fma")
+ * for AVX2, 96-512 measured alike or worse the smaller). MC, the rows of C per group: 96 (16
+ * AVX-512 blocks; 512 x 96 floats of A are 192 KiB, beside the panel in L2); 48-192 measured
+ * alike, no groups (all rows at once) a sixth slower at M = 1024..4096 */
+CYRNN_GEMM(cyrnn_sgemm_avx512, Zs_, float, 16, 6, 4, 16, 512, 96, "avx512f")
+CYRNN_GEMM(cyrnn_dgemm_avx512, Zd_, double, 8, 6, 4, 16, 512, 96, "avx512f")
+CYRNN_GEMM(cyrnn_sgemm_avx2, Ys_, float, 8, 4, 3, 8, 512, 96, "avx2,fma")
+CYRNN_GEMM(cyrnn_dgemm_avx2, Yd_, double, 4, 4, 3, 8, 512, 96, "avx2,fma")
 
 #undef CYRNN_GEMM
 #undef CYRNN_BLOCK
@@ -324,10 +352,20 @@ CYRNN_GEMM(cyrnn_dgemm_avx2, Yd_, double, 4, 4, 3, 8, 512, "avx2,fma")
         cyrnn_##P##gemm_avx512(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);        \
     else                                                                                       \
         cyrnn_##P##gemm_avx2(trans_a, M, N, K, alpha, A, lda, W, ldw, beta, C, ldc);
+#define CYRNN_RUN_PANELS(P)                                                                    \
+    if (which == 2)                                                                            \
+        cyrnn_##P##gemm_avx512_panels(M, N, K, alpha, A, lda, Wp, beta, C, ldc);              \
+    else                                                                                       \
+        cyrnn_##P##gemm_avx2_panels(M, N, K, alpha, A, lda, Wp, beta, C, ldc);
+/* the columns of a panel of each build: LANES * NV above */
+#define CYRNN_PANEL_COLUMNS(single, which)                                                     \
+    ((which) == 2 ? ((single) ? 64 : 32) : (which) == 1 ? ((single) ? 24 : 12) : 0)
 
 #else  /* no x86 kernels: cyrnn_own_kernel_available() is 0, every product goes to BLAS */
 
 #define CYRNN_RUN_BUILD(P)
+#define CYRNN_RUN_PANELS(P)
+#define CYRNN_PANEL_COLUMNS(single, which) 0
 
 #endif
 
@@ -360,5 +398,51 @@ CYRNN_ENTRY(s, float)
 CYRNN_ENTRY(d, double)
 #undef CYRNN_ENTRY
 #undef CYRNN_RUN_BUILD
+
+/* A weight matrix that a recurrence multiplies by at every step, packed once per call for the
+ * widest build here. Read in place, a row-major W (K, N) is a panel of LANES * NV columns at a
+ * time, K rows a full row of W apart: at K, N ~ 1024..4096 each row of a panel is a new page
+ * (a TLB miss) and the hardware prefetcher does not follow: a product with few rows (a batch
+ * of 16..64) runs much slower than the same product on a packed copy, which it streams.
+ *
+ *   cyrnn_panel_columns(single)   the columns of a panel (0: no build here, do not pack)
+ *   cyrnn_<s|d>pack_panels(W, K, N, ldw, Wp)
+ *       Wp (K * N values) = W (K, N) as panels of cyrnn_panel_columns columns (the last one
+ *       narrower), one after the other, each its K rows of `width` values contiguous
+ *   cyrnn_<s|d>gemm_panels(M, N, K, alpha, A, lda, Wp, beta, C, ldc)
+ *       C (M, N) = alpha * A (M, K) W (K, N) + beta * C as cyrnn_<s|d>gemm_small with W so
+ *       packed: the same arithmetic, the same bits; 0 (C untouched) where there is no build
+ */
+static inline long cyrnn_panel_columns(int single)
+{
+    return CYRNN_PANEL_COLUMNS(single, cyrnn_own_kernel_available());
+}
+
+#define CYRNN_PANELS(P, REAL, SINGLE)                                                          \
+static inline void cyrnn_##P##pack_panels(const REAL* W, long K, long N, long ldw, REAL* Wp)  \
+{                                                                                              \
+    long panel = cyrnn_panel_columns(SINGLE), j0, k, j, width;                                 \
+    for (j0 = 0; j0 < N; j0 += panel) {                                                        \
+        width = N - j0 < panel ? N - j0 : panel;                                               \
+        for (k = 0; k < K; k++)                                                                \
+            for (j = 0; j < width; j++)                                                        \
+                Wp[j0 * K + k * width + j] = W[k * ldw + j0 + j];                              \
+    }                                                                                          \
+}                                                                                              \
+static inline int cyrnn_##P##gemm_panels(long M, long N, long K, REAL alpha, const REAL* A,   \
+                                         long lda, const REAL* Wp, int beta, REAL* C,         \
+                                         long ldc)                                             \
+{                                                                                              \
+    int which = cyrnn_own_kernel_available();                                                  \
+    if (M <= 0 || N <= 0 || K <= 0 || which < 1)                                               \
+        return 0;                                                                              \
+    CYRNN_RUN_PANELS(P)                                                                        \
+    return 1;                                                                                  \
+}
+CYRNN_PANELS(s, float, 1)
+CYRNN_PANELS(d, double, 0)
+#undef CYRNN_PANELS
+#undef CYRNN_RUN_PANELS
+#undef CYRNN_PANEL_COLUMNS
 
 #endif

@@ -199,6 +199,8 @@ ctypedef struct LayerArgs:
     void* WxhT      # (n_in, H), a contiguous copy of Wxh^T (see transposed_weights)
     void* Whh       # (H, H)
     void* WhhT      # (H, H), a contiguous copy of Whh^T
+    void* WhhT_panels  # the gated cells' Whh^T (H, G) and Whh (G, H) packed for gemm_panels
+    void* Whh_panels   # (see transposed_weights), or NULL; WhhT is then NULL
     void* bh        # (H,)
     void* h0        # (B, H)
     # states, hs[t + 1] the state at step t (both directions): forward, (T + 1, B, H) and
@@ -258,6 +260,7 @@ ctypedef struct StepArgs:
     void* dout
     void* dP
     void* dR
+    void* gradT     # (NARROW_GRADIENT * G) the transpose of a narrow weight gradient
     Py_ssize_t L, D, longest, T, B, H, O, block  # (no field I: complex.h defines a macro I)
     Py_ssize_t G    # gate width: H (Elman), 4H (LSTM), 3H (GRU)
     int cell        # CELL_ELMAN, CELL_LSTM or CELL_GRU
@@ -371,7 +374,10 @@ cdef void gated_forward(const StepArgs* a, const LayerArgs* p, floating* hs) noe
         h_prev = h + BH if reverse else h - BH
         # LSTM: a_t (B, 4H) = P_t + h_prev Whh^T, in place; GRU: R (B, 3H) = h_prev Whh^T
         out = gates + t * BG if lstm else R
-        if WhhT != NULL:
+        if p.WhhT_panels != NULL:
+            gemm_panels(<int> B, <int> G, <int> H, 1, h_prev, <int> H,
+                        <const floating*> p.WhhT_panels, 1 if lstm else 0, out, <int> G)
+        elif WhhT != NULL:
             gemm(False, False, <int> B, <int> G, <int> H, 1, h_prev, <int> H, WhhT, <int> G,
                  1 if lstm else 0, out, <int> G)
         else:
@@ -571,6 +577,22 @@ cdef void layer_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
                 dWxh[j * I + n] = dWxhT[n * H + j]
 
 
+cdef void weight_gradient(floating* dW, const floating* dA, const floating* X, Py_ssize_t G,
+                          Py_ssize_t N, Py_ssize_t rows, floating* work) noexcept nogil:
+    """dW (G, N) = dA^T (G, rows) X (rows, N), for dA (rows, G) and X (rows, N). Where N is at
+    most NARROW_GRADIENT and below G (a gated weight gradient with few inputs or a small H), as
+    its transpose dW^T (N, G) = X^T dA into work (N*G values), then transposed into dW: the
+    same sums, but on rows of G columns, which fill the product kernel's blocks, rather than of
+    N, which leave most of them empty."""
+    if N <= NARROW_GRADIENT and N < G and work != NULL:
+        gemm(True, False, <int> N, <int> G, <int> rows, 1, X, <int> N, dA, <int> G, 0, work,
+             <int> G)
+        transpose_into(dW, work, N, G)
+    else:
+        gemm(True, False, <int> G, <int> N, <int> rows, 1, dA, <int> G, X, <int> N, 0, dW,
+             <int> N)
+
+
 cdef void gated_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
                          floating* dout) noexcept nogil:
     """BPTT through one gated layer-direction and its weight gradients (see layer_backward):
@@ -587,6 +609,7 @@ cdef void gated_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
     cdef floating* cs = <floating*> p.cs
     cdef floating* gates = <floating*> p.gates
     cdef const floating* Whh = <const floating*> p.Whh
+    cdef const floating* Whh_panels = <const floating*> p.Whh_panels
     cdef const floating* Wxh = <const floating*> p.Wxh
     cdef const floating* x = <const floating*> p.x
     cdef const floating* z = <const floating*> a.z
@@ -632,16 +655,22 @@ cdef void gated_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
                                    dP + t * BG, scale, B, H)
                 if scale == 0:
                     memset(gh, 0, BH * sizeof(floating))
-                else:
+                elif Whh_panels != NULL:
                     # gh (B, H) = scale da_t (B, 4H) Whh (4H, H)
+                    gemm_panels(<int> B, <int> H, <int> G, scale, dP + t * BG, <int> G,
+                                Whh_panels, 0, gh, <int> H)
+                else:
                     gemm(False, False, <int> B, <int> H, <int> G, scale, dP + t * BG, <int> G,
                          Whh, <int> H, 0, gh, <int> H)
             else:
                 gru_cell_backward(gh, gates + t * BG, <const floating*> p.hn + t * BH,
                                   hs + (t + 2 if reverse else t) * BH, dP + t * BG, dR + t * BG,
                                   gb, scale, B, H)
-                if scale != 0:
+                if scale != 0 and Whh_panels != NULL:
                     # gb (B, H) += scale dR_t (B, 3H) Whh (3H, H)
+                    gemm_panels(<int> B, <int> H, <int> G, scale, dR + t * BG, <int> G,
+                                Whh_panels, 1, gb, <int> H)
+                elif scale != 0:
                     gemm(False, False, <int> B, <int> H, <int> G, scale, dR + t * BG, <int> G,
                          Whh, <int> H, 1, gb, <int> H)
                 swap = gh
@@ -654,8 +683,8 @@ cdef void gated_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
         gated_backward_window(a, p, dout, dP, dR)
     # 3. dWhh (G, H) = dR^T (G, T*B) h_prev (T*B, H); dbh = column sums of dP; GRU: dbhn =
     # column sums of dR's n-part
-    gemm(True, False, <int> G, <int> H, <int> TB, 1, dR, <int> G,
-         hs + (2 if reverse else 0) * BH, <int> H, 0, <floating*> p.dWhh, <int> H)
+    weight_gradient(<floating*> p.dWhh, dR, hs + (2 if reverse else 0) * BH, G, H, TB,
+                    <floating*> a.gradT)
     memset(p.dbh, 0, G * sizeof(floating))
     add_row_sums(<floating*> p.dbh, dP, TB, G)
     if not lstm:
@@ -679,8 +708,7 @@ cdef void gated_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
                 dWxh[j * I + tokens[n]] += grad_row[j]
     else:
         # dWxh (G, I) = dP^T (G, T*B) x (T*B, I)
-        gemm(True, False, <int> G, <int> I, <int> TB, 1, dP, <int> G, x, <int> I, 0, dWxh,
-             <int> I)
+        weight_gradient(dWxh, dP, x, G, I, TB, <floating*> a.gradT)
         if dx != NULL:
             # dx (T*B, I) (+)= dP (T*B, G) Wxh (G, I)
             gemm(False, False, <int> TB, <int> I, <int> G, 1, dP, <int> G, Wxh, <int> I,
@@ -851,18 +879,26 @@ _workspace = Workspace()
 
 
 def shard_count(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t O,
-                Py_ssize_t num_layers=1, Py_ssize_t num_directions=1):
+                Py_ssize_t num_layers=1, Py_ssize_t num_directions=1, Py_ssize_t gate_width=0):
     """How many shards of the batch the compiled training step runs: fixed by the problem's
     sizes alone, never by the thread count, so that a step gives bit-identical results on any
     number of threads. One shard for small steps (starting a thread costs more than it saves)
     and for batches under 16; else a power of two, with at least 16 sequences per shard from a
-    batch of 32 on (8 below), and at most MAX_SHARDS. The work is the forward pass's
-    multiply-adds: T*B*D*H*((I + H) + (L - 1)*(D*H + H) + O) for L layers of D directions."""
+    batch of 32 on (8 below), 32 where Whh (G, H) has more than LARGE_WEIGHTS values, and at
+    most MAX_SHARDS. The work is the forward pass's multiply-adds: T*B*D*(G*((I + H) + (L - 1)
+    *(D*H + H)) + H*O) for L layers of D directions, with the gate width G = ``gate_width``
+    (4H for LSTM, 3H for GRU; H for Elman, the default).
+
+    Every shard streams Whh once a step: where it is larger than the caches, a product of few
+    rows waits on memory, and each shard more adds a full pass over Whh at every step."""
+    cdef Py_ssize_t G = gate_width if gate_width > 0 else H
     cdef Py_ssize_t shards = 1, low = 16 if B >= 32 else 8
     cdef Py_ssize_t D = num_directions
-    cdef Py_ssize_t per_row = D * H * ((I + H) + (num_layers - 1) * (D * H + H) + O)
+    cdef Py_ssize_t per_row = D * (G * ((I + H) + (num_layers - 1) * (D * H + H)) + H * O)
     if B < 16 or T * B * per_row < MIN_SHARDED_WORK:
         return 1
+    if G * H > LARGE_WEIGHTS:
+        low = 32
     while shards * 2 <= MAX_SHARDS and B // (shards * 2) >= low:
         shards *= 2
     return shards
@@ -898,14 +934,39 @@ cdef object transposed_copy(W):
     return out
 
 
-cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens):
-    """Contiguous copies of Wxh^T and Whh^T for layer_forward, or None where not worth one.
-    Whh^T serves from a batch of two on (a single row is a GEMV either way). For token ids,
-    Wxh^T's rows gather and scatter faster than Wxh's strided columns once there are at least as
-    many tokens as rows to transpose. For the whole-sequence products, from the size on which
-    products may run on cyrnn's own kernel (which needs the untransposed operand); below it the
-    copy costs more than it saves."""
+cdef object panel_copy(W):
+    """W (K, N), C-contiguous, packed as pack_panels lays it out for gemm_panels: a new 1-D
+    array of K*N values."""
+    cdef Py_ssize_t K = W.shape[0], N = W.shape[1]
+    out = empty((K * N,), W.dtype)
+    cdef void* src = data(W)
+    cdef void* dst = data(out)
+    if W.dtype == np.float32:
+        with nogil:
+            spack_panels(<const float*> src, K, N, N, <float*> dst)
+    else:
+        with nogil:
+            dpack_panels(<const double*> src, K, N, N, <double*> dst)
+    return out
+
+
+cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens, bint gated,
+                              bint backward):
+    """Copies of the weights for layer_forward and gated_backward, or None where not worth one:
+    ``(WxhT, WhhT, WhhT_panels, Whh_panels)``.
+
+    Contiguous Wxh^T and Whh^T: Whh^T serves from a batch of two on (a single row is a GEMV
+    either way). For token ids, Wxh^T's rows gather and scatter faster than Wxh's strided
+    columns once there are at least as many tokens as rows to transpose. For the whole-sequence
+    products, from the size on which products may run on cyrnn's own kernel (which needs the
+    untransposed operand); below it the copy costs more than it saves.
+
+    The gated cells' per-step products, R_t = h_prev Whh^T (B, H) x (H, G) forward and dh_prev =
+    dP_t Whh (B, G) x (G, H) backward, where they run on cyrnn's own kernel for a batch of two
+    or more: Whh^T and Whh (``backward`` only) packed in panels (pack_panels, which says why),
+    in place of WhhT."""
     cdef Py_ssize_t G = Whh.shape[0], H = Whh.shape[1], I = Wxh.shape[1]
+    cdef bint single = Whh.dtype == np.float32
     # (for a batch of one only where a GEMV would be large enough for BLAS to thread it)
     WhhT = (transposed_copy(Whh)
             if B >= TRANSPOSE_MIN_BATCH or G * H > BLAS_GEMV_SINGLE_THREAD_MAX_WORK else None)
@@ -913,7 +974,12 @@ cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens)
         WxhT = transposed_copy(Wxh) if I <= T * B else None
     else:
         WxhT = transposed_copy(Wxh) if T * B * I * G > BLAS_SINGLE_THREAD_MAX_WORK else None
-    return WxhT, WhhT
+    WhhT_panels = Whh_panels = None
+    if gated and B >= 2 and panel_columns(single) != 0 and on_own_kernel(B, G, H):
+        WhhT_panels = panel_copy(WhhT if WhhT is not None else transposed_copy(Whh))
+        Whh_panels = panel_copy(Whh) if backward else None
+        WhhT = None
+    return WxhT, WhhT, WhhT_panels, Whh_panels
 
 
 cdef class Shard:
@@ -926,7 +992,7 @@ cdef class Shard:
     # xw and hn (GRU), dbhn (GRU); R, dout, dP, dR (GRU), dc0 (LSTM) as in StepArgs
     cdef list hs, x, dX, dWxh, dWxhT, dWhh, dbh, cs, gates, xw, hn, dbhn
     cdef object top, z, layer_args, da, work, squares, grad_norms, depth, depth_next
-    cdef object dWhy, dby, dh0, dx, R, dout, dP, dR, dc0
+    cdef object dWhy, dby, dh0, dx, R, dout, dP, dR, dc0, gradT
     cdef Py_ssize_t block, nbytes, B
 
     def __init__(self, bint step, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -949,14 +1015,15 @@ cdef class Shard:
         arrays = self.hs + self.x + [self.top, self.z] + self.cs + self.gates + self.xw + self.hn
         arrays.append(self.R)
         self.dbhn = []
-        self.dout = self.dP = self.dR = self.dc0 = None
+        self.dout = self.dP = self.dR = self.dc0 = self.gradT = None
         if step and cell:
+            self.gradT = empty((NARROW_GRADIENT * G,), dtype)
             self.dout = empty((T, B, H), dtype)
             self.dP = empty((T, B, G), dtype)
             self.dR = empty((T, B, G), dtype) if gru else None
             self.dc0 = empty((LD, B, H), dtype) if lstm else None
             self.dbhn = [empty((H,), dtype) for j in range(LD)] if gru else []
-            arrays += self.dbhn + [self.dout, self.dP, self.dR, self.dc0]
+            arrays += self.dbhn + [self.dout, self.dP, self.dR, self.dc0, self.gradT]
         if step:
             # BPTT by blocks of about BLOCK_ROWS (step, sequence) rows: large enough for
             # efficient GEMMs, small enough that da is a fraction of the states (a window
@@ -1020,6 +1087,7 @@ cdef int fill_step(StepArgs* a, Shard buf, inputs, targets, h0, masks, layers, l
     a.code, a.slope, a.scale = code, slope, scale
     a.cell, a.G = cell, layers[0][1].shape[0]
     a.R, a.dout, a.dP, a.dR = data(buf.R), data(buf.dout), data(buf.dP), data(buf.dR)
+    a.gradT = data(buf.gradT)
     if step:
         # a forward pass has states and outputs only: the step's other buffers are for it
         a.da, a.work = data(buf.da), data(buf.work)
@@ -1030,7 +1098,7 @@ cdef int fill_step(StepArgs* a, Shard buf, inputs, targets, h0, masks, layers, l
     for j in range(L * D):
         l = j // D
         Wxh, Whh, bh = layers[j][0], layers[j][1], layers[j][2]
-        WxhT, WhhT = transposed[j]
+        WxhT, WhhT, WhhT_panels, Whh_panels = transposed[j]
         p = &a.layers[j]
         if cell:
             p.gates = data(buf.gates[j])
@@ -1041,6 +1109,7 @@ cdef int fill_step(StepArgs* a, Shard buf, inputs, targets, h0, masks, layers, l
                 p.bhn, p.xw, p.hn = data(layers[j][3]), data(buf.xw[j]), data(buf.hn[j])
                 p.dbhn = data(buf.dbhn[j]) if step else NULL
         p.Wxh, p.WxhT, p.Whh, p.WhhT, p.bh = data(Wxh), data(WxhT), data(Whh), data(WhhT), data(bh)
+        p.WhhT_panels, p.Whh_panels = data(WhhT_panels), data(Whh_panels)
         p.h0 = at(h0, j * state_bytes)
         p.hs = data(hs[j])
         p.n_in = Wxh.shape[1]
@@ -1070,12 +1139,14 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
     cdef Py_ssize_t LD = len(layers), L = LD // D, H = Why.shape[1] // D
     cdef Py_ssize_t I = layers[0][0].shape[1]
     cdef bint tokens = inputs.dtype.kind in "iu"
-    cdef Py_ssize_t shards = shard_count(T, B, I, H, O, L, D)
+    cdef Py_ssize_t shards = shard_count(T, B, I, H, O, L, D, layers[0][1].shape[0])
     cdef Py_ssize_t per = B // shards, extra = B % shards, s, b0, b1, j
     # the thread count matters only when there are shards to share (and is looked up only then)
     cdef int n_threads = 1 if shards == 1 else max(1, min(_threads.resolve(threads), shards))
     cdef list transposed = [transposed_weights(layers[j][0], layers[j][1], T, per,
-                                               tokens and j < D) for j in range(LD)]
+                                               tokens and j < D, cell != CELL_ELMAN,
+                                               targets is not None)
+                            for j in range(LD)]
     WhyT = (transposed_copy(Why)
             if T * per * D * H * O > BLAS_SINGLE_THREAD_MAX_WORK else None)
     step_args = np.zeros(shards * sizeof(StepArgs), dtype=np.uint8)
