@@ -165,9 +165,10 @@ CYRNN_INLINE void cyrnn_gru_backward_body_##T(const REAL* g, const REAL* gates, 
 CYRNN_GATED_BODIES(float, f32, cyrnn_tanh_f32)
 CYRNN_GATED_BODIES(double, f64, tanh)
 
-/* each float32 epilogue in its three builds and its dispatch; float64 calls its body */
+/* each float32 epilogue in its three builds and its dispatch; float64 calls its body (also
+ * used by _recurrence.h, which includes this file) */
 #ifdef CYRNN_ELEMENTWISE_DISPATCH
-#define CYRNN_GATED_DISPATCH(NAME, PARAMS, ARGS)                                                \
+#define CYRNN_SIMD_DISPATCH(NAME, PARAMS, ARGS)                                                \
 CYRNN_AVX512 void NAME##_avx512 PARAMS { NAME##_body_f32 ARGS; }                                \
 CYRNN_AVX2 void NAME##_avx2 PARAMS { NAME##_body_f32 ARGS; }                                    \
 static void NAME##_base PARAMS { NAME##_body_f32 ARGS; }                                        \
@@ -181,22 +182,22 @@ static inline void NAME##_f32 PARAMS                                            
         NAME##_base ARGS;                                                                       \
 }
 #else
-#define CYRNN_GATED_DISPATCH(NAME, PARAMS, ARGS)                                                \
+#define CYRNN_SIMD_DISPATCH(NAME, PARAMS, ARGS)                                                \
 static inline void NAME##_f32 PARAMS { NAME##_body_f32 ARGS; }
 #endif
 
-CYRNN_GATED_DISPATCH(cyrnn_lstm_forward,
+CYRNN_SIMD_DISPATCH(cyrnn_lstm_forward,
                      (float* a, const float* c_prev, float* c, float* h, long rows, long H),
                      (a, c_prev, c, h, rows, H))
-CYRNN_GATED_DISPATCH(cyrnn_lstm_backward,
+CYRNN_SIMD_DISPATCH(cyrnn_lstm_backward,
                      (const float* gh, float* gc, const float* gates, const float* c_prev,
                       const float* c, float* da, float scale, long rows, long H),
                      (gh, gc, gates, c_prev, c, da, scale, rows, H))
-CYRNN_GATED_DISPATCH(cyrnn_gru_forward,
+CYRNN_SIMD_DISPATCH(cyrnn_gru_forward,
                      (const float* xw, const float* R, const float* bhn, const float* h_prev,
                       float* gates, float* hn, float* h, long rows, long H),
                      (xw, R, bhn, h_prev, gates, hn, h, rows, H))
-CYRNN_GATED_DISPATCH(cyrnn_gru_backward,
+CYRNN_SIMD_DISPATCH(cyrnn_gru_backward,
                      (const float* g, const float* gates, const float* hn, const float* h_prev,
                       float* dxw, float* dR, float* gz, float scale, long rows, long H),
                      (g, gates, hn, h_prev, dxw, dR, gz, scale, rows, H))
@@ -207,6 +208,5 @@ CYRNN_GATED_DISPATCH(cyrnn_gru_backward,
 #define cyrnn_gru_backward_f64 cyrnn_gru_backward_body_f64
 
 #undef CYRNN_GATED_BODIES
-#undef CYRNN_GATED_DISPATCH
 
 #endif

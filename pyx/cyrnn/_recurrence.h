@@ -165,43 +165,25 @@ CYRNN_INLINE void cyrnn_lstm_backward_from_dc_body_##T(                         
 CYRNN_RECURRENCE_BODIES(float, f32, cyrnn_tanh_f32, sqrtf)
 CYRNN_RECURRENCE_BODIES(double, f64, tanh, sqrt)
 
-/* each float32 loop in its three builds and its dispatch; float64 calls its body */
-#ifdef CYRNN_ELEMENTWISE_DISPATCH
-#define CYRNN_RECURRENCE_DISPATCH(NAME, PARAMS, ARGS)                                           \
-CYRNN_AVX512 void NAME##_avx512 PARAMS { NAME##_body_f32 ARGS; }                                \
-CYRNN_AVX2 void NAME##_avx2 PARAMS { NAME##_body_f32 ARGS; }                                    \
-static void NAME##_base PARAMS { NAME##_body_f32 ARGS; }                                        \
-static inline void NAME##_f32 PARAMS                                                            \
-{                                                                                               \
-    if (cyrnn_cpu_build() >= 2)                                                                 \
-        NAME##_avx512 ARGS;                                                                     \
-    else if (cyrnn_cpu_build() >= 1)                                                            \
-        NAME##_avx2 ARGS;                                                                       \
-    else                                                                                        \
-        NAME##_base ARGS;                                                                       \
-}
-#else
-#define CYRNN_RECURRENCE_DISPATCH(NAME, PARAMS, ARGS)                                           \
-static inline void NAME##_f32 PARAMS { NAME##_body_f32 ARGS; }
-#endif
+/* each float32 loop in its three builds and its dispatch (_gated.h's); float64 calls its body */
 
-CYRNN_RECURRENCE_DISPATCH(cyrnn_layer_norm,
+CYRNN_SIMD_DISPATCH(cyrnn_layer_norm,
                           (float* x, float* xhat, float* rstd, const float* gain, float eps,
                            long rows, long n),
                           (x, xhat, rstd, gain, eps, rows, n))
-CYRNN_RECURRENCE_DISPATCH(cyrnn_layer_norm_backward,
+CYRNN_SIMD_DISPATCH(cyrnn_layer_norm_backward,
                           (float* d, const float* xhat, const float* rstd, long rows, long n),
                           (d, xhat, rstd, rows, n))
-CYRNN_RECURRENCE_DISPATCH(cyrnn_normalized_output,
+CYRNN_SIMD_DISPATCH(cyrnn_normalized_output,
                           (const float* gates, const float* chat, const float* gc,
                            const float* bc, float* h, long rows, long H),
                           (gates, chat, gc, bc, h, rows, H))
-CYRNN_RECURRENCE_DISPATCH(cyrnn_normalized_output_backward,
+CYRNN_SIMD_DISPATCH(cyrnn_normalized_output_backward,
                           (const float* g, const float* gates, const float* chat,
                            const float* gc, const float* bc, float* u, float* dchat, float* dgc,
                            float* dbc, long rows, long H),
                           (g, gates, chat, gc, bc, u, dchat, dgc, dbc, rows, H))
-CYRNN_RECURRENCE_DISPATCH(cyrnn_lstm_backward_from_dc,
+CYRNN_SIMD_DISPATCH(cyrnn_lstm_backward_from_dc,
                           (float* dc, const float* g, const float* u, const float* gates,
                            const float* c_prev, float* da, long rows, long H),
                           (dc, g, u, gates, c_prev, da, rows, H))
@@ -213,6 +195,5 @@ CYRNN_RECURRENCE_DISPATCH(cyrnn_lstm_backward_from_dc,
 #define cyrnn_lstm_backward_from_dc_f64 cyrnn_lstm_backward_from_dc_body_f64
 
 #undef CYRNN_RECURRENCE_BODIES
-#undef CYRNN_RECURRENCE_DISPATCH
 
 #endif
