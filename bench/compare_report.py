@@ -592,6 +592,13 @@ def run_section(args, cells, meta, machine, versions, run_command, report_flags)
             "run per JSON file, run one after another, then this report):", "", "```bash",
             *(run_command.format(path=p) for p in paths),
             f"python bench/compare_report.py {report_flags}{' '.join(paths)} > {target}", "```"]
+    if not report_flags:
+        out += ["", "## Gated cells and normalized recurrences", "",
+                "The LSTM and GRU rows (forward and training step, 1 and 2 threads and nothing "
+                "pinned, against torch's `nn.LSTM` / `nn.GRU` and JAX) are in `bench/GATED.md`; "
+                "the cost of `norm=\"layer\"` / `\"batch\"` over the plain step, and the "
+                "layer-normed cells against the same model as a per-step PyTorch loop, in "
+                "`bench/NORMS.md` (`bench/test_norms.py`)."]
     return out
 
 
