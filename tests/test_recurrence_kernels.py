@@ -122,6 +122,17 @@ def test_compiled_matches_twin_on_other_sizes(cell, norm, T, B, H, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("cell", range(3), ids=["elman", "lstm", "gru"])
+def test_compiled_matches_twin_where_products_use_packed_weights(cell, dtype):
+    """Sizes whose per-step products run on cyrnn's own kernel with Whh packed in panels."""
+    T, B, H = 3, 32, 256
+    G = GATES[cell] * H
+    assert compiled._panels(np.zeros((H, G), dtype), B) is not None  # the path under test
+    options = ("rmask", "zoneout", "lengths", "carry")
+    check_against_twin(*make_case(cell, LAYER, options, dtype, T=T, B=B, H=H, seed=5), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("code, slope", [(0, 0.0), (1, 0.0), (2, 0.0), (3, 0.1), (4, 0.0)])
 @pytest.mark.parametrize("norm", [NONE, LAYER, BATCH])
 def test_every_elman_nonlinearity(code, slope, norm, dtype):

@@ -23,7 +23,8 @@ from libc.math cimport sqrt
 from libc.string cimport memcpy, memset
 
 from cyrnn._act cimport activate, tanh_, times_derivative
-from cyrnn._blas cimport gemm, sum_of_squares
+from cyrnn._blas cimport (dpack_panels, gemm, gemm_panels, on_own_kernel, panel_columns,
+                         spack_panels, sum_of_squares)
 
 import numpy as np
 
@@ -445,6 +446,7 @@ def _forward(const floating[:, :, ::1] P, a, dict rec):
     cdef floating slope = a.slope
     # inputs
     cdef const floating* WhhT = <const floating*> data(a.WhhT)  # (H, G)
+    cdef const floating* WhhT_panels = <const floating*> data(a.WhhT_panels)  # or NULL
     cdef const floating* bhn = <const floating*> data(a.bhn)
     cdef const floating* gh = <const floating*> data(a.gh)
     cdef const floating* gc = <const floating*> data(a.gc)
@@ -497,8 +499,12 @@ def _forward(const floating[:, :, ::1] P, a, dict rec):
                 multiply(hin_buf, h_prev, rmask, BH)
                 hin = hin_buf
             # R_t (B, G) = hin (B, H) Whh^T (H, G)
-            gemm(False, False, <int> B, <int> G, <int> H, 1, hin, <int> H, WhhT, <int> G, 0,
-                 R, <int> G)
+            if WhhT_panels != NULL:
+                gemm_panels(<int> B, <int> G, <int> H, 1, hin, <int> H, WhhT_panels, 0, R,
+                            <int> G)
+            else:
+                gemm(False, False, <int> B, <int> G, <int> H, 1, hin, <int> H, WhhT, <int> G,
+                     0, R, <int> G)
             if norm:
                 # rhat_t (B, G), rstd; R <- rhat_t * gh
                 normalize(norm, R, rhat + t * BG, rstd_h + t * wh,
@@ -542,6 +548,7 @@ def _backward(const floating[:, :, ::1] dh_out, a, dict rec, dict out):
     cdef floating slope = a.slope, scale
     # inputs
     cdef const floating* Whh = <const floating*> data(a.Whh)  # (G, H)
+    cdef const floating* Whh_panels = <const floating*> data(a.Whh_panels)  # or NULL
     cdef const floating* gh = <const floating*> data(a.gh)
     cdef const floating* gc = <const floating*> data(a.gc)
     cdef const floating* bc = <const floating*> data(a.bc)
@@ -636,8 +643,12 @@ def _backward(const floating[:, :, ::1] dh_out, a, dict rec, dict out):
             scale = 1 if carry == NULL else carry[t]
             if scale != 0:
                 # back (B, H) = dR_t (B, G) Whh (G, H)
-                gemm(False, False, <int> B, <int> H, <int> G, 1, dR_t, <int> G, Whh, <int> H, 0,
-                     back, <int> H)
+                if Whh_panels != NULL:
+                    gemm_panels(<int> B, <int> H, <int> G, 1, dR_t, <int> G, Whh_panels, 0,
+                                back, <int> H)
+                else:
+                    gemm(False, False, <int> B, <int> H, <int> G, 1, dR_t, <int> G, Whh,
+                         <int> H, 0, back, <int> H)
             carry_back(g_h, back, rmask, zh + t * BH if zh != NULL else NULL,
                        gz if cell == GRU else NULL, g_c, dcf, zc + t * BH if zc != NULL else NULL,
                        scale, lengths, t, B, H)
@@ -646,6 +657,25 @@ def _backward(const floating[:, :, ::1] dh_out, a, dict rec, dict out):
 # ---------------------------------------------------------------------------------------------
 # the public kernels: check, allocate, run
 # ---------------------------------------------------------------------------------------------
+
+def _panels(W, Py_ssize_t M):
+    """``W`` (K, N) packed in panels for ``gemm_panels`` where the per-step product
+    (M, K) x (K, N) runs on cyrnn's own kernel (the same bits, with the weights read panel by
+    panel rather than a row per page; see ``pyx/cyrnn/_smallgemm.h``), else None."""
+    cdef Py_ssize_t K = W.shape[0], N = W.shape[1]
+    cdef bint single = W.dtype == np.float32
+    if M < 2 or panel_columns(single) == 0 or not on_own_kernel(M, N, K):
+        return None
+    out = np.empty(K * N, W.dtype)
+    cdef void* src = data(W)
+    cdef void* dst = data(out)
+    with nogil:
+        if single:
+            spack_panels(<const float*> src, K, N, N, <float*> dst)
+        else:
+            dpack_panels(<const double*> src, K, N, N, <double*> dst)
+    return out
+
 
 def _code(name, value, count):
     """``value`` as an int in ``range(count)``."""
@@ -706,6 +736,7 @@ def _forward_args(cell, P, h0, c0, Whh, bhn, act, norm, gh, gc, bc, stats, rmask
     a.c0 = _array("c0", c0, (B, H), dtype) if cell == LSTM else None
     a.Whh = _array("Whh", Whh, (G, H), dtype)
     a.WhhT = np.ascontiguousarray(a.Whh.T)
+    a.WhhT_panels = _panels(a.WhhT, B)
     a.bhn = _array("bhn", bhn, (H,), dtype) if cell == GRU else None
     _options(a, cell, norm, act, gh, gc, bc, rmask, zh, zc, lengths, T, B, H, G, dtype)
     a.stats = (None, None, None, None)
@@ -795,6 +826,7 @@ def _backward_args(cell, rec, dh_out, Whh, act, norm, gh, gc, bc, rmask, zh, zc,
     T, B, H = dh_out.shape
     G = _GATES[cell] * H
     a.Whh = _array("Whh", Whh, (G, H), dtype)
+    a.Whh_panels = _panels(a.Whh, B)
     _options(a, cell, norm, act, gh, gc, bc, rmask, zh, zc, lengths, T, B, H, G, dtype)
     a.carry = _checks.carry_array(carry, T, dtype)
     if not isinstance(rec, dict):
