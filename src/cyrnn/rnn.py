@@ -344,9 +344,14 @@ class RNN:
             Every layer-direction's state after each sequence's last valid step (the reverse
             direction's after step 0), in the layout of ``h0``.
         """
+        return self._forward_at(x, h0, lengths, 0)
+
+    def _forward_at(self, x, h0, lengths, start):
+        """``forward`` of inputs that start at step ``start`` of their sequences (for the
+        per-step statistics of batch normalization: ``forecast`` goes on a step at a time)."""
         weights = self.weights()
         batch = self._inputs(x, h0, lengths)
-        regime = self._inference_regime(weights, batch.T, batch.B)
+        regime = self._inference_regime(weights, batch.T, batch.B, start)
         if self.output_size is not None and batch.lengths is None and regime is None:
             # the common case in one kernel call (an LSTM's last states: the pair (h, c))
             y, h_last = self._fused_outputs(batch, weights)
@@ -533,18 +538,6 @@ class RNN:
                top_k: Optional[int] = ..., seed: Seed = ...,
                h0: Optional[npt.ArrayLike] = ...) -> IntArray: ...
 
-    def _forward_at(self, x, h0, start):
-        """``forward`` of inputs that start at step ``start`` of their sequences (for the
-        per-step statistics of batch normalization)."""
-        if self.norm != "batch":
-            return self.forward(x, h0=h0)
-        weights = self.weights()
-        batch = self._inputs(x, h0, None)
-        y, h_last, c_last = stack.outputs(
-            self._kernels, self.architecture, weights, batch.inputs, batch.h0, self.output,
-            None, batch.c0, self._inference_regime(weights, batch.T, batch.B, start))
-        return self._to_user_layout(y, batch), self._states_out(h_last, c_last, batch)
-
     def _inference_regime(self, weights, T, B, start=0):
         """The recurrence options of an inference call (``cyrnn.norms.regime``), or None where
         it runs the plain cell (no normalization, no zoneout: recurrent dropout and weight drop
@@ -716,7 +709,7 @@ class RNN:
         step = y.shape[time_axis]  # the step each prediction is fed in at
         for i in range(n):
             predictions.append(last)
-            last, h = self._forward_at(last, h, step + i)
+            last, h = self._forward_at(last, h, None, step + i)
         return np.concatenate(predictions, axis=time_axis)
 
     # -----------------------------------------------------------------------------------------
