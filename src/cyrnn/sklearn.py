@@ -47,6 +47,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without scikit-l
 from . import optim
 from .clip import clip_grad_norm, grad_norm
 from .rnn import GRU, LSTM, RNN
+from .train import batch_bounds
 
 __all__ = ["RNNClassifier", "RNNRegressor", "EXPECTED_FAILED_CHECKS", "CELLS",
            "expected_failed_checks"]
@@ -306,10 +307,7 @@ class _RNNEstimator(BaseEstimator):
         for _ in range(epochs):
             order = self._shuffle.permutation(x.shape[0])
             total, count = 0.0, 0.0
-            starts = list(range(0, x.shape[0], batch_size))
-            if self.norm == "batch" and len(starts) > 1 and x.shape[0] - starts[-1] == 1:
-                starts.pop()  # batch statistics need 2 sequences: the last one joins the batch before
-            for start, stop in zip(starts, starts[1:] + [x.shape[0]]):
+            for start, stop in batch_bounds(x.shape[0], batch_size, self.norm == "batch"):
                 idx = order[start:stop]
                 value, grads = self._loss(x[idx], targets[idx],
                                           None if lengths is None else lengths[idx], weights[idx],

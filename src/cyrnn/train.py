@@ -504,16 +504,23 @@ def _dataset_batches(data, batch_size, rng, model, target_steps="all"):
         raise ValueError(f"targets: expected {N} sequences like inputs, got shape {targets.shape}")
     order = rng.permutation(N) if rng is not None else np.arange(N)
     batches = []
-    starts = list(range(0, N, batch_size))
-    if rng is not None and model.norm == "batch" and len(starts) > 1 and N - starts[-1] == 1:
-        starts.pop()  # training on batch statistics: a last sequence joins the batch before
-    for start, stop in zip(starts, starts[1:] + [N]):
+    for start, stop in batch_bounds(N, batch_size, rng is not None and model.norm == "batch"):
         idx = order[start:stop]
         batch = (np.take(inputs, idx, axis=axis), np.take(targets, idx, axis=target_axis))
         if lengths is not None:
             batch += (lengths[idx],)
         batches.append(batch)
     return batches
+
+
+def batch_bounds(n: int, batch_size: int, batch_statistics: bool = False) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each batch of ``n`` sequences taken ``batch_size`` at a time; with
+    ``batch_statistics`` (training a ``norm="batch"`` model, whose statistics need 2 sequences)
+    a last batch of one sequence joins the batch before it."""
+    starts = list(range(0, n, batch_size))
+    if batch_statistics and len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
 
 
 def _perplexity(mean_loss):
