@@ -227,15 +227,14 @@ def backward(kern: Any, arch: Architecture, weights: tuple, fwd: types.SimpleNam
             grads[names[2]] = dP.reshape(T * B, G).sum(axis=0)
             if lay is not None and lay.wmask is not None:
                 grads[names[1]] *= lay.wmask  # through Whh * wmask
-            for name in names[3:]:  # the cell's own (GRU: bhn)
-                grads[name] = extra[name[:3]]
+            for name, key in zip(names[3:], cell.extra_params):  # the cell's own (GRU: bhn)
+                grads[name] = extra[key]
             if lay is not None and lay.norm:
                 nnames = arch.norm_names(j)
                 dP, grads[nnames[0]] = norms.normalize_inputs_backward(kern, dP, record.xrec, lay,
                                                                        lengths)
-                grads[nnames[1]] = extra["gh"]
-                for name in nnames[2:]:
-                    grads[name] = extra[name[:2]]
+                for name, key in zip(nnames[1:], ("gh", "gc", "bc")):
+                    grads[name] = extra[key]
             dP2 = (fwd.reversal(dP) if d else dP).reshape(T * B, G)  # in step with X
             if tokens:
                 # the projection gathered row id of Wxh^T: scatter-add dP's rows back there
