@@ -33,37 +33,7 @@ from cyrnn import _checks
 cnp.import_array()
 
 include "_cells.pxi"
-
-cdef extern from "_recurrence.h" nogil:
-    void layer_norm_f32 "cyrnn_layer_norm_f32"(float* x, float* xhat, float* rstd,
-                                               const float* gain, float eps, long rows, long n)
-    void layer_norm_f64 "cyrnn_layer_norm_f64"(double* x, double* xhat, double* rstd,
-                                               const double* gain, double eps, long rows,
-                                               long n)
-    void layer_norm_backward_f32 "cyrnn_layer_norm_backward_f32"(float* d, const float* xhat,
-                                                                 const float* rstd, long rows,
-                                                                 long n)
-    void layer_norm_backward_f64 "cyrnn_layer_norm_backward_f64"(double* d, const double* xhat,
-                                                                 const double* rstd, long rows,
-                                                                 long n)
-    void normalized_output_f32 "cyrnn_normalized_output_f32"(
-        const float* gates, const float* chat, const float* gc, const float* bc, float* h,
-        long rows, long H)
-    void normalized_output_f64 "cyrnn_normalized_output_f64"(
-        const double* gates, const double* chat, const double* gc, const double* bc, double* h,
-        long rows, long H)
-    void normalized_output_backward_f32 "cyrnn_normalized_output_backward_f32"(
-        const float* g, const float* gates, const float* chat, const float* gc, const float* bc,
-        float* u, float* dchat, float* dgc, float* dbc, long rows, long H)
-    void normalized_output_backward_f64 "cyrnn_normalized_output_backward_f64"(
-        const double* g, const double* gates, const double* chat, const double* gc,
-        const double* bc, double* u, double* dchat, double* dgc, double* dbc, long rows, long H)
-    void lstm_backward_from_dc_f32 "cyrnn_lstm_backward_from_dc_f32"(
-        float* dc, const float* g, const float* u, const float* gates, const float* c_prev,
-        float* da, long rows, long H)
-    void lstm_backward_from_dc_f64 "cyrnn_lstm_backward_from_dc_f64"(
-        double* dc, const double* g, const double* u, const double* gates,
-        const double* c_prev, double* da, long rows, long H)
+include "_norms.pxi"  # layer normalization and the LSTM's normalized output (_recurrence.h)
 
 # codes of the cells and of the normalizations, as cyrnn.kernels.numpy_recurrence
 cdef enum:
@@ -76,7 +46,6 @@ cdef enum:
     BATCH = 2
     BATCH_FIXED = 3
 
-cdef double EPS = 1e-5  # inside the square root of every normalization
 # the constants above by the twin's names, for the test that keeps the two in step
 CONSTANTS = {"ELMAN": ELMAN, "LSTM": LSTM, "GRU": GRU, "NONE": NONE, "LAYER": LAYER,
              "BATCH": BATCH, "BATCH_FIXED": BATCH_FIXED, "EPS": EPS}
@@ -113,18 +82,9 @@ cdef inline floating inverse_std(floating var) noexcept nogil:
 
 # ---------------------------------------------------------------------------------------------
 # the normalizations N of x (rows, n), forward: xhat, rstd (and the batch statistics), then
-# x <- xhat * gain where a gain (n,) is given (the recurrent term; the cell state has none)
+# x <- xhat * gain where a gain (n,) is given (the recurrent term; the cell state has none).
+# Layer normalization's loops, shared with the fused stack step, are in _norms.pxi.
 # ---------------------------------------------------------------------------------------------
-
-cdef inline void layer_norm(floating* x, floating* xhat, floating* rstd, const floating* gain,
-                            Py_ssize_t rows, Py_ssize_t n) noexcept nogil:
-    """Each row over its n values: xhat = (x - mean) * rstd, rstd (rows,) = 1/sqrt(var + eps),
-    biased variance (_recurrence.h)."""
-    if floating is float:
-        layer_norm_f32(x, xhat, rstd, gain, <float> EPS, rows, n)
-    else:
-        layer_norm_f64(x, xhat, rstd, gain, EPS, rows, n)
-
 
 cdef inline void batch_norm(floating* x, floating* xhat, floating* rstd, floating* mean,
                             floating* var, const floating* gain, Py_ssize_t rows, Py_ssize_t n,
@@ -203,14 +163,6 @@ cdef inline void normalize(int norm, floating* x, floating* xhat, floating* rstd
 # backward: d (rows, n) holds dL/dxhat on entry and dL/dx on return,
 # dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), means over the row or active column
 
-cdef inline void layer_norm_backward(floating* d, const floating* xhat, const floating* rstd,
-                                     Py_ssize_t rows, Py_ssize_t n) noexcept nogil:
-    if floating is float:
-        layer_norm_backward_f32(d, xhat, rstd, rows, n)
-    else:
-        layer_norm_backward_f64(d, xhat, rstd, rows, n)
-
-
 cdef inline void batch_norm_backward(floating* d, const floating* xhat, const floating* rstd,
                                      Py_ssize_t rows, Py_ssize_t n, const Py_ssize_t* lengths,
                                      Py_ssize_t t, double* acc) noexcept nogil:
@@ -279,15 +231,6 @@ cdef inline void multiply(floating* out, const floating* x, const floating* y,
         out[i] = x[i] * y[i]
 
 
-cdef inline void scale_columns(floating* out, const floating* x, const floating* gain,
-                               Py_ssize_t rows, Py_ssize_t n) noexcept nogil:
-    """out (rows, n) = x * gain, gain (n,)."""
-    cdef Py_ssize_t b, j
-    for b in range(rows):
-        for j in range(n):
-            out[b * n + j] = x[b * n + j] * gain[j]
-
-
 cdef inline void kept_part(floating* out, const floating* z, const floating* g,
                            Py_ssize_t n) noexcept nogil:
     """out = (1 - z) * g: the part of a gradient that reaches the cell through zoneout."""
@@ -295,16 +238,6 @@ cdef inline void kept_part(floating* out, const floating* z, const floating* g,
     cdef Py_ssize_t i
     for i in range(n):
         out[i] = (one - z[i]) * g[i]
-
-
-cdef inline void normalized_output(const floating* gates, const floating* chat,
-                                   const floating* gc, const floating* bc, floating* h,
-                                   Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
-    """The LSTM's h (rows, H) = o tanh(chat gc + bc), o the last block of gates (rows, 4H)."""
-    if floating is float:
-        normalized_output_f32(gates, chat, gc, bc, h, rows, H)
-    else:
-        normalized_output_f64(gates, chat, gc, bc, h, rows, H)
 
 
 cdef inline void normalized_output_backward(const floating* g, const floating* gates,
@@ -318,27 +251,12 @@ cdef inline void normalized_output_backward(const floating* g, const floating* g
     and du. Rows of inactive sequences are skipped (nothing reads them)."""
     cdef Py_ssize_t b, G = 4 * H
     if lengths == NULL:
-        if floating is float:
-            normalized_output_backward_f32(g, gates, chat, gc, bc, u, dchat, dgc, dbc, rows, H)
-        else:
-            normalized_output_backward_f64(g, gates, chat, gc, bc, u, dchat, dgc, dbc, rows, H)
+        normalized_output_rows_backward(g, gates, chat, gc, bc, u, dchat, dgc, dbc, rows, H)
         return
     for b in range(rows):
         if active(lengths, t, b):
-            normalized_output_backward(g + b * H, gates + b * G, chat + b * H, gc, bc,
-                                       u + b * H, dchat + b * H, dgc, dbc, 1, H, NULL, t)
-
-
-cdef inline void lstm_backward_from_dc(floating* dc, const floating* g, const floating* u,
-                                       const floating* gates, const floating* c_prev,
-                                       floating* da, Py_ssize_t rows,
-                                       Py_ssize_t H) noexcept nogil:
-    """The LSTM's backward epilogue when h = o u does not read c: from dc = dL/dc_t (rows, H)
-    (in place: dc f on return, towards c_{t-1}) and g = dL/dh_t: da (rows, 4H)."""
-    if floating is float:
-        lstm_backward_from_dc_f32(dc, g, u, gates, c_prev, da, rows, H)
-    else:
-        lstm_backward_from_dc_f64(dc, g, u, gates, c_prev, da, rows, H)
+            normalized_output_rows_backward(g + b * H, gates + b * G, chat + b * H, gc, bc,
+                                            u + b * H, dchat + b * H, dgc, dbc, 1, H)
 
 
 cdef inline void commit(floating* h, const floating* h_prev, floating* gates, const floating* zh,
@@ -417,20 +335,6 @@ cdef inline void add_active_rows(floating* g, const floating* x, const Py_ssize_
         if active(lengths, t, b):
             for j in range(H):
                 g[b * H + j] += x[b * H + j]
-
-
-cdef inline void add_column_sums(floating* out, const floating* x, const floating* y,
-                                 Py_ssize_t rows, Py_ssize_t n, Py_ssize_t ld) noexcept nogil:
-    """out (n,) += sum over rows of x * y (or of x for y NULL), x and y (rows, n) with leading
-    dimension ld: a gain's or a bias's gradient."""
-    cdef Py_ssize_t b, j
-    for b in range(rows):
-        if y == NULL:
-            for j in range(n):
-                out[j] += x[b * ld + j]
-        else:
-            for j in range(n):
-                out[j] += x[b * ld + j] * y[b * ld + j]
 
 
 # ---------------------------------------------------------------------------------------------

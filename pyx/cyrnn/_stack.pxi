@@ -13,6 +13,12 @@
 # layer-direction the backward epilogue and one GEMM per step, and the weight gradients as
 # whole-sequence GEMMs. StepArgs.cell says which cell every layer runs (CELL_ELMAN, CELL_LSTM,
 # CELL_GRU); Elman's path is unchanged.
+#
+# Layer-normalized layers (norm="layer", cyrnn.norms: LayerArgs.gx not NULL) run the same
+# pipeline with the normalizations in the epilogues: the input term N_x(x Wxh^T) gx + bh after the
+# whole-sequence projection, per step N_h(R_t) gh between the recurrent GEMM and the cell's
+# epilogue (normed_forward, normed_backward; the LSTM's h = o tanh(N_c(c_t) gc + bc)), and the
+# gains' gradients beside the weights'. Every cell then keeps R_t, dP and dR apart, as GRU does.
 
 cdef enum:
     CELL_ELMAN = 0
@@ -21,6 +27,7 @@ cdef enum:
 
 
 include "_cells.pxi"  # the gated cells' epilogues (_gated.h)
+include "_norms.pxi"  # layer normalization and the LSTM's normalized output (_recurrence.h)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,6 +161,24 @@ ctypedef struct LayerArgs:
     void* hn        # GRU (T, B, H): R_n + bhn, kept for the backward pass
     void* dbhn      # GRU (H,)
     void* dc0       # LSTM (B, H)
+    # layer normalization (NULL without): the gains gx, gh (G,) and, LSTM, gc, bc (H,); what the
+    # backward pass reads: xhat (T*B, G), xrstd (T*B,) of the input term, rhat (T, B, G),
+    # rstd_h (T*B,) of the recurrent one, LSTM chat (T, B, H), rstd_c (T*B,) of the cell state;
+    # the gains' gradients dgx, dgh (G,), dgc, dbc (H,)
+    void* gx
+    void* gh
+    void* gc
+    void* bc
+    void* xhat
+    void* xrstd
+    void* rhat
+    void* rstd_h
+    void* chat
+    void* rstd_c
+    void* dgx
+    void* dgh
+    void* dgc
+    void* dbc
     Py_ssize_t n_in  # I for layer 0, D*H above it
     bint reverse
 
@@ -195,6 +220,7 @@ ctypedef struct StepArgs:
     Py_ssize_t L, D, longest, T, B, H, O, block  # (no field I: complex.h defines a macro I)
     Py_ssize_t G    # gate width: H (Elman), 4H (LSTM), 3H (GRU)
     int cell        # CELL_ELMAN, CELL_LSTM or CELL_GRU
+    bint normed     # layer-normalized layers (normed_forward, normed_backward)
     int code
     double slope, scale, loss
 
@@ -241,25 +267,34 @@ cdef void layer_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t*
     cdef const floating* WxhT = <const floating*> p.WxhT
     cdef const floating* bh = <const floating*> p.bh
     cdef const floating* x = <const floating*> p.x
+    cdef const floating* src
     cdef floating* row
+    cdef bint normed = p.gx != NULL
     cdef floating* proj = hs + BH
     if a.cell == CELL_LSTM:
         proj = <floating*> p.gates
     elif a.cell == CELL_GRU:
         proj = <floating*> p.xw
-    # 1. input projection, straight into its buffer: proj (T*B, G) = x Wxh^T + bh
+    # 1. input projection, straight into its buffer: proj (T*B, G) = x Wxh^T + bh (normalized
+    # layers: + bh after the normalization)
     if tokens != NULL and WxhT != NULL:
         for n in range(TB):
             # a row gather: row tokens[n] of Wxh^T (I, G)
             row = proj + n * G
-            for j in range(G):
-                row[j] = WxhT[tokens[n] * G + j] + bh[j]
+            src = WxhT + tokens[n] * G
+            if normed:
+                memcpy(row, src, G * sizeof(floating))
+            else:
+                for j in range(G):
+                    row[j] = src[j] + bh[j]
     elif tokens != NULL:
         for n in range(TB):
             # the same from Wxh itself: column tokens[n] of Wxh (G, I)
             row = proj + n * G
             for j in range(G):
-                row[j] = Wxh[j * I + tokens[n]] + bh[j]
+                row[j] = Wxh[j * I + tokens[n]]
+            if not normed:
+                add(row, bh, G)
     else:
         # (T*B, G) = x (T*B, I) Wxh^T (I, G)
         if WxhT != NULL:
@@ -268,9 +303,16 @@ cdef void layer_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t*
         else:
             gemm(False, True, <int> TB, <int> G, <int> I, 1, x, <int> I, Wxh, <int> I, 0,
                  proj, <int> G)
+        if not normed:
+            add_to_rows(proj, bh, TB, G)
+    if normed:
+        # proj <- N_x(proj) gx + bh, each row over its G values (xhat, xrstd kept)
+        layer_norm(proj, <floating*> p.xhat, <floating*> p.xrstd, <const floating*> p.gx, TB, G)
         add_to_rows(proj, bh, TB, G)
     # 2. the recurrence, in place: hs[t + 1] = f(hs[t + 1] + h_prev Whh^T), in its direction
-    if a.cell != CELL_ELMAN:
+    if normed:
+        normed_forward(a, p, hs)
+    elif a.cell != CELL_ELMAN:
         gated_forward(a, p, hs)
     elif p.WhhT != NULL:
         forward(hs + BH, <const floating*> p.h0, <const floating*> p.WhhT, True, hs, NULL, T, B,
@@ -320,6 +362,65 @@ cdef void gated_forward(const StepArgs* a, const LayerArgs* p, floating* hs) noe
         else:
             gru_cell_forward(<const floating*> p.xw + t * BG, R, <const floating*> p.bhn,
                              h_prev, gates + t * BG, <floating*> p.hn + t * BH, h, B, H)
+
+
+cdef void normed_forward(const StepArgs* a, const LayerArgs* p, floating* hs) noexcept nogil:
+    """A layer-normalized layer-direction's recurrence over its normalized projection (Elman: in
+    hs[1:]; LSTM: in the gates; GRU: in xw), states laid out as in gated_forward. Per step one
+    GEMM, R_t = h_prev Whh^T (B, G) into a.R; R_t <- N_h(R_t) gh (rhat, rstd_h kept); then the
+    cell's epilogue: Elman h_t = f(P_t + R_t); LSTM its gates from P_t + R_t, the raw c_t and
+    h_t = o tanh(N_c(c_t) gc + bc) (chat, rstd_c kept); GRU its own, on P_t and R_t."""
+    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, G = a.G, BH = B * H, BG = B * G, s, t
+    cdef bint reverse = p.reverse
+    cdef int cell = a.cell
+    cdef const floating* Whh = <const floating*> p.Whh
+    cdef const floating* WhhT = <const floating*> p.WhhT
+    cdef const floating* WhhT_panels = <const floating*> p.WhhT_panels
+    cdef const floating* gain_h = <const floating*> p.gh
+    cdef floating* cs = <floating*> p.cs
+    cdef floating* gates = <floating*> p.gates
+    cdef floating* rhat = <floating*> p.rhat
+    cdef floating* rstd_h = <floating*> p.rstd_h
+    cdef floating* chat = <floating*> p.chat
+    cdef floating* rstd_c = <floating*> p.rstd_c
+    cdef floating* R = <floating*> a.R
+    cdef floating slope = <floating> a.slope
+    cdef floating* h
+    cdef floating* c
+    cdef floating* gates_t
+    cdef const floating* h_prev
+    memcpy(hs + (T + 1) * BH if reverse else hs, p.h0, BH * sizeof(floating))
+    if cell == CELL_LSTM:
+        memcpy(cs + (T + 1) * BH if reverse else cs, p.c0, BH * sizeof(floating))
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        h = hs + (t + 1) * BH
+        h_prev = h + BH if reverse else h - BH
+        # R (B, G) = h_prev Whh^T, then N_h(R) gh in place
+        if WhhT_panels != NULL:
+            gemm_panels(<int> B, <int> G, <int> H, 1, h_prev, <int> H, WhhT_panels, 0, R,
+                        <int> G)
+        elif WhhT != NULL:
+            gemm(False, False, <int> B, <int> G, <int> H, 1, h_prev, <int> H, WhhT, <int> G, 0,
+                 R, <int> G)
+        else:
+            gemm(False, True, <int> B, <int> G, <int> H, 1, h_prev, <int> H, Whh, <int> H, 0, R,
+                 <int> G)
+        layer_norm(R, rhat + t * BG, rstd_h + t * B, gain_h, B, G)
+        if cell == CELL_ELMAN:
+            add(h, R, BH)  # h holds P_t
+            activate(h, BH, a.code, slope)
+        elif cell == CELL_LSTM:
+            gates_t = gates + t * BG
+            add(gates_t, R, BG)  # the gates hold P_t
+            c = cs + (t + 1) * BH
+            lstm_cell_forward(gates_t, c + BH if reverse else c - BH, c, h, B, H)
+            layer_norm(c, chat + t * BH, rstd_c + t * B, NULL, B, H)  # c itself stays raw
+            normalized_output(gates_t, chat + t * BH, <const floating*> p.gc,
+                              <const floating*> p.bc, h, B, H)
+        else:
+            gru_cell_forward(<const floating*> p.xw + t * BG, R, <const floating*> p.bhn, h_prev,
+                             gates + t * BG, <floating*> p.hn + t * BH, h, B, H)
 
 
 cdef void join_states(const StepArgs* a, Py_ssize_t l, floating* out,
@@ -532,8 +633,8 @@ cdef void gated_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
     (dL/dh_prev += scale dR_t Whh); then dWhh = dR^T h_prev, dbh = sum dP (GRU: dbhn = sum of
     dR's n-part), dWxh = dP^T x and dx (+)= dP Wxh as whole-sequence products."""
     cdef const LayerArgs* p = &a.layers[l * a.D + d]
-    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, O = a.O, G = a.G, I = p.n_in, D = a.D
-    cdef Py_ssize_t DH = D * H, BH = B * H, BG = B * G, TB = T * B, s, t, n, j
+    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, G = a.G, BH = B * H, BG = B * G, TB = T * B, s, t
+    cdef Py_ssize_t n
     cdef bint reverse = p.reverse, lstm = a.cell == CELL_LSTM
     cdef floating scale
     cdef floating* hs = <floating*> p.hs
@@ -541,13 +642,7 @@ cdef void gated_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
     cdef floating* gates = <floating*> p.gates
     cdef const floating* Whh = <const floating*> p.Whh
     cdef const floating* Whh_panels = <const floating*> p.Whh_panels
-    cdef const floating* Wxh = <const floating*> p.Wxh
-    cdef const floating* x = <const floating*> p.x
-    cdef const floating* z = <const floating*> a.z
     cdef const floating* carry = <const floating*> a.carry
-    cdef const floating* above = NULL
-    cdef const floating* mask = NULL
-    cdef const floating* grad_row
     cdef floating* dP = <floating*> a.dP
     cdef floating* dR = <floating*> a.dR if not lstm else dP
     cdef floating* gh = <floating*> a.work
@@ -555,22 +650,9 @@ cdef void gated_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
     cdef floating* gb = gh + 2 * BH
     cdef floating* swap
     cdef floating* c
-    cdef floating* dx = <floating*> p.dx
-    cdef floating* dWxh = <floating*> p.dWxh
-    cdef floating* dWxhT = <floating*> p.dWxhT
     cdef floating* dbhn = <floating*> p.dbhn
-    cdef const Py_ssize_t* tokens = a.tokens if l == 0 else NULL
-    if l + 1 < a.L:
-        above = <const floating*> a.layers[(l + 1) * D].dx
-        if a.masks != NULL:
-            mask = <const floating*> a.masks + l * TB * DH
-    # 1. dL/dh_out (T*B, H): dz (T*B, O) Why[:, dH:(d+1)H], or this direction's columns of
-    # the layer above's dL/dx times the mask
-    if above == NULL:
-        gemm(False, False, <int> TB, <int> H, <int> O, 1, z, <int> O,
-             <const floating*> a.Why + d * H, <int> DH, 0, dout, <int> H)
-    else:
-        take_columns(dout, above + d * H, mask + d * H if mask != NULL else NULL, TB, H, DH)
+    # 1. dL/dh_out (T*B, H)
+    output_errors(a, l, d, dout)
     # 2. BPTT
     if a.longest == 0:
         memset(gh, 0, 2 * BH * sizeof(floating))
@@ -622,7 +704,167 @@ cdef void gated_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
         memset(dbhn, 0, H * sizeof(floating))
         for n in range(TB):
             add(dbhn, dR + n * G + 2 * H, H)
-    # 4. dWxh: scatter-add of dP's rows into the token columns, or dP^T x; dx (+)= dP Wxh
+    # 4. dWxh and dx
+    input_gradients(a, l, d, dP)
+
+
+cdef void normed_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
+                          floating* dout) noexcept nogil:
+    """BPTT through one layer-normalized layer-direction (normed_forward) and its gradients, as
+    gated_backward: per step (in its backward order) the cell's backward epilogue gives dP_t and
+    the gradient of the normalized recurrent term, dRn_t (Elman, LSTM: dP_t; GRU: its dR_t,
+    whose n-part sums into dbhn); then dgh += sum of dRn_t rhat_t, dR_t = N_h backward of
+    dRn_t gh, and one GEMM, dL/dh_prev = scale dR_t Whh (+ GRU's direct part). The LSTM's
+    epilogue goes through h = o tanh(N_c(c_t) gc + bc) first (dgc, dbc), then from dL/dc_t.
+    After the loop the whole-sequence products: dWhh = dR^T h_prev, dbh = sum dP, then
+    dgx = sum dP xhat, dP <- N_x backward of dP gx, dWxh and dx as gated_backward."""
+    cdef const LayerArgs* p = &a.layers[l * a.D + d]
+    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, G = a.G, BH = B * H, BG = B * G, TB = T * B, s, t
+    cdef Py_ssize_t n
+    cdef bint reverse = p.reverse
+    cdef int cell = a.cell
+    cdef floating scale
+    cdef floating slope = <floating> a.slope
+    cdef floating* hs = <floating*> p.hs
+    cdef floating* cs = <floating*> p.cs
+    cdef floating* gates = <floating*> p.gates
+    cdef const floating* Whh = <const floating*> p.Whh
+    cdef const floating* Whh_panels = <const floating*> p.Whh_panels
+    cdef const floating* carry = <const floating*> a.carry
+    cdef const floating* gain_h = <const floating*> p.gh
+    cdef const floating* rhat = <const floating*> p.rhat
+    cdef const floating* rstd_h = <const floating*> p.rstd_h
+    cdef const floating* chat = <const floating*> p.chat
+    cdef const floating* rstd_c = <const floating*> p.rstd_c
+    cdef floating* dP = <floating*> a.dP
+    cdef floating* dR = <floating*> a.dR
+    cdef floating* gh = <floating*> a.work  # dL/dh_t
+    cdef floating* gc = gh + BH  # dL/dc_t (LSTM)
+    cdef floating* gb = gh + 2 * BH  # GRU: dL/dh_prev's direct part, then gh's next value
+    cdef floating* u = gh + 3 * BH  # LSTM: tanh(chat gc + bc)
+    cdef floating* dchat = gh + 4 * BH
+    cdef floating* dgh = <floating*> p.dgh
+    cdef floating* dbhn = <floating*> p.dbhn
+    cdef floating* swap
+    cdef floating* c
+    cdef floating* dP_t
+    cdef floating* dR_t
+    cdef floating* dRn_t
+    cdef const floating* gates_t
+    # 1. dL/dh_out (T*B, H)
+    output_errors(a, l, d, dout)
+    # 2. BPTT
+    memset(gh, 0, 2 * BH * sizeof(floating))
+    memset(dgh, 0, G * sizeof(floating))
+    if cell == CELL_LSTM:
+        memset(p.dgc, 0, H * sizeof(floating))
+        memset(p.dbc, 0, H * sizeof(floating))
+    elif cell == CELL_GRU:
+        memset(dbhn, 0, H * sizeof(floating))
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        add(gh, dout + t * BH, BH)
+        a.squares[t] += sum_of_squares(BH, gh)
+        # the carry scale of the step's place in this direction's order
+        scale = 1 if carry == NULL else carry[T - 1 - t if reverse else t]
+        gates_t = gates + t * BG
+        dP_t = dP + t * BG
+        dR_t = dR + t * BG
+        if cell == CELL_ELMAN:
+            times_derivative(dP_t, gh, hs + (t + 1) * BH, BH, a.code, slope)
+            dRn_t = dP_t
+        elif cell == CELL_LSTM:
+            c = cs + (t + 1) * BH
+            # dL/dc_t += N_c backward of du gc, through h = o tanh(chat gc + bc)
+            normalized_output_rows_backward(gh, gates_t, chat + t * BH, <const floating*> p.gc,
+                                            <const floating*> p.bc, u, dchat,
+                                            <floating*> p.dgc, <floating*> p.dbc, B, H)
+            layer_norm_backward(dchat, chat + t * BH, rstd_c + t * B, B, H)
+            add(gc, dchat, BH)
+            lstm_backward_from_dc(gc, gh, u, gates_t, c + BH if reverse else c - BH, dP_t, B, H)
+            if scale == 0:
+                memset(gc, 0, BH * sizeof(floating))  # nothing crosses a cut, not even 0 * inf
+            elif scale != 1:
+                for n in range(BH):
+                    gc[n] = gc[n] * scale
+            dRn_t = dP_t
+        else:
+            gru_cell_backward(gh, gates_t, <const floating*> p.hn + t * BH,
+                              hs + (t + 2 if reverse else t) * BH, dP_t, dR_t, gb, scale, B, H)
+            add_column_sums(dbhn, dR_t + 2 * H, NULL, B, H, G)  # hn = Rn_n + bhn
+            dRn_t = dR_t
+        # dgh += sum over rows of dRn_t rhat_t; dR_t = N_h backward of dRn_t gh
+        add_column_sums(dgh, dRn_t, rhat + t * BG, B, G, G)
+        scale_columns(dR_t, dRn_t, gain_h, B, G)
+        layer_norm_backward(dR_t, rhat + t * BG, rstd_h + t * B, B, G)
+        # dL/dh_prev (B, H) = scale dR_t (B, G) Whh (G, H) (GRU: + its direct part, in gb)
+        if cell == CELL_GRU:
+            if scale != 0 and Whh_panels != NULL:
+                gemm_panels(<int> B, <int> H, <int> G, scale, dR_t, <int> G, Whh_panels, 1, gb,
+                            <int> H)
+            elif scale != 0:
+                gemm(False, False, <int> B, <int> H, <int> G, scale, dR_t, <int> G, Whh, <int> H,
+                     1, gb, <int> H)
+            swap = gh
+            gh = gb
+            gb = swap
+        elif scale == 0:
+            memset(gh, 0, BH * sizeof(floating))
+        elif Whh_panels != NULL:
+            gemm_panels(<int> B, <int> H, <int> G, scale, dR_t, <int> G, Whh_panels, 0, gh,
+                        <int> H)
+        else:
+            gemm(False, False, <int> B, <int> H, <int> G, scale, dR_t, <int> G, Whh, <int> H, 0,
+                 gh, <int> H)
+    memcpy(p.dh0, gh, BH * sizeof(floating))
+    if cell == CELL_LSTM:
+        memcpy(p.dc0, gc, BH * sizeof(floating))
+    # 3. dWhh (G, H) = dR^T (G, T*B) h_prev (T*B, H); dbh = column sums of dP
+    weight_gradient(<floating*> p.dWhh, dR, hs + (2 if reverse else 0) * BH, G, H, TB,
+                    <floating*> a.gradT)
+    memset(p.dbh, 0, G * sizeof(floating))
+    add_row_sums(<floating*> p.dbh, dP, TB, G)
+    # 4. the input term: dgx = column sums of dP xhat; dP <- N_x backward of dP gx
+    memset(p.dgx, 0, G * sizeof(floating))
+    add_column_sums(<floating*> p.dgx, dP, <const floating*> p.xhat, TB, G, G)
+    scale_columns(dP, dP, <const floating*> p.gx, TB, G)
+    layer_norm_backward(dP, <const floating*> p.xhat, <const floating*> p.xrstd, TB, G)
+    # 5. dWxh and dx
+    input_gradients(a, l, d, dP)
+
+
+cdef void output_errors(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
+                        floating* dout) noexcept nogil:
+    """dL/dh_out (T*B, H) of layer-direction j = l*D + d into dout: dz (T*B, O) Why[:,
+    dH:(d+1)H] for the top layer, else this direction's columns of the layer above's dL/dx
+    times the dropout mask."""
+    cdef Py_ssize_t TB = a.T * a.B, H = a.H, DH = a.D * a.H
+    cdef const floating* above
+    cdef const floating* mask = NULL
+    if l + 1 == a.L:
+        gemm(False, False, <int> TB, <int> H, <int> a.O, 1, <const floating*> a.z, <int> a.O,
+             <const floating*> a.Why + d * H, <int> DH, 0, dout, <int> H)
+        return
+    above = <const floating*> a.layers[(l + 1) * a.D].dx
+    if a.masks != NULL:
+        mask = <const floating*> a.masks + l * TB * DH
+    take_columns(dout, above + d * H, mask + d * H if mask != NULL else NULL, TB, H, DH)
+
+
+cdef void input_gradients(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
+                          const floating* dP) noexcept nogil:
+    """From dP (T*B, G), the gradient of layer-direction j = l*D + d's projection: dWxh (a
+    scatter-add of dP's rows into the token columns, or dP^T x) and dL/dx (+)= dP Wxh (direction
+    1 adding to direction 0's), where the layer below (or the caller) needs it."""
+    cdef const LayerArgs* p = &a.layers[l * a.D + d]
+    cdef Py_ssize_t TB = a.T * a.B, G = a.G, I = p.n_in, n, j
+    cdef const floating* Wxh = <const floating*> p.Wxh
+    cdef const floating* x = <const floating*> p.x
+    cdef const floating* grad_row
+    cdef floating* dx = <floating*> p.dx
+    cdef floating* dWxh = <floating*> p.dWxh
+    cdef floating* dWxhT = <floating*> p.dWxhT
+    cdef const Py_ssize_t* tokens = a.tokens if l == 0 else NULL
     if tokens != NULL and dWxhT != NULL:
         memset(dWxhT, 0, G * I * sizeof(floating))
         for n in range(TB):
@@ -722,7 +964,9 @@ cdef void stack_step(StepArgs* a, floating scale) noexcept nogil:
         memset(a.squares, 0, a.T * sizeof(double))
     for l in range(a.L - 1, -1, -1):
         for d in range(a.D):
-            if a.cell == CELL_ELMAN:
+            if a.normed:
+                normed_backward(a, l, d, <floating*> a.dout)
+            elif a.cell == CELL_ELMAN:
                 layer_backward(a, l, d, <floating*> a.da)
             else:
                 gated_backward(a, l, d, <floating*> a.dout)
@@ -922,22 +1166,34 @@ cdef class Shard:
     # the gated cells' (empty lists and None for Elman): per layer-direction cs (LSTM), gates,
     # xw and hn (GRU), dbhn (GRU); R, dout, dP, dR (GRU), dc0 (LSTM) as in StepArgs
     cdef list hs, x, dX, dWxh, dWxhT, dWhh, dbh, cs, gates, xw, hn, dbhn
+    # layer normalization's (empty lists without): per layer-direction as in LayerArgs
+    cdef list xhat, xrstd, rhat, rstd_h, chat, rstd_c, dgx, dgh, dgc, dbc
     cdef object top, z, layer_args, da, work, squares, grad_norms, depth, depth_next
     cdef object dWhy, dby, dh0, dx, R, dout, dP, dR, dc0, gradT
     cdef Py_ssize_t block, nbytes, B
 
     def __init__(self, bint step, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                  Py_ssize_t O, Py_ssize_t L, Py_ssize_t D, Py_ssize_t k, bint tokens,
-                 bint need_dWxhT, bint input_grad, bint masks, dtype, int cell=CELL_ELMAN):
+                 bint need_dWxhT, bint input_grad, bint masks, dtype, int cell=CELL_ELMAN,
+                 bint normed=False):
         cdef Py_ssize_t DH = D * H, j, LD = L * D
         cdef Py_ssize_t G = H * (4 if cell == CELL_LSTM else 3 if cell == CELL_GRU else 1)
         cdef bint lstm = cell == CELL_LSTM, gru = cell == CELL_GRU
+        # the paths of the gated cells (R, dout, dP, dR kept apart) serve every normalized cell
+        cdef bint gated = cell != CELL_ELMAN or normed
         self.B = B
         self.cs = [empty((T + 1 + j % D, B, H), dtype) for j in range(LD)] if lstm else []
         self.gates = [empty((T, B, G), dtype) for j in range(LD)] if cell else []
         self.xw = [empty((T, B, G), dtype) for j in range(LD)] if gru else []
         self.hn = [empty((T, B, H), dtype) for j in range(LD)] if gru else []
-        self.R = empty((B, G), dtype) if gru else None
+        self.R = empty((B, G), dtype) if gru or normed else None
+        n = LD if normed else 0
+        self.xhat = [empty((T, B, G), dtype) for j in range(n)]
+        self.xrstd = [empty((T * B,), dtype) for j in range(n)]
+        self.rhat = [empty((T, B, G), dtype) for j in range(n)]
+        self.rstd_h = [empty((T * B,), dtype) for j in range(n)]
+        self.chat = [empty((T, B, H), dtype) for j in range(n if lstm else 0)]
+        self.rstd_c = [empty((T * B,), dtype) for j in range(n if lstm else 0)]
         self.hs = [empty((T + 1 + j % D, B, H), dtype) for j in range(L * D)]
         self.x = [empty((T, B, DH), dtype) if (D == 2 or masks) else None for j in range(L - 1)]
         self.top = empty((T, B, DH), dtype) if D == 2 else None
@@ -945,13 +1201,20 @@ cdef class Shard:
         self.layer_args = np.zeros(L * D * sizeof(LayerArgs), dtype=np.uint8)
         arrays = self.hs + self.x + [self.top, self.z] + self.cs + self.gates + self.xw + self.hn
         arrays.append(self.R)
+        arrays += self.xhat + self.xrstd + self.rhat + self.rstd_h + self.chat + self.rstd_c
         self.dbhn = []
         self.dout = self.dP = self.dR = self.dc0 = self.gradT = None
-        if step and cell:
+        n = LD if step and normed else 0
+        self.dgx = [empty((G,), dtype) for j in range(n)]
+        self.dgh = [empty((G,), dtype) for j in range(n)]
+        self.dgc = [empty((H,), dtype) for j in range(n if lstm else 0)]
+        self.dbc = [empty((H,), dtype) for j in range(n if lstm else 0)]
+        arrays += self.dgx + self.dgh + self.dgc + self.dbc
+        if step and gated:
             self.gradT = empty((NARROW_GRADIENT * G,), dtype)
             self.dout = empty((T, B, H), dtype)
             self.dP = empty((T, B, G), dtype)
-            self.dR = empty((T, B, G), dtype) if gru else None
+            self.dR = empty((T, B, G), dtype) if gru or normed else None
             self.dc0 = empty((LD, B, H), dtype) if lstm else None
             self.dbhn = [empty((H,), dtype) for j in range(LD)] if gru else []
             arrays += self.dbhn + [self.dout, self.dP, self.dR, self.dc0, self.gradT]
@@ -960,9 +1223,10 @@ cdef class Shard:
             # efficient GEMMs, small enough that da is a fraction of the states (a window
             # needs all T steps)
             self.block = T if k else min(T, max(1, (BLOCK_ROWS + B - 1) // B))
-            self.da = empty((self.block, B, H), dtype) if not cell else None
-            # gated: gh, gc, gb and (windows) a (B, G) block
-            self.work = empty((3 + (G // H if k else 0) if cell else 2, B, H), dtype)
+            self.da = empty((self.block, B, H), dtype) if not gated else None
+            # gated: gh, gc, gb and (windows) a (B, G) block; normalized: gh, gc, gb, u, dchat
+            self.work = empty((5 if normed else 3 + (G // H if k else 0) if cell else 2, B, H),
+                              dtype)
             self.squares = np.empty(T)
             self.grad_norms = empty((T,), dtype)
             # the window's depth buffers (its dh0 accumulator uses `work`); none for full BPTT
@@ -991,7 +1255,7 @@ cdef inline void* at(object a, Py_ssize_t offset):
 
 cdef int fill_step(StepArgs* a, Shard buf, inputs, targets, h0, masks, layers, list transposed,
                    Why, WhyT, by, carry, windows, Py_ssize_t k, Py_ssize_t D, int code,
-                   double slope, double scale, int output, int cell, c0) except -1:
+                   double slope, double scale, int output, int cell, c0, gains) except -1:
     cdef bint tokens = inputs.dtype.kind in "iu", step = targets is not None
     cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], H = Why.shape[1] // D
     cdef Py_ssize_t L = len(layers) // D, j, l
@@ -1017,6 +1281,7 @@ cdef int fill_step(StepArgs* a, Shard buf, inputs, targets, h0, masks, layers, l
     a.L, a.D, a.longest, a.T, a.B, a.H, a.O = L, D, k, T, B, H, Why.shape[0]
     a.code, a.slope, a.scale = code, slope, scale
     a.cell, a.G = cell, layers[0][1].shape[0]
+    a.normed = gains is not None
     a.R, a.dout, a.dP, a.dR = data(buf.R), data(buf.dout), data(buf.dP), data(buf.dR)
     a.gradT = data(buf.gradT)
     if step:
@@ -1056,16 +1321,32 @@ cdef int fill_step(StepArgs* a, Shard buf, inputs, targets, h0, masks, layers, l
             p.dWxh, p.dWxhT = data(buf.dWxh[j]), data(buf.dWxhT[j])
             p.dWhh, p.dbh = data(buf.dWhh[j]), data(buf.dbh[j])
             p.dh0 = at(buf.dh0, j * state_bytes)
+        p.gx = p.gh = p.gc = p.bc = NULL
+        p.xhat = p.xrstd = p.rhat = p.rstd_h = p.chat = p.rstd_c = NULL
+        p.dgx = p.dgh = p.dgc = p.dbc = NULL
+        if gains is not None:
+            p.gx, p.gh = data(gains[j][0]), data(gains[j][1])
+            p.xhat, p.xrstd = data(buf.xhat[j]), data(buf.xrstd[j])
+            p.rhat, p.rstd_h = data(buf.rhat[j]), data(buf.rstd_h[j])
+            if step:
+                p.dgx, p.dgh = data(buf.dgx[j]), data(buf.dgh[j])
+            if cell == CELL_LSTM:
+                p.gc, p.bc = data(gains[j][2]), data(gains[j][3])
+                p.chat, p.rstd_c = data(buf.chat[j]), data(buf.rstd_c[j])
+                if step:
+                    p.dgc, p.dbc = data(buf.dgc[j]), data(buf.dbc[j])
     return 0
 
 
 cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int code,
                        double slope, carry, Py_ssize_t k, windows, double scale, bint input_grad,
-                       int output, masks, threads, int cell=CELL_ELMAN, c0=None):
+                       int output, masks, threads, int cell=CELL_ELMAN, c0=None,
+                       gains=None):
     """Run a training step (or, with ``targets`` None, a forward pass) of a stack of layers
     over the batch in ``shard_count(...)`` shards of consecutive sequences, on at most
     ``threads`` threads. Returns ``(shards, loss)``: the shards' buffers (a list of Shard) and
-    the sum of their losses, in shard order."""
+    the sum of their losses, in shard order. ``gains``: None, or layer normalization's gains
+    of each layer-direction (see ``_stack_step``)."""
     cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], O = Why.shape[0]
     cdef Py_ssize_t LD = len(layers), L = LD // D, H = Why.shape[1] // D
     cdef Py_ssize_t I = layers[0][0].shape[1]
@@ -1074,8 +1355,9 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
     cdef Py_ssize_t per = B // shards, extra = B % shards, s, b0, b1, j
     # the thread count matters only when there are shards to share (and is looked up only then)
     cdef int n_threads = 1 if shards == 1 else max(1, min(_threads.resolve(threads), shards))
+    cdef bint normed = gains is not None
     cdef list transposed = [transposed_weights(layers[j][0], layers[j][1], T, per,
-                                               tokens and j < D, cell != CELL_ELMAN,
+                                               tokens and j < D, cell != CELL_ELMAN or normed,
                                                targets is not None)
                             for j in range(LD)]
     WhyT = (transposed_copy(Why)
@@ -1089,16 +1371,17 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
     cdef double loss = 0
     # every shard's results and workspaces, kept for this thread's next call of the same sizes
     key = (targets is None, T, B, I, H, O, L, D, k, tokens, need_dWxhT, input_grad,
-           masks is not None, Why.dtype, shards, cell)
+           masks is not None, Why.dtype, shards, cell, normed)
     cdef list buffers = _workspace.get(key)
     cdef bint fresh = buffers is None
     if fresh:
         buffers = [Shard(targets is not None, T, per + (1 if s < extra else 0), I, H, O, L, D,
-                         k, tokens, need_dWxhT, input_grad, masks is not None, Why.dtype, cell)
+                         k, tokens, need_dWxhT, input_grad, masks is not None, Why.dtype, cell,
+                         normed)
                    for s in range(shards)]
     if shards == 1:
         fill_step(steps, buffers[0], inputs, targets, h0, masks, layers, transposed, Why, WhyT,
-                  by, carry, windows, k, D, code, slope, scale, output, cell, c0)
+                  by, carry, windows, k, D, code, slope, scale, output, cell, c0, gains)
         with nogil:
             run_shards(steps, 1, workers, 1)
         loss = steps[0].loss
@@ -1116,7 +1399,7 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
             parts.append(part)
             fill_step(&steps[s], buffers[s], part[0], part[1], part[2], part[3], layers,
                       transposed, Why, WhyT, by, carry, windows, k, D, code, slope, scale,
-                      output, cell, part[4])
+                      output, cell, part[4], gains)
         with nogil:
             run_shards(steps, shards, workers, n_threads)
         for s in range(shards):
@@ -1153,11 +1436,12 @@ cdef object last_states(list bufs, Py_ssize_t T, Py_ssize_t D, bint cells=False)
 cdef tuple step_results(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int code,
                         double slope, carry, Py_ssize_t k, windows, bint cross_entropy,
                         bint sum_reduction, bint input_grad, masks, threads,
-                        int cell=CELL_ELMAN, c0=None):
+                        int cell=CELL_ELMAN, c0=None, gains=None):
     """``_stack_step``'s work: ``(loss, layer_grads, dWhy, dby, dh0, dx, h_last, grad_norms,
     dc0, c_last)``, every array new (the buffers are kept for the next call): sums over the
     shards in shard order, the per-sequence results joined along the batch axis. GRU's
-    layer_grads hold dbhn after dbh; dc0 and c_last are None but for LSTM."""
+    layer_grads hold dbhn after dbh, then (with ``gains``) the gains' gradients; dc0 and c_last
+    are None but for LSTM."""
     cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], O = Why.shape[0], j
     cdef Py_ssize_t LD = len(layers)
     cdef double count = T * B if cross_entropy else T * B * O
@@ -1165,15 +1449,23 @@ cdef tuple step_results(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int 
     cdef list bufs
     cdef double value
     bufs, value = run_sharded(inputs, targets, h0, layers, D, Why, by, code, slope, carry, k,
-                              windows, scale, input_grad, 0, masks, threads, cell, c0)
+                              windows, scale, input_grad, 0, masks, threads, cell, c0, gains)
     if not sum_reduction:
         value /= count
     cdef Shard first = bufs[0], buf
-    layer_grads = [[first.dWxh[j].copy(), first.dWhh[j].copy(), first.dbh[j].copy()]
-                   for j in range(LD)]
-    if cell == CELL_GRU:
-        for j in range(LD):
-            layer_grads[j].append(first.dbhn[j].copy())
+
+    def per_layer(Shard buf, Py_ssize_t j):
+        """Layer-direction j's gradients in one shard, in ``grads["layers"][j]`` order."""
+        found = [buf.dWxh[j], buf.dWhh[j], buf.dbh[j]]
+        if cell == CELL_GRU:
+            found.append(buf.dbhn[j])
+        if gains is not None:
+            found += [buf.dgx[j], buf.dgh[j]]
+            if cell == CELL_LSTM:
+                found += [buf.dgc[j], buf.dbc[j]]
+        return found
+
+    layer_grads = [[g.copy() for g in per_layer(first, j)] for j in range(LD)]
     dWhy, dby = first.dWhy.copy(), first.dby.copy()
     dc0 = c_last = None
     if len(bufs) == 1:
@@ -1186,12 +1478,8 @@ cdef tuple step_results(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int 
                 dc0, c_last)
     for buf in bufs[1:]:
         for j in range(LD):
-            g = layer_grads[j]
-            g[0] += buf.dWxh[j]
-            g[1] += buf.dWhh[j]
-            g[2] += buf.dbh[j]
-            if cell == CELL_GRU:
-                g[3] += buf.dbhn[j]
+            for total, part in zip(layer_grads[j], per_layer(buf, j)):
+                total += part
         dWhy += buf.dWhy
         dby += buf.dby
     grad_norms = None
@@ -1211,7 +1499,8 @@ cdef tuple step_results(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int 
 
 def _stack_step(inputs, targets, h0, layers, int num_directions, Why, by, int code,
                 double slope, carry, Py_ssize_t k, windows, bint cross_entropy,
-                bint sum_reduction, bint input_grad, masks, threads=None, int cell=0, c0=None):
+                bint sum_reduction, bint input_grad, masks, threads=None, int cell=0, c0=None,
+                gains=None):
     """The training step of a stack of ``L = len(layers) / num_directions`` Elman layers with
     an output layer and a loss, on arguments already checked by the model: C-contiguous arrays
     of one float dtype, consistent shapes, ids in range. ``layers[l * D + d] = (Wxh, Whh,
@@ -1225,10 +1514,16 @@ def _stack_step(inputs, targets, h0, layers, int num_directions, Why, by, int co
     Gated cells: ``cell`` 1 (LSTM, ``c0`` (L*D, B, H) required) or 2 (GRU, each ``layers[j] =
     (Wxh, Whh, bh, bhn)``), weights of G = 4H or 3H rows (``code``, ``slope`` unused). Then
     ``grads["layers"][j]`` has GRU's ``dbhn`` last, LSTM's ``grads["c0"]`` is there and
-    ``h_last`` is the pair ``(h_last, c_last)``."""
+    ``h_last`` is the pair ``(h_last, c_last)``.
+
+    Layer normalization (``norm="layer"``, ``cyrnn.norms``): ``gains[j] = (gx, gh)`` (G,) and,
+    for LSTM, ``(gx, gh, gc, bc)``, of every layer-direction; ``grads["layers"][j]`` then ends
+    with their gradients in that order. Full BPTT or carry scales only (``k`` 0)."""
+    if gains is not None and k:
+        raise ValueError("_stack_step: look-back windows do not run with layer normalization")
     value, layer_grads, dWhy, dby, dh0, dx, h_last, grad_norms, dc0, c_last = step_results(
         inputs, targets, h0, layers, num_directions, Why, by, code, slope, carry, k, windows,
-        cross_entropy, sum_reduction, input_grad, masks, threads, cell, c0)
+        cross_entropy, sum_reduction, input_grad, masks, threads, cell, c0, gains)
     grads = {"layers": [tuple(g) for g in layer_grads], "Why": dWhy, "by": dby, "h0": dh0}
     if dx is not None:
         grads["x"] = dx
@@ -1239,7 +1534,7 @@ def _stack_step(inputs, targets, h0, layers, int num_directions, Why, by, int co
 
 
 def _stack_outputs(inputs, h0, layers, int num_directions, Why, by, int code, double slope,
-                   int out_code, threads=None, int cell=0, c0=None):
+                   int out_code, threads=None, int cell=0, c0=None, gains=None):
     """The forward pass of a stack (see ``_stack_step``): ``(y (T, B, O), h_last (L*D, B,
     H))``, y = g(z) with out_code 0 linear, 1 softmax, 2 sigmoid; an LSTM's ``h_last`` is the
     pair ``(h_last, c_last)``."""
@@ -1247,7 +1542,7 @@ def _stack_outputs(inputs, h0, layers, int num_directions, Why, by, int code, do
     cdef list bufs
     cdef Shard buf
     bufs, _ = run_sharded(inputs, None, h0, layers, num_directions, Why, by, code, slope, None,
-                          0, None, 1.0, False, out_code, None, threads, cell, c0)
+                          0, None, 1.0, False, out_code, None, threads, cell, c0, gains)
     # new arrays for the caller (the buffers are kept), the shards joined along the batch axis
     if len(bufs) == 1:
         y = (<Shard> bufs[0]).z.copy()

@@ -123,6 +123,14 @@ def regime(arch: Architecture, params: dict, T: int, B: int, dtype: Any, trainin
     return layers
 
 
+def layer_norm_only(regime: list) -> bool:
+    """Whether a call's ``regime`` asks for layer normalization and nothing else (no masks, no
+    zoneout): what the fused kernels (``_stack_step``, ``_stack_outputs``) run beside the plain
+    cells."""
+    return all(lay.norm == LAYER and lay.rmask is None and lay.zh is None and lay.zc is None
+               and lay.wmask is None for lay in regime)
+
+
 def normalize_inputs(kern: Any, P: np.ndarray, lay: Any, lengths: Optional[np.ndarray]):
     """``(N_x(P) * gx, record)`` for the input terms ``P`` (T, B, G) of one layer-direction in
     its processing order; ``record`` is what ``normalize_inputs_backward`` needs and, in

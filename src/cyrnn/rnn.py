@@ -352,7 +352,8 @@ class RNN:
         weights = self.weights()
         batch = self._inputs(x, h0, lengths)
         regime = self._inference_regime(weights, batch.T, batch.B, start)
-        if self.output_size is not None and batch.lengths is None and regime is None:
+        if (self.output_size is not None and batch.lengths is None
+                and (regime is None or norms.layer_norm_only(regime))):
             # the common case in one kernel call (an LSTM's last states: the pair (h, c))
             y, h_last = self._fused_outputs(batch, weights)
             h_last, c_last = h_last if isinstance(h_last, tuple) else (h_last, None)
@@ -483,7 +484,7 @@ class RNN:
             regime = norms.regime(arch, weights[0], batch.T, batch.B, self.dtype, need_grads,
                                   rng, self.running)
 
-        if need_grads and regime is None and self._fusable(loss, batch, t_idx):
+        if need_grads and self._fusable(loss, batch, t_idx, regime):
             result = self._fused(batch, weights, target, loss, reduction, window, carry,
                                  input_grad, masks)
         else:
@@ -843,11 +844,13 @@ class RNN:
     # computation
     # -----------------------------------------------------------------------------------------
 
-    def _fusable(self, loss, batch, t_idx):
+    def _fusable(self, loss, batch, t_idx, regime=None):
         """Whether the whole step can run as one fused kernel call: any cell (Elman, LSTM,
-        GRU), an output layer, a loss on every step of every sequence, cross-entropy on logits
-        or plain MSE."""
+        GRU), plain or layer-normalized (``regime``: ``cyrnn.norms.regime``), an output layer,
+        a loss on every step of every sequence, cross-entropy on logits or plain MSE."""
         if self.output_size is None or t_idx is not None or batch.lengths is not None:
+            return False
+        if regime is not None and not norms.layer_norm_only(regime):
             return False
         return (loss == "cross_entropy" and self.output in ("softmax", "linear")) or (
             loss == "mse" and self.output == "linear")
@@ -857,6 +860,14 @@ class RNN:
         order."""
         p, arch = weights[0], self.architecture
         return tuple(tuple(p[name] for name in arch.cell_names(j)) for j in range(arch.num_states))
+
+    def _gains(self, weights):
+        """Each layer-direction's layer-normalization gains ``(gx, gh)`` (LSTM: ``(gx, gh, gc,
+        bc)``), in ``h0`` order; None for a model without normalization."""
+        p, arch = weights[0], self.architecture
+        if arch.norm is None:
+            return None
+        return tuple(tuple(p[name] for name in arch.norm_names(j)) for j in range(arch.num_states))
 
     def _fused(self, batch, weights, target, loss, reduction, window, carry, input_grad, masks):
         """The training step for the common case, in one kernel call (same results as the
@@ -870,7 +881,8 @@ class RNN:
         longest, windows = (0, None) if window is None else _checks.window_sizes(window, T)
         flags = (loss == "cross_entropy", reduction == "sum", input_grad)
         cell = cells.CELLS.index(self._CELL)  # the stack kernels' cell codes
-        if cell == 0 and self.architecture.num_states == 1:
+        gains = self._gains(weights)
+        if cell == 0 and self.architecture.num_states == 1 and gains is None:
             value, grads, h_last, grad_norms = self._kernels._elman_step(
                 batch.inputs, target, batch.h0[0], p["Wxh"], p["Whh"], p["bh"], p["Why"],
                 p["by"], code, slope, carry, longest, windows, *flags, self.threads)
@@ -882,13 +894,14 @@ class RNN:
         value, found, h_last, grad_norms = self._kernels._stack_step(
             batch.inputs, target, batch.h0, self._cells(weights),
             self.architecture.num_directions, p["Why"], p["by"], code, slope, carry, longest,
-            windows, *flags, masks, self.threads, cell, batch.c0)
+            windows, *flags, masks, self.threads, cell, batch.c0, gains)
         c_last = None
         if self._CELL == "lstm":
             h_last, c_last = h_last
         grads = {}
+        arch = self.architecture
         for j, cell_grads in enumerate(found["layers"]):
-            grads.update(zip(self.architecture.cell_names(j), cell_grads))
+            grads.update(zip(arch.cell_names(j) + arch.norm_names(j), cell_grads))
         for name in ("Why", "by", "h0", "c0", "x"):
             if name in found:
                 grads[name] = found[name]
@@ -900,12 +913,13 @@ class RNN:
         LSTM's ``h_last`` the pair ``(h_last, c_last)``)."""
         p, nonlinearity, slope = weights
         cell = cells.CELLS.index(self._CELL)  # the stack kernels' cell codes
+        gains = self._gains(weights)
         if cell:
             return self._kernels._stack_outputs(
                 batch.inputs, batch.h0, self._cells(weights), self.architecture.num_directions,
                 p["Why"], p["by"], 0, 0.0, losses.OUTPUTS.index(self.output), self.threads, cell,
-                batch.c0)
-        if self.architecture.num_states == 1:
+                batch.c0, gains)
+        if self.architecture.num_states == 1 and gains is None:
             y, h_last = self._kernels.elman_forward(
                 batch.inputs, batch.h0[0], p["Wxh"], p["Whh"], p["bh"], p["Why"], p["by"],
                 nonlinearity, negative_slope=slope, output=self.output, threads=self.threads)
@@ -913,7 +927,7 @@ class RNN:
         return self._kernels._stack_outputs(
             batch.inputs, batch.h0, self._cells(weights), self.architecture.num_directions,
             p["Why"], p["by"], _checks.NONLINEARITIES.index(nonlinearity), slope,
-            losses.OUTPUTS.index(self.output), self.threads)
+            losses.OUTPUTS.index(self.output), self.threads, 0, None, gains)
 
     def weights(self) -> tuple[ArrayDict, Nonlinearity, float]:
         """One checked snapshot of what a computation reads from the model: ``(params,

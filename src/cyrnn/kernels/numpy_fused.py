@@ -13,7 +13,7 @@ from typing import Optional, Union
 import numpy as np
 import numpy.typing as npt
 
-from .. import _checks, losses, stack
+from .. import _checks, losses, norms, stack
 from .._typing import ArrayDict, FloatArray, Nonlinearity, OutputName, Reduction, StepLossName
 from ..layers import Architecture
 from . import numpy_backend
@@ -234,23 +234,34 @@ def _numpy_kernels():
 STACK_CELLS = ("elman", "lstm", "gru")
 
 
-def _stack_weights(layers, num_directions, Why, by, code, slope, cell=0):
+def _stack_weights(layers, num_directions, Why, by, code, slope, cell=0, gains=None):
     """The architecture and the ``(params, nonlinearity, slope)`` snapshot that ``cyrnn.stack``
     composes, from a stack kernel's arguments."""
     Wxh0, Whh0 = layers[0][:2]
     H, I = Whh0.shape[1], Wxh0.shape[1]
     arch = Architecture(I, H, Why.shape[0], len(layers) // num_directions, num_directions,
-                        cell=STACK_CELLS[cell])
+                        cell=STACK_CELLS[cell], norm=None if gains is None else "layer")
     params = {}
     for j, cell in enumerate(layers):
         params.update(zip(arch.cell_names(j), cell))
+        if gains is not None:
+            params.update(zip(arch.norm_names(j), gains[j]))
     params["Why"], params["by"] = Why, by
     return arch, (params, _checks.NONLINEARITIES[code], slope)
 
 
+def _layer_norm_regime(arch, params, inputs, Why):
+    """``cyrnn.norms.regime`` of a layer-normalized stack (None for a plain one): layer
+    normalization has no masks, statistics or running state."""
+    if arch.norm is None:
+        return None
+    T, B = inputs.shape[:2]
+    return norms.regime(arch, params, T, B, Why.dtype, False, None, None)
+
+
 def _stack_step(inputs, targets, h0, layers, num_directions, Why, by, code, slope, carry,
                 longest, windows, cross_entropy, sum_reduction, input_grad, masks, threads=None,
-                cell=0, c0=None, kern=None):
+                cell=0, c0=None, gains=None, kern=None):
     """A stack's training step on checked arguments (the twin of the compiled one).
 
     ``layers``: per layer-direction ``j = l*D + d`` its ``(Wxh, Whh, bh)``; ``h0`` (L*D, B, H);
@@ -264,8 +275,15 @@ def _stack_step(inputs, targets, h0, layers, num_directions, Why, by, code, slop
     ``layers[j]`` is ``(Wxh, Whh, bh, bhn)`` and its ``grads["layers"][j]`` ends with ``dbhn``.
     LSTM takes ``c0`` (L*D, B, H), adds ``grads["c0"]`` and returns ``h_last`` as the pair
     ``(h_last, c_last)``.
+
+    ``gains``: None, or layer normalization (``norm="layer"``, ``cyrnn.norms``) with each
+    layer-direction's gains ``(gx, gh)`` (G,) and, for LSTM, ``(gx, gh, gc, bc)``;
+    ``grads["layers"][j]`` then ends with their gradients in that order. Not with look-back
+    windows (``longest`` 0).
     """
-    arch, weights = _stack_weights(layers, num_directions, Why, by, code, slope, cell)
+    if gains is not None and longest:
+        raise ValueError("_stack_step: look-back windows do not run with layer normalization")
+    arch, weights = _stack_weights(layers, num_directions, Why, by, code, slope, cell, gains)
     kern = _numpy_kernels() if kern is None else kern
     T, B = inputs.shape[:2]
     result = stack.loss_and_grad(
@@ -274,9 +292,10 @@ def _stack_step(inputs, targets, h0, layers, num_directions, Why, by, code, slop
         loss="cross_entropy" if cross_entropy else "mse", output="linear",
         reduction="sum" if sum_reduction else "mean",
         window=(longest if windows is None else windows) if longest else None, carry=carry,
-        masks=masks, input_grad=input_grad, c0=c0 if cell == 1 else None)
+        masks=masks, input_grad=input_grad, c0=c0 if cell == 1 else None,
+        regime=_layer_norm_regime(arch, weights[0], inputs, Why))
     g = result.grads
-    grads = {"layers": [tuple(g[name] for name in arch.cell_names(j))
+    grads = {"layers": [tuple(g[name] for name in arch.cell_names(j) + arch.norm_names(j))
                         for j in range(arch.num_states)],
              "Why": g["Why"], "by": g["by"], "h0": g["h0"]}
     if "x" in g:
@@ -289,11 +308,12 @@ def _stack_step(inputs, targets, h0, layers, num_directions, Why, by, code, slop
 
 
 def _stack_outputs(inputs, h0, layers, num_directions, Why, by, code, slope, out_code,
-                   threads=None, cell=0, c0=None, kern=None):
+                   threads=None, cell=0, c0=None, gains=None, kern=None):
     """A stack's outputs ``(y (T, B, O), h_last (L*D, B, H))`` on checked arguments (an LSTM's
-    ``h_last`` the pair ``(h_last, c_last)``; see ``_stack_step``)."""
-    arch, weights = _stack_weights(layers, num_directions, Why, by, code, slope, cell)
+    ``h_last`` the pair ``(h_last, c_last)``; ``gains`` and the rest as ``_stack_step``)."""
+    arch, weights = _stack_weights(layers, num_directions, Why, by, code, slope, cell, gains)
     kern = _numpy_kernels() if kern is None else kern
     y, h_last, c_last = stack.outputs(kern, arch, weights, inputs, h0, losses.OUTPUTS[out_code],
-                                      c0=c0 if cell == 1 else None)
+                                      c0=c0 if cell == 1 else None,
+                                      regime=_layer_norm_regime(arch, weights[0], inputs, Why))
     return y, (h_last if cell != 1 else (h_last, c_last))

@@ -1,0 +1,115 @@
+# Layer normalization of rows and the LSTM's output through its normalized cell state
+# (_recurrence.h, SIMD builds chosen at run time like _gated.h), as fused float32/float64
+# functions, and the column loops of a gain's gradient. Included by _recurrence.pyx (the
+# normalized layer kernels) and by _rnn.pyx (the fused stack step, _stack.pxi), so that both
+# compile the same loops.
+
+cdef extern from "_recurrence.h" nogil:
+    void layer_norm_f32 "cyrnn_layer_norm_f32"(float* x, float* xhat, float* rstd,
+                                               const float* gain, float eps, long rows, long n)
+    void layer_norm_f64 "cyrnn_layer_norm_f64"(double* x, double* xhat, double* rstd,
+                                               const double* gain, double eps, long rows,
+                                               long n)
+    void layer_norm_backward_f32 "cyrnn_layer_norm_backward_f32"(float* d, const float* xhat,
+                                                                 const float* rstd, long rows,
+                                                                 long n)
+    void layer_norm_backward_f64 "cyrnn_layer_norm_backward_f64"(double* d, const double* xhat,
+                                                                 const double* rstd, long rows,
+                                                                 long n)
+    void normalized_output_f32 "cyrnn_normalized_output_f32"(
+        const float* gates, const float* chat, const float* gc, const float* bc, float* h,
+        long rows, long H)
+    void normalized_output_f64 "cyrnn_normalized_output_f64"(
+        const double* gates, const double* chat, const double* gc, const double* bc, double* h,
+        long rows, long H)
+    void normalized_output_backward_f32 "cyrnn_normalized_output_backward_f32"(
+        const float* g, const float* gates, const float* chat, const float* gc, const float* bc,
+        float* u, float* dchat, float* dgc, float* dbc, long rows, long H)
+    void normalized_output_backward_f64 "cyrnn_normalized_output_backward_f64"(
+        const double* g, const double* gates, const double* chat, const double* gc,
+        const double* bc, double* u, double* dchat, double* dgc, double* dbc, long rows, long H)
+    void lstm_backward_from_dc_f32 "cyrnn_lstm_backward_from_dc_f32"(
+        float* dc, const float* g, const float* u, const float* gates, const float* c_prev,
+        float* da, long rows, long H)
+    void lstm_backward_from_dc_f64 "cyrnn_lstm_backward_from_dc_f64"(
+        double* dc, const double* g, const double* u, const double* gates,
+        const double* c_prev, double* da, long rows, long H)
+
+cdef double EPS = 1e-5  # inside the square root of every normalization
+
+
+cdef inline void layer_norm(floating* x, floating* xhat, floating* rstd, const floating* gain,
+                            Py_ssize_t rows, Py_ssize_t n) noexcept nogil:
+    """Each row over its n values: xhat = (x - mean) * rstd, rstd (rows,) = 1/sqrt(var + eps),
+    biased variance (_recurrence.h)."""
+    if floating is float:
+        layer_norm_f32(x, xhat, rstd, gain, <float> EPS, rows, n)
+    else:
+        layer_norm_f64(x, xhat, rstd, gain, EPS, rows, n)
+
+
+cdef inline void layer_norm_backward(floating* d, const floating* xhat, const floating* rstd,
+                                     Py_ssize_t rows, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        layer_norm_backward_f32(d, xhat, rstd, rows, n)
+    else:
+        layer_norm_backward_f64(d, xhat, rstd, rows, n)
+
+
+cdef inline void scale_columns(floating* out, const floating* x, const floating* gain,
+                               Py_ssize_t rows, Py_ssize_t n) noexcept nogil:
+    """out (rows, n) = x * gain, gain (n,)."""
+    cdef Py_ssize_t b, j
+    for b in range(rows):
+        for j in range(n):
+            out[b * n + j] = x[b * n + j] * gain[j]
+
+
+cdef inline void normalized_output(const floating* gates, const floating* chat,
+                                   const floating* gc, const floating* bc, floating* h,
+                                   Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
+    """The LSTM's h (rows, H) = o tanh(chat gc + bc), o the last block of gates (rows, 4H)."""
+    if floating is float:
+        normalized_output_f32(gates, chat, gc, bc, h, rows, H)
+    else:
+        normalized_output_f64(gates, chat, gc, bc, h, rows, H)
+
+
+cdef inline void normalized_output_rows_backward(const floating* g, const floating* gates,
+                                                 const floating* chat, const floating* gc,
+                                                 const floating* bc, floating* u,
+                                                 floating* dchat, floating* dgc, floating* dbc,
+                                                 Py_ssize_t rows, Py_ssize_t H) noexcept nogil:
+    """Through h = o u, u = tanh(chat gc + bc), from g = dL/dh (rows, H): u, dL/dchat = du gc
+    with du = g o (1 - u^2); the gradients of gc and bc (H,) grow by every row's du chat and
+    du."""
+    if floating is float:
+        normalized_output_backward_f32(g, gates, chat, gc, bc, u, dchat, dgc, dbc, rows, H)
+    else:
+        normalized_output_backward_f64(g, gates, chat, gc, bc, u, dchat, dgc, dbc, rows, H)
+
+
+cdef inline void lstm_backward_from_dc(floating* dc, const floating* g, const floating* u,
+                                       const floating* gates, const floating* c_prev,
+                                       floating* da, Py_ssize_t rows,
+                                       Py_ssize_t H) noexcept nogil:
+    """The LSTM's backward epilogue when h = o u does not read c: from dc = dL/dc_t (rows, H)
+    (in place: dc f on return, towards c_{t-1}) and g = dL/dh_t: da (rows, 4H)."""
+    if floating is float:
+        lstm_backward_from_dc_f32(dc, g, u, gates, c_prev, da, rows, H)
+    else:
+        lstm_backward_from_dc_f64(dc, g, u, gates, c_prev, da, rows, H)
+
+
+cdef inline void add_column_sums(floating* out, const floating* x, const floating* y,
+                                 Py_ssize_t rows, Py_ssize_t n, Py_ssize_t ld) noexcept nogil:
+    """out (n,) += sum over rows of x * y (or of x for y NULL), x and y (rows, n) with leading
+    dimension ld: a gain's or a bias's gradient."""
+    cdef Py_ssize_t b, j
+    for b in range(rows):
+        if y == NULL:
+            for j in range(n):
+                out[j] += x[b * ld + j]
+        else:
+            for j in range(n):
+                out[j] += x[b * ld + j] * y[b * ld + j]
