@@ -2,7 +2,7 @@
 import json
 import sys
 
-VARIANTS = ("plain", "layer", "batch", "layer-numpy", "torch-loop")
+VARIANTS = ("plain", "layer", "batch", "layer-numpy", "torch-loop", "torch-cell-loop")
 
 
 def main(path):
@@ -22,10 +22,13 @@ def main(path):
           "`bench/test_norms.py` (its docstring says what each row runs). Ratios from the same "
           "run: **layer / plain** is what layer normalization costs (target <= 1.25), "
           "**torch-loop / layer** how much faster cyrnn's layer-normed cell is than the same "
-          "model as a per-step PyTorch loop.\n")
+          "model as a per-step PyTorch loop, **torch-cell-loop / layer** than the loop the issue "
+          "names (`nn.LSTMCell` and `nn.LayerNorm` of its output: a cheaper, different model); "
+          "target >= 5 for the latter.\n")
     print("| config | cell | threads | " + " | ".join(f"{v} (ms)" for v in VARIANTS)
-          + " | layer / plain | batch / plain | numpy / compiled (layer) | torch-loop / layer |")
-    print("|" + "---|" * (3 + len(VARIANTS) + 4))
+          + " | layer / plain | batch / plain | numpy / compiled (layer) | torch-loop / layer"
+          " | torch-cell-loop / layer | torch-cell-loop / plain |")
+    print("|" + "---|" * (3 + len(VARIANTS) + 6))
     for (config, cell, threads), row in sorted(times.items()):
         cells = [f"{row[v]:.3g}" if v in row else "-" for v in VARIANTS]
 
@@ -34,7 +37,9 @@ def main(path):
 
         print(f"| {config} | {cell} | {threads} | " + " | ".join(cells) + " | "
               + " | ".join([ratio("layer", "plain"), ratio("batch", "plain"),
-                            ratio("layer-numpy", "layer"), ratio("torch-loop", "layer")]) + " |")
+                            ratio("layer-numpy", "layer"), ratio("torch-loop", "layer"),
+                            ratio("torch-cell-loop", "layer"),
+                            ratio("torch-cell-loop", "plain")]) + " |")
     loads = info.get("load", [])
     if loads:
         print(f"\nForeign load while timing (cores busy in other processes): median "

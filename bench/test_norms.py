@@ -13,6 +13,13 @@ charlm-batch sizes of ``peers.CONFIGS``, for the Elman (tanh), LSTM and GRU cell
   ``F.layer_norm`` of the cell state), the head, the loss and ``loss.backward()``. It starts
   from cyrnn's weights and is checked against cyrnn (loss 1e-4, gradients 1e-3 relative)
   before it is timed.
+- ``torch-cell-loop``: the peer as the issue names it, ``torch.nn.LSTMCell`` (``RNNCell``,
+  ``GRUCell`` for the other cells) and ``torch.nn.LayerNorm`` of its output in a Python loop over
+  steps, ``h_t = LN(cell(x_t, h_{t-1}))`` (token ids as one-hot rows), then ``nn.Linear``, the
+  loss and ``loss.backward()``. A different model from cyrnn's, at the same sizes: the cell is one
+  fused C call that cannot normalize its inner terms, so only its output is normalized (one
+  normalization a step rather than cyrnn's two or three). It is the cheaper of the two loops, and
+  the way PyTorch users get a layer-normed recurrence without writing the cell themselves.
 
 Run (one thread and nothing pinned; report in bench/NORMS.md):
 
@@ -32,7 +39,7 @@ from test_compare import _ids, _measure, _rel, _versions_once  # noqa: E402
 
 CONFIGS = ("charlm_batched", "medium")
 CELLS = ("elman", "lstm", "gru")
-VARIANTS = ("plain", "layer", "batch", "layer-numpy", "torch-loop")
+VARIANTS = ("plain", "layer", "batch", "layer-numpy", "torch-loop", "torch-cell-loop")
 THREADS = (1, "default")
 
 _cache = {}
@@ -102,6 +109,53 @@ class TorchLoop:
         return float(loss)
 
 
+class TorchCellLoop:
+    """``torch.nn.LSTMCell`` (``RNNCell``, ``GRUCell``) with ``torch.nn.LayerNorm`` of its output,
+    stepped in Python, then ``nn.Linear`` and the loss (its own weights, seed 0)."""
+
+    def __init__(self, config, cell):
+        import torch
+
+        self.torch, self.c = torch, peers.CONFIGS[config]
+        c, nn = self.c, torch.nn
+        torch.manual_seed(0)
+        self.cell = {"elman": nn.RNNCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}[cell](c.I, c.H)
+        self.lstm = cell == "lstm"
+        self.norm = nn.LayerNorm(c.H)
+        self.head = nn.Linear(c.H, c.O)
+        self.modules = (self.cell, self.norm, self.head)
+        x, y = peers.make_data(config)
+        if c.tokens:
+            self.x = torch.nn.functional.one_hot(torch.tensor(x), c.I).float()
+        else:
+            self.x = torch.tensor(x)
+        self.y = torch.tensor(y)
+
+    def step(self):
+        torch, c = self.torch, self.c
+        for module in self.modules:
+            module.zero_grad(set_to_none=True)
+        T, B = self.x.shape[:2]
+        h = torch.zeros(B, c.H)
+        state = (h, torch.zeros(B, c.H)) if self.lstm else h
+        outs = []
+        for t in range(T):
+            if self.lstm:
+                h, cs = self.cell(self.x[t], state)
+                h = self.norm(h)
+                state = (h, cs)
+            else:
+                h = state = self.norm(self.cell(self.x[t], state))
+            outs.append(h)
+        z = self.head(torch.stack(outs))
+        if c.tokens:
+            loss = torch.nn.functional.cross_entropy(z.reshape(T * B, -1), self.y.reshape(-1))
+        else:
+            loss = torch.nn.functional.mse_loss(z, self.y)
+        loss.backward()
+        return float(loss)
+
+
 def _runner(config, cell, variant):
     key = (config, cell, variant)
     if key not in _cache:
@@ -117,6 +171,11 @@ def _runner(config, cell, variant):
                 if name in loop.p:
                     err = _rel(loop.p[name].grad.numpy(), g)
                     assert err <= 1e-3, (name, err)
+            _cache[key] = loop.step
+        elif variant == "torch-cell-loop":
+            pytest.importorskip("torch")
+            loop = TorchCellLoop(config, cell)
+            assert np.isfinite(loop.step())
             _cache[key] = loop.step
         else:
             model = _model(config, cell, variant)
@@ -134,7 +193,7 @@ def test_norm_step(benchmark, blas_threads, config, cell, variant):
     benchmark.group = f"{config} {cell} {threads} thread(s)"
     benchmark.extra_info.update(config=config, cell=cell, variant=variant, threads=threads,
                                 versions=_versions_once())
-    if variant == "torch-loop":
+    if variant.startswith("torch"):
         import torch
 
         torch.set_num_threads(1 if threads == 1 else os.cpu_count() or 1)

@@ -16,6 +16,12 @@ cdef extern from "_recurrence.h" nogil:
     void layer_norm_backward_f64 "cyrnn_layer_norm_backward_f64"(double* d, const double* xhat,
                                                                  const double* rstd, long rows,
                                                                  long n)
+    void layer_norm_gain_backward_f32 "cyrnn_layer_norm_gain_backward_f32"(
+        const float* dy, const float* xhat, const float* rstd, const float* gain, float* dgain,
+        float* dx, long rows, long n)
+    void layer_norm_gain_backward_f64 "cyrnn_layer_norm_gain_backward_f64"(
+        const double* dy, const double* xhat, const double* rstd, const double* gain,
+        double* dgain, double* dx, long rows, long n)
     void normalized_output_f32 "cyrnn_normalized_output_f32"(
         const float* gates, const float* chat, const float* gc, const float* bc, float* h,
         long rows, long H)
@@ -54,6 +60,18 @@ cdef inline void layer_norm_backward(floating* d, const floating* xhat, const fl
         layer_norm_backward_f32(d, xhat, rstd, rows, n)
     else:
         layer_norm_backward_f64(d, xhat, rstd, rows, n)
+
+
+cdef inline void layer_norm_gain_backward(const floating* dy, const floating* xhat,
+                                          const floating* rstd, const floating* gain,
+                                          floating* dgain, floating* dx, Py_ssize_t rows,
+                                          Py_ssize_t n) noexcept nogil:
+    """Through y = N(x) gain, layer normalization of rows (rows, n), from dy = dL/dy: dgain
+    (n,) += the column sums of dy xhat, dx = dL/dx (dx may be dy itself)."""
+    if floating is float:
+        layer_norm_gain_backward_f32(dy, xhat, rstd, gain, dgain, dx, rows, n)
+    else:
+        layer_norm_gain_backward_f64(dy, xhat, rstd, gain, dgain, dx, rows, n)
 
 
 cdef inline void scale_columns(floating* out, const floating* x, const floating* gain,

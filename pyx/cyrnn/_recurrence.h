@@ -96,6 +96,48 @@ CYRNN_INLINE void cyrnn_layer_norm_backward_body_##T(REAL* CYRNN_RESTRICT d,    
             db[j] = r * (db[j] - m1 - xb[j] * m2);                                                 \
     }                                                                                              \
 }                                                                                                  \
+/* the backward pass of y = xhat gain, then of the normalization, over rows of dy (rows, n):       \
+ * dgain (n,) += the column sums of dy xhat; dx = the normalization's backward of dy gain, into  \
+ * dx (rows, n): dy itself (in place) or a block of its own. One row at a time, in cache */        \
+CYRNN_INLINE void cyrnn_gain_row_##T(const REAL* CYRNN_RESTRICT y, REAL* CYRNN_RESTRICT d,         \
+                                     const REAL* CYRNN_RESTRICT xb,                                \
+                                     const REAL* CYRNN_RESTRICT gain,                              \
+                                     REAL* CYRNN_RESTRICT dgain, long n)                           \
+{                                                                                                  \
+    long j;                                                                                        \
+    for (j = 0; j < n; j++) {                                                                      \
+        dgain[j] += y[j] * xb[j];                                                                  \
+        d[j] = y[j] * gain[j];                                                                     \
+    }                                                                                              \
+}                                                                                                  \
+CYRNN_INLINE void cyrnn_gain_row_in_place_##T(REAL* CYRNN_RESTRICT d,                              \
+                                              const REAL* CYRNN_RESTRICT xb,                       \
+                                              const REAL* CYRNN_RESTRICT gain,                     \
+                                              REAL* CYRNN_RESTRICT dgain, long n)                  \
+{                                                                                                  \
+    long j;                                                                                        \
+    for (j = 0; j < n; j++) {                                                                      \
+        REAL v = d[j];                                                                             \
+        dgain[j] += v * xb[j];                                                                     \
+        d[j] = v * gain[j];                                                                        \
+    }                                                                                              \
+}                                                                                                  \
+CYRNN_INLINE void cyrnn_layer_norm_gain_backward_body_##T(const REAL* dy,                          \
+                                                          const REAL* CYRNN_RESTRICT xhat,         \
+                                                          const REAL* CYRNN_RESTRICT rstd,         \
+                                                          const REAL* CYRNN_RESTRICT gain,         \
+                                                          REAL* CYRNN_RESTRICT dgain, REAL* dx,    \
+                                                          long rows, long n)                       \
+{                                                                                                  \
+    long b;                                                                                        \
+    for (b = 0; b < rows; b++) {                                                                   \
+        if (dx == dy)                                                                              \
+            cyrnn_gain_row_in_place_##T(dx + b * n, xhat + b * n, gain, dgain, n);                 \
+        else                                                                                       \
+            cyrnn_gain_row_##T(dy + b * n, dx + b * n, xhat + b * n, gain, dgain, n);              \
+        cyrnn_layer_norm_backward_body_##T(dx + b * n, xhat + b * n, rstd + b, 1, n);              \
+    }                                                                                              \
+}                                                                                                  \
 /* the LSTM's output through its normalized cell state, rows of gates (4H) [i f g o] and of       \
  * chat, h (H): h = o tanh(chat gc + bc) */                                                        \
 CYRNN_INLINE void cyrnn_normalized_output_body_##T(const REAL* CYRNN_RESTRICT gates,               \
@@ -174,6 +216,10 @@ CYRNN_SIMD_DISPATCH(cyrnn_layer_norm,
 CYRNN_SIMD_DISPATCH(cyrnn_layer_norm_backward,
                           (float* d, const float* xhat, const float* rstd, long rows, long n),
                           (d, xhat, rstd, rows, n))
+CYRNN_SIMD_DISPATCH(cyrnn_layer_norm_gain_backward,
+                          (const float* dy, const float* xhat, const float* rstd,
+                           const float* gain, float* dgain, float* dx, long rows, long n),
+                          (dy, xhat, rstd, gain, dgain, dx, rows, n))
 CYRNN_SIMD_DISPATCH(cyrnn_normalized_output,
                           (const float* gates, const float* chat, const float* gc,
                            const float* bc, float* h, long rows, long H),
@@ -190,6 +236,7 @@ CYRNN_SIMD_DISPATCH(cyrnn_lstm_backward_from_dc,
 
 #define cyrnn_layer_norm_f64 cyrnn_layer_norm_body_f64
 #define cyrnn_layer_norm_backward_f64 cyrnn_layer_norm_backward_body_f64
+#define cyrnn_layer_norm_gain_backward_f64 cyrnn_layer_norm_gain_backward_body_f64
 #define cyrnn_normalized_output_f64 cyrnn_normalized_output_body_f64
 #define cyrnn_normalized_output_backward_f64 cyrnn_normalized_output_backward_body_f64
 #define cyrnn_lstm_backward_from_dc_f64 cyrnn_lstm_backward_from_dc_body_f64

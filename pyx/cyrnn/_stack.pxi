@@ -794,9 +794,7 @@ cdef void normed_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
             add_column_sums(dbhn, dR_t + 2 * H, NULL, B, H, G)  # hn = Rn_n + bhn
             dRn_t = dR_t
         # dgh += sum over rows of dRn_t rhat_t; dR_t = N_h backward of dRn_t gh
-        add_column_sums(dgh, dRn_t, rhat + t * BG, B, G, G)
-        scale_columns(dR_t, dRn_t, gain_h, B, G)
-        layer_norm_backward(dR_t, rhat + t * BG, rstd_h + t * B, B, G)
+        layer_norm_gain_backward(dRn_t, rhat + t * BG, rstd_h + t * B, gain_h, dgh, dR_t, B, G)
         # dL/dh_prev (B, H) = scale dR_t (B, G) Whh (G, H) (GRU: + its direct part, in gb)
         if cell == CELL_GRU:
             if scale != 0 and Whh_panels != NULL:
@@ -826,9 +824,8 @@ cdef void normed_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
     add_row_sums(<floating*> p.dbh, dP, TB, G)
     # 4. the input term: dgx = column sums of dP xhat; dP <- N_x backward of dP gx
     memset(p.dgx, 0, G * sizeof(floating))
-    add_column_sums(<floating*> p.dgx, dP, <const floating*> p.xhat, TB, G, G)
-    scale_columns(dP, dP, <const floating*> p.gx, TB, G)
-    layer_norm_backward(dP, <const floating*> p.xhat, <const floating*> p.xrstd, TB, G)
+    layer_norm_gain_backward(dP, <const floating*> p.xhat, <const floating*> p.xrstd,
+                             <const floating*> p.gx, <floating*> p.dgx, dP, TB, G)
     # 5. dWxh and dx
     input_gradients(a, l, d, dP)
 
