@@ -3,6 +3,7 @@ import json
 import sys
 
 VARIANTS = ("plain", "layer", "batch", "layer-numpy", "torch-loop", "torch-cell-loop")
+# from the gemm-limit rows: the step's matrix products at the rate of one large product
 
 
 def main(path):
@@ -12,7 +13,12 @@ def main(path):
     for bench in run["benchmarks"]:
         e = bench["extra_info"]
         key = (e["config"], e["cell"], str(e["threads"]))
-        times.setdefault(key, {})[e["variant"]] = bench["stats"]["median"] * 1e3
+        median = bench["stats"]["median"]
+        if e["variant"] == "gemm-limit":
+            # the time of the step's matrix products at this product's rate
+            times.setdefault(key, {})["limit"] = e["step_flops"] / (e["flops"] / median) * 1e3
+        else:
+            times.setdefault(key, {})[e["variant"]] = median * 1e3
         info.setdefault(str(e["threads"]), e.get("threadpool_info"))
         load = e.get("foreign_cores")
         if load is not None:
@@ -24,13 +30,18 @@ def main(path):
           "**torch-loop / layer** how much faster cyrnn's layer-normed cell is than the same "
           "model as a per-step PyTorch loop, **torch-cell-loop / layer** than the loop the issue "
           "names (`nn.LSTMCell` and `nn.LayerNorm` of its output: a cheaper, different model); "
-          "target >= 5 for the latter.\n")
+          "target >= 5 for the latter. **GEMM limit** is the time of the step's matrix products "
+          "alone at the rate NumPy's BLAS reaches on one product of the recurrent shape (T*B, H) "
+          "x (H, G) in the same run: no implementation of the step runs faster, so "
+          "**torch-cell-loop / limit** is the most any implementation could gain over that loop."
+          "\n")
     print("| config | cell | threads | " + " | ".join(f"{v} (ms)" for v in VARIANTS)
-          + " | layer / plain | batch / plain | numpy / compiled (layer) | torch-loop / layer"
-          " | torch-cell-loop / layer | torch-cell-loop / plain |")
-    print("|" + "---|" * (3 + len(VARIANTS) + 6))
+          + " | GEMM limit (ms) | layer / plain | batch / plain | numpy / compiled (layer) "
+          "| torch-loop / layer | torch-cell-loop / layer | torch-cell-loop / plain "
+          "| torch-cell-loop / limit |")
+    print("|" + "---|" * (3 + len(VARIANTS) + 8))
     for (config, cell, threads), row in sorted(times.items()):
-        cells = [f"{row[v]:.3g}" if v in row else "-" for v in VARIANTS]
+        cells = [f"{row[v]:.3g}" if v in row else "-" for v in VARIANTS + ("limit",)]
 
         def ratio(a, b):
             return f"{row[a] / row[b]:.2f}x" if a in row and b in row else "-"
@@ -39,7 +50,8 @@ def main(path):
               + " | ".join([ratio("layer", "plain"), ratio("batch", "plain"),
                             ratio("layer-numpy", "layer"), ratio("torch-loop", "layer"),
                             ratio("torch-cell-loop", "layer"),
-                            ratio("torch-cell-loop", "plain")]) + " |")
+                            ratio("torch-cell-loop", "plain"),
+                            ratio("torch-cell-loop", "limit")]) + " |")
     loads = info.get("load", [])
     if loads:
         print(f"\nForeign load while timing (cores busy in other processes): median "

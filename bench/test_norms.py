@@ -20,6 +20,9 @@ charlm-batch sizes of ``peers.CONFIGS``, for the Elman (tanh), LSTM and GRU cell
   fused C call that cannot normalize its inner terms, so only its output is normalized (one
   normalization a step rather than cyrnn's two or three). It is the cheaper of the two loops, and
   the way PyTorch users get a layer-normed recurrence without writing the cell themselves.
+- ``gemm-limit``: one NumPy float32 product (T*B, H) x (H, G), the shape of the step's
+  recurrent products; the report scales its rate (FLOP/s) to the step's matrix products
+  (``step_flops``) for the time no implementation of the step can beat on this machine.
 
 Run (one thread and nothing pinned; report in bench/NORMS.md):
 
@@ -39,7 +42,8 @@ from test_compare import _ids, _measure, _rel, _versions_once  # noqa: E402
 
 CONFIGS = ("charlm_batched", "medium")
 CELLS = ("elman", "lstm", "gru")
-VARIANTS = ("plain", "layer", "batch", "layer-numpy", "torch-loop", "torch-cell-loop")
+VARIANTS = ("plain", "layer", "batch", "layer-numpy", "torch-loop", "torch-cell-loop",
+            "gemm-limit")
 THREADS = (1, "default")
 
 _cache = {}
@@ -156,11 +160,33 @@ class TorchCellLoop:
         return float(loss)
 
 
+def step_flops(config, cell):
+    """Multiply-adds x 2 of one training step's matrix products (``input_grad=False``, one
+    layer): forward the input projection (none for token ids, a row gather), the recurrent
+    products and the head; backward dWhh, dL/dh_prev, dWxh, dWhy and the head's dL/dh."""
+    c = peers.CONFIGS[config]
+    G = c.H * {"elman": 1, "lstm": 4, "gru": 3}[cell]
+    dense = 0 if c.tokens else c.I
+    return 2 * c.T * c.B * (3 * G * c.H + 2 * G * dense + 3 * c.H * c.O)
+
+
+def _gemm_shape(config, cell):
+    c = peers.CONFIGS[config]
+    return c.T * c.B, c.H, c.H * {"elman": 1, "lstm": 4, "gru": 3}[cell]
+
+
 def _runner(config, cell, variant):
     key = (config, cell, variant)
     if key not in _cache:
         x, y = peers.make_data(config)
-        if variant == "torch-loop":
+        if variant == "gemm-limit":
+            M, K, N = _gemm_shape(config, cell)
+            rng = np.random.default_rng(0)
+            a = rng.standard_normal((M, K)).astype(np.float32)
+            b = rng.standard_normal((K, N)).astype(np.float32)
+            out = np.empty((M, N), np.float32)
+            _cache[key] = lambda: np.matmul(a, b, out=out)
+        elif variant == "torch-loop":
             pytest.importorskip("torch")
             model = _model(config, cell, "layer")
             loop = TorchLoop(config, cell, model)
@@ -192,7 +218,10 @@ def test_norm_step(benchmark, blas_threads, config, cell, variant):
     fn = _runner(config, cell, variant)
     benchmark.group = f"{config} {cell} {threads} thread(s)"
     benchmark.extra_info.update(config=config, cell=cell, variant=variant, threads=threads,
-                                versions=_versions_once())
+                                versions=_versions_once(), step_flops=step_flops(config, cell))
+    if variant == "gemm-limit":
+        M, K, N = _gemm_shape(config, cell)
+        benchmark.extra_info.update(flops=2 * M * K * N, shape=[M, K, N])
     if variant.startswith("torch"):
         import torch
 
