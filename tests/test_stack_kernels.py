@@ -405,6 +405,45 @@ def test_kept_workspaces_never_leak_into_results(B):
             np.testing.assert_array_equal(a, b)
 
 
+def test_workspace_keeps_the_last_sets_within_its_bytes():
+    """Each thread keeps the buffer sets of its last KEPT_SETS (4) calls of different sizes, the
+    least recently used going first, and never more than MAX_KEPT_BYTES (256 MiB) in all."""
+    w = rnn.Workspace()
+    for key in "abcde":
+        w.keep(key, [key], 10)
+    assert w.get("a") is None  # the oldest of five went
+    assert w.get("b") == ["b"]  # and "b" is now the most recently used
+    w.keep("f", ["f"], 10)
+    assert w.get("c") is None and w.get("b") == ["b"]
+    w.keep("big", ["big"], (256 << 20) - 15)  # room for one set of 10 bytes beside it
+    assert set(w.kept) == {"b", "big"}
+    w.keep("huge", ["huge"], (256 << 20) + 1)  # larger than the whole allowance: not kept
+    assert w.get("huge") is None and w.get("big") == ["big"]
+
+
+def test_models_in_turn_give_what_each_gives_alone():
+    """Two problems of different sizes in turn reuse their own kept buffers: the results equal
+    those of each problem run alone, on fresh buffers."""
+    problems = []
+    for seed, B in ((1, 5), (2, 37)):
+        rng = np.random.default_rng(seed)
+        problems.append(_problem(rng, np.float64, 2, 2, 30, B, 6, 48, 5, False, False, True))
+
+    def step(p):
+        inputs, targets, h0, layers, Why, by, m = p
+        return rnn._stack_step(inputs, targets, h0, layers, 2, Why, by, 0, 0.01, None, 0, None,
+                               False, False, True, m)
+
+    alone = [step(p) for p in problems]
+    for _ in range(2):
+        for p, want in zip(problems, alone):
+            got = step(p)
+            assert got[0] == want[0]
+            for a, b in zip(got[1]["layers"][-1], want[1]["layers"][-1]):
+                np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(got[1]["x"], want[1]["x"])
+
+
 @pytest.mark.parametrize("L, D", [(1, 1), (2, 1), (1, 2), (3, 2)])
 @pytest.mark.parametrize("tokens", [True, False], ids=["tokens", "dense"])
 @pytest.mark.parametrize("truncation", ["full", "carry", "windows"])

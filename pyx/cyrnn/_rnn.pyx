@@ -54,7 +54,8 @@ cdef enum:
     # ... and with at least 32 sequences a shard where Whh has more values than this (8 MiB of
     # float32, past the L2 caches and most of a shared L3)
     LARGE_WEIGHTS = 1 << 21
-    # workspaces kept between calls, per thread (see Workspace)
+    # workspaces kept between calls, per thread (see Workspace): sets of buffers, bytes in all
+    KEPT_SETS = 4
     MAX_KEPT_BYTES = 256 << 20
     # from this batch size on, rnn_forward multiplies by a transposed copy of Whh (see there)
     TRANSPOSE_MIN_BATCH = 2

@@ -1028,23 +1028,30 @@ cdef void run_shards(StepArgs* steps, Py_ssize_t count, Worker* workers,
 # ---------------------------------------------------------------------------------------------
 
 class Workspace(threading.local):
-    """The buffers of each thread's last training step and last forward pass, reused by its next
-    call of the same sizes: fresh buffers cost page faults on every call (a tenth of a char-LM
-    step), and the allocator hands large ones back to the system each time. At most
-    MAX_KEPT_BYTES per thread is kept; results handed to the caller are always copies."""
+    """The buffers of each thread's last KEPT_SETS calls of different sizes or kinds (training
+    step, forward pass), reused by its next call of the same ones: fresh buffers cost page
+    faults on every call (a tenth of a char-LM step), and the allocator hands large ones back to
+    the system each time. Several sets, so that a training step and its validation pass, or two
+    models trained in turn, keep theirs. The least recently used go first, to keep at most
+    MAX_KEPT_BYTES per thread; results handed to the caller are always copies."""
 
     def __init__(self):
-        self.kept = {}
+        self.kept = {}  # key: (buffers, bytes), least recently used first
 
     def get(self, key):
-        found = self.kept.get(key[0])
-        return found[1] if found is not None and found[0] == key else None
+        found = self.kept.pop(key, None)
+        if found is None:
+            return None
+        self.kept[key] = found  # now the most recently used
+        return found[0]
 
     def keep(self, key, buffers, size):
-        if size <= MAX_KEPT_BYTES:
-            self.kept[key[0]] = (key, buffers)  # one per kind (step, forward): the last one
-        else:
-            self.kept.pop(key[0], None)
+        if size > MAX_KEPT_BYTES:
+            return
+        self.kept[key] = (buffers, size)
+        total = sum([kept[1] for kept in self.kept.values()])
+        while len(self.kept) > KEPT_SETS or total > MAX_KEPT_BYTES:
+            total -= self.kept.pop(next(iter(self.kept)))[1]
 
 
 _workspace = Workspace()
