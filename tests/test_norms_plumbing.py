@@ -240,6 +240,24 @@ def test_training_only_regularizers_export_through_a_plain_copy():
     assert len(layers) == 1 and dense is not None
 
 
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+@pytest.mark.parametrize("cls", CELLS, ids=["elman", "lstm", "gru"])
+def test_import_into_a_normalized_model_is_refused(cls, norm):
+    """torch and Keras layers have no gains: from_torch and from_keras refuse a norm, naming it
+    (a bare KeyError of missing gains before); the regularizers import."""
+    plain = cls(3, 4, 2, seed=0)
+    state = plain.to_torch_state()
+    layers, dense = plain.to_keras_weights()
+    for load, framework in ((lambda **k: cls.from_torch(state, **k), "torch"),
+                            (lambda **k: cls.from_keras(layers, dense, **k), "Keras")):
+        with pytest.raises(ValueError, match=f"norm='{norm}': {framework}'s recurrent layers "
+                                             "have no normalization"):
+            load(norm=norm)
+        model = load(zoneout=0.1, weight_drop=0.2)
+        assert model.architecture.zoneout == 0.1
+        np.testing.assert_array_equal(model.params["Whh"], plain.params["Whh"])
+
+
 # ---------------------------------------------------------------------------------------------
 # gradient_check
 # ---------------------------------------------------------------------------------------------

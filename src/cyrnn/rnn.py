@@ -40,6 +40,17 @@ TARGET_STEPS = ("all", "last")
 _LAYER_SUFFIX = re.compile(r"_l(\d+)(?:_reverse)?$")
 
 
+def _no_norm_from(framework: str, kwargs: Mapping[str, Any]) -> None:
+    """``from_torch`` and ``from_keras`` build the model their layers hold: those have no
+    normalization gains, and a normalization would change what the weights compute."""
+    norm = kwargs.get("norm")
+    if norm is not None:
+        raise ValueError(f"norm={norm!r}: {framework}'s recurrent layers have no normalization; "
+                         "import the weights without norm (the regularizers recurrent_dropout, "
+                         "zoneout and weight_drop can be set), or build a normalized model and "
+                         "copy the weights into its params")
+
+
 class RNN:
     """Elman RNN, one layer or a stack, with an optional linear output layer, trained by BPTT.
 
@@ -747,6 +758,7 @@ class RNN:
         **kwargs
             Other ``RNN`` arguments (``nonlinearity``, ``output``, ``dtype``, ``dropout``, ...).
         """
+        _no_norm_from("torch", kwargs)
         return cls.from_params(interop.params_from_torch(state_dict, output_prefix=output_prefix,
                                                          cell=cls._CELL),
                                **kwargs)
@@ -770,6 +782,7 @@ class RNN:
         model), as the arrays of their ``get_weights()``, one list per stacked layer, and an
         optional ``Dense`` head ``[kernel, bias]``; see ``cyrnn.interop.params_from_keras``.
         Keras is not needed. Other ``RNN`` arguments as in ``from_params``."""
+        _no_norm_from("Keras", kwargs)
         return cls.from_params(interop.params_from_keras(layers, dense, cell=cls._CELL), **kwargs)
 
     def to_keras_weights(self) -> tuple[list[list[FloatArray]], Optional[list[FloatArray]]]:
