@@ -2,7 +2,8 @@
 import json
 import sys
 
-VARIANTS = ("plain", "layer", "batch", "layer-numpy", "torch-loop", "torch-cell-loop")
+VARIANTS = ("plain", "layer", "batch", "layer-reg", "layer-numpy", "torch-loop",
+            "torch-cell-loop")
 # from the gemm-limit rows: the step's matrix products at the rate of one large product
 
 
@@ -36,10 +37,11 @@ def main(path):
           "**torch-cell-loop / limit** is the most any implementation could gain over that loop."
           "\n")
     print("| config | cell | threads | " + " | ".join(f"{v} (ms)" for v in VARIANTS)
-          + " | GEMM limit (ms) | layer / plain | batch / plain | numpy / compiled (layer) "
+          + " | GEMM limit (ms) | layer / plain | batch / plain | layer-reg / layer "
+          "| numpy / compiled (layer) "
           "| torch-loop / layer | torch-cell-loop / layer | torch-cell-loop / plain "
           "| torch-cell-loop / limit |")
-    print("|" + "---|" * (3 + len(VARIANTS) + 8))
+    print("|" + "---|" * (3 + len(VARIANTS) + 9))
     for (config, cell, threads), row in sorted(times.items()):
         cells = [f"{row[v]:.3g}" if v in row else "-" for v in VARIANTS + ("limit",)]
 
@@ -48,6 +50,7 @@ def main(path):
 
         print(f"| {config} | {cell} | {threads} | " + " | ".join(cells) + " | "
               + " | ".join([ratio("layer", "plain"), ratio("batch", "plain"),
+                            ratio("layer-reg", "layer"),
                             ratio("layer-numpy", "layer"), ratio("torch-loop", "layer"),
                             ratio("torch-cell-loop", "layer"),
                             ratio("torch-cell-loop", "plain"),

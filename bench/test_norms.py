@@ -6,6 +6,8 @@ charlm-batch sizes of ``peers.CONFIGS``, for the Elman (tanh), LSTM and GRU cell
 
 - ``plain``: ``cyrnn.RNN`` / ``LSTM`` / ``GRU`` (compiled backend);
 - ``layer``, ``batch``: the same model with ``norm="layer"`` / ``norm="batch"``;
+- ``layer-reg``: ``norm="layer"`` with ``recurrent_dropout=0.25``, ``zoneout=0.1`` and
+  ``weight_drop=0.2`` (masks drawn from the model's generator at each call);
 - ``layer-numpy``: ``norm="layer"`` on the NumPy backend;
 - ``torch-loop``: the same layer-normed model written as PyTorch users write it: the input
   projection and its ``F.layer_norm`` over all steps, then a Python loop over steps of
@@ -42,8 +44,8 @@ from test_compare import _ids, _measure, _rel, _versions_once  # noqa: E402
 
 CONFIGS = ("charlm_batched", "medium")
 CELLS = ("elman", "lstm", "gru")
-VARIANTS = ("plain", "layer", "batch", "layer-numpy", "torch-loop", "torch-cell-loop",
-            "gemm-limit")
+VARIANTS = ("plain", "layer", "batch", "layer-reg", "layer-numpy", "torch-loop",
+            "torch-cell-loop", "gemm-limit")
 THREADS = (1, "default")
 
 _cache = {}
@@ -56,8 +58,10 @@ def _model(config, cell, variant):
     cls = {"elman": cyrnn.RNN, "lstm": cyrnn.LSTM, "gru": cyrnn.GRU}[cell]
     norm = {"plain": None, "batch": "batch"}.get(variant, "layer")
     backend = "numpy" if variant == "layer-numpy" else "cython"
+    regularizers = (dict(recurrent_dropout=0.25, zoneout=0.1, weight_drop=0.2)
+                    if variant == "layer-reg" else {})
     return cls(c.I, c.H, c.O, output="softmax" if c.tokens else "linear", dtype="float32",
-               seed=0, backend=backend, norm=norm)
+               seed=0, backend=backend, norm=norm, **regularizers)
 
 
 class TorchLoop:

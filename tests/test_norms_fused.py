@@ -1,11 +1,13 @@
-"""The fused stack step and forward pass with layer normalization: ``_stack_step`` and
-``_stack_outputs`` with ``gains`` (the compiled one in ``pyx/cyrnn/_stack.pxi``: normed_forward,
-normed_backward; the twin in ``cyrnn.kernels.numpy_fused``) against the composition
-``cyrnn.stack.loss_and_grad`` / ``outputs`` with a layer-norm regime over the same backend's
-layer kernels; bit-identical across thread counts; and the models with ``norm="layer"``, which
-take the fused step where nothing else (regularizers, batch norm, lengths) asks for the
-composition.
+"""The fused stack step and forward pass with layer normalization and the regularizers:
+``_stack_step`` and ``_stack_outputs`` with ``gains`` and ``regular`` (the compiled one in
+``pyx/cyrnn/_stack.pxi``: regime_forward, regime_backward; the twin in
+``cyrnn.kernels.numpy_fused``) against the composition ``cyrnn.stack.loss_and_grad`` /
+``outputs`` with the same regime over the same backend's layer kernels; bit-identical across
+thread counts; and the models with ``norm="layer"``, ``recurrent_dropout``, ``zoneout`` or
+``weight_drop``, which take the fused step where neither batch normalization nor lengths ask
+for the composition.
 """
+import dataclasses
 import itertools
 
 import numpy as np
@@ -47,38 +49,72 @@ def make(cell, L, D, I, H, O, T, B, tokens, dtype, rng):
     return tuple(layers), tuple(gains), Why, by, inputs, h0, c0
 
 
-def reference(kern, cell, layers, gains, D, Why, by, inputs, h0, c0):
-    """The architecture, weights and layer-norm regime that cyrnn.stack composes."""
+def draw_masks(cell, LD, T, B, H, dtype, rng, which="rzc"):
+    """Recurrent dropout (r) and zoneout (z; c: the LSTM's cell state) masks of each
+    layer-direction, as cyrnn.norms.regime draws them; the first layer-direction none."""
+    regular = [None]
+    for j in range(1, LD):
+        rmask = ((rng.random((B, H)) >= .3) / .7).astype(dtype) if "r" in which else None
+        zh = (rng.random((T, B, H)) < .25).astype(dtype) if "z" in which else None
+        zc = ((rng.random((T, B, H)) < .25).astype(dtype)
+              if "c" in which and cell == 1 else None)
+        regular.append((rmask, zh, zc))
+    return tuple(regular)
+
+
+def reference(kern, cell, layers, gains, D, Why, by, inputs, h0, c0, regular=None):
+    """The architecture, weights and regime that cyrnn.stack composes (``gains`` None: no
+    normalization)."""
     H, I = layers[0][1].shape[1], layers[0][0].shape[1]
-    arch = Architecture(I, H, Why.shape[0], len(layers) // D, D, cell=CELLS[cell], norm="layer")
+    arch = Architecture(I, H, Why.shape[0], len(layers) // D, D, cell=CELLS[cell],
+                        norm=None if gains is None else "layer")
     params = {}
-    for j, (p, g) in enumerate(zip(layers, gains)):
+    for j, p in enumerate(layers):
         params.update(zip(arch.cell_names(j), p))
-        params.update(zip(arch.norm_names(j), g))
+        if gains is not None:
+            params.update(zip(arch.norm_names(j), gains[j]))
     params["Why"], params["by"] = Why, by
     T, B = inputs.shape[:2]
     regime = norms.regime(arch, params, T, B, Why.dtype, True, None, None)
+    if regime is None:
+        # the namespaces of a plain recurrence: those of zoneout at inference, without it
+        regime = norms.regime(dataclasses.replace(arch, zoneout=.5), params, T, B, Why.dtype,
+                              False, None, None)
+        for lay in regime:
+            lay.zh = lay.zc = None
+    else:
+        regime = list(regime)
+    if regular is not None:
+        for lay, masks in zip(regime, regular):
+            if masks is not None:
+                lay.rmask, lay.zh, lay.zc = masks
     return arch, (params, "tanh", 0.0), regime
 
 
 def check_step(backend, cell, L, D, tokens, ce, sum_red, carry, use_masks, input_grad, T, B,
-               dtype, seed=0, threads=None, sizes=(7, 5, 6)):
+               dtype, seed=0, threads=None, sizes=(7, 5, 6), norm=True, which=""):
+    """The kernel's step against the composition, with layer normalization (``norm``) and the
+    regularizers' masks ``which`` ("r", "z", "c", see draw_masks)."""
     rng = np.random.default_rng(seed)
     kern = kernels.get_backend(backend)
     I, H, O = sizes
     layers, gains, Why, by, inputs, h0, c0 = make(cell, L, D, I, H, O, T, B, tokens, dtype, rng)
+    gains = gains if norm else None
+    regular = draw_masks(cell, L * D, T, B, H, dtype, rng, which) if which else None
     targets = (rng.integers(0, O, (T, B)).astype(np.intp) if ce
                else rng.standard_normal((T, B, O)).astype(dtype))
     scales = np.resize(np.array([1, 0.5, 0, 1.0], dtype), T) if carry else None
     masks = None
     if use_masks and L > 1:
         masks = ((rng.random((L - 1, T, B, D * H)) > .3) / .7).astype(dtype)
-    before = [a.copy() for g in gains for a in g]
+    given = [a for g in (gains or ()) + (regular or ()) for a in (g or ()) if a is not None]
+    before = [a.copy() for a in given]
     value, grads, h_last, grad_norms = kern._stack_step(
         inputs, targets, h0, layers, D, Why, by, 0, 0.0, scales, 0, None, ce, sum_red,
-        input_grad, masks, threads, cell, c0, gains)
-    assert all(np.array_equal(a, b) for a, b in zip(before, (a for g in gains for a in g)))
-    arch, weights, regime = reference(kern, cell, layers, gains, D, Why, by, inputs, h0, c0)
+        input_grad, masks, threads, cell, c0, gains, regular)
+    assert all(np.array_equal(a, b) for a, b in zip(before, given))  # inputs left as they were
+    arch, weights, regime = reference(kern, cell, layers, gains, D, Why, by, inputs, h0, c0,
+                                      regular)
     ref = stack.loss_and_grad(kern, arch, weights, inputs, h0,
                               targets.reshape(T * B) if ce else targets.reshape(T * B, -1),
                               loss="cross_entropy" if ce else "mse", output="linear",
@@ -137,6 +173,17 @@ def test_edge_sizes(backend, cell, T, B):
                dtype=np.float64, seed=7)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell", [0, 1, 2])
+@pytest.mark.parametrize("norm", [False, True], ids=["plain", "layer"])
+@pytest.mark.parametrize("which", ["r", "z", "zc", "rzc"])
+@pytest.mark.parametrize("L,D,tokens", [(1, 2, True), (2, 2, False)])
+def test_regularized_step_equals_the_composition(backend, cell, norm, which, L, D, tokens):
+    check_step(backend, cell, L, D, tokens, ce=tokens, sum_red=False, carry=True,
+               use_masks=True, input_grad=True, T=7, B=3, dtype=np.float64, seed=4, norm=norm,
+               which=which)
+
+
 @pytest.mark.skipif("cython" not in BACKENDS, reason="compiled backend not built")
 @pytest.mark.parametrize("cell", [0, 1, 2])
 @pytest.mark.parametrize("D", [1, 2])
@@ -149,8 +196,9 @@ def test_sharded_step_is_bit_identical_across_threads(cell, D):
     layers, gains, Why, by, inputs, h0, c0 = make(cell, 2, D, I, H, O, T, B, False, np.float32,
                                                   rng)
     targets = rng.integers(0, O, (T, B)).astype(np.intp)
+    regular = draw_masks(cell, 2 * D, T, B, H, np.float32, rng)
     results = [_rnn._stack_step(inputs, targets, h0, layers, D, Why, by, 0, 0.0, None, 0, None,
-                                True, False, True, None, threads, cell, c0, gains)
+                                True, False, True, None, threads, cell, c0, gains, regular)
                for threads in (1, 2, 4)]
     first = results[0]
     for other in results[1:]:
@@ -162,23 +210,28 @@ def test_sharded_step_is_bit_identical_across_threads(cell, D):
                 assert np.array_equal(first[1][name], other[1][name])
     # and the sharded step equals the composition
     check_step("cython", cell, 2, D, False, True, False, False, False, True, T=T, B=B,
-               dtype=np.float32, seed=5, threads=2, sizes=(I, H, O))
+               dtype=np.float32, seed=5, threads=2, sizes=(I, H, O), which="rzc")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cell", [0, 1, 2])
 @pytest.mark.parametrize("D", [1, 2])
 @pytest.mark.parametrize("tokens,out_code", [(True, 1), (False, 0), (False, 2)])
-def test_outputs_equal_the_composition(backend, cell, D, tokens, out_code):
+@pytest.mark.parametrize("zoneout", [False, True])
+def test_outputs_equal_the_composition(backend, cell, D, tokens, out_code, zoneout):
     rng = np.random.default_rng(11)
     kern = kernels.get_backend(backend)
     T, B = 6, 3
     layers, gains, Why, by, inputs, h0, c0 = make(cell, 2, D, 7, 5, 6, T, B, tokens, np.float64,
                                                   rng)
+    regular = None
+    if zoneout:  # at inference, the expectation: zh = zc = p everywhere
+        full = np.full((T, B, 5), .3)
+        regular = tuple((None, full, full if cell == 1 else None) for _ in layers)
     y, h_last = kern._stack_outputs(inputs, h0, layers, D, Why, by, 0, 0.0, out_code, None,
-                                    cell, c0, gains)
-    arch, weights, _ = reference(kern, cell, layers, gains, D, Why, by, inputs, h0, c0)
-    regime = norms.regime(arch, weights[0], T, B, Why.dtype, False, None, None)
+                                    cell, c0, gains, regular)
+    arch, weights, regime = reference(kern, cell, layers, gains, D, Why, by, inputs, h0, c0,
+                                      regular)
     ry, rh, rc = stack.outputs(kern, arch, weights, inputs, h0,
                                ("linear", "softmax", "sigmoid")[out_code],
                                c0=c0 if cell == 1 else None, regime=regime)
@@ -199,6 +252,10 @@ def test_look_back_windows_are_refused(backend):
     with pytest.raises(ValueError, match="look-back windows"):
         kern._stack_step(inputs, targets, h0, layers, 1, Why, by, 0, 0.0, None, 2, None, False,
                          False, True, None, None, 0, None, gains)
+    regular = draw_masks(0, 2, 6, 2, 5, np.float64, rng)[1:]
+    with pytest.raises(ValueError, match="look-back windows"):
+        kern._stack_step(inputs, targets, h0, layers, 1, Why, by, 0, 0.0, None, 2, None, False,
+                         False, True, None, None, 0, None, None, regular)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,22 +319,55 @@ def test_model_forward_takes_the_fused_kernel(backend, name, monkeypatch):
     close(h[0] if name == "lstm" else h, rh, 1e-12)
 
 
+REGIMES = [dict(recurrent_dropout=0.3), dict(zoneout=0.25), dict(weight_drop=0.3),
+           dict(recurrent_dropout=0.3, zoneout=0.2, weight_drop=0.2),
+           dict(norm="layer", recurrent_dropout=0.3, zoneout=0.2, weight_drop=0.2)]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("options", [
-    dict(norm="batch"), dict(norm="layer", zoneout=0.2), dict(norm="layer", weight_drop=0.2),
-    dict(norm="layer", recurrent_dropout=0.2), dict(zoneout=0.2),
-])
-def test_other_options_take_the_composition(backend, options, monkeypatch):
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("options", REGIMES, ids=lambda o: "+".join(o))
+@pytest.mark.parametrize("L,bi", [(1, False), (2, True)])
+def test_regularized_model_fused_equals_composed(backend, name, options, L, bi, monkeypatch):
+    model = MODELS[name](5, 4, 6, num_layers=L, bidirectional=bi, output="linear",
+                         dtype="float64", seed=1, backend=backend, **options)
+    rng = np.random.default_rng(2)
+    for value in model.params.values():
+        value += rng.standard_normal(value.shape) * .2
+    x = rng.standard_normal((7, 3, 5))
+    y = rng.standard_normal((7, 3, 6))
+    step = counted(model, monkeypatch, "_stack_step")
+    fused = model.backprop(x, y, truncate=cyrnn.TBPTT(3), dropout_seed=4)
+    assert step, "the fused step was not taken"
+    outputs = counted(model, monkeypatch, "_stack_outputs")
+    single = counted(model, monkeypatch, "elman_forward")  # a plain Elman layer's at inference
+    y_fused, h_fused = model.forward(x)
+    assert outputs or single, "the fused forward pass was not taken"
+    monkeypatch.setattr(model, "_fusable", lambda *a: False)
+    comp = model.backprop(x, y, truncate=cyrnn.TBPTT(3), dropout_seed=4)
+    assert abs(fused.loss - comp.loss) <= 1e-12 * abs(comp.loss)
+    assert list(fused.grads) == list(comp.grads)
+    for k in comp.grads:
+        close(fused.grads[k], comp.grads[k], 1e-12)
+    close(fused.grad_norms, comp.grad_norms, 1e-12)
+    batch = model._inputs(x, None, None)
+    regime = model._inference_regime(model.weights(), 7, 3)
+    ry, rh, _ = stack.outputs(model._kernels, model.architecture, model.weights(),
+                              batch.inputs, batch.h0, "linear", c0=batch.c0, regime=regime)
+    close(y_fused, ry, 1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_norm_takes_the_composition(backend, monkeypatch):
+    """Batch statistics span the batch, which the fused kernels run in shards."""
     model = cyrnn.LSTM(5, 4, 6, output="softmax", dtype="float64", seed=2, backend=backend,
-                       **options)
+                       norm="batch", zoneout=0.2)
     x = np.random.default_rng(1).integers(0, 5, (7, 3))
     step = counted(model, monkeypatch, "_stack_step")
-    model.backprop(x, x % 6, dropout_seed=1)
-    assert not step
     outputs = counted(model, monkeypatch, "_stack_outputs")
+    model.backprop(x, x % 6, dropout_seed=1)
     model.forward(x)
-    # at inference only zoneout acts of the regularizers: the rest run the fused forward pass
-    assert bool(outputs) == (options.get("norm") == "layer" and "zoneout" not in options)
+    assert not step and not outputs
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -60,11 +60,6 @@ cdef inline void* data(object a):
     return cnp.PyArray_DATA(<cnp.ndarray> a)
 
 
-cdef inline bint active(const Py_ssize_t* lengths, Py_ssize_t t, Py_ssize_t b) noexcept nogil:
-    """Whether sequence b has a step t (all do without lengths)."""
-    return lengths == NULL or t < lengths[b]
-
-
 cdef inline Py_ssize_t count_active(const Py_ssize_t* lengths, Py_ssize_t t,
                                     Py_ssize_t B) noexcept nogil:
     cdef Py_ssize_t b, n = 0
@@ -223,23 +218,6 @@ cdef inline void add(floating* out, const floating* x, const floating* y,
         out[i] = x[i] + y[i]
 
 
-cdef inline void multiply(floating* out, const floating* x, const floating* y,
-                          Py_ssize_t n) noexcept nogil:
-    """out = x * y."""
-    cdef Py_ssize_t i
-    for i in range(n):
-        out[i] = x[i] * y[i]
-
-
-cdef inline void kept_part(floating* out, const floating* z, const floating* g,
-                           Py_ssize_t n) noexcept nogil:
-    """out = (1 - z) * g: the part of a gradient that reaches the cell through zoneout."""
-    cdef floating one = 1  # a typed 1: a bare literal would compute in double
-    cdef Py_ssize_t i
-    for i in range(n):
-        out[i] = (one - z[i]) * g[i]
-
-
 cdef inline void normalized_output_backward(const floating* g, const floating* gates,
                                             const floating* chat, const floating* gc,
                                             const floating* bc, floating* u, floating* dchat,
@@ -257,64 +235,6 @@ cdef inline void normalized_output_backward(const floating* g, const floating* g
         if active(lengths, t, b):
             normalized_output_rows_backward(g + b * H, gates + b * G, chat + b * H, gc, bc,
                                             u + b * H, dchat + b * H, dgc, dbc, 1, H)
-
-
-cdef inline void commit(floating* h, const floating* h_prev, floating* gates, const floating* zh,
-                        floating* c, const floating* c_prev, const floating* c_tilde,
-                        const floating* zc, const Py_ssize_t* lengths, Py_ssize_t t,
-                        Py_ssize_t B, Py_ssize_t H, Py_ssize_t G) noexcept nogil:
-    """The end of a forward step: zoneout h = zh h_prev + (1 - zh) h (and the LSTM's c from
-    c_tilde with zc), on the rows of active sequences; the others keep their states, their
-    gates are zero."""
-    cdef Py_ssize_t b, j, k
-    cdef floating one = 1  # a typed 1: a bare literal would compute in double
-    for b in range(B):
-        if not active(lengths, t, b):
-            memset(gates + b * G, 0, G * sizeof(floating))
-            memcpy(h + b * H, h_prev + b * H, H * sizeof(floating))
-            if c != NULL:
-                memcpy(c + b * H, c_prev + b * H, H * sizeof(floating))
-            continue
-        if zh != NULL:
-            for j in range(H):
-                k = b * H + j
-                h[k] = zh[k] * h_prev[k] + (one - zh[k]) * h[k]
-        if zc != NULL:
-            for j in range(H):
-                k = b * H + j
-                c[k] = zc[k] * c_prev[k] + (one - zc[k]) * c_tilde[k]
-
-
-cdef inline void carry_back(floating* g_h, const floating* back, const floating* rmask,
-                            const floating* zh, const floating* gz, floating* g_c,
-                            const floating* dcf, const floating* zc, floating scale,
-                            const Py_ssize_t* lengths, Py_ssize_t t, Py_ssize_t B,
-                            Py_ssize_t H) noexcept nogil:
-    """The end of a backward step, on the rows of active sequences (the others pass g_h, g_c
-    through): g_h <- scale (back rmask + zh g_h + gz), g_c <- scale (dcf + zc g_c), zero for a
-    zero scale (nothing crosses a cut, not even 0 * inf). back = dR_t Whh (unread for scale 0)."""
-    cdef Py_ssize_t b, j, k
-    cdef floating direct, x
-    for b in range(B):
-        if not active(lengths, t, b):
-            continue
-        if scale == 0:
-            memset(g_h + b * H, 0, H * sizeof(floating))
-            if g_c != NULL:
-                memset(g_c + b * H, 0, H * sizeof(floating))
-            continue
-        for j in range(H):
-            k = b * H + j
-            direct = 0 if zh == NULL else zh[k] * g_h[k]
-            if gz != NULL:
-                direct = direct + gz[k]
-            x = back[k] if rmask == NULL else back[k] * rmask[k]
-            g_h[k] = (x + direct) * scale
-        if g_c != NULL:
-            for j in range(H):
-                k = b * H + j
-                direct = 0 if zc == NULL else zc[k] * g_c[k]
-                g_c[k] = (dcf[k] + direct) * scale
 
 
 cdef inline void zero_inactive_rows(floating* x, const Py_ssize_t* lengths, Py_ssize_t t,

@@ -14,11 +14,12 @@
 # whole-sequence GEMMs. StepArgs.cell says which cell every layer runs (CELL_ELMAN, CELL_LSTM,
 # CELL_GRU); Elman's path is unchanged.
 #
-# Layer-normalized layers (norm="layer", cyrnn.norms: LayerArgs.gx not NULL) run the same
-# pipeline with the normalizations in the epilogues: the input term N_x(x Wxh^T) gx + bh after the
-# whole-sequence projection, per step N_h(R_t) gh between the recurrent GEMM and the cell's
-# epilogue (normed_forward, normed_backward; the LSTM's h = o tanh(N_c(c_t) gc + bc)), and the
-# gains' gradients beside the weights'. Every cell then keeps R_t, dP and dR apart, as GRU does.
+# Layer normalization (norm="layer", cyrnn.norms: LayerArgs.gx not NULL), recurrent dropout and
+# zoneout (LayerArgs.rmask, zh, zc; weight drop is Whh's mask, applied by the caller) run in the
+# same pipeline, in the epilogues (regime_forward, regime_backward; StepArgs.regime): the input
+# term N_x(x Wxh^T) gx + bh after the whole-sequence projection, per step the masked h_prev into
+# the recurrent GEMM, N_h(R_t) gh between it and the cell's epilogue (the LSTM's h = o
+# tanh(N_c(c_t) gc + bc)), zoneout after it, and the gains' gradients beside the weights'.
 
 cdef enum:
     CELL_ELMAN = 0
@@ -179,6 +180,14 @@ ctypedef struct LayerArgs:
     void* dgh
     void* dgc
     void* dbc
+    # recurrent dropout and zoneout (NULL without): rmask (B, H), zh, zc (T, B, H) by processing
+    # order; hin (T, B, H) the masked h_prev of each step (rmask); ctil (T, B, H) the LSTM's c
+    # before zoneout (zc); Elman under zoneout keeps ~h_t in `gates` (T, B, H)
+    void* rmask
+    void* zh
+    void* zc
+    void* hin
+    void* ctil
     Py_ssize_t n_in  # I for layer 0, D*H above it
     bint reverse
 
@@ -220,7 +229,7 @@ ctypedef struct StepArgs:
     Py_ssize_t L, D, longest, T, B, H, O, block  # (no field I: complex.h defines a macro I)
     Py_ssize_t G    # gate width: H (Elman), 4H (LSTM), 3H (GRU)
     int cell        # CELL_ELMAN, CELL_LSTM or CELL_GRU
-    bint normed     # layer-normalized layers (normed_forward, normed_backward)
+    bint regime     # normalized or regularized layers (regime_forward, regime_backward)
     int code
     double slope, scale, loss
 
@@ -269,7 +278,7 @@ cdef void layer_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t*
     cdef const floating* x = <const floating*> p.x
     cdef const floating* src
     cdef floating* row
-    cdef bint normed = p.gx != NULL
+    cdef bint norm = p.gx != NULL
     cdef floating* proj = hs + BH
     if a.cell == CELL_LSTM:
         proj = <floating*> p.gates
@@ -282,7 +291,7 @@ cdef void layer_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t*
             # a row gather: row tokens[n] of Wxh^T (I, G)
             row = proj + n * G
             src = WxhT + tokens[n] * G
-            if normed:
+            if norm:
                 memcpy(row, src, G * sizeof(floating))
             else:
                 for j in range(G):
@@ -293,7 +302,7 @@ cdef void layer_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t*
             row = proj + n * G
             for j in range(G):
                 row[j] = Wxh[j * I + tokens[n]]
-            if not normed:
+            if not norm:
                 add(row, bh, G)
     else:
         # (T*B, G) = x (T*B, I) Wxh^T (I, G)
@@ -303,15 +312,15 @@ cdef void layer_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t*
         else:
             gemm(False, True, <int> TB, <int> G, <int> I, 1, x, <int> I, Wxh, <int> I, 0,
                  proj, <int> G)
-        if not normed:
+        if not norm:
             add_to_rows(proj, bh, TB, G)
-    if normed:
+    if norm:
         # proj <- N_x(proj) gx + bh, each row over its G values (xhat, xrstd kept)
         layer_norm(proj, <floating*> p.xhat, <floating*> p.xrstd, <const floating*> p.gx, TB, G)
         add_to_rows(proj, bh, TB, G)
     # 2. the recurrence, in place: hs[t + 1] = f(hs[t + 1] + h_prev Whh^T), in its direction
-    if normed:
-        normed_forward(a, p, hs)
+    if a.regime:
+        regime_forward(a, p, hs)
     elif a.cell != CELL_ELMAN:
         gated_forward(a, p, hs)
     elif p.WhhT != NULL:
@@ -364,31 +373,42 @@ cdef void gated_forward(const StepArgs* a, const LayerArgs* p, floating* hs) noe
                              h_prev, gates + t * BG, <floating*> p.hn + t * BH, h, B, H)
 
 
-cdef void normed_forward(const StepArgs* a, const LayerArgs* p, floating* hs) noexcept nogil:
-    """A layer-normalized layer-direction's recurrence over its normalized projection (Elman: in
-    hs[1:]; LSTM: in the gates; GRU: in xw), states laid out as in gated_forward. Per step one
-    GEMM, R_t = h_prev Whh^T (B, G) into a.R; R_t <- N_h(R_t) gh (rhat, rstd_h kept); then the
-    cell's epilogue: Elman h_t = f(P_t + R_t); LSTM its gates from P_t + R_t, the raw c_t and
-    h_t = o tanh(N_c(c_t) gc + bc) (chat, rstd_c kept); GRU its own, on P_t and R_t."""
+cdef void regime_forward(const StepArgs* a, const LayerArgs* p, floating* hs) noexcept nogil:
+    """The recurrence of a layer-direction with layer normalization, recurrent dropout or
+    zoneout (cyrnn.norms) over its projection (Elman: in hs[1:]; LSTM: in the gates; GRU: in
+    xw; normalized where p.gx is set), states laid out as in gated_forward. Per step one GEMM,
+    R_t = (h_prev rmask) Whh^T (B, G) into a.R (the masked h_prev kept in p.hin for dWhh);
+    R_t <- N_h(R_t) gh (rhat, rstd_h kept); the cell's epilogue: Elman ~h_t = f(P_t + R_t);
+    LSTM its gates from P_t + R_t, ~c_t and ~h_t = o tanh(~c_t), or o tanh(N_c(~c_t) gc + bc)
+    (chat, rstd_c kept); GRU its own on P_t and R_t; then zoneout, h_t = zh h_prev + (1 - zh)
+    ~h_t (LSTM's c_t likewise with zc; ~h_t kept in the gates for Elman, ~c_t in p.ctil). The
+    masks zh, zc are indexed by the step's place in this direction's processing order."""
     cdef Py_ssize_t T = a.T, B = a.B, H = a.H, G = a.G, BH = B * H, BG = B * G, s, t
-    cdef bint reverse = p.reverse
+    cdef bint reverse = p.reverse, norm = p.gx != NULL
     cdef int cell = a.cell
     cdef const floating* Whh = <const floating*> p.Whh
     cdef const floating* WhhT = <const floating*> p.WhhT
     cdef const floating* WhhT_panels = <const floating*> p.WhhT_panels
     cdef const floating* gain_h = <const floating*> p.gh
+    cdef const floating* rmask = <const floating*> p.rmask
+    cdef const floating* zh = <const floating*> p.zh
+    cdef const floating* zc = <const floating*> p.zc
     cdef floating* cs = <floating*> p.cs
     cdef floating* gates = <floating*> p.gates
     cdef floating* rhat = <floating*> p.rhat
     cdef floating* rstd_h = <floating*> p.rstd_h
     cdef floating* chat = <floating*> p.chat
     cdef floating* rstd_c = <floating*> p.rstd_c
+    cdef floating* ctil = <floating*> p.ctil
     cdef floating* R = <floating*> a.R
     cdef floating slope = <floating> a.slope
     cdef floating* h
-    cdef floating* c
+    cdef floating* c = NULL
+    cdef floating* c_new
     cdef floating* gates_t
     cdef const floating* h_prev
+    cdef const floating* c_prev = NULL
+    cdef const floating* hin
     memcpy(hs + (T + 1) * BH if reverse else hs, p.h0, BH * sizeof(floating))
     if cell == CELL_LSTM:
         memcpy(cs + (T + 1) * BH if reverse else cs, p.c0, BH * sizeof(floating))
@@ -396,31 +416,44 @@ cdef void normed_forward(const StepArgs* a, const LayerArgs* p, floating* hs) no
         t = T - 1 - s if reverse else s
         h = hs + (t + 1) * BH
         h_prev = h + BH if reverse else h - BH
-        # R (B, G) = h_prev Whh^T, then N_h(R) gh in place
+        gates_t = gates + t * BG
+        hin = h_prev
+        if rmask != NULL:
+            multiply(<floating*> p.hin + t * BH, h_prev, rmask, BH)
+            hin = <const floating*> p.hin + t * BH
+        # R (B, G) = hin Whh^T, then N_h(R) gh in place
         if WhhT_panels != NULL:
-            gemm_panels(<int> B, <int> G, <int> H, 1, h_prev, <int> H, WhhT_panels, 0, R,
-                        <int> G)
+            gemm_panels(<int> B, <int> G, <int> H, 1, hin, <int> H, WhhT_panels, 0, R, <int> G)
         elif WhhT != NULL:
-            gemm(False, False, <int> B, <int> G, <int> H, 1, h_prev, <int> H, WhhT, <int> G, 0,
-                 R, <int> G)
-        else:
-            gemm(False, True, <int> B, <int> G, <int> H, 1, h_prev, <int> H, Whh, <int> H, 0, R,
+            gemm(False, False, <int> B, <int> G, <int> H, 1, hin, <int> H, WhhT, <int> G, 0, R,
                  <int> G)
-        layer_norm(R, rhat + t * BG, rstd_h + t * B, gain_h, B, G)
+        else:
+            gemm(False, True, <int> B, <int> G, <int> H, 1, hin, <int> H, Whh, <int> H, 0, R,
+                 <int> G)
+        if norm:
+            layer_norm(R, rhat + t * BG, rstd_h + t * B, gain_h, B, G)
         if cell == CELL_ELMAN:
             add(h, R, BH)  # h holds P_t
             activate(h, BH, a.code, slope)
+            if zh != NULL:
+                memcpy(gates_t, h, BH * sizeof(floating))  # ~h_t, for the backward pass
         elif cell == CELL_LSTM:
-            gates_t = gates + t * BG
             add(gates_t, R, BG)  # the gates hold P_t
             c = cs + (t + 1) * BH
-            lstm_cell_forward(gates_t, c + BH if reverse else c - BH, c, h, B, H)
-            layer_norm(c, chat + t * BH, rstd_c + t * B, NULL, B, H)  # c itself stays raw
-            normalized_output(gates_t, chat + t * BH, <const floating*> p.gc,
-                              <const floating*> p.bc, h, B, H)
+            c_prev = c + BH if reverse else c - BH
+            c_new = ctil + t * BH if zc != NULL else c  # ~c_t, before zoneout
+            lstm_cell_forward(gates_t, c_prev, c_new, h, B, H)
+            if norm:
+                layer_norm(c_new, chat + t * BH, rstd_c + t * B, NULL, B, H)  # c stays raw
+                normalized_output(gates_t, chat + t * BH, <const floating*> p.gc,
+                                  <const floating*> p.bc, h, B, H)
         else:
             gru_cell_forward(<const floating*> p.xw + t * BG, R, <const floating*> p.bhn, h_prev,
-                             gates + t * BG, <floating*> p.hn + t * BH, h, B, H)
+                             gates_t, <floating*> p.hn + t * BH, h, B, H)
+        if zh != NULL or zc != NULL:
+            commit(h, h_prev, gates_t, zh + s * BH if zh != NULL else NULL, c, c_prev,
+                   ctil + t * BH if zc != NULL else NULL, zc + s * BH if zc != NULL else NULL,
+                   NULL, t, B, H, G)
 
 
 cdef void join_states(const StepArgs* a, Py_ssize_t l, floating* out,
@@ -708,20 +741,21 @@ cdef void gated_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
     input_gradients(a, l, d, dP)
 
 
-cdef void normed_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
+cdef void regime_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
                           floating* dout) noexcept nogil:
-    """BPTT through one layer-normalized layer-direction (normed_forward) and its gradients, as
-    gated_backward: per step (in its backward order) the cell's backward epilogue gives dP_t and
-    the gradient of the normalized recurrent term, dRn_t (Elman, LSTM: dP_t; GRU: its dR_t,
-    whose n-part sums into dbhn); then dgh += sum of dRn_t rhat_t, dR_t = N_h backward of
-    dRn_t gh, and one GEMM, dL/dh_prev = scale dR_t Whh (+ GRU's direct part). The LSTM's
-    epilogue goes through h = o tanh(N_c(c_t) gc + bc) first (dgc, dbc), then from dL/dc_t.
-    After the loop the whole-sequence products: dWhh = dR^T h_prev, dbh = sum dP, then
-    dgx = sum dP xhat, dP <- N_x backward of dP gx, dWxh and dx as gated_backward."""
+    """BPTT through one layer-direction of regime_forward and its gradients, as gated_backward:
+    per step (in its backward order) the part through zoneout, g_cell = (1 - zh) dL/dh_t (LSTM:
+    dL/d~c_t = (1 - zc) dL/dc_t); the cell's backward epilogue, which gives dP_t and the
+    gradient of its recurrent term, dRn_t (Elman, LSTM: dP_t; GRU: its dR_t, whose n-part sums
+    into dbhn), the LSTM's through h = o tanh(N_c(~c_t) gc + bc) first where normalized (dgc,
+    dbc); dgh += sum of dRn_t rhat_t and dR_t = N_h backward of dRn_t gh where normalized; one
+    GEMM, back = dR_t Whh; then carry_back: dL/dh_prev = scale (back rmask + zh dL/dh_t + GRU's
+    direct part), dL/dc_prev = scale (dL/d~c_t f + zc dL/dc_t). After the loop the
+    whole-sequence products: dWhh = dR^T (h_prev rmask), dbh = sum dP, and where normalized dgx
+    = sum dP xhat and dP <- N_x backward of dP gx; dWxh and dx as gated_backward."""
     cdef const LayerArgs* p = &a.layers[l * a.D + d]
     cdef Py_ssize_t T = a.T, B = a.B, H = a.H, G = a.G, BH = B * H, BG = B * G, TB = T * B, s, t
-    cdef Py_ssize_t n
-    cdef bint reverse = p.reverse
+    cdef bint reverse = p.reverse, norm = p.gx != NULL
     cdef int cell = a.cell
     cdef floating scale
     cdef floating slope = <floating> a.slope
@@ -731,101 +765,120 @@ cdef void normed_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
     cdef const floating* Whh = <const floating*> p.Whh
     cdef const floating* Whh_panels = <const floating*> p.Whh_panels
     cdef const floating* carry = <const floating*> a.carry
+    cdef const floating* rmask = <const floating*> p.rmask
+    cdef const floating* zh = <const floating*> p.zh
+    cdef const floating* zc = <const floating*> p.zc
+    cdef const floating* zh_s
+    cdef const floating* zc_s
     cdef const floating* gain_h = <const floating*> p.gh
     cdef const floating* rhat = <const floating*> p.rhat
     cdef const floating* rstd_h = <const floating*> p.rstd_h
     cdef const floating* chat = <const floating*> p.chat
     cdef const floating* rstd_c = <const floating*> p.rstd_c
     cdef floating* dP = <floating*> a.dP
-    cdef floating* dR = <floating*> a.dR
+    # the recurrent term's gradient: dP itself for Elman and LSTM without normalization
+    cdef floating* dR = <floating*> a.dR if norm or cell == CELL_GRU else dP
     cdef floating* gh = <floating*> a.work  # dL/dh_t
     cdef floating* gc = gh + BH  # dL/dc_t (LSTM)
-    cdef floating* gb = gh + 2 * BH  # GRU: dL/dh_prev's direct part, then gh's next value
-    cdef floating* u = gh + 3 * BH  # LSTM: tanh(chat gc + bc)
+    cdef floating* gz = gh + 2 * BH  # GRU: the part of dL/dh_prev through z
+    cdef floating* u = gh + 3 * BH  # LSTM, normalized: tanh(chat gc + bc)
     cdef floating* dchat = gh + 4 * BH
+    cdef floating* back = gh + 5 * BH  # dR_t Whh
+    cdef floating* g_cell = gh + 6 * BH  # (1 - zh) dL/dh_t: what reaches the cell (zoneout)
+    cdef floating* dcf = gh + 7 * BH  # dL/d~c_t, then times f (LSTM)
     cdef floating* dgh = <floating*> p.dgh
     cdef floating* dbhn = <floating*> p.dbhn
-    cdef floating* swap
     cdef floating* c
     cdef floating* dP_t
     cdef floating* dR_t
     cdef floating* dRn_t
     cdef const floating* gates_t
+    cdef const floating* c_prev
     # 1. dL/dh_out (T*B, H)
     output_errors(a, l, d, dout)
     # 2. BPTT
     memset(gh, 0, 2 * BH * sizeof(floating))
-    memset(dgh, 0, G * sizeof(floating))
-    if cell == CELL_LSTM:
-        memset(p.dgc, 0, H * sizeof(floating))
-        memset(p.dbc, 0, H * sizeof(floating))
-    elif cell == CELL_GRU:
+    if norm:
+        memset(dgh, 0, G * sizeof(floating))
+        if cell == CELL_LSTM:
+            memset(p.dgc, 0, H * sizeof(floating))
+            memset(p.dbc, 0, H * sizeof(floating))
+    if cell == CELL_GRU:
         memset(dbhn, 0, H * sizeof(floating))
     for s in range(T):
         t = s if reverse else T - 1 - s
+        zh_s = zh + (T - 1 - s) * BH if zh != NULL else NULL  # by processing order
+        zc_s = zc + (T - 1 - s) * BH if zc != NULL else NULL
         add(gh, dout + t * BH, BH)
         a.squares[t] += sum_of_squares(BH, gh)
         # the carry scale of the step's place in this direction's order
         scale = 1 if carry == NULL else carry[T - 1 - t if reverse else t]
+        if zh != NULL:
+            kept_part(g_cell, zh_s, gh, BH)
+        else:
+            g_cell = gh
         gates_t = gates + t * BG
         dP_t = dP + t * BG
         dR_t = dR + t * BG
         if cell == CELL_ELMAN:
-            times_derivative(dP_t, gh, hs + (t + 1) * BH, BH, a.code, slope)
+            # f'(~h_t): ~h_t kept in the gates under zoneout, else the state itself
+            times_derivative(dP_t, g_cell, gates_t if zh != NULL else hs + (t + 1) * BH, BH,
+                             a.code, slope)
             dRn_t = dP_t
         elif cell == CELL_LSTM:
             c = cs + (t + 1) * BH
-            # dL/dc_t += N_c backward of du gc, through h = o tanh(chat gc + bc)
-            normalized_output_rows_backward(gh, gates_t, chat + t * BH, <const floating*> p.gc,
-                                            <const floating*> p.bc, u, dchat,
-                                            <floating*> p.dgc, <floating*> p.dbc, B, H)
-            layer_norm_backward(dchat, chat + t * BH, rstd_c + t * B, B, H)
-            add(gc, dchat, BH)
-            lstm_backward_from_dc(gc, gh, u, gates_t, c + BH if reverse else c - BH, dP_t, B, H)
-            if scale == 0:
-                memset(gc, 0, BH * sizeof(floating))  # nothing crosses a cut, not even 0 * inf
-            elif scale != 1:
-                for n in range(BH):
-                    gc[n] = gc[n] * scale
+            c_prev = c + BH if reverse else c - BH
+            if zc != NULL:
+                kept_part(dcf, zc_s, gc, BH)
+            else:
+                memcpy(dcf, gc, BH * sizeof(floating))
+            if norm:
+                # dL/d~c_t += N_c backward of du gc, through h = o tanh(chat gc + bc)
+                normalized_output_rows_backward(g_cell, gates_t, chat + t * BH,
+                                                <const floating*> p.gc, <const floating*> p.bc,
+                                                u, dchat, <floating*> p.dgc, <floating*> p.dbc,
+                                                B, H)
+                layer_norm_backward(dchat, chat + t * BH, rstd_c + t * B, B, H)
+                add(dcf, dchat, BH)
+                lstm_backward_from_dc(dcf, g_cell, u, gates_t, c_prev, dP_t, B, H)
+            else:
+                lstm_cell_backward(g_cell, dcf, gates_t, c_prev,
+                                   <const floating*> p.ctil + t * BH if zc != NULL else c, dP_t,
+                                   1, B, H)
             dRn_t = dP_t
         else:
-            gru_cell_backward(gh, gates_t, <const floating*> p.hn + t * BH,
-                              hs + (t + 2 if reverse else t) * BH, dP_t, dR_t, gb, scale, B, H)
+            gru_cell_backward(g_cell, gates_t, <const floating*> p.hn + t * BH,
+                              hs + (t + 2 if reverse else t) * BH, dP_t, dR_t, gz, 1, B, H)
             add_column_sums(dbhn, dR_t + 2 * H, NULL, B, H, G)  # hn = Rn_n + bhn
             dRn_t = dR_t
-        # dgh += sum over rows of dRn_t rhat_t; dR_t = N_h backward of dRn_t gh
-        layer_norm_gain_backward(dRn_t, rhat + t * BG, rstd_h + t * B, gain_h, dgh, dR_t, B, G)
-        # dL/dh_prev (B, H) = scale dR_t (B, G) Whh (G, H) (GRU: + its direct part, in gb)
-        if cell == CELL_GRU:
-            if scale != 0 and Whh_panels != NULL:
-                gemm_panels(<int> B, <int> H, <int> G, scale, dR_t, <int> G, Whh_panels, 1, gb,
+        if norm:
+            # dgh += sum over rows of dRn_t rhat_t; dR_t = N_h backward of dRn_t gh
+            layer_norm_gain_backward(dRn_t, rhat + t * BG, rstd_h + t * B, gain_h, dgh, dR_t, B,
+                                     G)
+        if scale != 0:
+            # back (B, H) = dR_t (B, G) Whh (G, H)
+            if Whh_panels != NULL:
+                gemm_panels(<int> B, <int> H, <int> G, 1, dR_t, <int> G, Whh_panels, 0, back,
                             <int> H)
-            elif scale != 0:
-                gemm(False, False, <int> B, <int> H, <int> G, scale, dR_t, <int> G, Whh, <int> H,
-                     1, gb, <int> H)
-            swap = gh
-            gh = gb
-            gb = swap
-        elif scale == 0:
-            memset(gh, 0, BH * sizeof(floating))
-        elif Whh_panels != NULL:
-            gemm_panels(<int> B, <int> H, <int> G, scale, dR_t, <int> G, Whh_panels, 0, gh,
-                        <int> H)
-        else:
-            gemm(False, False, <int> B, <int> H, <int> G, scale, dR_t, <int> G, Whh, <int> H, 0,
-                 gh, <int> H)
+            else:
+                gemm(False, False, <int> B, <int> H, <int> G, 1, dR_t, <int> G, Whh, <int> H, 0,
+                     back, <int> H)
+        carry_back(gh, back, rmask, zh_s, gz if cell == CELL_GRU else NULL,
+                   gc if cell == CELL_LSTM else NULL, dcf, zc_s, scale, NULL, t, B, H)
     memcpy(p.dh0, gh, BH * sizeof(floating))
     if cell == CELL_LSTM:
         memcpy(p.dc0, gc, BH * sizeof(floating))
-    # 3. dWhh (G, H) = dR^T (G, T*B) h_prev (T*B, H); dbh = column sums of dP
-    weight_gradient(<floating*> p.dWhh, dR, hs + (2 if reverse else 0) * BH, G, H, TB,
-                    <floating*> a.gradT)
+    # 3. dWhh (G, H) = dR^T (G, T*B) (h_prev rmask) (T*B, H); dbh = column sums of dP
+    weight_gradient(<floating*> p.dWhh, dR,
+                    <const floating*> p.hin if rmask != NULL
+                    else hs + (2 if reverse else 0) * BH, G, H, TB, <floating*> a.gradT)
     memset(p.dbh, 0, G * sizeof(floating))
     add_row_sums(<floating*> p.dbh, dP, TB, G)
-    # 4. the input term: dgx = column sums of dP xhat; dP <- N_x backward of dP gx
-    memset(p.dgx, 0, G * sizeof(floating))
-    layer_norm_gain_backward(dP, <const floating*> p.xhat, <const floating*> p.xrstd,
-                             <const floating*> p.gx, <floating*> p.dgx, dP, TB, G)
+    if norm:
+        # 4. the input term: dgx = column sums of dP xhat; dP <- N_x backward of dP gx
+        memset(p.dgx, 0, G * sizeof(floating))
+        layer_norm_gain_backward(dP, <const floating*> p.xhat, <const floating*> p.xrstd,
+                                 <const floating*> p.gx, <floating*> p.dgx, dP, TB, G)
     # 5. dWxh and dx
     input_gradients(a, l, d, dP)
 
@@ -961,8 +1014,8 @@ cdef void stack_step(StepArgs* a, floating scale) noexcept nogil:
         memset(a.squares, 0, a.T * sizeof(double))
     for l in range(a.L - 1, -1, -1):
         for d in range(a.D):
-            if a.normed:
-                normed_backward(a, l, d, <floating*> a.dout)
+            if a.regime:
+                regime_backward(a, l, d, <floating*> a.dout)
             elif a.cell == CELL_ELMAN:
                 layer_backward(a, l, d, <floating*> a.da)
             else:
@@ -1172,6 +1225,8 @@ cdef class Shard:
     cdef list hs, x, dX, dWxh, dWxhT, dWhh, dbh, cs, gates, xw, hn, dbhn
     # layer normalization's (empty lists without): per layer-direction as in LayerArgs
     cdef list xhat, xrstd, rhat, rstd_h, chat, rstd_c, dgx, dgh, dgc, dbc
+    # a regime's: per layer-direction hin, ctil (LSTM) as in LayerArgs
+    cdef list hin, ctil
     cdef object top, z, layer_args, da, work, squares, grad_norms, depth, depth_next
     cdef object dWhy, dby, dh0, dx, R, dout, dP, dR, dc0, gradT
     cdef Py_ssize_t block, nbytes, B
@@ -1179,19 +1234,22 @@ cdef class Shard:
     def __init__(self, bint step, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                  Py_ssize_t O, Py_ssize_t L, Py_ssize_t D, Py_ssize_t k, bint tokens,
                  bint need_dWxhT, bint input_grad, bint masks, dtype, int cell=CELL_ELMAN,
-                 bint normed=False):
+                 bint norm=False, bint regime=False):
+        # norm: layer normalization; regime: it or regularizers (regime_forward)
         cdef Py_ssize_t DH = D * H, j, LD = L * D
         cdef Py_ssize_t G = H * (4 if cell == CELL_LSTM else 3 if cell == CELL_GRU else 1)
         cdef bint lstm = cell == CELL_LSTM, gru = cell == CELL_GRU
-        # the paths of the gated cells (R, dout, dP, dR kept apart) serve every normalized cell
-        cdef bint gated = cell != CELL_ELMAN or normed
+        # the paths of the gated cells (R, dout, dP kept apart) serve every cell of a regime
+        cdef bint gated = cell != CELL_ELMAN or regime
         self.B = B
         self.cs = [empty((T + 1 + j % D, B, H), dtype) for j in range(LD)] if lstm else []
-        self.gates = [empty((T, B, G), dtype) for j in range(LD)] if cell else []
+        self.gates = [empty((T, B, G), dtype) for j in range(LD)] if gated else []
         self.xw = [empty((T, B, G), dtype) for j in range(LD)] if gru else []
         self.hn = [empty((T, B, H), dtype) for j in range(LD)] if gru else []
-        self.R = empty((B, G), dtype) if gru or normed else None
-        n = LD if normed else 0
+        self.R = empty((B, G), dtype) if gru or regime else None
+        self.hin = [empty((T, B, H), dtype) for j in range(LD if regime else 0)]
+        self.ctil = [empty((T, B, H), dtype) for j in range(LD if regime and lstm else 0)]
+        n = LD if norm else 0
         self.xhat = [empty((T, B, G), dtype) for j in range(n)]
         self.xrstd = [empty((T * B,), dtype) for j in range(n)]
         self.rhat = [empty((T, B, G), dtype) for j in range(n)]
@@ -1206,9 +1264,10 @@ cdef class Shard:
         arrays = self.hs + self.x + [self.top, self.z] + self.cs + self.gates + self.xw + self.hn
         arrays.append(self.R)
         arrays += self.xhat + self.xrstd + self.rhat + self.rstd_h + self.chat + self.rstd_c
+        arrays += self.hin + self.ctil
         self.dbhn = []
         self.dout = self.dP = self.dR = self.dc0 = self.gradT = None
-        n = LD if step and normed else 0
+        n = LD if step and norm else 0
         self.dgx = [empty((G,), dtype) for j in range(n)]
         self.dgh = [empty((G,), dtype) for j in range(n)]
         self.dgc = [empty((H,), dtype) for j in range(n if lstm else 0)]
@@ -1218,7 +1277,7 @@ cdef class Shard:
             self.gradT = empty((NARROW_GRADIENT * G,), dtype)
             self.dout = empty((T, B, H), dtype)
             self.dP = empty((T, B, G), dtype)
-            self.dR = empty((T, B, G), dtype) if gru or normed else None
+            self.dR = empty((T, B, G), dtype) if gru or norm else None
             self.dc0 = empty((LD, B, H), dtype) if lstm else None
             self.dbhn = [empty((H,), dtype) for j in range(LD)] if gru else []
             arrays += self.dbhn + [self.dout, self.dP, self.dR, self.dc0, self.gradT]
@@ -1228,8 +1287,8 @@ cdef class Shard:
             # needs all T steps)
             self.block = T if k else min(T, max(1, (BLOCK_ROWS + B - 1) // B))
             self.da = empty((self.block, B, H), dtype) if not gated else None
-            # gated: gh, gc, gb and (windows) a (B, G) block; normalized: gh, gc, gb, u, dchat
-            self.work = empty((5 if normed else 3 + (G // H if k else 0) if cell else 2, B, H),
+            # gated: gh, gc, gb and (windows) a (B, G) block; a regime's: see regime_backward
+            self.work = empty((8 if regime else 3 + (G // H if k else 0) if cell else 2, B, H),
                               dtype)
             self.squares = np.empty(T)
             self.grad_norms = empty((T,), dtype)
@@ -1259,7 +1318,8 @@ cdef inline void* at(object a, Py_ssize_t offset):
 
 cdef int fill_step(StepArgs* a, Shard buf, inputs, targets, h0, masks, layers, list transposed,
                    Why, WhyT, by, carry, windows, Py_ssize_t k, Py_ssize_t D, int code,
-                   double slope, double scale, int output, int cell, c0, gains) except -1:
+                   double slope, double scale, int output, int cell, c0, gains,
+                   regular) except -1:
     cdef bint tokens = inputs.dtype.kind in "iu", step = targets is not None
     cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], H = Why.shape[1] // D
     cdef Py_ssize_t L = len(layers) // D, j, l
@@ -1285,7 +1345,7 @@ cdef int fill_step(StepArgs* a, Shard buf, inputs, targets, h0, masks, layers, l
     a.L, a.D, a.longest, a.T, a.B, a.H, a.O = L, D, k, T, B, H, Why.shape[0]
     a.code, a.slope, a.scale = code, slope, scale
     a.cell, a.G = cell, layers[0][1].shape[0]
-    a.normed = gains is not None
+    a.regime = gains is not None or regular is not None
     a.R, a.dout, a.dP, a.dR = data(buf.R), data(buf.dout), data(buf.dP), data(buf.dR)
     a.gradT = data(buf.gradT)
     if step:
@@ -1339,18 +1399,29 @@ cdef int fill_step(StepArgs* a, Shard buf, inputs, targets, h0, masks, layers, l
                 p.chat, p.rstd_c = data(buf.chat[j]), data(buf.rstd_c[j])
                 if step:
                     p.dgc, p.dbc = data(buf.dgc[j]), data(buf.dbc[j])
+        p.rmask = p.zh = p.zc = p.hin = p.ctil = NULL
+        if a.regime:
+            p.hin = data(buf.hin[j])
+            if cell == CELL_LSTM:
+                p.ctil = data(buf.ctil[j])
+            if cell == CELL_ELMAN:
+                p.gates = data(buf.gates[j])
+            if regular is not None and regular[j] is not None:
+                rmask, zh, zc = regular[j]
+                p.rmask, p.zh, p.zc = data(rmask), data(zh), data(zc)
     return 0
 
 
 cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int code,
                        double slope, carry, Py_ssize_t k, windows, double scale, bint input_grad,
                        int output, masks, threads, int cell=CELL_ELMAN, c0=None,
-                       gains=None):
+                       gains=None, regular=None):
     """Run a training step (or, with ``targets`` None, a forward pass) of a stack of layers
     over the batch in ``shard_count(...)`` shards of consecutive sequences, on at most
     ``threads`` threads. Returns ``(shards, loss)``: the shards' buffers (a list of Shard) and
-    the sum of their losses, in shard order. ``gains``: None, or layer normalization's gains
-    of each layer-direction (see ``_stack_step``)."""
+    the sum of their losses, in shard order. ``gains``, ``regular``: None, or layer
+    normalization's gains and the regularizers' masks of each layer-direction (see
+    ``_stack_step``)."""
     cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], O = Why.shape[0]
     cdef Py_ssize_t LD = len(layers), L = LD // D, H = Why.shape[1] // D
     cdef Py_ssize_t I = layers[0][0].shape[1]
@@ -1359,9 +1430,9 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
     cdef Py_ssize_t per = B // shards, extra = B % shards, s, b0, b1, j
     # the thread count matters only when there are shards to share (and is looked up only then)
     cdef int n_threads = 1 if shards == 1 else max(1, min(_threads.resolve(threads), shards))
-    cdef bint normed = gains is not None
+    cdef bint norm = gains is not None, regime = norm or regular is not None
     cdef list transposed = [transposed_weights(layers[j][0], layers[j][1], T, per,
-                                               tokens and j < D, cell != CELL_ELMAN or normed,
+                                               tokens and j < D, cell != CELL_ELMAN or regime,
                                                targets is not None)
                             for j in range(LD)]
     WhyT = (transposed_copy(Why)
@@ -1375,17 +1446,18 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
     cdef double loss = 0
     # every shard's results and workspaces, kept for this thread's next call of the same sizes
     key = (targets is None, T, B, I, H, O, L, D, k, tokens, need_dWxhT, input_grad,
-           masks is not None, Why.dtype, shards, cell, normed)
+           masks is not None, Why.dtype, shards, cell, norm, regime)
     cdef list buffers = _workspace.get(key)
     cdef bint fresh = buffers is None
     if fresh:
         buffers = [Shard(targets is not None, T, per + (1 if s < extra else 0), I, H, O, L, D,
                          k, tokens, need_dWxhT, input_grad, masks is not None, Why.dtype, cell,
-                         normed)
+                         norm, regime)
                    for s in range(shards)]
     if shards == 1:
         fill_step(steps, buffers[0], inputs, targets, h0, masks, layers, transposed, Why, WhyT,
-                  by, carry, windows, k, D, code, slope, scale, output, cell, c0, gains)
+                  by, carry, windows, k, D, code, slope, scale, output, cell, c0, gains,
+                  regular)
         with nogil:
             run_shards(steps, 1, workers, 1)
         loss = steps[0].loss
@@ -1399,11 +1471,12 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
                     None if targets is None else np.ascontiguousarray(targets[:, b0:b1]),
                     np.ascontiguousarray(h0[:, b0:b1]),
                     None if masks is None else np.ascontiguousarray(masks[:, :, b0:b1]),
-                    None if c0 is None else np.ascontiguousarray(c0[:, b0:b1]))
+                    None if c0 is None else np.ascontiguousarray(c0[:, b0:b1]),
+                    None if regular is None else shard_masks(regular, b0, b1))
             parts.append(part)
             fill_step(&steps[s], buffers[s], part[0], part[1], part[2], part[3], layers,
                       transposed, Why, WhyT, by, carry, windows, k, D, code, slope, scale,
-                      output, cell, part[4], gains)
+                      output, cell, part[4], gains, part[5])
         with nogil:
             run_shards(steps, shards, workers, n_threads)
         for s in range(shards):
@@ -1411,6 +1484,21 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
     if fresh:
         _workspace.keep(key, buffers, sum([(<Shard> b).nbytes for b in buffers]))
     return buffers, loss
+
+
+cdef list shard_masks(regular, Py_ssize_t b0, Py_ssize_t b1):
+    """The regularizers' masks of sequences b0 .. b1 - 1, each made contiguous: rmask (B, H)
+    rows, zh and zc (T, B, H) columns; None stays None."""
+    out = []
+    for masks in regular:
+        if masks is None:
+            out.append(None)
+            continue
+        rmask, zh, zc = masks
+        out.append((None if rmask is None else np.ascontiguousarray(rmask[b0:b1]),
+                    None if zh is None else np.ascontiguousarray(zh[:, b0:b1]),
+                    None if zc is None else np.ascontiguousarray(zc[:, b0:b1])))
+    return out
 
 
 cdef object last_states(list bufs, Py_ssize_t T, Py_ssize_t D, bint cells=False):
@@ -1440,7 +1528,7 @@ cdef object last_states(list bufs, Py_ssize_t T, Py_ssize_t D, bint cells=False)
 cdef tuple step_results(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int code,
                         double slope, carry, Py_ssize_t k, windows, bint cross_entropy,
                         bint sum_reduction, bint input_grad, masks, threads,
-                        int cell=CELL_ELMAN, c0=None, gains=None):
+                        int cell=CELL_ELMAN, c0=None, gains=None, regular=None):
     """``_stack_step``'s work: ``(loss, layer_grads, dWhy, dby, dh0, dx, h_last, grad_norms,
     dc0, c_last)``, every array new (the buffers are kept for the next call): sums over the
     shards in shard order, the per-sequence results joined along the batch axis. GRU's
@@ -1453,7 +1541,8 @@ cdef tuple step_results(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int 
     cdef list bufs
     cdef double value
     bufs, value = run_sharded(inputs, targets, h0, layers, D, Why, by, code, slope, carry, k,
-                              windows, scale, input_grad, 0, masks, threads, cell, c0, gains)
+                              windows, scale, input_grad, 0, masks, threads, cell, c0, gains,
+                              regular)
     if not sum_reduction:
         value /= count
     cdef Shard first = bufs[0], buf
@@ -1504,7 +1593,7 @@ cdef tuple step_results(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int 
 def _stack_step(inputs, targets, h0, layers, int num_directions, Why, by, int code,
                 double slope, carry, Py_ssize_t k, windows, bint cross_entropy,
                 bint sum_reduction, bint input_grad, masks, threads=None, int cell=0, c0=None,
-                gains=None):
+                gains=None, regular=None):
     """The training step of a stack of ``L = len(layers) / num_directions`` Elman layers with
     an output layer and a loss, on arguments already checked by the model: C-contiguous arrays
     of one float dtype, consistent shapes, ids in range. ``layers[l * D + d] = (Wxh, Whh,
@@ -1522,12 +1611,18 @@ def _stack_step(inputs, targets, h0, layers, int num_directions, Why, by, int co
 
     Layer normalization (``norm="layer"``, ``cyrnn.norms``): ``gains[j] = (gx, gh)`` (G,) and,
     for LSTM, ``(gx, gh, gc, bc)``, of every layer-direction; ``grads["layers"][j]`` then ends
-    with their gradients in that order. Full BPTT or carry scales only (``k`` 0)."""
-    if gains is not None and k:
-        raise ValueError("_stack_step: look-back windows do not run with layer normalization")
+    with their gradients in that order. ``regular``: None, or each layer-direction's
+    regularizers' masks ``(rmask (B, H), zh (T, B, H), zc (T, B, H))`` (each None where not
+    used; the whole entry None for none; zh and zc in the direction's processing order),
+    as ``cyrnn.norms.regime`` draws them; weight drop is the caller's: ``Whh * wmask`` in
+    ``layers`` and ``wmask`` times its gradient. Full BPTT or carry scales only with either
+    (``k`` 0)."""
+    if (gains is not None or regular is not None) and k:
+        raise ValueError("_stack_step: look-back windows do not run with layer normalization, "
+                         "recurrent dropout or zoneout")
     value, layer_grads, dWhy, dby, dh0, dx, h_last, grad_norms, dc0, c_last = step_results(
         inputs, targets, h0, layers, num_directions, Why, by, code, slope, carry, k, windows,
-        cross_entropy, sum_reduction, input_grad, masks, threads, cell, c0, gains)
+        cross_entropy, sum_reduction, input_grad, masks, threads, cell, c0, gains, regular)
     grads = {"layers": [tuple(g) for g in layer_grads], "Why": dWhy, "by": dby, "h0": dh0}
     if dx is not None:
         grads["x"] = dx
@@ -1538,7 +1633,8 @@ def _stack_step(inputs, targets, h0, layers, int num_directions, Why, by, int co
 
 
 def _stack_outputs(inputs, h0, layers, int num_directions, Why, by, int code, double slope,
-                   int out_code, threads=None, int cell=0, c0=None, gains=None):
+                   int out_code, threads=None, int cell=0, c0=None, gains=None,
+                   regular=None):
     """The forward pass of a stack (see ``_stack_step``): ``(y (T, B, O), h_last (L*D, B,
     H))``, y = g(z) with out_code 0 linear, 1 softmax, 2 sigmoid; an LSTM's ``h_last`` is the
     pair ``(h_last, c_last)``."""
@@ -1546,7 +1642,8 @@ def _stack_outputs(inputs, h0, layers, int num_directions, Why, by, int code, do
     cdef list bufs
     cdef Shard buf
     bufs, _ = run_sharded(inputs, None, h0, layers, num_directions, Why, by, code, slope, None,
-                          0, None, 1.0, False, out_code, None, threads, cell, c0, gains)
+                          0, None, 1.0, False, out_code, None, threads, cell, c0, gains,
+                          regular)
     # new arrays for the caller (the buffers are kept), the shards joined along the batch axis
     if len(bufs) == 1:
         y = (<Shard> bufs[0]).z.copy()

@@ -123,12 +123,24 @@ def regime(arch: Architecture, params: dict, T: int, B: int, dtype: Any, trainin
     return layers
 
 
-def layer_norm_only(regime: list) -> bool:
-    """Whether a call's ``regime`` asks for layer normalization and nothing else (no masks, no
-    zoneout): what the fused kernels (``_stack_step``, ``_stack_outputs``) run beside the plain
-    cells."""
-    return all(lay.norm == LAYER and lay.rmask is None and lay.zh is None and lay.zc is None
-               and lay.wmask is None for lay in regime)
+def fusable(regime: list) -> bool:
+    """Whether the fused kernels (``_stack_step``, ``_stack_outputs``) run a call's ``regime``:
+    layer normalization and the regularizers, not batch normalization (its statistics span the
+    batch, which the fused kernels run in shards)."""
+    return all(lay.norm in (NONE, LAYER) for lay in regime)
+
+
+def kernel_options(regime: list) -> tuple[Optional[tuple], Optional[tuple]]:
+    """``(gains, regular)`` of a fusable ``regime`` as the fused kernels take them: each
+    layer-direction's layer-norm gains ``(gx, gh)`` (LSTM ``(gx, gh, gc, bc)``) and its masks
+    ``(rmask, zh, zc)``, each None where none is used."""
+    gains = None
+    if regime[0].norm == LAYER:
+        gains = tuple((lay.gx, lay.gh) + ((lay.gc, lay.bc) if lay.gc is not None else ())
+                      for lay in regime)
+    regular = tuple(None if lay.rmask is None and lay.zh is None and lay.zc is None
+                    else (lay.rmask, lay.zh, lay.zc) for lay in regime)
+    return gains, (None if all(masks is None for masks in regular) else regular)
 
 
 def normalize_inputs(kern: Any, P: np.ndarray, lay: Any, lengths: Optional[np.ndarray]):

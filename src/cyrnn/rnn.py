@@ -364,9 +364,9 @@ class RNN:
         batch = self._inputs(x, h0, lengths)
         regime = self._inference_regime(weights, batch.T, batch.B, start)
         if (self.output_size is not None and batch.lengths is None
-                and (regime is None or norms.layer_norm_only(regime))):
+                and (regime is None or norms.fusable(regime))):
             # the common case in one kernel call (an LSTM's last states: the pair (h, c))
-            y, h_last = self._fused_outputs(batch, weights)
+            y, h_last = self._fused_outputs(batch, weights, regime)
             h_last, c_last = h_last if isinstance(h_last, tuple) else (h_last, None)
         else:
             y, h_last, c_last = stack.outputs(self._kernels, self.architecture, weights,
@@ -497,7 +497,7 @@ class RNN:
 
         if need_grads and self._fusable(loss, batch, t_idx, regime):
             result = self._fused(batch, weights, target, loss, reduction, window, carry,
-                                 input_grad, masks)
+                                 input_grad, masks, regime)
         else:
             result = stack.loss_and_grad(
                 self._kernels, arch, weights, batch.inputs, batch.h0, target,
@@ -859,11 +859,12 @@ class RNN:
 
     def _fusable(self, loss, batch, t_idx, regime=None):
         """Whether the whole step can run as one fused kernel call: any cell (Elman, LSTM,
-        GRU), plain or layer-normalized (``regime``: ``cyrnn.norms.regime``), an output layer,
-        a loss on every step of every sequence, cross-entropy on logits or plain MSE."""
+        GRU), plain or with layer normalization and regularizers (``regime``:
+        ``cyrnn.norms.regime``; not batch normalization), an output layer, a loss on every step
+        of every sequence, cross-entropy on logits or plain MSE."""
         if self.output_size is None or t_idx is not None or batch.lengths is not None:
             return False
-        if regime is not None and not norms.layer_norm_only(regime):
+        if regime is not None and not norms.fusable(regime):
             return False
         return (loss == "cross_entropy" and self.output in ("softmax", "linear")) or (
             loss == "mse" and self.output == "linear")
@@ -874,15 +875,20 @@ class RNN:
         p, arch = weights[0], self.architecture
         return tuple(tuple(p[name] for name in arch.cell_names(j)) for j in range(arch.num_states))
 
-    def _gains(self, weights):
-        """Each layer-direction's layer-normalization gains ``(gx, gh)`` (LSTM: ``(gx, gh, gc,
-        bc)``), in ``h0`` order; None for a model without normalization."""
-        p, arch = weights[0], self.architecture
-        if arch.norm is None:
-            return None
-        return tuple(tuple(p[name] for name in arch.norm_names(j)) for j in range(arch.num_states))
+    def _regime_cells(self, weights, regime):
+        """``(cells, gains, regular)``: each layer-direction's cell parameters (``_cells``,
+        with ``Whh * wmask`` under weight drop), layer-norm gains and regularizers' masks as
+        the fused kernels take them (``cyrnn.norms.kernel_options``; None, None for a plain
+        call)."""
+        cells_ = self._cells(weights)
+        if regime is None:
+            return cells_, None, None
+        cells_ = tuple(c if lay.wmask is None else (c[0], c[1] * lay.wmask) + c[2:]
+                       for c, lay in zip(cells_, regime))
+        return (cells_,) + norms.kernel_options(regime)
 
-    def _fused(self, batch, weights, target, loss, reduction, window, carry, input_grad, masks):
+    def _fused(self, batch, weights, target, loss, reduction, window, carry, input_grad, masks,
+               regime=None):
         """The training step for the common case, in one kernel call (same results as the
         composition). The inputs and targets were checked by ``_checks.batch`` and
         ``loss_targets``, the parameters by ``weights``, so the kernel's own checks (a tenth of
@@ -894,8 +900,7 @@ class RNN:
         longest, windows = (0, None) if window is None else _checks.window_sizes(window, T)
         flags = (loss == "cross_entropy", reduction == "sum", input_grad)
         cell = cells.CELLS.index(self._CELL)  # the stack kernels' cell codes
-        gains = self._gains(weights)
-        if cell == 0 and self.architecture.num_states == 1 and gains is None:
+        if cell == 0 and self.architecture.num_states == 1 and regime is None:
             value, grads, h_last, grad_norms = self._kernels._elman_step(
                 batch.inputs, target, batch.h0[0], p["Wxh"], p["Whh"], p["bh"], p["Why"],
                 p["by"], code, slope, carry, longest, windows, *flags, self.threads)
@@ -904,10 +909,11 @@ class RNN:
                                          grad_norms=grad_norms)
         if cell:
             code, slope = 0, 0.0  # the gated cells' activations are their own
+        layers, gains, regular = self._regime_cells(weights, regime)
         value, found, h_last, grad_norms = self._kernels._stack_step(
-            batch.inputs, target, batch.h0, self._cells(weights),
-            self.architecture.num_directions, p["Why"], p["by"], code, slope, carry, longest,
-            windows, *flags, masks, self.threads, cell, batch.c0, gains)
+            batch.inputs, target, batch.h0, layers, self.architecture.num_directions, p["Why"],
+            p["by"], code, slope, carry, longest, windows, *flags, masks, self.threads, cell,
+            batch.c0, gains, regular)
         c_last = None
         if self._CELL == "lstm":
             h_last, c_last = h_last
@@ -915,32 +921,34 @@ class RNN:
         arch = self.architecture
         for j, cell_grads in enumerate(found["layers"]):
             grads.update(zip(arch.cell_names(j) + arch.norm_names(j), cell_grads))
+            if regime is not None and regime[j].wmask is not None:
+                grads[arch.cell_names(j)[1]] *= regime[j].wmask  # through Whh * wmask
         for name in ("Why", "by", "h0", "c0", "x"):
             if name in found:
                 grads[name] = found[name]
         return types.SimpleNamespace(loss=value, h_last=h_last, c_last=c_last, grads=grads,
                                      grad_norms=grad_norms)
 
-    def _fused_outputs(self, batch, weights):
+    def _fused_outputs(self, batch, weights, regime=None):
         """``(y, h_last (L*D, B, H))`` of a model with an output layer, in one kernel call (an
-        LSTM's ``h_last`` the pair ``(h_last, c_last)``)."""
+        LSTM's ``h_last`` the pair ``(h_last, c_last)``); ``regime`` as ``_fused``."""
         p, nonlinearity, slope = weights
         cell = cells.CELLS.index(self._CELL)  # the stack kernels' cell codes
-        gains = self._gains(weights)
+        layers, gains, regular = self._regime_cells(weights, regime)
         if cell:
             return self._kernels._stack_outputs(
-                batch.inputs, batch.h0, self._cells(weights), self.architecture.num_directions,
-                p["Why"], p["by"], 0, 0.0, losses.OUTPUTS.index(self.output), self.threads, cell,
-                batch.c0, gains)
-        if self.architecture.num_states == 1 and gains is None:
+                batch.inputs, batch.h0, layers, self.architecture.num_directions, p["Why"],
+                p["by"], 0, 0.0, losses.OUTPUTS.index(self.output), self.threads, cell, batch.c0,
+                gains, regular)
+        if self.architecture.num_states == 1 and regime is None:
             y, h_last = self._kernels.elman_forward(
                 batch.inputs, batch.h0[0], p["Wxh"], p["Whh"], p["bh"], p["Why"], p["by"],
                 nonlinearity, negative_slope=slope, output=self.output, threads=self.threads)
             return y, h_last[None]
         return self._kernels._stack_outputs(
-            batch.inputs, batch.h0, self._cells(weights), self.architecture.num_directions,
-            p["Why"], p["by"], _checks.NONLINEARITIES.index(nonlinearity), slope,
-            losses.OUTPUTS.index(self.output), self.threads, 0, None, gains)
+            batch.inputs, batch.h0, layers, self.architecture.num_directions, p["Why"], p["by"],
+            _checks.NONLINEARITIES.index(nonlinearity), slope, losses.OUTPUTS.index(self.output),
+            self.threads, 0, None, gains, regular)
 
     def weights(self) -> tuple[ArrayDict, Nonlinearity, float]:
         """One checked snapshot of what a computation reads from the model: ``(params,

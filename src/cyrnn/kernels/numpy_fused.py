@@ -8,6 +8,7 @@ and are shared by both backends.
 """
 from __future__ import annotations
 
+import types
 from typing import Optional, Union
 
 import numpy as np
@@ -250,18 +251,26 @@ def _stack_weights(layers, num_directions, Why, by, code, slope, cell=0, gains=N
     return arch, (params, _checks.NONLINEARITIES[code], slope)
 
 
-def _layer_norm_regime(arch, params, inputs, Why):
-    """``cyrnn.norms.regime`` of a layer-normalized stack (None for a plain one): layer
-    normalization has no masks, statistics or running state."""
-    if arch.norm is None:
+def _regime(arch, params, regular):
+    """The ``cyrnn.norms.regime`` namespaces of a stack kernel's layer normalization (the
+    gains in ``params``) and regularizers' masks ``regular`` (weight drop already in the
+    weights), or None for a plain stack."""
+    if arch.norm is None and regular is None:
         return None
-    T, B = inputs.shape[:2]
-    return norms.regime(arch, params, T, B, Why.dtype, False, None, None)
+    layers = []
+    for j in range(arch.num_states):
+        gains = dict(zip(("gx", "gh", "gc", "bc"), (params[n] for n in arch.norm_names(j))))
+        masks = (None, None, None) if regular is None or regular[j] is None else regular[j]
+        layers.append(types.SimpleNamespace(
+            norm=norms.LAYER if arch.norm else norms.NONE, xstats=None, stats=None,
+            rmask=masks[0], zh=masks[1], zc=masks[2], wmask=None,
+            **{k: gains.get(k) for k in ("gx", "gh", "gc", "bc")}))
+    return layers
 
 
 def _stack_step(inputs, targets, h0, layers, num_directions, Why, by, code, slope, carry,
                 longest, windows, cross_entropy, sum_reduction, input_grad, masks, threads=None,
-                cell=0, c0=None, gains=None, kern=None):
+                cell=0, c0=None, gains=None, regular=None, kern=None):
     """A stack's training step on checked arguments (the twin of the compiled one).
 
     ``layers``: per layer-direction ``j = l*D + d`` its ``(Wxh, Whh, bh)``; ``h0`` (L*D, B, H);
@@ -278,11 +287,16 @@ def _stack_step(inputs, targets, h0, layers, num_directions, Why, by, code, slop
 
     ``gains``: None, or layer normalization (``norm="layer"``, ``cyrnn.norms``) with each
     layer-direction's gains ``(gx, gh)`` (G,) and, for LSTM, ``(gx, gh, gc, bc)``;
-    ``grads["layers"][j]`` then ends with their gradients in that order. Not with look-back
+    ``grads["layers"][j]`` then ends with their gradients in that order. ``regular``: None, or
+    each layer-direction's regularizers' masks ``(rmask (B, H), zh (T, B, H), zc (T, B, H))``
+    (each None where not used, the entry None for none; zh and zc in the direction's
+    processing order), as ``cyrnn.norms.regime`` draws them; weight drop is the caller's
+    (``Whh * wmask`` in ``layers``, ``wmask`` times its gradient). Neither with look-back
     windows (``longest`` 0).
     """
-    if gains is not None and longest:
-        raise ValueError("_stack_step: look-back windows do not run with layer normalization")
+    if (gains is not None or regular is not None) and longest:
+        raise ValueError("_stack_step: look-back windows do not run with layer normalization, "
+                         "recurrent dropout or zoneout")
     arch, weights = _stack_weights(layers, num_directions, Why, by, code, slope, cell, gains)
     kern = _numpy_kernels() if kern is None else kern
     T, B = inputs.shape[:2]
@@ -293,7 +307,7 @@ def _stack_step(inputs, targets, h0, layers, num_directions, Why, by, code, slop
         reduction="sum" if sum_reduction else "mean",
         window=(longest if windows is None else windows) if longest else None, carry=carry,
         masks=masks, input_grad=input_grad, c0=c0 if cell == 1 else None,
-        regime=_layer_norm_regime(arch, weights[0], inputs, Why))
+        regime=_regime(arch, weights[0], regular))
     g = result.grads
     grads = {"layers": [tuple(g[name] for name in arch.cell_names(j) + arch.norm_names(j))
                         for j in range(arch.num_states)],
@@ -308,12 +322,12 @@ def _stack_step(inputs, targets, h0, layers, num_directions, Why, by, code, slop
 
 
 def _stack_outputs(inputs, h0, layers, num_directions, Why, by, code, slope, out_code,
-                   threads=None, cell=0, c0=None, gains=None, kern=None):
+                   threads=None, cell=0, c0=None, gains=None, regular=None, kern=None):
     """A stack's outputs ``(y (T, B, O), h_last (L*D, B, H))`` on checked arguments (an LSTM's
     ``h_last`` the pair ``(h_last, c_last)``; ``gains`` and the rest as ``_stack_step``)."""
     arch, weights = _stack_weights(layers, num_directions, Why, by, code, slope, cell, gains)
     kern = _numpy_kernels() if kern is None else kern
     y, h_last, c_last = stack.outputs(kern, arch, weights, inputs, h0, losses.OUTPUTS[out_code],
                                       c0=c0 if cell == 1 else None,
-                                      regime=_layer_norm_regime(arch, weights[0], inputs, Why))
+                                      regime=_regime(arch, weights[0], regular))
     return y, (h_last if cell != 1 else (h_last, c_last))
