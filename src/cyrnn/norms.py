@@ -25,6 +25,10 @@ layer-direction ``j`` as (``cyrnn.kernels.numpy_recurrence`` has the per-step eq
 - ``weight_drop=p`` (DropConnect on ``Whh``, Merity et al. 2017): one mask per call, kept
   weights scaled by ``1/(1-p)``; training only.
 
+Where the model runs a whole step in one compiled call (``_stack_step``, ``_stack_outputs``),
+layer normalization and the regularizers run inside it (``fusable``, ``kernel_options``); batch
+normalization, whose statistics span the whole batch, runs in the composition ``cyrnn.stack``.
+
 The masks of a call are drawn from one generator in a fixed order (each layer-direction in
 ``h0`` order: recurrent dropout (B, H), zoneout of ``h`` then ``c`` (T, B, H), weight drop
 (G, H)), after the dropout between layers, so one seed gives the same masks on both backends.

@@ -6,9 +6,10 @@ computation to one of two paths that give the same results:
 - the fused kernels of its backend (``_elman_step``/``_stack_step`` for a training step,
   ``elman_forward``/``_stack_outputs`` for a forward pass), a whole step in one call, used when
   every step carries a loss on a plain output (cross-entropy on logits or mse) and no sequence
-  is padded;
+  is padded, plain or with layer normalization and the regularizers (``cyrnn.norms``);
 - the Python composition ``cyrnn.stack`` over the backend's layer kernels, for every other case
-  (``lengths``, a loss on the last step only, bce, a sigmoid output, no output layer).
+  (``lengths``, a loss on the last step only, bce, a sigmoid output, no output layer, batch
+  normalization).
 
 Its shape (sizes, layers, directions) is one ``cyrnn.layers.Architecture``.
 """
