@@ -33,8 +33,9 @@ def main(path):
           "names (`nn.LSTMCell` and `nn.LayerNorm` of its output: a cheaper, different model); "
           "target >= 5 for the latter. **GEMM limit** is the time of the step's matrix products "
           "alone at the rate NumPy's BLAS reaches on one product of the recurrent shape (T*B, H) "
-          "x (H, G) in the same run: no implementation of the step runs faster, so "
-          "**torch-cell-loop / limit** is the most any implementation could gain over that loop."
+          "x (H, G) in the same run: an estimate of the fastest the step can run here (cyrnn's "
+          "own kernel beats it at some shapes), so **torch-cell-loop / limit** estimates the most "
+          "any implementation could gain over that loop."
           "\n")
     print("| config | cell | threads | " + " | ".join(f"{v} (ms)" for v in VARIANTS)
           + " | GEMM limit (ms) | layer / plain | batch / plain | layer-reg / layer "

@@ -24,7 +24,8 @@ charlm-batch sizes of ``peers.CONFIGS``, for the Elman (tanh), LSTM and GRU cell
   the way PyTorch users get a layer-normed recurrence without writing the cell themselves.
 - ``gemm-limit``: one NumPy float32 product (T*B, H) x (H, G), the shape of the step's
   recurrent products; the report scales its rate (FLOP/s) to the step's matrix products
-  (``step_flops``) for the time no implementation of the step can beat on this machine.
+  (``step_flops``): an estimate of the fastest the step can run on this machine (cyrnn's own
+  kernel beats NumPy's BLAS at some shapes).
 
 Run (one thread and nothing pinned; report in bench/NORMS.md):
 

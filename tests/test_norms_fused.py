@@ -184,6 +184,26 @@ def test_regularized_step_equals_the_composition(backend, cell, norm, which, L, 
                which=which)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell", [0, 2])
+def test_a_cell_state_mask_is_ignored_without_a_cell_state(backend, cell):
+    """zc is the LSTM's: given for Elman or GRU, it changes nothing (as in the layer kernels)."""
+    rng = np.random.default_rng(8)
+    kern = kernels.get_backend(backend)
+    T, B, H = 5, 3, 5
+    layers, _, Why, by, inputs, h0, c0 = make(cell, 1, 2, 7, H, 6, T, B, False, np.float64, rng)
+    targets = rng.standard_normal((T, B, 6))
+    zh = (rng.random((T, B, H)) < .3).astype(np.float64)
+    zc = np.ones((T, B, H))
+    results = [kern._stack_step(inputs, targets, h0, layers, 2, Why, by, 0, 0.0, None, 0, None,
+                                False, False, True, None, None, cell, None, None,
+                                ((None, zh, masks), (None, zh, masks)))
+               for masks in (None, zc)]
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[0][1]["layers"][1], results[1][1]["layers"][1]):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.skipif("cython" not in BACKENDS, reason="compiled backend not built")
 @pytest.mark.parametrize("cell", [0, 1, 2])
 @pytest.mark.parametrize("D", [1, 2])

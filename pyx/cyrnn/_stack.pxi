@@ -12,14 +12,15 @@
 # fused epilogue from _gated.h (the same C functions the layer kernels of _gated.pyx call), per
 # layer-direction the backward epilogue and one GEMM per step, and the weight gradients as
 # whole-sequence GEMMs. StepArgs.cell says which cell every layer runs (CELL_ELMAN, CELL_LSTM,
-# CELL_GRU); Elman's path is unchanged.
+# CELL_GRU); a plain Elman layer keeps its own path (forward, backward_in_place, by blocks).
 #
 # Layer normalization (norm="layer", cyrnn.norms: LayerArgs.gx not NULL), recurrent dropout and
 # zoneout (LayerArgs.rmask, zh, zc; weight drop is Whh's mask, applied by the caller) run in the
 # same pipeline, in the epilogues (regime_forward, regime_backward; StepArgs.regime): the input
 # term N_x(x Wxh^T) gx + bh after the whole-sequence projection, per step the masked h_prev into
 # the recurrent GEMM, N_h(R_t) gh between it and the cell's epilogue (the LSTM's h = o
-# tanh(N_c(c_t) gc + bc)), zoneout after it, and the gains' gradients beside the weights'.
+# tanh(N_c(~c_t) gc + bc), ~c_t its cell state before zoneout), zoneout after it, and the gains'
+# gradients beside the weights'. Every cell, Elman too, then runs the gated cells' buffers.
 
 cdef enum:
     CELL_ELMAN = 0
@@ -218,9 +219,10 @@ ctypedef struct StepArgs:
     void* dWhy      # (O, D*H)
     void* dby       # (O,)
     LayerArgs* layers  # L * D of them
-    # the gated cells' workspaces: R (B, G) the step's recurrent product (GRU); dout (T*B, H)
-    # one layer-direction's dL/dh_out; dP (T*B, G) its pre-activations' gradient; dR (T*B, G)
-    # its recurrent product's (GRU; LSTM's is dP); work (3, B, H) the gradients of the states
+    # the gated cells' (and a regime's) workspaces: R (B, G) the step's recurrent product (GRU,
+    # a regime); dout (T*B, H) one layer-direction's dL/dh_out; dP (T*B, G) its
+    # pre-activations' gradient; dR (T*B, G) its recurrent product's (GRU, layer norm; else dP);
+    # work (3, B, H) the gradients of the states (a regime's: 8 blocks, see regime_backward)
     void* R
     void* dout
     void* dP
@@ -1184,8 +1186,8 @@ cdef object panel_copy(W):
 
 cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens, bint gated,
                               bint backward):
-    """Copies of the weights for layer_forward and gated_backward, or None where not worth one:
-    ``(WxhT, WhhT, WhhT_panels, Whh_panels)``.
+    """Copies of the weights for layer_forward, gated_backward and a regime's loops, or None
+    where not worth one: ``(WxhT, WhhT, WhhT_panels, Whh_panels)``.
 
     Contiguous Wxh^T and Whh^T: Whh^T serves from a batch of two on (a single row is a GEMV
     either way). For token ids, Wxh^T's rows gather and scatter faster than Wxh's strided
@@ -1220,8 +1222,9 @@ cdef class Shard:
     # per layer-direction j: states (the reverse direction keeps h0 in a last block), weight
     # gradients; per layer l = 1 .. L-1 its inputs where not the states themselves (x[l - 1]);
     # dL/dx of the layers above the first, alternately (layer l writes dX[(l - 1) % 2])
-    # the gated cells' (empty lists and None for Elman): per layer-direction cs (LSTM), gates,
-    # xw and hn (GRU), dbhn (GRU); R, dout, dP, dR (GRU), dc0 (LSTM) as in StepArgs
+    # the gated cells' (empty lists and None for a plain Elman layer): per layer-direction cs
+    # (LSTM), gates (Elman: under a regime), xw and hn (GRU), dbhn (GRU); R, dout, dP, dR, dc0
+    # (LSTM) as in StepArgs
     cdef list hs, x, dX, dWxh, dWxhT, dWhh, dbh, cs, gates, xw, hn, dbhn
     # layer normalization's (empty lists without): per layer-direction as in LayerArgs
     cdef list xhat, xrstd, rhat, rstd_h, chat, rstd_c, dgx, dgh, dgc, dbc
@@ -1408,7 +1411,10 @@ cdef int fill_step(StepArgs* a, Shard buf, inputs, targets, h0, masks, layers, l
                 p.gates = data(buf.gates[j])
             if regular is not None and regular[j] is not None:
                 rmask, zh, zc = regular[j]
-                p.rmask, p.zh, p.zc = data(rmask), data(zh), data(zc)
+                # the cell state's zoneout is the LSTM's alone: the others have no c (the layer
+                # kernels ignore a zc given for them too)
+                p.rmask, p.zh = data(rmask), data(zh)
+                p.zc = data(zc) if cell == CELL_LSTM else NULL
     return 0
 
 

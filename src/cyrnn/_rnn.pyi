@@ -1,5 +1,6 @@
 # The compiled Elman kernels (pyx/cyrnn/_rnn.pyx): the same signatures as their NumPy twins in
 # cyrnn.kernels.numpy_backend and numpy_fused, which document them.
+from collections.abc import Sequence
 from typing import Any, Optional, Union
 
 import numpy.typing as npt
@@ -41,7 +42,8 @@ def shard_count(T: int, B: int, I: int, H: int, O: int, num_layers: int = 1,
 
 # the private entry points, on arguments the model has checked. `cell`: 0 Elman, 1 LSTM (takes
 # c0; h_last is the pair (h_last, c_last); grads has "c0"), 2 GRU (layers[j] = (Wxh, Whh, bh,
-# bhn); grads["layers"][j] ends with dbhn); see numpy_fused._stack_step
+# bhn); grads["layers"][j] ends with dbhn); `gains` (layer norm) and `regular` (recurrent
+# dropout and zoneout masks) per layer-direction, or None; see numpy_fused._stack_step
 def _stack_step(
     inputs: npt.NDArray[Any], targets: npt.NDArray[Any], h0: FloatArray,
     layers: tuple[tuple[FloatArray, ...], ...], num_directions: int,
@@ -49,12 +51,16 @@ def _stack_step(
     k: int, windows: Optional[npt.NDArray[Any]], cross_entropy: bool, sum_reduction: bool,
     input_grad: bool, masks: Optional[FloatArray], threads: Optional[int] = None,
     cell: int = 0, c0: Optional[FloatArray] = None,
+    gains: Optional[Sequence[tuple[FloatArray, ...]]] = None,
+    regular: Optional[Sequence[Optional[tuple[Optional[FloatArray], ...]]]] = None,
 ) -> tuple[float, dict[str, Any], Any, Optional[FloatArray]]: ...
 def _stack_outputs(
     inputs: npt.NDArray[Any], h0: FloatArray,
     layers: tuple[tuple[FloatArray, ...], ...], num_directions: int,
     Why: FloatArray, by: FloatArray, code: int, slope: float, out_code: int,
     threads: Optional[int] = None, cell: int = 0, c0: Optional[FloatArray] = None,
+    gains: Optional[Sequence[tuple[FloatArray, ...]]] = None,
+    regular: Optional[Sequence[Optional[tuple[Optional[FloatArray], ...]]]] = None,
 ) -> tuple[FloatArray, Any]: ...
 
 # the other private entry points and test hooks
