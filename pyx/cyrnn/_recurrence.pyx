@@ -720,12 +720,14 @@ def _rows_forward(floating[:, ::1] y, floating[:, ::1] xhat, floating[:, ::1] rs
             layer_norm(&y[0, 0], &xhat[0, 0], &rstd[0, 0], &gain[0], rows, n)
 
 
-def _rows_backward(floating[:, ::1] d, const floating[:, ::1] xhat,
-                   const floating[:, ::1] rstd):
+def _rows_backward(const floating[:, ::1] dy, const floating[:, ::1] xhat,
+                   const floating[:, ::1] rstd, const floating[::1] gain,
+                   floating[::1] dgain, floating[:, ::1] d):
     cdef Py_ssize_t rows = d.shape[0], n = d.shape[1]
     if rows and n:
         with nogil:
-            layer_norm_backward(&d[0, 0], &xhat[0, 0], &rstd[0, 0], rows, n)
+            layer_norm_gain_backward(&dy[0, 0], &xhat[0, 0], &rstd[0, 0], &gain[0], &dgain[0],
+                                     &d[0, 0], rows, n)
 
 
 def _rows_args(name, x, gain):
@@ -748,7 +750,7 @@ def layer_norm_rows_backward(dy, xhat, rstd, gain):
     dy, gain = _rows_args("dy", dy, gain)
     xhat = _array("xhat", xhat, dy.shape, dy.dtype)
     rstd = _array("rstd", rstd, (dy.shape[0], 1), dy.dtype)
-    dgain = (dy * xhat).sum(axis=0)
-    d = dy * gain  # dL/dxhat, then dL/dx in place
-    _rows_backward(d, xhat, rstd)
+    dgain = np.zeros(dy.shape[1], dy.dtype)
+    d = np.empty_like(dy)
+    _rows_backward(dy, xhat, rstd, gain, dgain, d)  # the fused stack step's loop (_norms.pxi)
     return d, dgain
