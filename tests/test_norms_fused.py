@@ -7,7 +7,6 @@ thread counts; and the models with ``norm="layer"``, ``recurrent_dropout``, ``zo
 ``weight_drop``, which take the fused step where neither batch normalization nor lengths ask
 for the composition.
 """
-import dataclasses
 import itertools
 
 import numpy as np
@@ -15,38 +14,25 @@ import pytest
 
 import cyrnn
 from cyrnn import kernels, norms, stack
-from cyrnn.layers import Architecture
+from cyrnn.kernels import numpy_fused
 from test_gated_fused import close  # the same measure of agreement as the plain fused step
+from test_gated_fused import make as make_stack
 
 BACKENDS = ["numpy"] + (["cython"] if kernels.cython_kernels is not None else [])
-CELLS = ("elman", "lstm", "gru")
 TOL = {np.float64: 1e-12, np.float32: 2e-5}
 
 
 def make(cell, L, D, I, H, O, T, B, tokens, dtype, rng):
-    """Weights, gains (away from 1, so that they matter), inputs and states of a stack."""
+    """test_gated_fused's stack, and layer-norm gains away from 1 (so that they matter)."""
+    layers, Why, by, inputs, h0, c0 = make_stack(cell, L, D, I, H, O, T, B, tokens, dtype, rng)
     G = H * (1, 4, 3)[cell]
-    layers, gains = [], []
+    gains = []
     for j in range(L * D):
-        n_in = I if j < D else D * H
-        t = [rng.standard_normal((G, n_in)) * .3, rng.standard_normal((G, H)) * .3,
-             rng.standard_normal(G) * .1]
-        if cell == 2:
-            t.append(rng.standard_normal(H) * .1)
-        layers.append(tuple(np.ascontiguousarray(a, dtype) for a in t))
         g = [1 + rng.standard_normal(G) * .3, 1 + rng.standard_normal(G) * .3]
         if cell == 1:
             g += [1 + rng.standard_normal(H) * .3, rng.standard_normal(H) * .1]
         gains.append(tuple(np.ascontiguousarray(a, dtype) for a in g))
-    Why = (rng.standard_normal((O, D * H)) * .3).astype(dtype)
-    by = (rng.standard_normal(O) * .1).astype(dtype)
-    if tokens:
-        inputs = rng.integers(0, I, (T, B)).astype(np.intp)
-    else:
-        inputs = rng.standard_normal((T, B, I)).astype(dtype)
-    h0 = (rng.standard_normal((L * D, B, H)) * .5).astype(dtype)
-    c0 = (rng.standard_normal((L * D, B, H)) * .5).astype(dtype)
-    return tuple(layers), tuple(gains), Why, by, inputs, h0, c0
+    return layers, tuple(gains), Why, by, inputs, h0, c0
 
 
 def draw_masks(cell, LD, T, B, H, dtype, rng, which="rzc"):
@@ -62,33 +48,14 @@ def draw_masks(cell, LD, T, B, H, dtype, rng, which="rzc"):
     return tuple(regular)
 
 
-def reference(kern, cell, layers, gains, D, Why, by, inputs, h0, c0, regular=None):
-    """The architecture, weights and regime that cyrnn.stack composes (``gains`` None: no
-    normalization)."""
-    H, I = layers[0][1].shape[1], layers[0][0].shape[1]
-    arch = Architecture(I, H, Why.shape[0], len(layers) // D, D, cell=CELLS[cell],
-                        norm=None if gains is None else "layer")
-    params = {}
-    for j, p in enumerate(layers):
-        params.update(zip(arch.cell_names(j), p))
-        if gains is not None:
-            params.update(zip(arch.norm_names(j), gains[j]))
-    params["Why"], params["by"] = Why, by
-    T, B = inputs.shape[:2]
-    regime = norms.regime(arch, params, T, B, Why.dtype, True, None, None)
-    if regime is None:
-        # the namespaces of a plain recurrence: those of zoneout at inference, without it
-        regime = norms.regime(dataclasses.replace(arch, zoneout=.5), params, T, B, Why.dtype,
-                              False, None, None)
-        for lay in regime:
-            lay.zh = lay.zc = None
-    else:
-        regime = list(regime)
-    if regular is not None:
-        for lay, masks in zip(regime, regular):
-            if masks is not None:
-                lay.rmask, lay.zh, lay.zc = masks
-    return arch, (params, "tanh", 0.0), regime
+def reference(cell, layers, gains, D, Why, by, regular=None):
+    """The architecture, weights (as the twin reads a stack kernel's arguments) and regime that
+    cyrnn.stack composes (``gains`` None: no normalization)."""
+    arch, weights = numpy_fused._stack_weights(layers, D, Why, by, 0, 0.0, cell, gains)
+    regime = [norms.options(arch, weights[0], j,
+                            *(() if regular is None or regular[j] is None else regular[j]))
+              for j in range(len(layers))]
+    return arch, weights, regime
 
 
 def check_step(backend, cell, L, D, tokens, ce, sum_red, carry, use_masks, input_grad, T, B,
@@ -113,8 +80,7 @@ def check_step(backend, cell, L, D, tokens, ce, sum_red, carry, use_masks, input
         inputs, targets, h0, layers, D, Why, by, 0, 0.0, scales, 0, None, ce, sum_red,
         input_grad, masks, threads, cell, c0, gains, regular)
     assert all(np.array_equal(a, b) for a, b in zip(before, given))  # inputs left as they were
-    arch, weights, regime = reference(kern, cell, layers, gains, D, Why, by, inputs, h0, c0,
-                                      regular)
+    arch, weights, regime = reference(cell, layers, gains, D, Why, by, regular)
     ref = stack.loss_and_grad(kern, arch, weights, inputs, h0,
                               targets.reshape(T * B) if ce else targets.reshape(T * B, -1),
                               loss="cross_entropy" if ce else "mse", output="linear",
@@ -250,8 +216,7 @@ def test_outputs_equal_the_composition(backend, cell, D, tokens, out_code, zoneo
         regular = tuple((None, full, full if cell == 1 else None) for _ in layers)
     y, h_last = kern._stack_outputs(inputs, h0, layers, D, Why, by, 0, 0.0, out_code, None,
                                     cell, c0, gains, regular)
-    arch, weights, regime = reference(kern, cell, layers, gains, D, Why, by, inputs, h0, c0,
-                                      regular)
+    arch, weights, regime = reference(cell, layers, gains, D, Why, by, regular)
     ry, rh, rc = stack.outputs(kern, arch, weights, inputs, h0,
                                ("linear", "softmax", "sigmoid")[out_code],
                                c0=c0 if cell == 1 else None, regime=regime)

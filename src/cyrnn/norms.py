@@ -79,6 +79,18 @@ def _per_step(mean, var, T, width, dtype, start=0):
     return mean[idx], var[idx]
 
 
+def options(arch: Architecture, params: dict, j: int, rmask: Optional[np.ndarray] = None,
+            zh: Optional[np.ndarray] = None,
+            zc: Optional[np.ndarray] = None) -> types.SimpleNamespace:
+    """Layer-direction ``j``'s recurrence options with the masks given and nothing drawn: the
+    namespace ``regime`` fills (``norm`` NONE or LAYER; batch normalization's code and
+    statistics depend on the call, and ``regime`` sets them)."""
+    gains = dict(zip(("gx", "gh", "gc", "bc"), (params[n] for n in arch.norm_names(j))))
+    return types.SimpleNamespace(norm=LAYER if arch.norm == "layer" else NONE, xstats=None,
+                                 stats=None, rmask=rmask, zh=zh, zc=zc, wmask=None,
+                                 **{k: gains.get(k) for k in ("gx", "gh", "gc", "bc")})
+
+
 def regime(arch: Architecture, params: dict, T: int, B: int, dtype: Any, training: bool,
            rng: Optional[np.random.Generator], running: Optional[dict],
            start: int = 0) -> Optional[list]:
@@ -91,14 +103,8 @@ def regime(arch: Architecture, params: dict, T: int, B: int, dtype: Any, trainin
     layers = []
     H, G = arch.hidden_size, arch.gate_size
     for j in range(arch.num_states):
-        names = arch.norm_names(j)
-        gains = dict(zip(("gx", "gh", "gc", "bc"), (params[n] for n in names)))
-        lay = types.SimpleNamespace(norm=NONE, xstats=None, stats=None, rmask=None, zh=None,
-                                    zc=None, wmask=None, **{k: gains.get(k) for k in
-                                                            ("gx", "gh", "gc", "bc")})
-        if arch.norm == "layer":
-            lay.norm = LAYER
-        elif arch.norm == "batch":
+        lay = options(arch, params, j)
+        if arch.norm == "batch":
             lay.norm = BATCH if training else BATCH_FIXED
             if not training:
                 fixed = []

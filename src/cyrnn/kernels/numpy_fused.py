@@ -8,7 +8,6 @@ and are shared by both backends.
 """
 from __future__ import annotations
 
-import types
 from typing import Optional, Union
 
 import numpy as np
@@ -257,15 +256,9 @@ def _regime(arch, params, regular):
     weights), or None for a plain stack."""
     if arch.norm is None and regular is None:
         return None
-    layers = []
-    for j in range(arch.num_states):
-        gains = dict(zip(("gx", "gh", "gc", "bc"), (params[n] for n in arch.norm_names(j))))
-        masks = (None, None, None) if regular is None or regular[j] is None else regular[j]
-        layers.append(types.SimpleNamespace(
-            norm=norms.LAYER if arch.norm else norms.NONE, xstats=None, stats=None,
-            rmask=masks[0], zh=masks[1], zc=masks[2], wmask=None,
-            **{k: gains.get(k) for k in ("gx", "gh", "gc", "bc")}))
-    return layers
+    return [norms.options(arch, params, j,
+                          *(() if regular is None or regular[j] is None else regular[j]))
+            for j in range(arch.num_states)]
 
 
 def _stack_step(inputs, targets, h0, layers, num_directions, Why, by, code, slope, carry,
