@@ -27,6 +27,10 @@ cdef extern from "_smallgemm.h" nogil:
     void spack_panels "cyrnn_spack_panels"(const float* W, long K, long N, long ldw, float* Wp)
     void dpack_panels "cyrnn_dpack_panels"(const double* W, long K, long N, long ldw,
                                            double* Wp)
+    void spack_panels_t "cyrnn_spack_panels_t"(const float* V, long K, long N, long ldv,
+                                               float* Wp)
+    void dpack_panels_t "cyrnn_dpack_panels_t"(const double* V, long K, long N, long ldv,
+                                               double* Wp)
     int sgemm_panels "cyrnn_sgemm_panels"(long M, long N, long K, float alpha, const float* A,
                                           long lda, const float* Wp, int beta, float* C,
                                           long ldc)

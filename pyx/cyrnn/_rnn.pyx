@@ -26,9 +26,10 @@ from cyrnn._act cimport (SIGMOID, activate, add_row_sums, add_to_rows, elementwi
                          elementwise_widest, exp_build, exp_f32_build, exp_inplace,
                          rows_build_f32, rows_build_f64, times_derivative)
 from cyrnn._blas cimport (BLAS_GEMV_SINGLE_THREAD_MAX_WORK, BLAS_SINGLE_THREAD_MAX_WORK,
-                          blas_threads, dgemm_build, dpack_panels, gemm, gemm_panels,
-                          on_own_kernel, own_kernel_available, panel_columns, sgemm_build,
-                          spack_panels, sum_of_squares)
+                          blas_threads, dgemm_build, dpack_panels, dpack_panels_t, gemm,
+                          gemm_panels, on_own_kernel, own_kernel_available, panel_columns,
+                          sgemm_build, spack_panels, spack_panels_t, sum_of_squares,
+                          sgemm_small, dgemm_small)
 from scipy.linalg.cython_blas cimport sgemm
 
 import threading
@@ -59,6 +60,10 @@ cdef enum:
     MAX_KEPT_BYTES = 256 << 20
     # from this batch size on, rnn_forward multiplies by a transposed copy of Whh (see there)
     TRANSPOSE_MIN_BATCH = 2
+    # a gated layer's dense input projection runs step by step inside the recurrence (see
+    # projects_per_step) where Wxh^T has at most this many bytes, so that it stays in cache
+    # beside Whh^T from step to step
+    STEP_PROJECTION_MAX_BYTES = 1 << 20
     # values per exp call of a softmax: rows of logits are shifted by their maximum, then
     # exponentiated together, in blocks of about this many values (short rows, one call for many)
     EXP_BLOCK = 1024

@@ -409,6 +409,8 @@ CYRNN_ENTRY(d, double)
  *   cyrnn_<s|d>pack_panels(W, K, N, ldw, Wp)
  *       Wp (K * N values) = W (K, N) as panels of cyrnn_panel_columns columns (the last one
  *       narrower), one after the other, each its K rows of `width` values contiguous
+ *   cyrnn_<s|d>pack_panels_t(V, K, N, ldv, Wp)
+ *       the same Wp for W = V^T, from V (N, K) with leading dimension ldv (no transposed copy)
  *   cyrnn_<s|d>gemm_panels(M, N, K, alpha, A, lda, Wp, beta, C, ldc)
  *       C (M, N) = alpha * A (M, K) W (K, N) + beta * C as cyrnn_<s|d>gemm_small with W so
  *       packed: the same arithmetic, the same bits; 0 (C untouched) where there is no build
@@ -427,6 +429,22 @@ static inline void cyrnn_##P##pack_panels(const REAL* W, long K, long N, long ld
         for (k = 0; k < K; k++)                                                                \
             for (j = 0; j < width; j++)                                                        \
                 Wp[j0 * K + k * width + j] = W[k * ldw + j0 + j];                              \
+    }                                                                                          \
+}                                                                                              \
+static inline void cyrnn_##P##pack_panels_t(const REAL* V, long K, long N, long ldv,           \
+                                            REAL* Wp)                                          \
+{                                                                                              \
+    /* the same panels of W = V^T from V (N, K) itself: each row of V, read in order (which    \
+     * the hardware prefetcher follows), is a column of its panel, which stays in cache */     \
+    long panel = cyrnn_panel_columns(SINGLE), j0, k, j, width;                                 \
+    for (j0 = 0; j0 < N; j0 += panel) {                                                        \
+        REAL* P = Wp + j0 * K;                                                                 \
+        width = N - j0 < panel ? N - j0 : panel;                                               \
+        for (j = 0; j < width; j++) {                                                          \
+            const REAL* v = V + (j0 + j) * ldv;                                                \
+            for (k = 0; k < K; k++)                                                            \
+                P[k * width + j] = v[k];                                                       \
+        }                                                                                      \
     }                                                                                          \
 }                                                                                              \
 static inline int cyrnn_##P##gemm_panels(long M, long N, long K, REAL alpha, const REAL* A,   \

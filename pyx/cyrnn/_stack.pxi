@@ -268,19 +268,15 @@ cdef void output_function(floating* y, Py_ssize_t N, Py_ssize_t O, int output) n
 cdef void layer_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t* tokens,
                         floating* hs) noexcept nogil:
     """One layer-direction's states: projection of its inputs (token ids or dense) straight
-    into hs[1:] (the gated cells: into their gates (LSTM) or xw (GRU), G values a row), then
-    the recurrence in place. ``WxhT`` and ``WhhT``, where not NULL, are contiguous copies of
-    the transposed weights: rows of WxhT gather without striding, and products with
-    untransposed operands run faster (on cyrnn's own kernel, which needs them; OpenBLAS reads a
-    transposed operand more slowly)."""
-    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, G = a.G, I = p.n_in, TB = T * B, BH = B * H, n, j
-    cdef const floating* Wxh = <const floating*> p.Wxh
-    cdef const floating* WxhT = <const floating*> p.WxhT
-    cdef const floating* bh = <const floating*> p.bh
-    cdef const floating* x = <const floating*> p.x
-    cdef const floating* src
-    cdef floating* row
+    into hs[1:] (the gated cells: into their gates (LSTM) or xw (GRU), G values a row; or step
+    by step inside the recurrence, see projects_per_step), then the recurrence in place.
+    ``WxhT`` and ``WhhT``, where not NULL, are contiguous copies of the transposed weights: rows
+    of WxhT gather without striding, and products with untransposed operands run faster (on
+    cyrnn's own kernel, which needs them; OpenBLAS reads a transposed operand more slowly)."""
+    cdef Py_ssize_t T = a.T, B = a.B, H = a.H, G = a.G, TB = T * B, BH = B * H
     cdef bint norm = p.gx != NULL
+    # (decided once: the rule reads the BLAS thread count, which another thread may change)
+    cdef bint per_step = projects_per_step(a, p, tokens)
     cdef floating* proj = hs + BH
     if a.cell == CELL_LSTM:
         proj = <floating*> p.gates
@@ -288,43 +284,17 @@ cdef void layer_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t*
         proj = <floating*> p.xw
     # 1. input projection, straight into its buffer: proj (T*B, G) = x Wxh^T + bh (normalized
     # layers: + bh after the normalization)
-    if tokens != NULL and WxhT != NULL:
-        for n in range(TB):
-            # a row gather: row tokens[n] of Wxh^T (I, G)
-            row = proj + n * G
-            src = WxhT + tokens[n] * G
-            if norm:
-                memcpy(row, src, G * sizeof(floating))
-            else:
-                for j in range(G):
-                    row[j] = src[j] + bh[j]
-    elif tokens != NULL:
-        for n in range(TB):
-            # the same from Wxh itself: column tokens[n] of Wxh (G, I)
-            row = proj + n * G
-            for j in range(G):
-                row[j] = Wxh[j * I + tokens[n]]
-            if not norm:
-                add(row, bh, G)
-    else:
-        # (T*B, G) = x (T*B, I) Wxh^T (I, G)
-        if WxhT != NULL:
-            gemm(False, False, <int> TB, <int> G, <int> I, 1, x, <int> I, WxhT, <int> G, 0,
-                 proj, <int> G)
-        else:
-            gemm(False, True, <int> TB, <int> G, <int> I, 1, x, <int> I, Wxh, <int> I, 0,
-                 proj, <int> G)
-        if not norm:
-            add_to_rows(proj, bh, TB, G)
+    if not per_step:
+        project(a, p, tokens, 0, TB, proj, False)
     if norm:
         # proj <- N_x(proj) gx + bh, each row over its G values (xhat, xrstd kept)
         layer_norm(proj, <floating*> p.xhat, <floating*> p.xrstd, <const floating*> p.gx, TB, G)
-        add_to_rows(proj, bh, TB, G)
+        add_to_rows(proj, <const floating*> p.bh, TB, G)
     # 2. the recurrence, in place: hs[t + 1] = f(hs[t + 1] + h_prev Whh^T), in its direction
     if a.regime:
         regime_forward(a, p, hs)
     elif a.cell != CELL_ELMAN:
-        gated_forward(a, p, hs)
+        gated_forward(a, p, tokens if per_step else NULL, per_step, hs)
     elif p.WhhT != NULL:
         forward(hs + BH, <const floating*> p.h0, <const floating*> p.WhhT, True, hs, NULL, T, B,
                 H, a.code, <floating> a.slope, p.reverse)
@@ -333,11 +303,80 @@ cdef void layer_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t*
                 H, a.code, <floating> a.slope, p.reverse)
 
 
-cdef void gated_forward(const StepArgs* a, const LayerArgs* p, floating* hs) noexcept nogil:
-    """A gated layer-direction's recurrence over its projection: per step one GEMM, R_t =
-    h_prev Whh^T (B, G) (LSTM: added into the gates, which hold the projection), then the cell's
-    fused epilogue. States laid out as the Elman ones (hs[t + 1] the state after step t; the
-    reverse direction runs t = T-1 .. 0 from hs[T + 1] = h0); LSTM's c in cs alike."""
+cdef bint projects_per_step(const StepArgs* a, const LayerArgs* p,
+                            const Py_ssize_t* tokens) noexcept nogil:
+    """Whether a gated layer-direction (no regime) projects its inputs step by step, just
+    before each step's recurrent product adds to them, rather than over the whole sequence
+    first: the step's rows of the projection are then still in cache when the product and the
+    epilogue read them, instead of a (T, B, G) array making a round trip through memory. Where
+    the result is the same to the bit: token ids gathered from Wxh^T; dense inputs where the
+    whole-sequence product would run on cyrnn's own kernel (whose sums do not depend on the
+    number of rows), with a Wxh^T small enough to stay in cache beside Whh^T."""
+    if a.regime or a.cell == CELL_ELMAN or p.WxhT == NULL:
+        return False
+    if tokens != NULL:
+        return True
+    return (p.n_in * a.G * (4 if a.single else 8) <= STEP_PROJECTION_MAX_BYTES
+            and on_own_kernel(a.T * a.B, a.G, p.n_in))
+
+
+cdef void project(const StepArgs* a, const LayerArgs* p, const Py_ssize_t* tokens,
+                  Py_ssize_t start, Py_ssize_t rows, floating* proj, bint own) noexcept nogil:
+    """proj (rows, G) = x Wxh^T (+ bh, but for normalized layers) for rows start .. start + rows
+    - 1 of the layer's inputs (T*B rows: token ids or dense), proj pointing at row `start` of the
+    projection. With `own`, a dense product runs on cyrnn's own kernel whatever its size (the
+    steps of a projection that projects_per_step splits: the bits of the whole product)."""
+    cdef Py_ssize_t G = a.G, I = p.n_in, n, j
+    cdef const floating* Wxh = <const floating*> p.Wxh
+    cdef const floating* WxhT = <const floating*> p.WxhT
+    cdef const floating* bh = <const floating*> p.bh
+    cdef const floating* x = <const floating*> p.x
+    cdef const floating* src
+    cdef floating* row
+    cdef bint norm = p.gx != NULL
+    if tokens != NULL and WxhT != NULL:
+        for n in range(rows):
+            # a row gather: row tokens[n] of Wxh^T (I, G)
+            row = proj + n * G
+            src = WxhT + tokens[start + n] * G
+            if norm:
+                memcpy(row, src, G * sizeof(floating))
+            else:
+                for j in range(G):
+                    row[j] = src[j] + bh[j]
+        return
+    if tokens != NULL:
+        for n in range(rows):
+            # the same from Wxh itself: column tokens[n] of Wxh (G, I)
+            row = proj + n * G
+            for j in range(G):
+                row[j] = Wxh[j * I + tokens[start + n]]
+            if not norm:
+                add(row, bh, G)
+        return
+    # (rows, G) = x (rows, I) Wxh^T (I, G)
+    if own:
+        if floating is float:
+            sgemm_small(False, rows, G, I, 1, x + start * I, I, WxhT, G, 0, proj, G)
+        else:
+            dgemm_small(False, rows, G, I, 1, x + start * I, I, WxhT, G, 0, proj, G)
+    elif WxhT != NULL:
+        gemm(False, False, <int> rows, <int> G, <int> I, 1, x + start * I, <int> I, WxhT,
+             <int> G, 0, proj, <int> G)
+    else:
+        gemm(False, True, <int> rows, <int> G, <int> I, 1, x + start * I, <int> I, Wxh,
+             <int> I, 0, proj, <int> G)
+    if not norm:
+        add_to_rows(proj, bh, rows, G)
+
+
+cdef void gated_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t* tokens,
+                        bint per_step, floating* hs) noexcept nogil:
+    """A gated layer-direction's recurrence over its projection (made here, step by step, with
+    `per_step`: see projects_per_step): per step one GEMM, R_t = h_prev Whh^T (B, G) (LSTM: added into
+    the gates, which hold the projection), then the cell's fused epilogue. States laid out as
+    the Elman ones (hs[t + 1] the state after step t; the reverse direction runs t = T-1 .. 0
+    from hs[T + 1] = h0); LSTM's c in cs alike."""
     cdef Py_ssize_t T = a.T, B = a.B, H = a.H, G = a.G, BH = B * H, BG = B * G, s, t
     cdef bint reverse = p.reverse, lstm = a.cell == CELL_LSTM
     cdef const floating* Whh = <const floating*> p.Whh
@@ -356,6 +395,9 @@ cdef void gated_forward(const StepArgs* a, const LayerArgs* p, floating* hs) noe
         t = T - 1 - s if reverse else s
         h = hs + (t + 1) * BH
         h_prev = h + BH if reverse else h - BH
+        if per_step:
+            project(a, p, tokens, t * B, B,
+                    (gates if lstm else <floating*> p.xw) + t * BG, True)
         # LSTM: a_t (B, 4H) = P_t + h_prev Whh^T, in place; GRU: R (B, 3H) = h_prev Whh^T
         out = gates + t * BG if lstm else R
         if p.WhhT_panels != NULL:
@@ -639,9 +681,7 @@ cdef void layer_backward(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
         done += n_steps
     if tokens != NULL and dWxhT != NULL:
         # one transposition of the row-wise sums into dWxh (H, I)
-        for j in range(H):
-            for n in range(I):
-                dWxh[j * I + n] = dWxhT[n * H + j]
+        transpose_into(dWxh, <const floating*> dWxhT, I, H)
 
 
 cdef void weight_gradient(floating* dW, const floating* dA, const floating* X, Py_ssize_t G,
@@ -922,9 +962,7 @@ cdef void input_gradients(const StepArgs* a, Py_ssize_t l, Py_ssize_t d,
         for n in range(TB):
             add(dWxhT + tokens[n] * G, dP + n * G, G)
         # one transposition of the row-wise sums into dWxh (G, I)
-        for j in range(G):
-            for n in range(I):
-                dWxh[j * I + n] = dWxhT[n * G + j]
+        transpose_into(dWxh, <const floating*> dWxhT, I, G)
     elif tokens != NULL:
         memset(dWxh, 0, G * I * sizeof(floating))
         for n in range(TB):
@@ -1140,14 +1178,16 @@ def shard_count(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize
 
 cdef void transpose_into(floating* dst, const floating* src, Py_ssize_t R,
                          Py_ssize_t C) noexcept nogil:
-    """dst (C, R) = src (R, C)^T, by 16 x 16 blocks (both stay in cache)."""
+    """dst (C, R) = src (R, C)^T, by 16 x 16 blocks (both stay in cache), each written a row of
+    dst at a time: writes a power-of-two row length apart (a (1024, 256) Whh) fall in one set
+    of the L1 cache and evict each other, several times slower than strided reads."""
     cdef Py_ssize_t i0, j0, i, j, i1, j1
-    for i0 in range(0, R, 16):
-        i1 = min(R, i0 + 16)
-        for j0 in range(0, C, 16):
-            j1 = min(C, j0 + 16)
-            for i in range(i0, i1):
-                for j in range(j0, j1):
+    for j0 in range(0, C, 16):
+        j1 = min(C, j0 + 16)
+        for i0 in range(0, R, 16):
+            i1 = min(R, i0 + 16)
+            for j in range(j0, j1):
+                for i in range(i0, i1):
                     dst[j * R + i] = src[i * C + j]
 
 
@@ -1184,6 +1224,22 @@ cdef object panel_copy(W):
     return out
 
 
+cdef object transposed_panel_copy(W):
+    """panel_copy(transposed_copy(W)) without the transposed copy: W^T (C, R) of a
+    C-contiguous W (R, C) packed in panels, read from W's rows."""
+    cdef Py_ssize_t R = W.shape[0], C = W.shape[1]
+    out = empty((R * C,), W.dtype)
+    cdef void* src = data(W)
+    cdef void* dst = data(out)
+    if W.dtype == np.float32:
+        with nogil:
+            spack_panels_t(<const float*> src, C, R, C, <float*> dst)
+    else:
+        with nogil:
+            dpack_panels_t(<const double*> src, C, R, C, <double*> dst)
+    return out
+
+
 cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens, bint gated,
                               bint backward):
     """Copies of the weights for layer_forward, gated_backward and a regime's loops, or None
@@ -1201,18 +1257,20 @@ cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens,
     in place of WhhT."""
     cdef Py_ssize_t G = Whh.shape[0], H = Whh.shape[1], I = Wxh.shape[1]
     cdef bint single = Whh.dtype == np.float32
+    cdef bint panels = (gated and B >= 2 and panel_columns(single) != 0
+                        and on_own_kernel(B, G, H))
     # (for a batch of one only where a GEMV would be large enough for BLAS to thread it)
     WhhT = (transposed_copy(Whh)
-            if B >= TRANSPOSE_MIN_BATCH or G * H > BLAS_GEMV_SINGLE_THREAD_MAX_WORK else None)
+            if not panels and (B >= TRANSPOSE_MIN_BATCH
+                               or G * H > BLAS_GEMV_SINGLE_THREAD_MAX_WORK) else None)
     if tokens:
         WxhT = transposed_copy(Wxh) if I <= T * B else None
     else:
         WxhT = transposed_copy(Wxh) if T * B * I * G > BLAS_SINGLE_THREAD_MAX_WORK else None
     WhhT_panels = Whh_panels = None
-    if gated and B >= 2 and panel_columns(single) != 0 and on_own_kernel(B, G, H):
-        WhhT_panels = panel_copy(WhhT if WhhT is not None else transposed_copy(Whh))
+    if panels:
+        WhhT_panels = transposed_panel_copy(Whh)
         Whh_panels = panel_copy(Whh) if backward else None
-        WhhT = None
     return WxhT, WhhT, WhhT_panels, Whh_panels
 
 
