@@ -373,11 +373,14 @@ cdef void project(const StepArgs* a, const LayerArgs* p, const Py_ssize_t* token
 cdef void gated_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t* tokens,
                         bint per_step, floating* hs) noexcept nogil:
     """A gated layer-direction's recurrence over its projection (made here, step by step, with
-    `per_step`: see projects_per_step): per step one GEMM, R_t = h_prev Whh^T (B, G) (LSTM: added into
-    the gates, which hold the projection), then the cell's fused epilogue. States laid out as
-    the Elman ones (hs[t + 1] the state after step t; the reverse direction runs t = T-1 .. 0
-    from hs[T + 1] = h0); LSTM's c in cs alike."""
+    `per_step`: see projects_per_step): per step one GEMM, R_t = h_prev Whh^T (B, G) (LSTM:
+    added into the gates, which hold the projection), then the cell's fused epilogue. States
+    laid out as the Elman ones (hs[t + 1] the state after step t; the reverse direction runs
+    t = T-1 .. 0 from hs[T + 1] = h0); LSTM's c in cs alike. A forward pass with `per_step`
+    keeps no step's gates (GRU: nor projection and hn), which only the backward pass reads:
+    every step works in the first step's rows, which stay in cache."""
     cdef Py_ssize_t T = a.T, B = a.B, H = a.H, G = a.G, BH = B * H, BG = B * G, s, t
+    cdef Py_ssize_t kept = 0 if a.forward_only and per_step else 1  # steps apart in the gates
     cdef bint reverse = p.reverse, lstm = a.cell == CELL_LSTM
     cdef const floating* Whh = <const floating*> p.Whh
     cdef const floating* WhhT = <const floating*> p.WhhT
@@ -397,9 +400,9 @@ cdef void gated_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t*
         h_prev = h + BH if reverse else h - BH
         if per_step:
             project(a, p, tokens, t * B, B,
-                    (gates if lstm else <floating*> p.xw) + t * BG, True)
+                    (gates if lstm else <floating*> p.xw) + kept * t * BG, True)
         # LSTM: a_t (B, 4H) = P_t + h_prev Whh^T, in place; GRU: R (B, 3H) = h_prev Whh^T
-        out = gates + t * BG if lstm else R
+        out = gates + kept * t * BG if lstm else R
         if p.WhhT_panels != NULL:
             gemm_panels(<int> B, <int> G, <int> H, 1, h_prev, <int> H,
                         <const floating*> p.WhhT_panels, 1 if lstm else 0, out, <int> G)
@@ -413,8 +416,9 @@ cdef void gated_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t*
             c = cs + (t + 1) * BH
             lstm_cell_forward(out, c + BH if reverse else c - BH, c, h, B, H)
         else:
-            gru_cell_forward(<const floating*> p.xw + t * BG, R, <const floating*> p.bhn,
-                             h_prev, gates + t * BG, <floating*> p.hn + t * BH, h, B, H)
+            gru_cell_forward(<const floating*> p.xw + kept * t * BG, R,
+                             <const floating*> p.bhn, h_prev, gates + kept * t * BG,
+                             <floating*> p.hn + kept * t * BH, h, B, H)
 
 
 cdef void regime_forward(const StepArgs* a, const LayerArgs* p, floating* hs) noexcept nogil:
