@@ -223,6 +223,62 @@ def test_bit_identical_across_threads(cell, D, trunc):
             close(a, b, 1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell", [1, 2])
+@pytest.mark.parametrize("D", [1, 2])
+@pytest.mark.parametrize("tokens", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_outputs_with_the_projection_made_step_by_step(backend, cell, D, tokens, dtype):
+    # sizes at which the compiled kernel projects the inputs inside the recurrence, step by step
+    # (token rows; dense products on its own kernel) and, in a forward pass, keeps no step's gates
+    T, B, I, H, O = 8, 16, 32, 64, 24
+    rng = np.random.default_rng(11)
+    kern = kernels.get_backend(backend)
+    layers, Why, by, inputs, h0, c0 = make(cell, 2, D, I, H, O, T, B, tokens, dtype, rng)
+    y, h_last = kern._stack_outputs(inputs, h0, layers, D, Why, by, 0, 0.0, 0, None, cell, c0)
+    arch = Architecture(I, H, O, 2, D, cell=CELLS[cell])
+    params = {}
+    for j, p in enumerate(layers):
+        params.update(zip(arch.cell_names(j), p))
+    params["Why"], params["by"] = Why, by
+    ry, rh, rc = stack.outputs(kern, arch, (params, "tanh", 0.0), inputs, h0, "linear",
+                               c0=c0 if cell == 1 else None)
+    tol = TOL[dtype]
+    close(y, ry, tol)
+    close(h_last[0] if cell == 1 else h_last, rh, tol)
+    if cell == 1:
+        close(h_last[1], rc, tol)
+    # the training step's forward pass (which keeps every step's gates) gives the same states
+    targets = rng.standard_normal((T, B, O)).astype(dtype)
+    _, _, step_last, _ = kern._stack_step(inputs, targets, h0, layers, D, Why, by, 0, 0.0, None,
+                                          0, None, False, False, False, None, None, cell, c0)
+    for a, b in zip(step_last if cell == 1 else [step_last], h_last if cell == 1 else [h_last]):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.skipif("cython" not in BACKENDS, reason="compiled backend not built")
+@pytest.mark.parametrize("cell", [1, 2])
+@pytest.mark.parametrize("tokens", [False, True])
+def test_forward_of_large_weights_is_the_same_on_any_thread_count(cell, tokens):
+    # Whh past LARGE_WEIGHTS: a forward pass runs on as few shards as it has threads
+    from cyrnn import _rnn
+    T, B, I, H, O = 2, 64, 32, 768 if cell == 1 else 840, 96
+    G = (4 if cell == 1 else 3) * H
+    assert G * H > 1 << 21 and _rnn.shard_count(T, B, I, H, O, 1, 1, G) > 1
+    rng = np.random.default_rng(6)
+    layers, Why, by, inputs, h0, c0 = make(cell, 1, 1, I, H, O, T, B, tokens, np.float32, rng)
+    runs = [_rnn._stack_outputs(inputs, h0, layers, 1, Why, by, 0, 0.0, 0, threads, cell, c0)
+            for threads in (1, 2, 4)]
+    for y, h_last in runs[1:]:
+        assert np.array_equal(y, runs[0][0])
+        for a, b in zip(h_last if cell == 1 else [h_last],
+                        runs[0][1] if cell == 1 else [runs[0][1]]):
+            assert np.array_equal(a, b)
+    twin_y, _ = kernels.get_backend("numpy")._stack_outputs(inputs, h0, layers, 1, Why, by, 0,
+                                                             0.0, 0, None, cell, c0)
+    close(runs[0][0], twin_y, TOL[np.float32])
+
+
 # ---------------------------------------------------------------------------------------------
 # the models take the fused step; same results as the composition and as torch
 # ---------------------------------------------------------------------------------------------

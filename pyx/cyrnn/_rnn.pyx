@@ -26,10 +26,10 @@ from cyrnn._act cimport (SIGMOID, activate, add_row_sums, add_to_rows, elementwi
                          elementwise_widest, exp_build, exp_f32_build, exp_inplace,
                          rows_build_f32, rows_build_f64, times_derivative)
 from cyrnn._blas cimport (BLAS_GEMV_SINGLE_THREAD_MAX_WORK, BLAS_SINGLE_THREAD_MAX_WORK,
-                          blas_threads, dgemm_build, dpack_panels, dpack_panels_t, gemm,
-                          gemm_panels, on_own_kernel, own_kernel_available, panel_columns,
-                          sgemm_build, spack_panels, spack_panels_t, sum_of_squares,
-                          sgemm_small, dgemm_small)
+                          OWN_KERNEL_MAX_WORK_AVX2, blas_threads, dgemm_build, dgemm_small,
+                          dpack_panels, dpack_panels_t, gemm, gemm_panels, on_own_kernel,
+                          own_kernel_available, panel_columns, sgemm_build, sgemm_small,
+                          spack_panels, spack_panels_t, sum_of_squares)
 from scipy.linalg.cython_blas cimport sgemm
 
 import threading

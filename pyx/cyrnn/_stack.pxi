@@ -1494,7 +1494,18 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
     cdef Py_ssize_t LD = len(layers), L = LD // D, H = Why.shape[1] // D
     cdef Py_ssize_t I = layers[0][0].shape[1]
     cdef bint tokens = inputs.dtype.kind in "iu"
-    cdef Py_ssize_t shards = shard_count(T, B, I, H, O, L, D, layers[0][1].shape[0])
+    cdef Py_ssize_t G = layers[0][1].shape[0]
+    cdef Py_ssize_t shards = shard_count(T, B, I, H, O, L, D, G)
+    cdef Py_ssize_t rows = T * (B // shards)  # the fewest rows a shard has
+    if (targets is None and G * H > LARGE_WEIGHTS and shards > 1
+            and (tokens or rows * G * I > OWN_KERNEL_MAX_WORK_AVX2)
+            and rows * D * H * O > OWN_KERNEL_MAX_WORK_AVX2):
+        # A forward pass sums nothing over the batch: its rows come out the same on any number
+        # of shards, as long as each product runs on the same kernel (BLAS or cyrnn's own, by
+        # its size: the sizes checked here are past every threshold either way). Weights this
+        # large stream from memory once per shard and step, so it runs on as few shards as it
+        # has threads.
+        shards = max(1, min(shards, _threads.resolve(threads)))
     cdef Py_ssize_t per = B // shards, extra = B % shards, s, b0, b1, j
     # the thread count matters only when there are shards to share (and is looked up only then)
     cdef int n_threads = 1 if shards == 1 else max(1, min(_threads.resolve(threads), shards))
