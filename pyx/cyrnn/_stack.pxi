@@ -377,8 +377,9 @@ cdef void gated_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t*
     added into the gates, which hold the projection), then the cell's fused epilogue. States
     laid out as the Elman ones (hs[t + 1] the state after step t; the reverse direction runs
     t = T-1 .. 0 from hs[T + 1] = h0); LSTM's c in cs alike. A forward pass with `per_step`
-    keeps no step's gates (GRU: nor projection and hn), which only the backward pass reads:
-    every step works in the first step's rows, which stay in cache."""
+    keeps no step's gates (GRU: nor hn), which only the backward pass reads: every step works
+    in the first step's rows, which stay in cache; a GRU's projection, made step by step, is
+    never kept."""
     cdef Py_ssize_t T = a.T, B = a.B, H = a.H, G = a.G, BH = B * H, BG = B * G, s, t
     cdef Py_ssize_t kept = 0 if a.forward_only and per_step else 1  # steps apart in the gates
     cdef bint reverse = p.reverse, lstm = a.cell == CELL_LSTM
@@ -386,6 +387,7 @@ cdef void gated_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t*
     cdef const floating* WhhT = <const floating*> p.WhhT
     cdef floating* cs = <floating*> p.cs
     cdef floating* gates = <floating*> p.gates
+    cdef floating* xw = <floating*> p.xw
     cdef floating* R = <floating*> a.R
     cdef floating* h
     cdef floating* c
@@ -399,8 +401,8 @@ cdef void gated_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t*
         h = hs + (t + 1) * BH
         h_prev = h + BH if reverse else h - BH
         if per_step:
-            project(a, p, tokens, t * B, B,
-                    (gates if lstm else <floating*> p.xw) + kept * t * BG, True)
+            # (GRU: the projection is read only here, in this step's epilogue)
+            project(a, p, tokens, t * B, B, gates + kept * t * BG if lstm else xw, True)
         # LSTM: a_t (B, 4H) = P_t + h_prev Whh^T, in place; GRU: R (B, 3H) = h_prev Whh^T
         out = gates + kept * t * BG if lstm else R
         if p.WhhT_panels != NULL:
@@ -416,9 +418,9 @@ cdef void gated_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t*
             c = cs + (t + 1) * BH
             lstm_cell_forward(out, c + BH if reverse else c - BH, c, h, B, H)
         else:
-            gru_cell_forward(<const floating*> p.xw + kept * t * BG, R,
-                             <const floating*> p.bhn, h_prev, gates + kept * t * BG,
-                             <floating*> p.hn + kept * t * BH, h, B, H)
+            gru_cell_forward(xw if per_step else xw + t * BG, R, <const floating*> p.bhn,
+                             h_prev, gates + kept * t * BG, <floating*> p.hn + kept * t * BH,
+                             h, B, H)
 
 
 cdef void regime_forward(const StepArgs* a, const LayerArgs* p, floating* hs) noexcept nogil:
