@@ -109,6 +109,30 @@ def test_product_in_parts_of_the_shared_dimension(rng, dtype, build, K, trans_a,
 
 
 @needs_build
+@pytest.mark.parametrize("trans_a", [False, True], ids=["A", "A.T"])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_product_of_many_rows_on_wide_weights_packs_them_to_the_same_bits(rng, dtype, build,
+                                                                          trans_a, accumulate):
+    # from 128 rows on, a W whose rows are a page apart (1024 floats, 512 doubles) is copied
+    # into panels inside the kernel: the same sums as the smaller products that read it in place
+    M, K = 160, 37
+    N = (4096 // np.dtype(dtype).itemsize) + 7  # a page and a tail
+    A = rng.normal(size=(M, K)).astype(dtype)
+    W = rng.normal(size=(K, N)).astype(dtype)
+    C = rng.normal(size=(M, N)).astype(dtype)
+    whole, halves = C.copy(), C.copy()
+    own_product(np.ascontiguousarray(A.T) if trans_a else A, W, whole, -0.5, accumulate, trans_a,
+                build)
+    for rows in (slice(0, 80), slice(80, M)):  # 80 rows: below the packing threshold
+        part = np.ascontiguousarray(halves[rows])
+        own_product(np.ascontiguousarray(A[rows].T) if trans_a else A[rows], W, part, -0.5,
+                    accumulate, trans_a, build)
+        halves[rows] = part
+    np.testing.assert_array_equal(whole, halves)
+    close(whole, -0.5 * (A.astype(np.float64) @ W) + (C if accumulate else 0), TOL[dtype])
+
+
+@needs_build
 @pytest.mark.parametrize("M, N, K", [(1, 1, 1), (2, 17, 5), (7, 64, 3), (13, 100, 33),
                                      (16, 257, 513), (6, 129, 1500), (19, 300, 64)])
 @pytest.mark.parametrize("accumulate", [False, True])

@@ -24,7 +24,14 @@
 #ifndef CYRNN_SMALLGEMM_H
 #define CYRNN_SMALLGEMM_H
 
+#include <stdlib.h>
+
 #include "_cpu.h"
+
+/* products of at least this many rows, against a W whose rows are at least a page apart, copy
+ * W into panels first (see CYRNN_GEMM) */
+#define CYRNN_PACK_MIN_ROWS 128
+#define CYRNN_PAGE_BYTES 4096
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <dlfcn.h>
@@ -273,11 +280,30 @@ NAME##_any(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long 
     }                                                                                          \
 }                                                                                              \
                                                                                                \
-__attribute__((target(TARGET))) static void                                                   \
-NAME(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long lda, const REAL* W, \
-     long ldw, int beta, REAL* C, long ldc)                                                   \
+__attribute__((target(TARGET))) static void                                                    \
+NAME(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long lda, const REAL* W,  \
+     long ldw, int beta, REAL* C, long ldc)                                                    \
 {                                                                                              \
-    NAME##_any(trans_a, M, N, K, alpha, A, lda, W, ldw, 0, beta, C, ldc);                     \
+    /* Many rows against a W whose rows are a page or more apart: read in place, every row     \
+     * of a panel is a new page, for every block of rows (TLB misses the prefetcher does not   \
+     * cover); copied once into panels, W streams. The same sums, so the same bits. */         \
+    if (M >= CYRNN_PACK_MIN_ROWS && ldw * (long) sizeof(REAL) >= CYRNN_PAGE_BYTES              \
+            && K >= 16) {                                                                      \
+        REAL* Wp = (REAL*) malloc(sizeof(REAL) * K * N);                                       \
+        if (Wp != NULL) {                                                                      \
+            long j0, k, j, width;                                                              \
+            for (j0 = 0; j0 < N; j0 += LANES * NV) {                                           \
+                width = N - j0 < LANES * NV ? N - j0 : LANES * NV;                             \
+                for (k = 0; k < K; k++)                                                        \
+                    for (j = 0; j < width; j++)                                                \
+                        Wp[j0 * K + k * width + j] = W[k * ldw + j0 + j];                      \
+            }                                                                                  \
+            NAME##_any(trans_a, M, N, K, alpha, A, lda, Wp, 0, 1, beta, C, ldc);               \
+            free(Wp);                                                                          \
+            return;                                                                            \
+        }                                                                                      \
+    }                                                                                          \
+    NAME##_any(trans_a, M, N, K, alpha, A, lda, W, ldw, 0, beta, C, ldc);                      \
 }                                                                                              \
                                                                                                \
 __attribute__((target(TARGET))) static void                                                   \
