@@ -113,9 +113,10 @@ def test_product_in_parts_of_the_shared_dimension(rng, dtype, build, K, trans_a,
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_product_of_many_rows_on_wide_weights_packs_them_to_the_same_bits(rng, dtype, build,
                                                                           trans_a, accumulate):
-    # from 128 rows on, a W whose rows are a page apart (1024 floats, 512 doubles) is copied
+    # from 1024 rows on, a W whose rows are a page apart (1024 floats, 512 doubles) is copied
     # into panels inside the kernel: the same sums as the smaller products that read it in place
-    M, K = 160, 37
+    # (K past one part of 512 rows: the panels' later parts are read at their offset too)
+    M, K = 1040, 600
     N = (4096 // np.dtype(dtype).itemsize) + 7  # a page and a tail
     A = rng.normal(size=(M, K)).astype(dtype)
     W = rng.normal(size=(K, N)).astype(dtype)
@@ -123,7 +124,7 @@ def test_product_of_many_rows_on_wide_weights_packs_them_to_the_same_bits(rng, d
     whole, halves = C.copy(), C.copy()
     own_product(np.ascontiguousarray(A.T) if trans_a else A, W, whole, -0.5, accumulate, trans_a,
                 build)
-    for rows in (slice(0, 80), slice(80, M)):  # 80 rows: below the packing threshold
+    for rows in (slice(0, 520), slice(520, M)):  # 520 rows: below the packing threshold
         part = np.ascontiguousarray(halves[rows])
         own_product(np.ascontiguousarray(A[rows].T) if trans_a else A[rows], W, part, -0.5,
                     accumulate, trans_a, build)

@@ -4,8 +4,10 @@
  * copies ("packs") both operands into its own layout on every call (its SkylakeX build skips
  * that for products of M*N*K up to about 1e6, with small-matrix kernels this one only ties), and
  * at B = 32..64, H = 256..1024 the copy costs 25-40% of the product. This kernel reads W in the
- * layout the caller already keeps, and holds a block of the result in vector registers while the
- * shared dimension streams past: one pass over W per block of rows, no packing. A block is
+ * layout the caller already keeps (or, for a recurrence, packs once per call: cyrnn_pack_panels
+ * below), and holds a block of the result in vector registers while the shared dimension streams
+ * past: one pass over W per block of rows. It copies W itself only for a product of a thousand
+ * rows or more on a W whose rows are a page apart, where that pays (see CYRNN_GEMM). A block is
  * 6 rows x 4 vectors on AVX-512 (24 of 32 registers: 64 floats or 32 doubles across), 4 x 3 on
  * AVX2 (12 of 16). A single row of C (a batch of one, text generation) holds up to 16 (AVX2: 8)
  * vectors instead and reads W in memory order.
@@ -28,10 +30,11 @@
 
 #include "_cpu.h"
 
-/* products of at least this many rows, against a W whose rows are at least a page apart, copy
- * W into panels first (see CYRNN_GEMM) */
-#define CYRNN_PACK_MIN_ROWS 128
+/* products of at least this many rows, against a W whose rows are at least a page apart and
+ * of at most this many bytes, copy W into panels first (see CYRNN_GEMM) */
+#define CYRNN_PACK_MIN_ROWS 1024
 #define CYRNN_PAGE_BYTES 4096
+#define CYRNN_PACK_MAX_BYTES 67108864.0
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <dlfcn.h>
@@ -286,9 +289,11 @@ NAME(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long lda, c
 {                                                                                              \
     /* Many rows against a W whose rows are a page or more apart: read in place, every row     \
      * of a panel is a new page, for every block of rows (TLB misses the prefetcher does not   \
-     * cover); copied once into panels, W streams. The same sums, so the same bits. */         \
+     * cover); copied once into panels, W streams. The same sums, so the same bits. The copy   \
+     * pays for itself only over many rows (a recurrence's per-step product, a batch's rows,   \
+     * would copy W at every step), and is kept to CYRNN_PACK_MAX_BYTES. */                    \
     if (M >= CYRNN_PACK_MIN_ROWS && ldw * (long) sizeof(REAL) >= CYRNN_PAGE_BYTES              \
-            && K >= 16) {                                                                      \
+            && K >= 16 && (double) K * N * sizeof(REAL) <= CYRNN_PACK_MAX_BYTES) {             \
         REAL* Wp = (REAL*) malloc(sizeof(REAL) * K * N);                                       \
         if (Wp != NULL) {                                                                      \
             long j0, k, j, width;                                                              \
@@ -464,12 +469,12 @@ static inline void cyrnn_##P##pack_panels_t(const REAL* V, long K, long N, long 
      * the hardware prefetcher follows), is a column of its panel, which stays in cache */     \
     long panel = cyrnn_panel_columns(SINGLE), j0, k, j, width;                                 \
     for (j0 = 0; j0 < N; j0 += panel) {                                                        \
-        REAL* P = Wp + j0 * K;                                                                 \
+        REAL* panel_start = Wp + j0 * K;                                                       \
         width = N - j0 < panel ? N - j0 : panel;                                               \
         for (j = 0; j < width; j++) {                                                          \
             const REAL* v = V + (j0 + j) * ldv;                                                \
             for (k = 0; k < K; k++)                                                            \
-                P[k * width + j] = v[k];                                                       \
+                panel_start[k * width + j] = v[k];                                             \
         }                                                                                      \
     }                                                                                          \
 }                                                                                              \

@@ -161,6 +161,8 @@ ctypedef struct LayerArgs:
     void* gates     # (T, B, G) the gates after activation (LSTM: the projection first)
     void* xw        # GRU (T, B, G): the projection
     void* hn        # GRU (T, B, H): R_n + bhn, kept for the backward pass
+    # (a forward pass that projects step by step keeps only one step of gates and hn, and a GRU
+    # projecting step by step only one step of xw: see gated_forward)
     void* dbhn      # GRU (H,)
     void* dc0       # LSTM (B, H)
     # layer normalization (NULL without): the gains gx, gh (G,) and, LSTM, gc, bc (H,); what the
@@ -310,13 +312,14 @@ cdef bint projects_per_step(const StepArgs* a, const LayerArgs* p,
     first: the step's rows of the projection are then still in cache when the product and the
     epilogue read them, instead of a (T, B, G) array making a round trip through memory. Where
     the result is the same to the bit: token ids gathered from Wxh^T; dense inputs where the
-    whole-sequence product would run on cyrnn's own kernel (whose sums do not depend on the
-    number of rows), with a Wxh^T small enough to stay in cache beside Whh^T."""
+    whole-sequence product would run on cyrnn's own kernel, whose blocks of rows sum alike
+    however many rows there are (but a single row, which it sums differently: hence a batch of
+    two or more), with a Wxh^T small enough to stay in cache beside Whh^T."""
     if a.regime or a.cell == CELL_ELMAN or p.WxhT == NULL:
         return False
     if tokens != NULL:
         return True
-    return (p.n_in * a.G * (4 if a.single else 8) <= STEP_PROJECTION_MAX_BYTES
+    return (a.B >= 2 and p.n_in * a.G * (4 if a.single else 8) <= STEP_PROJECTION_MAX_BYTES
             and on_own_kernel(a.T * a.B, a.G, p.n_in))
 
 
@@ -1185,8 +1188,9 @@ def shard_count(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize
 cdef void transpose_into(floating* dst, const floating* src, Py_ssize_t R,
                          Py_ssize_t C) noexcept nogil:
     """dst (C, R) = src (R, C)^T, by 16 x 16 blocks (both stay in cache), each written a row of
-    dst at a time: writes a power-of-two row length apart (a (1024, 256) Whh) fall in one set
-    of the L1 cache and evict each other, several times slower than strided reads."""
+    dst at a time: with power-of-two row lengths (a (1024, 256) Whh), a block's 16 rows of src
+    and of dst each fall in one set of the L1 cache, and written strided, dst's lines were
+    evicted before they were full; this order measured four times faster there."""
     cdef Py_ssize_t i0, j0, i, j, i1, j1
     for j0 in range(0, C, 16):
         j1 = min(C, j0 + 16)
@@ -1487,8 +1491,9 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
                        int output, masks, threads, int cell=CELL_ELMAN, c0=None,
                        gains=None, regular=None):
     """Run a training step (or, with ``targets`` None, a forward pass) of a stack of layers
-    over the batch in ``shard_count(...)`` shards of consecutive sequences, on at most
-    ``threads`` threads. Returns ``(shards, loss)``: the shards' buffers (a list of Shard) and
+    over the batch in ``shard_count(...)`` shards of consecutive sequences (a forward pass with
+    large weights: in as few as it has threads, see below), on at most ``threads`` threads.
+    Returns ``(shards, loss)``: the shards' buffers (a list of Shard) and
     the sum of their losses, in shard order. ``gains``, ``regular``: None, or layer
     normalization's gains and the regularizers' masks of each layer-direction (see
     ``_stack_step``)."""
@@ -1773,7 +1778,8 @@ def elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, neg
     """elman_forward(inputs, h0, Wxh, Whh, bh, Why, by, nonlinearity="tanh", *, negative_slope=0.01, output="linear", threads=None)
 
     Projection, recurrence, output layer and output function in one ``nogil`` call, in shards
-    of the batch on up to ``threads`` threads as the training step. The full contract is the
+    of the batch on up to ``threads`` threads as the training step (with weights past
+    LARGE_WEIGHTS, in as few shards as it has threads). The full contract is the
     docstring of the NumPy twin, copied here by ``cyrnn.kernels``.
     """
     inputs, h0, Wxh, Whh, bh, Why, by, code, slope = _model_args(
