@@ -36,6 +36,25 @@
 #define CYRNN_PAGE_BYTES 4096
 #define CYRNN_PACK_MAX_BYTES 67108864.0
 
+/* Wp (K * N values) = W (K, N), leading dimension ldw, as panels of `panel` columns (the last
+ * one narrower), one after the other, each its K rows of `width` values contiguous: the layout
+ * the kernel reads with `panels` (cyrnn_pack_panels below packs for the widest build here) */
+#define CYRNN_PACK_COLUMNS(P, REAL)                                                            \
+static inline void cyrnn_##P##pack_columns(const REAL* W, long K, long N, long ldw,            \
+                                           long panel, REAL* Wp)                               \
+{                                                                                              \
+    long j0, k, j, width;                                                                      \
+    for (j0 = 0; j0 < N; j0 += panel) {                                                        \
+        width = N - j0 < panel ? N - j0 : panel;                                               \
+        for (k = 0; k < K; k++)                                                                \
+            for (j = 0; j < width; j++)                                                        \
+                Wp[j0 * K + k * width + j] = W[k * ldw + j0 + j];                              \
+    }                                                                                          \
+}
+CYRNN_PACK_COLUMNS(s, float)
+CYRNN_PACK_COLUMNS(d, double)
+#undef CYRNN_PACK_COLUMNS
+
 #if defined(__unix__) || defined(__APPLE__)
 #include <dlfcn.h>
 #endif
@@ -148,11 +167,11 @@ static inline int cyrnn_blas_threads(void* blas_function)
 #define Yd_MUL(a, b) _mm256_mul_pd(a, b)
 #define Yd_ADD(a, b) _mm256_add_pd(a, b)
 
-/* The kernel, written once for each build and float type: CYRNN_GEMM(name, ops, real, lanes,
- * MR, NV, ROW_NV, target) defines cyrnn_<name>(trans_a, M, N, K, ...). A block holds MR rows x
- * NV vectors of C (AVX-512: 6 x 4 in 24 of its 32 registers; AVX2: 4 x 3 in 12 of 16); a single
- * row holds up to ROW_NV vectors. */
-#define CYRNN_GEMM(NAME, O, REAL, LANES, MR, NV, ROW_NV, KC, MC, TARGET)                       \
+/* The kernel, written once for each build and float type: CYRNN_GEMM(name, s|d, ops, real,
+ * lanes, MR, NV, ROW_NV, target) defines cyrnn_<name>(trans_a, M, N, K, ...). A block holds
+ * MR rows x NV vectors of C (AVX-512: 6 x 4 in 24 of its 32 registers; AVX2: 4 x 3 in 12 of
+ * 16); a single row holds up to ROW_NV vectors. */
+#define CYRNN_GEMM(NAME, P, O, REAL, LANES, MR, NV, ROW_NV, KC, MC, TARGET)                    \
                                                                                                \
 /* One block: rows [0, mr) and vectors [0, nv) of C, the last vector masked by `tail`. With    \
  * constant arguments (every call below passes literals) the loops unroll into straight code. */\
@@ -296,13 +315,7 @@ NAME(int trans_a, long M, long N, long K, REAL alpha, const REAL* A, long lda, c
             && K >= 16 && (double) K * N * sizeof(REAL) <= CYRNN_PACK_MAX_BYTES) {             \
         REAL* Wp = (REAL*) malloc(sizeof(REAL) * K * N);                                       \
         if (Wp != NULL) {                                                                      \
-            long j0, k, j, width;                                                              \
-            for (j0 = 0; j0 < N; j0 += LANES * NV) {                                           \
-                width = N - j0 < LANES * NV ? N - j0 : LANES * NV;                             \
-                for (k = 0; k < K; k++)                                                        \
-                    for (j = 0; j < width; j++)                                                \
-                        Wp[j0 * K + k * width + j] = W[k * ldw + j0 + j];                      \
-            }                                                                                  \
+            cyrnn_##P##pack_columns(W, K, N, ldw, LANES * NV, Wp);                             \
             NAME##_any(trans_a, M, N, K, alpha, A, lda, Wp, 0, 1, beta, C, ldc);               \
             free(Wp);                                                                          \
             return;                                                                            \
@@ -366,10 +379,10 @@ NAME##_panels(long M, long N, long K, REAL alpha, const REAL* A, long lda, const
  * for AVX2, 96-512 measured alike or worse the smaller). MC, the rows of C per group: 96 (16
  * AVX-512 blocks; 512 x 96 floats of A are 192 KiB, beside the panel in L2); 48-192 measured
  * alike, no groups (all rows at once) a sixth slower at M = 1024..4096 */
-CYRNN_GEMM(cyrnn_sgemm_avx512, Zs_, float, 16, 6, 4, 16, 512, 96, "avx512f")
-CYRNN_GEMM(cyrnn_dgemm_avx512, Zd_, double, 8, 6, 4, 16, 512, 96, "avx512f")
-CYRNN_GEMM(cyrnn_sgemm_avx2, Ys_, float, 8, 4, 3, 8, 512, 96, "avx2,fma")
-CYRNN_GEMM(cyrnn_dgemm_avx2, Yd_, double, 4, 4, 3, 8, 512, 96, "avx2,fma")
+CYRNN_GEMM(cyrnn_sgemm_avx512, s, Zs_, float, 16, 6, 4, 16, 512, 96, "avx512f")
+CYRNN_GEMM(cyrnn_dgemm_avx512, d, Zd_, double, 8, 6, 4, 16, 512, 96, "avx512f")
+CYRNN_GEMM(cyrnn_sgemm_avx2, s, Ys_, float, 8, 4, 3, 8, 512, 96, "avx2,fma")
+CYRNN_GEMM(cyrnn_dgemm_avx2, d, Yd_, double, 4, 4, 3, 8, 512, 96, "avx2,fma")
 
 #undef CYRNN_GEMM
 #undef CYRNN_BLOCK
@@ -452,15 +465,9 @@ static inline long cyrnn_panel_columns(int single)
 }
 
 #define CYRNN_PANELS(P, REAL, SINGLE)                                                          \
-static inline void cyrnn_##P##pack_panels(const REAL* W, long K, long N, long ldw, REAL* Wp)  \
+static inline void cyrnn_##P##pack_panels(const REAL* W, long K, long N, long ldw, REAL* Wp)   \
 {                                                                                              \
-    long panel = cyrnn_panel_columns(SINGLE), j0, k, j, width;                                 \
-    for (j0 = 0; j0 < N; j0 += panel) {                                                        \
-        width = N - j0 < panel ? N - j0 : panel;                                               \
-        for (k = 0; k < K; k++)                                                                \
-            for (j = 0; j < width; j++)                                                        \
-                Wp[j0 * K + k * width + j] = W[k * ldw + j0 + j];                              \
-    }                                                                                          \
+    cyrnn_##P##pack_columns(W, K, N, ldw, cyrnn_panel_columns(SINGLE), Wp);                    \
 }                                                                                              \
 static inline void cyrnn_##P##pack_panels_t(const REAL* V, long K, long N, long ldv,           \
                                             REAL* Wp)                                          \

@@ -296,7 +296,7 @@ cdef void layer_forward(const StepArgs* a, const LayerArgs* p, const Py_ssize_t*
     if a.regime:
         regime_forward(a, p, hs)
     elif a.cell != CELL_ELMAN:
-        gated_forward(a, p, tokens if per_step else NULL, per_step, hs)
+        gated_forward(a, p, tokens, per_step, hs)
     elif p.WhhT != NULL:
         forward(hs + BH, <const floating*> p.h0, <const floating*> p.WhhT, True, hs, NULL, T, B,
                 H, a.code, <floating> a.slope, p.reverse)
@@ -1218,35 +1218,26 @@ cdef object transposed_copy(W):
     return out
 
 
-cdef object panel_copy(W):
+cdef object panel_copy(W, bint transposed=False):
     """W (K, N), C-contiguous, packed as pack_panels lays it out for gemm_panels: a new 1-D
-    array of K*N values."""
-    cdef Py_ssize_t K = W.shape[0], N = W.shape[1]
-    out = empty((K * N,), W.dtype)
-    cdef void* src = data(W)
-    cdef void* dst = data(out)
-    if W.dtype == np.float32:
-        with nogil:
-            spack_panels(<const float*> src, K, N, N, <float*> dst)
-    else:
-        with nogil:
-            dpack_panels(<const double*> src, K, N, N, <double*> dst)
-    return out
-
-
-cdef object transposed_panel_copy(W):
-    """panel_copy(transposed_copy(W)) without the transposed copy: W^T (C, R) of a
-    C-contiguous W (R, C) packed in panels, read from W's rows."""
+    array of K*N values. With `transposed`, the same for W^T, read from W's rows (no transposed
+    copy first)."""
     cdef Py_ssize_t R = W.shape[0], C = W.shape[1]
     out = empty((R * C,), W.dtype)
     cdef void* src = data(W)
     cdef void* dst = data(out)
     if W.dtype == np.float32:
         with nogil:
-            spack_panels_t(<const float*> src, C, R, C, <float*> dst)
+            if transposed:
+                spack_panels_t(<const float*> src, C, R, C, <float*> dst)
+            else:
+                spack_panels(<const float*> src, R, C, C, <float*> dst)
     else:
         with nogil:
-            dpack_panels_t(<const double*> src, C, R, C, <double*> dst)
+            if transposed:
+                dpack_panels_t(<const double*> src, C, R, C, <double*> dst)
+            else:
+                dpack_panels(<const double*> src, R, C, C, <double*> dst)
     return out
 
 
@@ -1279,7 +1270,7 @@ cdef tuple transposed_weights(Wxh, Whh, Py_ssize_t T, Py_ssize_t B, bint tokens,
         WxhT = transposed_copy(Wxh) if T * B * I * G > BLAS_SINGLE_THREAD_MAX_WORK else None
     WhhT_panels = Whh_panels = None
     if panels:
-        WhhT_panels = transposed_panel_copy(Whh)
+        WhhT_panels = panel_copy(Whh, transposed=True)
         Whh_panels = panel_copy(Whh) if backward else None
     return WxhT, WhhT, WhhT_panels, Whh_panels
 
@@ -1493,8 +1484,8 @@ cdef tuple run_sharded(inputs, targets, h0, layers, Py_ssize_t D, Why, by, int c
     """Run a training step (or, with ``targets`` None, a forward pass) of a stack of layers
     over the batch in ``shard_count(...)`` shards of consecutive sequences (a forward pass with
     large weights: in as few as it has threads, see below), on at most ``threads`` threads.
-    Returns ``(shards, loss)``: the shards' buffers (a list of Shard) and
-    the sum of their losses, in shard order. ``gains``, ``regular``: None, or layer
+    Returns ``(shards, loss)``: the shards' buffers (a list of Shard) and the sum of their
+    losses, in shard order. ``gains``, ``regular``: None, or layer
     normalization's gains and the regularizers' masks of each layer-direction (see
     ``_stack_step``)."""
     cdef Py_ssize_t T = inputs.shape[0], B = inputs.shape[1], O = Why.shape[0]
